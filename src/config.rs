@@ -1,0 +1,162 @@
+//! The command line. Every flag has an environment fallback (`RINGWAY_*`), and the names in
+//! DESIGN §6 are a contract: operators script them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::core::shard::ShardConfig;
+use crate::link::idem::IdemTtl;
+use crate::link::retry::RetryPolicy;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringway",
+    version,
+    about = "IM WebSocket gateway: thread-per-core on io_uring"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a gateway node. With no flags: a complete single node with no external service
+    /// (in-memory idempotency, built-in loopback backend, HTTP push API, metrics).
+    Serve(Box<ServeArgs>),
+    /// Mint an HS256 client token (for trying the gateway out and for scripts).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Client WebSocket address; every worker core binds it with SO_REUSEPORT.
+    #[arg(long, env = "RINGWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin HTTP address: /metrics, /healthz, /readyz, /v1/push, /v1/kick, /v1/redirect.
+    /// Keep it on loopback or a private network.
+    #[arg(long, env = "RINGWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Worker cores (one pinned io_uring executor each). Default: every CPU this process may
+    /// run on (so `taskset` limits it).
+    #[arg(long, env = "RINGWAY_WORKERS")]
+    pub workers: Option<usize>,
+    /// Pin worker N to the N-th allowed CPU. Turn off when sharing cores with other programs.
+    #[arg(long, env = "RINGWAY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_cores: bool,
+    /// Node id sent in CONNECTED (default: the host name).
+    #[arg(long, env = "RINGWAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// HS256 secret for client JWTs (at least 16 bytes). Without it and without
+    /// --jwt-public-key, a random secret is made at start and logged with a sample token.
+    #[arg(long, env = "RINGWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 (RSA key) or ES256 (EC P-256 key) client JWTs.
+    #[arg(long, env = "RINGWAY_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "RINGWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "RINGWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Comma-separated Origin values browsers may connect from; empty allows any. Requests
+    /// without an Origin header (non-browser clients) are always allowed.
+    #[arg(long, env = "RINGWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Bearer token required on admin POST endpoints (push, kick, redirect), when set.
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Loopback backend pushes every upstream body back to its sender.
+    #[arg(long, env = "RINGWAY_ECHO")]
+    pub echo: bool,
+    /// Upstream messages per second per link (0 = unlimited). Heartbeats and acks are exempt.
+    #[arg(long, env = "RINGWAY_LINK_RATE", default_value_t = 50)]
+    pub link_rate: u32,
+    /// Burst allowance of the per-link rate limit.
+    #[arg(long, env = "RINGWAY_LINK_BURST", default_value_t = 100)]
+    pub link_burst: u32,
+    /// Wait before the first retransmit of an unacked push; doubles each time.
+    #[arg(long, env = "RINGWAY_PUSH_RETRY_INITIAL_MS", default_value_t = 2000)]
+    pub push_retry_initial_ms: u64,
+    /// Sends of a push per link, the first included, before it is reported undelivered.
+    #[arg(long, env = "RINGWAY_PUSH_RETRY_MAX", default_value_t = 5)]
+    pub push_retry_max: u32,
+    /// Cap on any single retransmit wait.
+    #[arg(
+        long,
+        env = "RINGWAY_PUSH_RETRY_MAX_DELAY_MS",
+        default_value_t = 30_000
+    )]
+    pub push_retry_max_delay_ms: u64,
+    /// Close links silent for this long. CONNECTED advertises a third of it as the heartbeat
+    /// interval; the server pings links idle for that long.
+    #[arg(long, env = "RINGWAY_HEARTBEAT_TIMEOUT_MS", default_value_t = 90_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Largest client message; bigger ones get ERROR(CODE_TOO_LARGE) and close 1009.
+    #[arg(long, env = "RINGWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// Bytes queued for a client that does not read; beyond it the link is closed with 4002.
+    #[arg(long, env = "RINGWAY_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+    /// Devices one user may have connected; a new one signs out the oldest.
+    #[arg(long, env = "RINGWAY_MAX_DEVICES_PER_USER", default_value_t = 5)]
+    pub max_devices_per_user: usize,
+    /// Time a new connection has to send its upgrade request (408 after).
+    #[arg(long, env = "RINGWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]
+    pub handshake_timeout_ms: u64,
+    /// How long a stopping node waits for links to close before it exits anyway.
+    #[arg(long, env = "RINGWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+    /// How long an upstream reply is kept to re-ack duplicates.
+    #[arg(long, env = "RINGWAY_IDEM_TTL_MS", default_value_t = 600_000)]
+    pub idem_ttl_ms: u64,
+    /// How long an upstream key stays claimed while its backend call is outstanding.
+    #[arg(long, env = "RINGWAY_IDEM_PENDING_TTL_MS", default_value_t = 30_000)]
+    pub idem_pending_ttl_ms: u64,
+    /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
+    #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
+    pub core_inbox: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[arg(long, env = "RINGWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    #[arg(long, default_value_t = 1)]
+    pub biz: u64,
+    #[arg(long)]
+    pub user: String,
+    #[arg(long, default_value = "default")]
+    pub device: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl: u64,
+}
+
+impl ServeArgs {
+    pub fn shard_config(&self, node_id: &str) -> ShardConfig {
+        ShardConfig {
+            node_id: node_id.to_owned(),
+            max_message_bytes: self.max_message_bytes,
+            max_outbound_bytes: self.max_outbound_bytes,
+            link_rate: self.link_rate,
+            link_burst: self.link_burst,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(self.push_retry_initial_ms.max(1)),
+                max_attempts: self.push_retry_max.max(1),
+                max_delay: Duration::from_millis(self.push_retry_max_delay_ms.max(1)),
+                jitter: 0.2,
+            },
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms.max(3)),
+            max_devices_per_user: self.max_devices_per_user.max(1),
+            idem_ttl: IdemTtl {
+                pending: Duration::from_millis(self.idem_pending_ttl_ms),
+                done: Duration::from_millis(self.idem_ttl_ms),
+            },
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The admin HTTP API (loopback by default): health, metrics, and the push/kick/redirect
+//! operations for embedded mode and simple integrations. Client errors get a JSON body that says
+//! what was wrong.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{NodeState, router};
+use crate::metrics::{self, NodeFigures};
+use crate::proto::Node;
+
+pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/push", post(push))
+        .route("/v1/kick", post(kick))
+        .route("/v1/redirect", post(redirect))
+        .with_state(node);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "admin server stopped");
+    }
+}
+
+async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
+    if node.draining.load(Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
+    let figures = NodeFigures {
+        push_api_rejected: node.push_rejected.load(Relaxed),
+        draining: node.draining.load(Relaxed),
+    };
+    let body = metrics::render(&node.metrics, &figures);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Checks the admin token and parses the JSON body, or answers why not.
+fn request<T: DeserializeOwned>(
+    node: &NodeState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Response> {
+    if let Some(token) = &node.admin_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "admin token required: Authorization: Bearer <token>",
+            ));
+        }
+    }
+    if node.draining.load(Relaxed) {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is shutting down",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
+}
+
+/// `biz_id` as a number or, as proto3 JSON writes 64-bit integers, a string.
+fn biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u64),
+        Str(String),
+    }
+    match N::deserialize(d)? {
+        N::Num(n) => Ok(n),
+        N::Str(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    #[serde(deserialize_with = "biz_id")]
+    biz_id: u64,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    user_ids: Vec<String>,
+    #[serde(default)]
+    device_id: Option<String>,
+    key: String,
+    /// Standard base64.
+    #[serde(default)]
+    body: String,
+}
+
+async fn push(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: PushRequest = match request(&node, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if req.key.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "key is required (clients dedup and ack by it)",
+        );
+    }
+    let mut users = req.user_ids;
+    users.extend(req.user_id);
+    users.retain(|u| !u.is_empty());
+    if users.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name a receiver: user_id or user_ids",
+        );
+    }
+    let payload = match base64::engine::general_purpose::STANDARD.decode(req.body.as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be standard base64: {e}"),
+            );
+        }
+    };
+    let device = req.device_id.filter(|d| !d.is_empty());
+    let routed = router::push(&node, req.biz_id, users, device, req.key, payload.into());
+    let status = if routed.rejected > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut resp = (
+        status,
+        axum::Json(json!({ "accepted": routed.accepted, "rejected": routed.rejected })),
+    )
+        .into_response();
+    if routed.rejected > 0 {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickRequest {
+    #[serde(deserialize_with = "biz_id")]
+    biz_id: u64,
+    user_id: String,
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn kick(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: KickRequest = match request(&node, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let reason = req.reason.unwrap_or_else(|| "kicked by operator".into());
+    if router::kick(&node, req.biz_id, req.user_id, req.device_id, reason) {
+        (StatusCode::ACCEPTED, axum::Json(json!({ "queued": true }))).into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "owner core overloaded; retry",
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeAddr {
+    #[serde(default)]
+    id: String,
+    ip: String,
+    port: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedirectRequest {
+    #[serde(default, deserialize_with = "opt_biz_id")]
+    biz_id: Option<u64>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    device_id: Option<String>,
+    nodes: Vec<NodeAddr>,
+    #[serde(default)]
+    retry_after_ms: u32,
+}
+
+fn opt_biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    biz_id(d).map(Some)
+}
+
+async fn redirect(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: RedirectRequest = match request(&node, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if req.nodes.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "nodes must name at least one place to reconnect to",
+        );
+    }
+    let target = match (req.biz_id, req.user_id) {
+        (Some(b), Some(u)) => Some((b, u, req.device_id)),
+        (None, None) => None,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give biz_id and user_id together, or neither for every link",
+            );
+        }
+    };
+    let nodes = req
+        .nodes
+        .into_iter()
+        .map(|n| Node {
+            id: n.id,
+            ip: n.ip,
+            port: n.port,
+            ..Default::default()
+        })
+        .collect();
+    if router::redirect(&node, target, nodes, req.retry_after_ms) {
+        (StatusCode::ACCEPTED, axum::Json(json!({ "queued": true }))).into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a core is overloaded; retry",
+        )
+    }
+}

@@ -1,0 +1,8 @@
+//! One worker core: its shard of links (pure), its timer wheel (pure), and the glommio shell
+//! that moves bytes between sockets and the shard.
+
+pub mod inbox;
+pub mod loopback;
+pub mod shard;
+pub mod timer_wheel;
+pub mod worker;

@@ -1,0 +1,823 @@
+//! Everything one core knows about its links, as a pure state machine.
+//!
+//! The shard owns its links, their user index, the timer wheel and the idempotency store. The
+//! glommio shell feeds it events (bytes read, socket closed, a push, a timer tick) with the
+//! current time and moves the bytes it queues on each link; the shard itself never touches a
+//! socket or a clock, so every rule here is tested exactly, without sleeps.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tungstenite::protocol::frame::coding::Control;
+
+use super::timer_wheel::TimerWheel;
+use crate::auth::Identity;
+use crate::link::bucket::TokenBucket;
+use crate::link::idem::{Claim, IdemTtl, MemoryIdemStore};
+use crate::link::push::EncodedPush;
+use crate::link::retry::RetryPolicy;
+use crate::link::{ConnId, Inflight, Link, close_code};
+use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
+use crate::proto::{Cmd, Code, Connected, Frame, Node};
+use crate::protocol::handshake;
+use crate::protocol::ws::{WsError, WsEvent};
+
+/// The knobs a shard runs by.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub node_id: String,
+    pub max_message_bytes: usize,
+    pub max_outbound_bytes: usize,
+    pub link_rate: u32,
+    pub link_burst: u32,
+    pub retry: RetryPolicy,
+    pub heartbeat_timeout: Duration,
+    pub max_devices_per_user: usize,
+    pub idem_ttl: IdemTtl,
+}
+
+impl ShardConfig {
+    /// What CONNECTED tells clients: three beats fit in one timeout.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_timeout / 3
+    }
+}
+
+/// An upstream message on its way to the backend.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub conn: ConnId,
+    pub who: Rc<Identity>,
+    pub key: String,
+    pub body: Bytes,
+    pub received_at: Instant,
+}
+
+/// How the backend answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// Down, timed out or overloaded: the client may retry.
+    Unavailable(String),
+    /// Refused this message: retrying it will not help.
+    Rejected(String),
+}
+
+/// A push that reached no device; the shell reports it (log + metric, later Kafka).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub biz_id: u64,
+    pub user_id: String,
+    pub device_id: Option<String>,
+    pub key: String,
+    pub reason: UndeliveredReason,
+}
+
+/// Which links a push, kick or redirect is for.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub biz_id: u64,
+    pub user_id: &'a str,
+    pub device_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerEvent {
+    Liveness(ConnId),
+    Retransmit(ConnId, u64),
+}
+
+enum Inbound {
+    Frame(Frame),
+    Undecodable(String),
+    Ping(Vec<u8>),
+    Pong,
+    Close(Option<u16>),
+}
+
+pub struct Shard {
+    cfg: ShardConfig,
+    links: HashMap<ConnId, Link>,
+    /// (biz, user) → that user's open links on this core, oldest first.
+    users: HashMap<(u64, Rc<str>), Vec<ConnId>>,
+    wheel: TimerWheel<TimerEvent>,
+    idem: MemoryIdemStore,
+    rng: SmallRng,
+    pub metrics: Arc<CoreMetrics>,
+    pub latencies: Latencies,
+    upstream: Vec<UpstreamRequest>,
+    undelivered: Vec<Undelivered>,
+    inbound: Vec<Inbound>,
+}
+
+const TICK: Duration = Duration::from_millis(10);
+/// A closing link gets this long to take its close frame before its socket is dropped.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+impl Shard {
+    pub fn new(cfg: ShardConfig, metrics: Arc<CoreMetrics>, seed: u64, now: Instant) -> Shard {
+        Shard {
+            idem: MemoryIdemStore::new(cfg.idem_ttl),
+            cfg,
+            links: HashMap::new(),
+            users: HashMap::new(),
+            wheel: TimerWheel::new(TICK, 4096, now),
+            rng: SmallRng::seed_from_u64(seed),
+            metrics,
+            latencies: Latencies::default(),
+            upstream: Vec::new(),
+            undelivered: Vec::new(),
+            inbound: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.cfg
+    }
+
+    pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
+        self.links.get_mut(&conn)
+    }
+
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn timer_count(&self) -> usize {
+        self.wheel.len()
+    }
+
+    /// Upstream messages to hand to the backend, oldest first.
+    pub fn take_upstream(&mut self) -> Vec<UpstreamRequest> {
+        std::mem::take(&mut self.upstream)
+    }
+
+    pub fn take_undelivered(&mut self) -> Vec<Undelivered> {
+        std::mem::take(&mut self.undelivered)
+    }
+
+    /// A socket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
+    /// make room in the user's device slots.
+    pub fn open(&mut self, conn: ConnId, who: Identity, up: &handshake::Upgrade, now: Instant) {
+        let who = Rc::new(who);
+        let user_key = (who.biz_id, Rc::<str>::from(who.user_id.as_str()));
+        let existing = self.users.get(&user_key).cloned().unwrap_or_default();
+
+        // Same device slot: the newer login wins; its unacked pushes move to the new link.
+        let mut carried = Vec::new();
+        for old in &existing {
+            if self.links[old].who.device_id == who.device_id {
+                let link = self.links.get_mut(old).expect("indexed link exists");
+                carried.append(&mut link.inflight);
+                for f in &carried {
+                    self.wheel.cancel(f.timer);
+                }
+                self.kick_link(*old, "replaced by a newer login on the same device", now);
+            }
+        }
+        // Device cap: the oldest devices make room.
+        let live: Vec<ConnId> = self.users.get(&user_key).cloned().unwrap_or_default();
+        let over = (live.len() + 1).saturating_sub(self.cfg.max_devices_per_user.max(1));
+        for old in live.into_iter().take(over) {
+            self.kick_link(
+                old,
+                "device limit reached; the oldest device was signed out",
+                now,
+            );
+        }
+
+        let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
+        let mut link = Link::new(who, up.codec, bucket, now);
+        handshake::accept_response(up, &mut link.out);
+        let connected = Frame {
+            cmd: Cmd::Connected as i32,
+            connected: Some(Connected {
+                link_id: link.link_id(),
+                node_id: self.cfg.node_id.clone(),
+                heartbeat_interval_ms: self.cfg.heartbeat_interval().as_millis() as u32,
+                server_time_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            }),
+            ..Default::default()
+        };
+        link.send_frame(&connected);
+        self.metrics.frame_out(Cmd::Connected);
+        let jitter = self.jitter();
+        link.liveness = Some(self.wheel.insert(
+            now + self.cfg.heartbeat_interval().mul_f64(jitter),
+            TimerEvent::Liveness(conn),
+        ));
+        self.links.insert(conn, link);
+        self.users.entry(user_key).or_default().push(conn);
+        self.metrics
+            .links
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.links_opened.inc();
+
+        for f in carried {
+            self.deliver(conn, f.push, now, Some(f.first_sent));
+        }
+    }
+
+    /// Bytes arrived on a link's socket. `input` is the shell's scratch buffer; it is unmasked
+    /// in place.
+    pub fn on_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
+        let max = self.cfg.max_message_bytes;
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        if !link.is_open() {
+            return; // closing: the rest of what the client says no longer matters
+        }
+        link.last_activity = now;
+        let codec = link.codec;
+        let mut inbound = std::mem::take(&mut self.inbound);
+        let result = link.reader.feed(input, max, |ev| {
+            inbound.push(match ev {
+                WsEvent::Message { payload, .. } => match codec.decode(payload) {
+                    Ok(f) => Inbound::Frame(f),
+                    Err(e) => Inbound::Undecodable(e.0),
+                },
+                WsEvent::Ping(p) => Inbound::Ping(p.to_vec()),
+                WsEvent::Pong => Inbound::Pong,
+                WsEvent::Close(code) => Inbound::Close(code),
+            })
+        });
+        for ev in inbound.drain(..) {
+            self.handle(conn, ev, now);
+        }
+        self.inbound = inbound;
+        if let Err(e) = result {
+            self.fail_stream(conn, e, now);
+        }
+        self.check_backlog(conn, now);
+    }
+
+    fn fail_stream(&mut self, conn: ConnId, e: WsError, now: Instant) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        if e == WsError::TooLarge {
+            let frame = Frame {
+                cmd: Cmd::Error as i32,
+                code: Code::TooLarge as i32,
+                reason: format!(
+                    "messages are limited to {} bytes",
+                    self.cfg.max_message_bytes
+                ),
+                ..Default::default()
+            };
+            link.send_frame(&frame);
+            self.metrics.frame_out(Cmd::Error);
+        }
+        let why = if e == WsError::TooLarge {
+            CloseReason::TooBig
+        } else {
+            CloseReason::ProtocolError
+        };
+        self.close_link(conn, e.close_code(), e.reason(), why, now);
+    }
+
+    fn handle(&mut self, conn: ConnId, ev: Inbound, now: Instant) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        if !link.is_open() {
+            return;
+        }
+        match ev {
+            Inbound::Ping(p) => link.send_control(Control::Pong, &p),
+            Inbound::Pong => {}
+            Inbound::Close(code) => {
+                let code = code.unwrap_or(close_code::NORMAL);
+                self.close_link(conn, code, "", CloseReason::ClientClosed, now);
+            }
+            Inbound::Undecodable(why) => {
+                self.metrics.dropped(DropReason::BadFrame);
+                if link.bucket.try_take(now).is_ok() {
+                    let reason = format!("cannot decode frame as {:?}: {why}", link.codec);
+                    self.reply_error(conn, "", Code::BadFrame, reason);
+                }
+            }
+            Inbound::Frame(f) => {
+                self.metrics.frame_in(f.cmd);
+                match Cmd::try_from(f.cmd) {
+                    Ok(Cmd::Heartbeat) => {
+                        let echo = Frame {
+                            cmd: Cmd::Heartbeat as i32,
+                            key: f.key,
+                            body: f.body,
+                            ..Default::default()
+                        };
+                        link.send_frame(&echo);
+                        self.metrics.frame_out(Cmd::Heartbeat);
+                    }
+                    Ok(Cmd::Upstream) => self.on_upstream(conn, f, now),
+                    Ok(Cmd::DownstreamAck) => self.on_downstream_ack(conn, &f.key, now),
+                    _ => {
+                        self.metrics.dropped(DropReason::UnsupportedCmd);
+                        if link.bucket.try_take(now).is_ok() {
+                            let reason = format!("clients may not send cmd {}", f.cmd);
+                            self.reply_error(conn, &f.key, Code::UnsupportedCmd, reason);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_upstream(&mut self, conn: ConnId, f: Frame, now: Instant) {
+        let link = self.links.get_mut(&conn).expect("caller checked");
+        if f.key.is_empty() {
+            self.metrics.dropped(DropReason::MissingKey);
+            self.reply_error(conn, "", Code::MissingKey, "UPSTREAM needs a key".into());
+            return;
+        }
+        if let Err(wait) = link.bucket.try_take(now) {
+            self.metrics.dropped(DropReason::RateLimited);
+            let frame = Frame {
+                cmd: Cmd::RateLimited as i32,
+                key: f.key,
+                code: Code::RateLimited as i32,
+                retry_after_ms: wait.as_millis().max(1) as u32,
+                ..Default::default()
+            };
+            link.send_frame(&frame);
+            self.metrics.frame_out(Cmd::RateLimited);
+            return;
+        }
+        let who = link.who.clone();
+        match self.idem.claim(who.biz_id, &f.key, now) {
+            Claim::Fresh => {
+                self.metrics.upstream_forwarded.inc();
+                self.upstream.push(UpstreamRequest {
+                    conn,
+                    who,
+                    key: f.key,
+                    body: f.body,
+                    received_at: now,
+                });
+            }
+            Claim::Pending => self.metrics.dropped(DropReason::DuplicatePending),
+            Claim::Done(reply) => {
+                self.metrics.upstream_reacked.inc();
+                self.send_ack(conn, f.key, reply);
+            }
+        }
+    }
+
+    /// The backend answered an upstream message.
+    pub fn on_upstream_result(
+        &mut self,
+        req: &UpstreamRequest,
+        result: Result<Bytes, BackendError>,
+        now: Instant,
+    ) {
+        let biz = req.who.biz_id;
+        match result {
+            Ok(reply) => {
+                self.idem.complete(biz, &req.key, reply.clone(), now);
+                self.metrics.upstream_acked.inc();
+                let us = now.saturating_duration_since(req.received_at).as_micros() as u64;
+                Latencies::record(&mut self.latencies.upstream, us);
+                self.send_ack(req.conn, req.key.clone(), reply);
+            }
+            Err(e) => {
+                self.idem.release(biz, &req.key);
+                self.metrics.upstream_failed.inc();
+                let (code, reason) = match e {
+                    BackendError::Unavailable(r) => (Code::BackendUnavailable, r),
+                    BackendError::Rejected(r) => (Code::BackendRejected, r),
+                };
+                self.reply_error(req.conn, &req.key, code, reason);
+            }
+        }
+        self.check_backlog(req.conn, now);
+    }
+
+    fn send_ack(&mut self, conn: ConnId, key: String, body: Bytes) {
+        if let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) {
+            let frame = Frame {
+                cmd: Cmd::UpstreamAck as i32,
+                key,
+                body,
+                ..Default::default()
+            };
+            link.send_frame(&frame);
+            self.metrics.frame_out(Cmd::UpstreamAck);
+        }
+    }
+
+    fn reply_error(&mut self, conn: ConnId, key: &str, code: Code, reason: String) {
+        if let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) {
+            let frame = Frame {
+                cmd: Cmd::Error as i32,
+                key: key.to_owned(),
+                code: code as i32,
+                reason,
+                ..Default::default()
+            };
+            link.send_frame(&frame);
+            self.metrics.frame_out(Cmd::Error);
+        }
+    }
+
+    fn on_downstream_ack(&mut self, conn: ConnId, key: &str, now: Instant) {
+        if key.is_empty() {
+            self.metrics.dropped(DropReason::MissingKey);
+            self.reply_error(
+                conn,
+                "",
+                Code::MissingKey,
+                "DOWNSTREAM_ACK needs the push key".into(),
+            );
+            return;
+        }
+        let link = self.links.get_mut(&conn).expect("caller checked");
+        // Duplicate acks, and acks for pushes that already gave up, are harmless no-ops.
+        let mut i = 0;
+        while i < link.inflight.len() {
+            if &*link.inflight[i].push.key == key {
+                let f = link.inflight.swap_remove(i);
+                self.wheel.cancel(f.timer);
+                self.metrics.push_acked.inc();
+                let us = now.saturating_duration_since(f.first_sent).as_micros() as u64;
+                Latencies::record(&mut self.latencies.push_ack, us);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Delivers a push to every matching open link of each user. Users with no matching link are
+    /// reported undelivered (offline).
+    pub fn push(
+        &mut self,
+        biz_id: u64,
+        user_ids: &[String],
+        device_id: Option<&str>,
+        push: &Rc<EncodedPush>,
+        accepted_at: Instant,
+        now: Instant,
+    ) {
+        for user in user_ids {
+            let conns: Vec<ConnId> = self
+                .users
+                .get(&(biz_id, Rc::from(user.as_str())))
+                .map(|c| {
+                    c.iter()
+                        .copied()
+                        .filter(|c| device_id.is_none_or(|d| self.links[c].who.device_id == d))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if conns.is_empty() {
+                self.report(
+                    biz_id,
+                    user,
+                    device_id,
+                    &push.key,
+                    UndeliveredReason::Offline,
+                );
+                continue;
+            }
+            for conn in conns {
+                self.deliver(conn, push.clone(), now, None);
+                let us = now.saturating_duration_since(accepted_at).as_micros() as u64;
+                Latencies::record(&mut self.latencies.push_delivery, us);
+            }
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        conn: ConnId,
+        push: Rc<EncodedPush>,
+        now: Instant,
+        first_sent: Option<Instant>,
+    ) {
+        let delay = self.cfg.retry.delay(1, self.rng.random());
+        let link = self
+            .links
+            .get_mut(&conn)
+            .expect("delivering to a live link");
+        let seq = link.take_seq();
+        link.send_push(&push, seq);
+        let timer = self
+            .wheel
+            .insert(now + delay, TimerEvent::Retransmit(conn, seq));
+        link.inflight.push(Inflight {
+            push,
+            seq,
+            attempts: 1,
+            timer,
+            first_sent: first_sent.unwrap_or(now),
+        });
+        self.metrics.pushes_sent.inc();
+        self.metrics.frame_out(Cmd::Downstream);
+        self.check_backlog(conn, now);
+    }
+
+    fn report(
+        &mut self,
+        biz_id: u64,
+        user: &str,
+        device: Option<&str>,
+        key: &str,
+        reason: UndeliveredReason,
+    ) {
+        self.metrics.undelivered(reason);
+        self.undelivered.push(Undelivered {
+            biz_id,
+            user_id: user.to_owned(),
+            device_id: device.map(str::to_owned),
+            key: key.to_owned(),
+            reason,
+        });
+    }
+
+    /// Advances the timer wheel: retransmits, liveness checks, server pings.
+    pub fn tick(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.wheel.advance(now, |ev| due.push(ev));
+        for ev in due {
+            match ev {
+                TimerEvent::Retransmit(conn, seq) => self.retransmit(conn, seq, now),
+                TimerEvent::Liveness(conn) => self.liveness(conn, now),
+            }
+        }
+    }
+
+    pub fn has_timers(&self) -> bool {
+        !self.wheel.is_empty()
+    }
+
+    fn retransmit(&mut self, conn: ConnId, seq: u64, now: Instant) {
+        let max = self.cfg.retry.max_attempts;
+        let unit: f64 = self.rng.random();
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        let Some(i) = link.inflight.iter().position(|f| f.seq == seq) else {
+            return;
+        };
+        if link.inflight[i].attempts >= max {
+            let f = link.inflight.swap_remove(i);
+            let who = link.who.clone();
+            self.report(
+                who.biz_id,
+                &who.user_id,
+                Some(&who.device_id),
+                &f.push.key,
+                UndeliveredReason::RetriesExhausted,
+            );
+            return;
+        }
+        let delay = self.cfg.retry.delay(link.inflight[i].attempts + 1, unit);
+        let f = &mut link.inflight[i];
+        f.attempts += 1;
+        f.timer = self
+            .wheel
+            .insert(now + delay, TimerEvent::Retransmit(conn, seq));
+        let push = f.push.clone();
+        link.send_push(&push, seq);
+        self.metrics.push_retransmits.inc();
+        self.metrics.frame_out(Cmd::Downstream);
+        self.check_backlog(conn, now);
+    }
+
+    fn liveness(&mut self, conn: ConnId, now: Instant) {
+        let timeout = self.cfg.heartbeat_timeout;
+        let interval = self.cfg.heartbeat_interval();
+        let next = now + interval.mul_f64(self.jitter());
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        link.liveness = None;
+        if !link.is_open() {
+            // The close linger ran out: the shell drops the socket.
+            link.abandoned = true;
+            link.wake();
+            return;
+        }
+        let idle = now.saturating_duration_since(link.last_activity);
+        if idle >= timeout {
+            self.close_link(
+                conn,
+                close_code::IDLE_TIMEOUT,
+                "heartbeat timeout",
+                CloseReason::IdleTimeout,
+                now,
+            );
+            return;
+        }
+        if idle >= interval {
+            link.send_control(Control::Ping, b"");
+        }
+        // Never sleep past the deadline, so an idle link closes on time.
+        let deadline = link.last_activity + timeout;
+        link.liveness = Some(
+            self.wheel
+                .insert(next.min(deadline), TimerEvent::Liveness(conn)),
+        );
+    }
+
+    /// A factor in [0.8, 1.2) so links that connected together do not beat together.
+    fn jitter(&mut self) -> f64 {
+        0.8 + 0.4 * self.rng.random::<f64>()
+    }
+
+    /// A link whose queued output passed the cap is not reading: close it instead of buffering
+    /// without bound. Its unacked pushes are reported when it is removed.
+    fn check_backlog(&mut self, conn: ConnId, now: Instant) {
+        let cap = self.cfg.max_outbound_bytes;
+        if let Some(link) = self.links.get_mut(&conn) {
+            if link.is_open() && link.out.len() > cap {
+                // What is queued is what the client failed to read: drop it, keep the close.
+                link.out = Vec::new();
+                let reason = "slow consumer: outbound queue full";
+                self.close_link(
+                    conn,
+                    close_code::SLOW_CONSUMER,
+                    reason,
+                    CloseReason::SlowConsumer,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Operator or re-login kick: KICKED, then close.
+    fn kick_link(&mut self, conn: ConnId, reason: &str, now: Instant) {
+        if let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) {
+            let frame = Frame {
+                cmd: Cmd::Kicked as i32,
+                reason: reason.into(),
+                ..Default::default()
+            };
+            link.send_frame(&frame);
+            self.metrics.frame_out(Cmd::Kicked);
+            self.close_link(conn, close_code::KICKED, reason, CloseReason::Kicked, now);
+        }
+    }
+
+    /// Kicks the matching links; returns how many.
+    pub fn kick(&mut self, t: &Target<'_>, reason: &str, now: Instant) -> usize {
+        let conns = self.matching(t);
+        for c in &conns {
+            self.kick_link(*c, reason, now);
+        }
+        conns.len()
+    }
+
+    /// Tells the matching links (or all, with no user) to reconnect elsewhere.
+    pub fn redirect(
+        &mut self,
+        t: Option<&Target<'_>>,
+        nodes: &[Node],
+        retry_after_ms: u32,
+        now: Instant,
+    ) -> usize {
+        let conns = match t {
+            Some(t) => self.matching(t),
+            None => self
+                .links
+                .iter()
+                .filter(|(_, l)| l.is_open())
+                .map(|(c, _)| *c)
+                .collect(),
+        };
+        for c in &conns {
+            let link = self.links.get_mut(c).expect("matched link exists");
+            let frame = Frame {
+                cmd: Cmd::Redirect as i32,
+                nodes: nodes.to_vec(),
+                retry_after_ms,
+                ..Default::default()
+            };
+            link.send_frame(&frame);
+            self.metrics.frame_out(Cmd::Redirect);
+            self.close_link(
+                *c,
+                close_code::REDIRECTED,
+                "redirected",
+                CloseReason::Redirected,
+                now,
+            );
+        }
+        conns.len()
+    }
+
+    /// Closes every link with 1001 (shutdown).
+    pub fn close_all(&mut self, reason: &str, now: Instant) {
+        let conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.is_open())
+            .map(|(c, _)| *c)
+            .collect();
+        for c in conns {
+            self.close_link(
+                c,
+                close_code::GOING_AWAY,
+                reason,
+                CloseReason::Shutdown,
+                now,
+            );
+        }
+    }
+
+    fn matching(&self, t: &Target<'_>) -> Vec<ConnId> {
+        self.users
+            .get(&(t.biz_id, Rc::from(t.user_id)))
+            .map(|c| {
+                c.iter()
+                    .copied()
+                    .filter(|c| t.device_id.is_none_or(|d| self.links[c].who.device_id == d))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn close_link(
+        &mut self,
+        conn: ConnId,
+        code: u16,
+        reason: &str,
+        why: CloseReason,
+        now: Instant,
+    ) {
+        let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) else {
+            return;
+        };
+        link.close(code, reason, why);
+        if let Some(t) = link.liveness.take() {
+            self.wheel.cancel(t);
+        }
+        link.liveness = Some(
+            self.wheel
+                .insert(now + CLOSE_LINGER, TimerEvent::Liveness(conn)),
+        );
+        self.unindex(conn);
+    }
+
+    /// A closing link takes no new pushes.
+    fn unindex(&mut self, conn: ConnId) {
+        let Some(link) = self.links.get(&conn) else {
+            return;
+        };
+        let key = (link.who.biz_id, Rc::<str>::from(link.who.user_id.as_str()));
+        if let Some(v) = self.users.get_mut(&key) {
+            v.retain(|c| *c != conn);
+            if v.is_empty() {
+                self.users.remove(&key);
+            }
+        }
+    }
+
+    /// The socket is gone (closed after the handshake, reset, or EOF). Unacked pushes are
+    /// reported undelivered; nothing is dropped silently.
+    pub fn closed(&mut self, conn: ConnId) {
+        self.unindex(conn);
+        let Some(link) = self.links.remove(&conn) else {
+            return;
+        };
+        self.metrics
+            .links
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .closed(link.closing.unwrap_or(CloseReason::Disconnected));
+        if let Some(t) = link.liveness {
+            self.wheel.cancel(t);
+        }
+        let reason = if link.closing == Some(CloseReason::SlowConsumer) {
+            UndeliveredReason::SlowConsumer
+        } else {
+            UndeliveredReason::LinkClosed
+        };
+        for f in link.inflight {
+            self.wheel.cancel(f.timer);
+            self.report(
+                link.who.biz_id,
+                &link.who.user_id,
+                Some(&link.who.device_id),
+                &f.push.key,
+                reason,
+            );
+        }
+    }
+
+    /// Copies latency histograms where `/metrics` can read them.
+    pub fn publish_latencies(&self) {
+        *self.metrics.published.lock().expect("metrics lock") = Some(self.latencies.clone());
+    }
+}
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;

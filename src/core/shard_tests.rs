@@ -1,0 +1,606 @@
+//! The shard's rules, driven with a hand-moved clock and raw client frames.
+
+use super::*;
+use crate::link::idem::IdemTtl;
+use crate::protocol::Codec;
+use crate::protocol::handshake::Upgrade;
+use prost::Message;
+use std::io::Cursor;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn cfg() -> ShardConfig {
+    ShardConfig {
+        node_id: "n1".into(),
+        max_message_bytes: 1024,
+        max_outbound_bytes: 4096,
+        link_rate: 10,
+        link_burst: 2,
+        retry: RetryPolicy {
+            initial: 1000 * MS,
+            max_attempts: 3,
+            max_delay: 10_000 * MS,
+            jitter: 0.0,
+        },
+        heartbeat_timeout: 30_000 * MS,
+        max_devices_per_user: 2,
+        idem_ttl: IdemTtl {
+            pending: Duration::from_secs(30),
+            done: Duration::from_secs(600),
+        },
+    }
+}
+
+struct Harness {
+    shard: Shard,
+    t0: Instant,
+}
+
+#[derive(Debug, PartialEq)]
+enum Out {
+    Frame(Frame),
+    Ping,
+    Pong(Vec<u8>),
+    Close(u16),
+}
+
+fn who(user: &str, device: &str) -> Identity {
+    Identity {
+        biz_id: 1,
+        user_id: user.into(),
+        device_id: device.into(),
+    }
+}
+
+fn upgrade(codec: Codec) -> Upgrade {
+    Upgrade {
+        token: None,
+        ws_key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
+        codec,
+        echo_subprotocol: true,
+        origin: None,
+        head_len: 0,
+    }
+}
+
+/// A masked client message carrying `frame`.
+fn client(codec: Codec, frame: &Frame) -> Vec<u8> {
+    let mut payload = Vec::new();
+    codec.encode(frame, &mut payload);
+    raw_client(if codec.is_text() { 0x81 } else { 0x82 }, &payload)
+}
+
+fn raw_client(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    if payload.len() < 126 {
+        out.push(0x80 | payload.len() as u8);
+    } else {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]); // a zero mask is still a mask
+    out.extend_from_slice(payload);
+    out
+}
+
+fn up(key: &str, body: &'static [u8]) -> Frame {
+    Frame {
+        cmd: Cmd::Upstream as i32,
+        key: key.into(),
+        body: Bytes::from_static(body),
+        ..Default::default()
+    }
+}
+
+fn cmd_frame(cmd: Cmd, key: &str) -> Frame {
+    Frame {
+        cmd: cmd as i32,
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let t0 = Instant::now();
+        Harness {
+            shard: Shard::new(cfg(), Arc::default(), 7, t0),
+            t0,
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    /// Opens a link and consumes its 101 response; returns all it sent after it.
+    fn open_raw(&mut self, conn: ConnId, user: &str, device: &str, codec: Codec) -> Vec<Out> {
+        self.shard
+            .open(conn, who(user, device), &upgrade(codec), self.t0);
+        let link = self.shard.link_mut(conn).unwrap();
+        let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(link.out.starts_with(b"HTTP/1.1 101"));
+        link.out.drain(..end);
+        self.drain(conn)
+    }
+
+    /// Opens a link; returns its CONNECTED frame.
+    fn open(&mut self, conn: ConnId, user: &str, device: &str, codec: Codec) -> Frame {
+        match self.open_raw(conn, user, device, codec).remove(0) {
+            Out::Frame(f) => f,
+            other => panic!("expected CONNECTED, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, ms: u64, frame: &Frame) {
+        let codec = self.shard.link_mut(conn).unwrap().codec;
+        let mut bytes = client(codec, frame);
+        self.shard.on_bytes(conn, &mut bytes, self.at(ms));
+    }
+
+    /// Everything the shard queued for the link since the last drain.
+    fn drain(&mut self, conn: ConnId) -> Vec<Out> {
+        let link = self.shard.link_mut(conn).unwrap();
+        let codec = link.codec;
+        let bytes = std::mem::take(&mut link.out);
+        let mut cur = Cursor::new(&bytes[..]);
+        let mut out = Vec::new();
+        while (cur.position() as usize) < bytes.len() {
+            let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+            let start = cur.position() as usize;
+            let payload = &bytes[start..start + len as usize];
+            cur.set_position((start + len as usize) as u64);
+            out.push(match h.opcode {
+                OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) => {
+                    Out::Frame(codec.decode(payload).unwrap())
+                }
+                OpCode::Control(Control::Ping) => Out::Ping,
+                OpCode::Control(Control::Pong) => Out::Pong(payload.to_vec()),
+                OpCode::Control(Control::Close) => {
+                    Out::Close(u16::from_be_bytes([payload[0], payload[1]]))
+                }
+                other => panic!("unexpected opcode {other:?}"),
+            });
+        }
+        out
+    }
+
+    fn frames(&mut self, conn: ConnId) -> Vec<Frame> {
+        self.drain(conn)
+            .into_iter()
+            .map(|o| match o {
+                Out::Frame(f) => f,
+                other => panic!("expected a frame, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn push(&mut self, user: &str, device: Option<&str>, key: &str, ms: u64) {
+        let p = EncodedPush::new(key, Bytes::from_static(b"hello"));
+        self.shard
+            .push(1, &[user.to_owned()], device, &p, self.at(ms), self.at(ms));
+    }
+
+    fn answer_upstream(&mut self, ms: u64, result: Result<Bytes, BackendError>) -> UpstreamRequest {
+        let mut reqs = self.shard.take_upstream();
+        assert_eq!(reqs.len(), 1);
+        let req = reqs.remove(0);
+        self.shard.on_upstream_result(&req, result, self.at(ms));
+        req
+    }
+}
+
+#[test]
+fn connected_comes_first_with_the_link_identity() {
+    let mut h = Harness::new();
+    let c = h.open(1, "alice", "phone", Codec::Json);
+    assert_eq!(c.cmd, Cmd::Connected as i32);
+    let info = c.connected.unwrap();
+    assert_eq!(info.link_id, "1:alice:phone");
+    assert_eq!(info.node_id, "n1");
+    assert_eq!(info.heartbeat_interval_ms, 10_000);
+    assert!(info.server_time_ms > 0);
+}
+
+#[test]
+fn heartbeat_is_echoed_and_ping_answered() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    h.send(
+        1,
+        0,
+        &Frame {
+            cmd: Cmd::Heartbeat as i32,
+            key: "hb".into(),
+            ..Default::default()
+        },
+    );
+    let mut ping = raw_client(0x89, b"xy");
+    h.shard.on_bytes(1, &mut ping, h.at(0));
+    let out = h.drain(1);
+    assert_eq!(out[0], Out::Frame(cmd_frame(Cmd::Heartbeat, "hb")));
+    assert_eq!(out[1], Out::Pong(b"xy".to_vec()));
+}
+
+#[test]
+fn upstream_is_forwarded_once_and_duplicates_are_reacked() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.send(1, 0, &up("m1", b"hi"));
+    h.send(1, 1, &up("m1", b"hi")); // resent while pending: dropped
+    let req = h.answer_upstream(5, Ok(Bytes::from_static(b"reply")));
+    assert_eq!(
+        (req.key.as_str(), &req.body[..], req.who.user_id.as_str()),
+        ("m1", &b"hi"[..], "alice")
+    );
+    let ack = Frame {
+        cmd: Cmd::UpstreamAck as i32,
+        key: "m1".into(),
+        body: Bytes::from_static(b"reply"),
+        ..Default::default()
+    };
+    assert_eq!(h.frames(1), vec![ack.clone()]);
+    // The client lost the ack and resends after the burst refilled: same ack, no second forward.
+    h.send(1, 500, &up("m1", b"hi"));
+    assert!(h.shard.take_upstream().is_empty());
+    assert_eq!(h.frames(1), vec![ack]);
+    let m = &h.shard.metrics;
+    assert_eq!(
+        (m.upstream_forwarded.get(), m.upstream_reacked.get()),
+        (1, 1)
+    );
+    assert_eq!(m.dropped[DropReason::DuplicatePending as usize].get(), 1);
+}
+
+#[test]
+fn backend_failure_answers_error_and_releases_the_key() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    h.send(1, 0, &up("m1", b""));
+    h.answer_upstream(1, Err(BackendError::Unavailable("backend down".into())));
+    let f = h.frames(1).remove(0);
+    assert_eq!(
+        (f.cmd, f.code, f.key.as_str()),
+        (Cmd::Error as i32, Code::BackendUnavailable as i32, "m1")
+    );
+    h.send(1, 1, &up("m1", b""));
+    h.answer_upstream(2, Err(BackendError::Rejected("no".into())));
+    assert_eq!(h.frames(1)[0].code, Code::BackendRejected as i32);
+}
+
+#[test]
+fn missing_key_and_unsupported_cmds_get_errors() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.send(1, 0, &up("", b"x"));
+    h.send(1, 0, &cmd_frame(Cmd::DownstreamAck, ""));
+    h.send(1, 0, &cmd_frame(Cmd::Kicked, "k"));
+    let codes: Vec<i32> = h.frames(1).iter().map(|f| f.code).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::MissingKey as i32,
+            Code::MissingKey as i32,
+            Code::UnsupportedCmd as i32
+        ]
+    );
+    assert!(h.shard.link_mut(1).unwrap().is_open());
+}
+
+#[test]
+fn rate_limit_rejects_with_a_retry_hint_and_exempts_heartbeats() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    for k in ["a", "b", "c"] {
+        h.send(1, 0, &up(k, b""));
+    }
+    for _ in 0..5 {
+        h.send(1, 0, &cmd_frame(Cmd::Heartbeat, ""));
+    }
+    let out = h.frames(1);
+    let limited: Vec<_> = out
+        .iter()
+        .filter(|f| f.cmd == Cmd::RateLimited as i32)
+        .collect();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(
+        (limited[0].key.as_str(), limited[0].retry_after_ms),
+        ("c", 100)
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|f| f.cmd == Cmd::Heartbeat as i32)
+            .count(),
+        5
+    );
+    assert_eq!(h.shard.take_upstream().len(), 2);
+    h.send(1, 100, &up("c", b""));
+    assert_eq!(
+        h.shard.take_upstream().len(),
+        1,
+        "allowed again after the hint"
+    );
+}
+
+#[test]
+fn garbage_gets_bad_frame_and_the_link_survives() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    let mut bytes = raw_client(0x81, b"{not json");
+    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    let f = h.frames(1).remove(0);
+    assert_eq!((f.cmd, f.code), (Cmd::Error as i32, Code::BadFrame as i32));
+    h.send(1, 0, &cmd_frame(Cmd::Heartbeat, ""));
+    assert_eq!(h.frames(1).len(), 1);
+}
+
+#[test]
+fn oversized_message_gets_too_large_then_1009() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    let mut bytes = raw_client(0x82, &[0; 2000]);
+    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    let out = h.drain(1);
+    assert!(matches!(&out[0], Out::Frame(f) if f.code == Code::TooLarge as i32));
+    assert_eq!(out[1], Out::Close(1009));
+    assert_eq!(
+        h.shard.link_mut(1).unwrap().closing,
+        Some(CloseReason::TooBig)
+    );
+}
+
+#[test]
+fn push_retransmits_on_schedule_until_acked() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    h.push("alice", None, "p1", 0);
+    h.push("alice", None, "p2", 0);
+    let sent = h.frames(1);
+    assert_eq!(
+        sent.iter()
+            .map(|f| (f.key.as_str(), f.seq))
+            .collect::<Vec<_>>(),
+        [("p1", 1), ("p2", 2)]
+    );
+    h.send(1, 500, &cmd_frame(Cmd::DownstreamAck, "p2"));
+    h.shard.tick(h.at(990));
+    assert!(h.frames(1).is_empty(), "nothing before the first deadline");
+    h.shard.tick(h.at(1000));
+    let again = h.frames(1);
+    assert_eq!(
+        again
+            .iter()
+            .map(|f| (f.key.as_str(), f.seq))
+            .collect::<Vec<_>>(),
+        [("p1", 1)],
+        "same seq on resend"
+    );
+    // Second wait doubles: 1000 + 2000.
+    h.shard.tick(h.at(2990));
+    assert!(h.frames(1).is_empty());
+    h.shard.tick(h.at(3000));
+    assert_eq!(h.frames(1).len(), 1);
+    h.send(1, 3100, &cmd_frame(Cmd::DownstreamAck, "p1"));
+    h.send(1, 3100, &cmd_frame(Cmd::DownstreamAck, "p1")); // duplicate ack: harmless
+    h.shard.tick(h.at(29_000));
+    assert!(
+        h.drain(1)
+            .iter()
+            .all(|o| !matches!(o, Out::Frame(f) if f.cmd == Cmd::Downstream as i32))
+    );
+    assert!(h.shard.take_undelivered().is_empty());
+    assert_eq!(h.shard.metrics.push_acked.get(), 2);
+    assert_eq!(h.shard.metrics.push_retransmits.get(), 2);
+}
+
+#[test]
+fn push_gives_up_after_max_attempts_and_reports() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.push("alice", None, "p1", 0);
+    // Sends at 0, 1000, 3000; the third send's wait (4000) ends at 7000.
+    for t in [1000, 3000, 6999] {
+        h.send(1, t, &cmd_frame(Cmd::Heartbeat, ""));
+        h.shard.tick(h.at(t));
+    }
+    assert!(h.shard.take_undelivered().is_empty());
+    h.shard.tick(h.at(7000));
+    let u = h.shard.take_undelivered();
+    assert_eq!(u.len(), 1);
+    assert_eq!(
+        (u[0].key.as_str(), u[0].reason),
+        ("p1", UndeliveredReason::RetriesExhausted)
+    );
+    assert_eq!(h.shard.metrics.push_retransmits.get(), 2);
+}
+
+#[test]
+fn offline_users_and_other_devices_are_reported() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.push("bob", None, "p1", 0);
+    h.push("alice", Some("laptop"), "p2", 0);
+    let u = h.shard.take_undelivered();
+    assert_eq!(
+        u.iter()
+            .map(|u| (u.key.as_str(), u.reason))
+            .collect::<Vec<_>>(),
+        [
+            ("p1", UndeliveredReason::Offline),
+            ("p2", UndeliveredReason::Offline)
+        ]
+    );
+}
+
+#[test]
+fn two_devices_each_get_the_push_with_their_own_seq() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "alice", "laptop", Codec::Proto);
+    h.push("alice", None, "p1", 0);
+    assert_eq!(h.frames(1)[0].seq, 1);
+    assert_eq!(h.frames(2)[0].seq, 1);
+    h.push("alice", Some("laptop"), "p2", 0);
+    assert!(h.frames(1).is_empty());
+    assert_eq!(h.frames(2)[0].key, "p2");
+}
+
+#[test]
+fn relogin_kicks_the_old_link_and_carries_its_unacked_pushes() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.push("alice", None, "p1", 0);
+    h.frames(1);
+    let new = h.open_raw(2, "alice", "phone", Codec::Json);
+    let old = h.drain(1);
+    assert!(matches!(&old[0], Out::Frame(f) if f.cmd == Cmd::Kicked as i32));
+    assert_eq!(old[1], Out::Close(close_code::KICKED));
+    assert!(matches!(&new[0], Out::Frame(f) if f.cmd == Cmd::Connected as i32));
+    assert!(
+        matches!(&new[1], Out::Frame(f) if f.key == "p1" && f.seq == 1),
+        "carried push resent on the new link after CONNECTED"
+    );
+    h.shard.closed(1);
+    assert!(
+        h.shard.take_undelivered().is_empty(),
+        "nothing lost with the old link"
+    );
+    h.send(2, 10, &cmd_frame(Cmd::DownstreamAck, "p1"));
+    h.shard.tick(h.at(100_000));
+    assert!(h.shard.take_undelivered().is_empty());
+}
+
+#[test]
+fn device_cap_signs_out_the_oldest() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "alice", "laptop", Codec::Json);
+    h.open(3, "alice", "tablet", Codec::Json);
+    assert_eq!(h.drain(1).last(), Some(&Out::Close(close_code::KICKED)));
+    assert!(h.drain(2).is_empty());
+}
+
+#[test]
+fn idle_links_are_pinged_then_closed_on_time() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    // Liveness checks come every ~10s (jittered ±20%); after 12s of silence a ping is due.
+    h.shard.tick(h.at(12_000));
+    assert_eq!(h.drain(1), vec![Out::Ping]);
+    // Activity (any frame, or a pong) pushes the deadline out.
+    let mut pong = raw_client(0x8A, b"");
+    h.shard.on_bytes(1, &mut pong, h.at(20_000));
+    h.shard.tick(h.at(49_999));
+    assert!(h.shard.link_mut(1).unwrap().is_open());
+    h.shard.tick(h.at(50_000));
+    let out = h.drain(1);
+    assert_eq!(out.last(), Some(&Out::Close(close_code::IDLE_TIMEOUT)));
+    assert_eq!(
+        h.shard.link_mut(1).unwrap().closing,
+        Some(CloseReason::IdleTimeout)
+    );
+}
+
+#[test]
+fn slow_consumer_is_cut_off_and_its_pushes_reported() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    // Nobody drains the link's output; pushes pile up until the 4 KiB cap.
+    let mut sent = 0;
+    while h.shard.link_mut(1).unwrap().is_open() {
+        h.push("alice", None, &format!("p{sent}"), 0);
+        sent += 1;
+        assert!(sent < 1000, "the cap never tripped");
+    }
+    let link = h.shard.link_mut(1).unwrap();
+    assert_eq!(link.closing, Some(CloseReason::SlowConsumer));
+    assert!(
+        link.out.len() < 64,
+        "queued bytes dropped, only the close frame left"
+    );
+    h.push("alice", None, "late", 0);
+    h.shard.closed(1);
+    let u = h.shard.take_undelivered();
+    assert_eq!(
+        u.iter()
+            .filter(|u| u.reason == UndeliveredReason::SlowConsumer)
+            .count(),
+        sent
+    );
+    assert_eq!(
+        u.iter()
+            .filter(|u| u.reason == UndeliveredReason::Offline)
+            .count(),
+        1,
+        "the late push"
+    );
+    assert_eq!(
+        h.shard.metrics.links_closed[CloseReason::SlowConsumer as usize].get(),
+        1
+    );
+}
+
+#[test]
+fn close_reports_unacked_pushes_and_frees_all_timers() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.push("alice", None, "p1", 0);
+    let mut close = raw_client(0x88, &1000u16.to_be_bytes());
+    h.shard.on_bytes(1, &mut close, h.at(1));
+    assert_eq!(h.drain(1).last(), Some(&Out::Close(1000)));
+    h.shard.closed(1);
+    assert_eq!(
+        h.shard.take_undelivered()[0].reason,
+        UndeliveredReason::LinkClosed
+    );
+    assert_eq!(h.shard.timer_count(), 0);
+    assert_eq!(h.shard.link_count(), 0);
+    assert_eq!(
+        h.shard.metrics.links_closed[CloseReason::ClientClosed as usize].get(),
+        1
+    );
+}
+
+#[test]
+fn kick_redirect_and_shutdown() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "bob", "phone", Codec::Json);
+    h.open(3, "carol", "phone", Codec::Json);
+    let t = Target {
+        biz_id: 1,
+        user_id: "alice",
+        device_id: None,
+    };
+    assert_eq!(h.shard.kick(&t, "operator", h.at(0)), 1);
+    assert_eq!(h.drain(1).last(), Some(&Out::Close(close_code::KICKED)));
+    let node = Node {
+        id: "n2".into(),
+        ip: "127.0.0.2".into(),
+        port: 8080,
+        ..Default::default()
+    };
+    let t = Target {
+        biz_id: 1,
+        user_id: "bob",
+        device_id: None,
+    };
+    assert_eq!(h.shard.redirect(Some(&t), &[node.clone()], 250, h.at(0)), 1);
+    let out = h.drain(2);
+    assert!(
+        matches!(&out[0], Out::Frame(f) if f.cmd == Cmd::Redirect as i32 && f.nodes == vec![node.clone()] && f.retry_after_ms == 250)
+    );
+    h.shard.close_all("bye", h.at(0));
+    assert_eq!(h.drain(3), vec![Out::Close(close_code::GOING_AWAY)]);
+}
+
+#[test]
+fn proto_bytes_on_a_json_link_are_a_bad_frame_not_a_crash() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    let mut bytes = raw_client(0x82, &up("k", b"x").encode_to_vec());
+    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    assert_eq!(h.frames(1)[0].code, Code::BadFrame as i32);
+}

@@ -1,0 +1,236 @@
+//! A hashed timer wheel: O(1) insert and cancel, expiry work proportional to what expires.
+//!
+//! Each core keeps one for all its links' deadlines and retransmits, so there is no timer task
+//! per link and nothing scans all links. Slots hold intrusive doubly linked lists threaded
+//! through a slab; a `TimerId` carries a generation so cancelling a timer that already fired
+//! (or whose slot was reused) is a harmless no-op.
+
+use std::time::{Duration, Instant};
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimerId {
+    index: u32,
+    generation: u32,
+}
+
+struct Entry<T> {
+    /// Absolute tick at which the entry fires.
+    deadline: u64,
+    prev: u32,
+    next: u32,
+    generation: u32,
+    payload: Option<T>,
+}
+
+pub struct TimerWheel<T> {
+    tick: Duration,
+    origin: Instant,
+    /// Next tick to process; everything due before it has fired.
+    current: u64,
+    slots: Vec<u32>,
+    entries: Vec<Entry<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<T> TimerWheel<T> {
+    /// `slots` is rounded up to a power of two; one turn of the wheel is `tick * slots`. Longer
+    /// deadlines stay in their slot and are skipped until their turn comes.
+    pub fn new(tick: Duration, slots: usize, origin: Instant) -> Self {
+        let slots = slots.next_power_of_two();
+        TimerWheel {
+            tick,
+            origin,
+            current: 0,
+            slots: vec![NIL; slots],
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// Schedules `payload` to fire at the first tick at or after `at` (never earlier).
+    pub fn insert(&mut self, at: Instant, payload: T) -> TimerId {
+        let since = at.saturating_duration_since(self.origin);
+        let deadline = since.as_nanos().div_ceil(self.tick.as_nanos()) as u64;
+        let deadline = deadline.max(self.current);
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.entries.push(Entry {
+                    deadline: 0,
+                    prev: NIL,
+                    next: NIL,
+                    generation: 0,
+                    payload: None,
+                });
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let slot = self.slot_of(deadline);
+        let head = self.slots[slot];
+        let e = &mut self.entries[index as usize];
+        e.deadline = deadline;
+        e.prev = NIL;
+        e.next = head;
+        e.payload = Some(payload);
+        let generation = e.generation;
+        if head != NIL {
+            self.entries[head as usize].prev = index;
+        }
+        self.slots[slot] = index;
+        self.len += 1;
+        TimerId { index, generation }
+    }
+
+    /// Removes a pending timer and returns its payload; `None` if it already fired or was
+    /// cancelled.
+    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
+        let e = self.entries.get(id.index as usize)?;
+        if e.generation != id.generation || e.payload.is_none() {
+            return None;
+        }
+        Some(self.remove(id.index))
+    }
+
+    /// Fires every timer due at or before `now`, in deadline order tick by tick.
+    pub fn advance(&mut self, now: Instant, mut fire: impl FnMut(T)) {
+        let target =
+            (now.saturating_duration_since(self.origin).as_nanos() / self.tick.as_nanos()) as u64;
+        if target < self.current {
+            return;
+        }
+        let turns = (target - self.current + 1).min(self.slots.len() as u64);
+        for step in 0..turns {
+            let tick = self.current + step;
+            let mut i = self.slots[self.slot_of(tick)];
+            while i != NIL {
+                let e = &self.entries[i as usize];
+                let next = e.next;
+                if e.deadline <= target {
+                    fire(self.remove(i));
+                }
+                i = next;
+            }
+        }
+        self.current = target + 1;
+    }
+
+    fn slot_of(&self, tick: u64) -> usize {
+        (tick as usize) & (self.slots.len() - 1)
+    }
+
+    fn remove(&mut self, index: u32) -> T {
+        let (prev, next, deadline) = {
+            let e = &self.entries[index as usize];
+            (e.prev, e.next, e.deadline)
+        };
+        if prev != NIL {
+            self.entries[prev as usize].next = next;
+        } else {
+            let slot = self.slot_of(deadline);
+            self.slots[slot] = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
+        let e = &mut self.entries[index as usize];
+        e.generation = e.generation.wrapping_add(1);
+        self.free.push(index);
+        self.len -= 1;
+        e.payload.take().expect("live entry has a payload")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn wheel(t0: Instant) -> TimerWheel<u32> {
+        TimerWheel::new(10 * MS, 8, t0)
+    }
+
+    fn fired(w: &mut TimerWheel<u32>, now: Instant) -> Vec<u32> {
+        let mut v = Vec::new();
+        w.advance(now, |x| v.push(x));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn fires_at_or_after_deadline_never_before() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0);
+        w.insert(t0 + 25 * MS, 1);
+        w.insert(t0 + 30 * MS, 2);
+        assert_eq!(fired(&mut w, t0 + 29 * MS), Vec::<u32>::new());
+        assert_eq!(fired(&mut w, t0 + 30 * MS), vec![1, 2]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn deadlines_beyond_one_turn_wait_their_turn() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0); // one turn = 80ms
+        w.insert(t0 + 200 * MS, 7);
+        w.insert(t0 + 40 * MS, 8);
+        assert_eq!(fired(&mut w, t0 + 50 * MS), vec![8]);
+        assert_eq!(fired(&mut w, t0 + 199 * MS), Vec::<u32>::new());
+        assert_eq!(fired(&mut w, t0 + 200 * MS), vec![7]);
+    }
+
+    #[test]
+    fn a_long_pause_fires_everything_due_once() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0);
+        for i in 0..50 {
+            w.insert(t0 + (i * 7) * MS, i as u32);
+        }
+        w.insert(t0 + 10_000 * MS, 99);
+        assert_eq!(fired(&mut w, t0 + 5_000 * MS), (0..50).collect::<Vec<_>>());
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn cancel_is_exact_and_stale_ids_are_harmless() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0);
+        let a = w.insert(t0 + 10 * MS, 1);
+        let b = w.insert(t0 + 10 * MS, 2);
+        let c = w.insert(t0 + 10 * MS, 3);
+        assert_eq!(w.cancel(b), Some(2));
+        assert_eq!(w.cancel(b), None);
+        assert_eq!(fired(&mut w, t0 + 10 * MS), vec![1, 3]);
+        assert_eq!(w.cancel(a), None, "already fired");
+        // The slab slot of `c` is reused; the old id must not cancel the new timer.
+        let d = w.insert(t0 + 50 * MS, 4);
+        assert_eq!(w.cancel(c), None);
+        assert_eq!(w.cancel(d), Some(4));
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_advance() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0);
+        w.advance(t0 + 100 * MS, |_| {});
+        w.insert(t0, 5);
+        assert_eq!(fired(&mut w, t0 + 100 * MS), Vec::<u32>::new());
+        assert_eq!(fired(&mut w, t0 + 110 * MS), vec![5]);
+    }
+}

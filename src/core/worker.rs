@@ -1,0 +1,426 @@
+//! The glommio shell of one worker core. It accepts sockets, runs the upgrade handshake, hands
+//! each authenticated socket to its owner core, and moves bytes between sockets and the shard.
+//! Rules live in the shard; this file only does I/O and bookkeeping of tasks.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream, UnixStream};
+use tracing::{debug, info, warn};
+
+use super::inbox::{CoreHandle, CoreMsg, Inbox};
+use super::loopback::LoopbackBackend;
+use super::shard::{Shard, ShardConfig, Target};
+use crate::auth::{AuthError, Verifier};
+use crate::link::ConnId;
+use crate::link::push::EncodedPush;
+use crate::metrics::CoreMetrics;
+use crate::owner_core;
+use crate::protocol::handshake::{self, Reject};
+
+/// Everything a worker core needs, moved onto its thread at start.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub listener: OwnedFd,
+    pub shard: ShardConfig,
+    pub verifier: Arc<Verifier>,
+    pub allowed_origins: Arc<Vec<String>>,
+    pub echo: bool,
+    pub handshake_timeout: Duration,
+    pub peers: Vec<CoreHandle>,
+    pub inbox: Inbox,
+    pub metrics: Arc<CoreMetrics>,
+}
+
+/// Bytes read from a socket per `recv`. One buffer serves every link of the core: a link that
+/// waits for input holds no buffer at all.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Reads per link before it yields to the others.
+const READ_BUDGET: usize = 16;
+/// Inbox messages handled per batch before other tasks get a turn.
+const INBOX_BATCH: usize = 256;
+
+struct Worker {
+    index: usize,
+    shard: RefCell<Shard>,
+    scratch: RefCell<Vec<u8>>,
+    verifier: Arc<Verifier>,
+    allowed_origins: Arc<Vec<String>>,
+    backend: LoopbackBackend,
+    handshake_timeout: Duration,
+    peers: Vec<CoreHandle>,
+    metrics: Arc<CoreMetrics>,
+    next_conn: Cell<ConnId>,
+    accepting: Cell<bool>,
+}
+
+pub async fn run(setup: WorkerSetup) {
+    let now = Instant::now();
+    let w = Rc::new(Worker {
+        index: setup.index,
+        shard: RefCell::new(Shard::new(
+            setup.shard,
+            setup.metrics.clone(),
+            setup.index as u64 ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64,
+            now,
+        )),
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+        verifier: setup.verifier,
+        allowed_origins: setup.allowed_origins,
+        backend: LoopbackBackend { echo: setup.echo },
+        handshake_timeout: setup.handshake_timeout,
+        peers: setup.peers,
+        metrics: setup.metrics,
+        next_conn: Cell::new(1),
+        accepting: Cell::new(true),
+    });
+    // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
+    let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
+    let acceptor = glommio::spawn_local(accept_loop(w.clone(), listener));
+    glommio::spawn_local(timer_loop(w.clone())).detach();
+    inbox_loop(w.clone(), setup.inbox, acceptor).await;
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(handshake(w.clone(), stream)).detach();
+            }
+            Err(e) => {
+                // Out of fds or memory: back off instead of spinning; existing links go on.
+                warn!(core = w.index, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum HandshakeEnd {
+    /// The peer went away or sent nothing useful before closing.
+    Gone,
+    TimedOut,
+    Refused(Reject),
+}
+
+/// Reads and checks the upgrade request, then opens the link here or on its owner core.
+async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let read = async {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|_| HandshakeEnd::Gone)?;
+            if n == 0 {
+                return Err(HandshakeEnd::Gone);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            match handshake::parse(&buf) {
+                Ok(Some(up)) => return Ok((up, buf)),
+                Ok(None) => continue,
+                Err(r) => return Err(HandshakeEnd::Refused(r)),
+            }
+        }
+    };
+    let deadline = async {
+        glommio::timer::sleep(w.handshake_timeout).await;
+        Err(HandshakeEnd::TimedOut)
+    };
+    let (up, buf) = match futures_lite::future::or(read, deadline).await {
+        Ok(v) => v,
+        Err(HandshakeEnd::Gone) => return,
+        Err(HandshakeEnd::TimedOut) => {
+            return reject(&w, stream, Reject::new(408, "handshake timed out")).await;
+        }
+        Err(HandshakeEnd::Refused(r)) => return reject(&w, stream, r).await,
+    };
+    if let Some(origin) = &up.origin {
+        if !w.allowed_origins.is_empty() && !w.allowed_origins.iter().any(|o| o == origin) {
+            return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
+        }
+    }
+    if !w.accepting.get() {
+        let r = Reject {
+            status: 503,
+            reason: "server shutting down",
+            retry_after_s: Some(5),
+        };
+        return reject(&w, stream, r).await;
+    }
+    let who = match w.verifier.verify(up.token.as_deref()) {
+        Ok(who) => who,
+        Err(e) => {
+            debug!(core = w.index, error = %e, "auth refused");
+            let reason = match e {
+                AuthError::Missing => "missing token",
+                AuthError::Invalid(_) => "invalid or expired token",
+            };
+            return reject(&w, stream, Reject::new(401, reason)).await;
+        }
+    };
+    let leftover = buf[up.head_len..].to_vec();
+    let owner = owner_core(who.biz_id, &who.user_id, w.peers.len());
+    if owner == w.index {
+        open_link(&w, stream, who, up, leftover);
+        return;
+    }
+    // The socket moves to its owner core as a plain fd; this core's stream object closes only
+    // its own duplicate.
+    // SAFETY: dup of a valid open socket; the new fd is owned by the OwnedFd.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        return reject(&w, stream, Reject::new(503, "out of file descriptors")).await;
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    let msg = CoreMsg::Handoff {
+        fd,
+        who,
+        upgrade: up,
+        leftover,
+    };
+    match w.peers[owner].send(msg) {
+        Ok(()) => w.metrics.handoffs.inc(),
+        Err(_) => {
+            let r = Reject {
+                status: 503,
+                reason: "owner core overloaded",
+                retry_after_s: Some(1),
+            };
+            reject(&w, stream, r).await
+        }
+    }
+}
+
+async fn reject(w: &Worker, mut stream: TcpStream, r: Reject) {
+    w.metrics.rejected(r.status);
+    let _ = stream.write_all(&handshake::reject_response(&r)).await;
+    let _ = stream.close().await;
+}
+
+fn open_link(
+    w: &Rc<Worker>,
+    stream: TcpStream,
+    who: crate::auth::Identity,
+    up: handshake::Upgrade,
+    mut leftover: Vec<u8>,
+) {
+    let conn = w.next_conn.get();
+    w.next_conn.set(conn + 1);
+    let now = Instant::now();
+    {
+        let mut shard = w.shard.borrow_mut();
+        shard.open(conn, who, &up, now);
+        if !leftover.is_empty() {
+            shard.on_bytes(conn, &mut leftover, now);
+        }
+    }
+    w.after_events();
+    glommio::spawn_local(link_task(w.clone(), conn, stream)).detach();
+}
+
+/// Owns one link's socket for its whole life.
+async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream) {
+    poll_fn(|cx| w.poll_link(cx, conn, &mut stream)).await;
+    w.shard.borrow_mut().closed(conn);
+    w.after_events();
+    let _ = stream.close().await;
+}
+
+impl Worker {
+    /// Flushes what the shard queued for the link, then reads what the client sent. Returns
+    /// Ready when the link is over.
+    fn poll_link(&self, cx: &mut Context<'_>, conn: ConnId, stream: &mut TcpStream) -> Poll<()> {
+        for _ in 0..READ_BUDGET {
+            let mut shard = self.shard.borrow_mut();
+            let Some(link) = shard.link_mut(conn) else {
+                return Poll::Ready(());
+            };
+            if link.abandoned {
+                return Poll::Ready(());
+            }
+            while !link.out.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, &link.out) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        link.out.drain(..n);
+                    }
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => break,
+                }
+            }
+            if link.out.is_empty() {
+                if link.closing.is_some() {
+                    return Poll::Ready(());
+                }
+                if link.out.capacity() > 4096 {
+                    link.out = Vec::new();
+                }
+            }
+            let mut scratch = self.scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => {
+                    shard.on_bytes(conn, &mut scratch[..n], Instant::now());
+                    drop((shard, scratch));
+                    self.after_events();
+                }
+                Poll::Pending => {
+                    link_waker(&mut shard, conn, cx);
+                    return Poll::Pending;
+                }
+            }
+        }
+        // Used its budget: let the other links run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Serves what the shard queued for the backend and reports undelivered pushes.
+    fn after_events(&self) {
+        let mut shard = self.shard.borrow_mut();
+        self.backend.serve(&mut shard, Instant::now());
+        for u in shard.take_undelivered() {
+            info!(
+                biz_id = u.biz_id,
+                user_id = %u.user_id,
+                device_id = u.device_id.as_deref().unwrap_or("*"),
+                key = %u.key,
+                reason = u.reason.label(),
+                "undelivered push"
+            );
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: CoreMsg, acceptor: &mut Option<glommio::Task<()>>) {
+        let now = Instant::now();
+        match msg {
+            CoreMsg::Handoff {
+                fd,
+                who,
+                upgrade,
+                leftover,
+            } => {
+                // SAFETY: the fd is a connected TCP socket handed over whole by another core.
+                let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                open_link(self, stream, who, upgrade, leftover);
+            }
+            CoreMsg::Push(job) => {
+                let push = EncodedPush::new(&job.key, job.body);
+                let device = job.device_id.as_deref();
+                self.shard.borrow_mut().push(
+                    job.biz_id,
+                    &job.user_ids,
+                    device,
+                    &push,
+                    job.accepted_at,
+                    now,
+                );
+            }
+            CoreMsg::Kick {
+                biz_id,
+                user_id,
+                device_id,
+                reason,
+            } => {
+                let t = Target {
+                    biz_id,
+                    user_id: &user_id,
+                    device_id: device_id.as_deref(),
+                };
+                self.shard.borrow_mut().kick(&t, &reason, now);
+            }
+            CoreMsg::Redirect {
+                target,
+                nodes,
+                retry_after_ms,
+            } => {
+                let t = target.as_ref().map(|(b, u, d)| Target {
+                    biz_id: *b,
+                    user_id: u,
+                    device_id: d.as_deref(),
+                });
+                self.shard
+                    .borrow_mut()
+                    .redirect(t.as_ref(), &nodes, retry_after_ms, now);
+            }
+            CoreMsg::Shutdown => {
+                self.accepting.set(false);
+                if let Some(a) = acceptor.take() {
+                    // Dropping the accept task drops the listener: the kernel stops routing
+                    // new connections to this core.
+                    drop(a);
+                }
+                self.shard
+                    .borrow_mut()
+                    .close_all("server shutting down", now);
+            }
+        }
+        self.after_events();
+    }
+}
+
+fn link_waker(shard: &mut Shard, conn: ConnId, cx: &Context<'_>) {
+    if let Some(link) = shard.link_mut(conn) {
+        match &link.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => link.waker = Some(cx.waker().clone()),
+        }
+    }
+}
+
+async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>) {
+    let mut acceptor = Some(acceptor);
+    // SAFETY: the doorbell's read end, owned by this core alone from here on.
+    let mut bell = unsafe { UnixStream::from_raw_fd(inbox.take_reader().into_raw_fd()) };
+    let mut sink = [0u8; 64];
+    loop {
+        let mut handled = 0;
+        while let Ok(msg) = inbox.rx.try_recv() {
+            w.handle(msg, &mut acceptor);
+            handled += 1;
+            if handled == INBOX_BATCH {
+                break;
+            }
+        }
+        w.metrics
+            .inbox_depth
+            .store(inbox.rx.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if handled == INBOX_BATCH {
+            glommio::yield_if_needed().await;
+            continue;
+        }
+        if inbox.prepare_sleep() {
+            let _ = bell.read(&mut sink).await;
+        }
+    }
+}
+
+/// Drives the shard's timer wheel while it has timers, and publishes latency figures.
+async fn timer_loop(w: Rc<Worker>) {
+    let tick = Duration::from_millis(10);
+    let mut last_publish = Instant::now();
+    loop {
+        glommio::timer::sleep(tick).await;
+        let now = Instant::now();
+        {
+            let mut shard = w.shard.borrow_mut();
+            if shard.has_timers() {
+                shard.tick(now);
+            }
+            if now.duration_since(last_publish) >= Duration::from_secs(1) {
+                shard.publish_latencies();
+                last_publish = now;
+            }
+        }
+        w.after_events();
+    }
+}

@@ -1,0 +1,28 @@
+//! ringway: an IM WebSocket gateway, thread-per-core on io_uring.
+//!
+//! `protocol` and `link` hold the wire and link rules as pure code; `core` runs them on each
+//! worker core; `control` is the node-wide side (admin API, routing pushes to owner cores).
+
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod core;
+pub mod link;
+pub mod metrics;
+pub mod protocol;
+
+/// Generated from `proto/ringway/gateway/v1/gateway.proto`.
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/ringway.gateway.v1.rs"));
+}
+
+/// The core that owns a user's links. Stable across processes and releases (FNV-1a), because
+/// every node and the push router must agree on it.
+pub fn owner_core(biz_id: u64, user_id: &str, workers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in biz_id.to_le_bytes().iter().chain(user_id.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % workers.max(1) as u64) as usize
+}

@@ -1,0 +1,161 @@
+//! Upstream idempotency: at-least-once in from clients, effectively once to the backend.
+//!
+//! A message key is claimed before the backend sees it. The claim is `Pending` while the backend
+//! works and `Done(reply)` after, so a client that lost its ack and resends gets the same
+//! UPSTREAM_ACK again instead of a second delivery. This in-memory store serves the embedded
+//! mode; it lives on the owner core, which every retry of a user's message reaches, so it needs
+//! no locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// What claiming a key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First sight: forward to the backend.
+    Fresh,
+    /// The first copy is still with the backend: drop this one, the ack will come once.
+    Pending,
+    /// Already accepted: re-ack with the stored reply.
+    Done(Bytes),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IdemTtl {
+    /// How long a claim stays pending if the backend never answers (a crashed call).
+    pub pending: Duration,
+    /// How long a reply is kept for re-acks.
+    pub done: Duration,
+}
+
+type Key = (u64, Box<str>);
+
+#[derive(Debug)]
+pub struct MemoryIdemStore {
+    ttl: IdemTtl,
+    entries: HashMap<Key, (Option<Bytes>, Instant)>,
+    /// Expiry order, one queue per TTL so each stays sorted while time moves forward. Stale
+    /// rows (a key re-set later) are skipped when popped.
+    pending_expiry: VecDeque<(Instant, Key)>,
+    done_expiry: VecDeque<(Instant, Key)>,
+}
+
+impl MemoryIdemStore {
+    pub fn new(ttl: IdemTtl) -> Self {
+        MemoryIdemStore {
+            ttl,
+            entries: HashMap::new(),
+            pending_expiry: VecDeque::new(),
+            done_expiry: VecDeque::new(),
+        }
+    }
+
+    pub fn claim(&mut self, biz: u64, key: &str, now: Instant) -> Claim {
+        self.expire(now);
+        let k = (biz, Box::<str>::from(key));
+        match self.entries.get(&k) {
+            Some((Some(reply), _)) => Claim::Done(reply.clone()),
+            Some((None, _)) => Claim::Pending,
+            None => {
+                self.set(k, None, now + self.ttl.pending);
+                Claim::Fresh
+            }
+        }
+    }
+
+    pub fn complete(&mut self, biz: u64, key: &str, reply: Bytes, now: Instant) {
+        self.set((biz, key.into()), Some(reply), now + self.ttl.done);
+    }
+
+    /// The backend failed for good: forget the claim so the client's retry is forwarded.
+    pub fn release(&mut self, biz: u64, key: &str) {
+        self.entries.remove(&(biz, Box::<str>::from(key)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn set(&mut self, k: Key, reply: Option<Bytes>, expires: Instant) {
+        let queue = if reply.is_some() {
+            &mut self.done_expiry
+        } else {
+            &mut self.pending_expiry
+        };
+        queue.push_back((expires, k.clone()));
+        self.entries.insert(k, (reply, expires));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for queue in [&mut self.pending_expiry, &mut self.done_expiry] {
+            while queue.front().is_some_and(|(at, _)| *at <= now) {
+                let (at, k) = queue.pop_front().expect("front exists");
+                if self.entries.get(&k).is_some_and(|(_, exp)| *exp == at) {
+                    self.entries.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> MemoryIdemStore {
+        MemoryIdemStore::new(IdemTtl {
+            pending: Duration::from_secs(10),
+            done: Duration::from_secs(100),
+        })
+    }
+
+    #[test]
+    fn fresh_pending_done_reack() {
+        let t0 = Instant::now();
+        let mut s = store();
+        assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
+        assert_eq!(s.claim(1, "k", t0), Claim::Pending);
+        assert_eq!(s.claim(2, "k", t0), Claim::Fresh, "keys are per biz");
+        s.complete(1, "k", Bytes::from_static(b"r"), t0);
+        assert_eq!(s.claim(1, "k", t0), Claim::Done(Bytes::from_static(b"r")));
+    }
+
+    #[test]
+    fn release_lets_a_retry_through() {
+        let t0 = Instant::now();
+        let mut s = store();
+        assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
+        s.release(1, "k");
+        assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
+    }
+
+    #[test]
+    fn expiry_follows_the_latest_state() {
+        let t0 = Instant::now();
+        let mut s = store();
+        s.claim(1, "k", t0);
+        // Completed at t0+5: the pending row expiring at t0+10 must not remove it.
+        s.complete(1, "k", Bytes::new(), t0 + Duration::from_secs(5));
+        assert_eq!(
+            s.claim(1, "k", t0 + Duration::from_secs(11)),
+            Claim::Done(Bytes::new())
+        );
+        // A stuck pending claim, made after the reply, expires first so the client can retry.
+        s.claim(1, "stuck", t0 + Duration::from_secs(20));
+        assert_eq!(
+            s.claim(1, "stuck", t0 + Duration::from_secs(30)),
+            Claim::Fresh
+        );
+        assert_eq!(
+            s.claim(1, "k", t0 + Duration::from_secs(104)),
+            Claim::Done(Bytes::new())
+        );
+        assert_eq!(s.claim(1, "k", t0 + Duration::from_secs(106)), Claim::Fresh);
+    }
+}

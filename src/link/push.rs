@@ -1,0 +1,140 @@
+//! A push encoded once, written to every device as the same bytes.
+//!
+//! The only per-link field of a DOWNSTREAM frame is `seq`, so each codec's encoding is split into
+//! a shared prefix (everything but `seq`) and a tiny per-link suffix. Protobuf allows fields in any
+//! order, so the suffix is field 4 appended; for JSON the prefix stops before the closing brace.
+//! Retransmits reuse the prefix too, so a body is never encoded (or encrypted) twice.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use crate::proto::{Cmd, Frame};
+use crate::protocol::{Codec, json, ws};
+
+pub struct EncodedPush {
+    pub key: Rc<str>,
+    body: Bytes,
+    proto: OnceCell<Box<[u8]>>,
+    json: OnceCell<Box<[u8]>>,
+}
+
+impl EncodedPush {
+    pub fn new(key: &str, body: Bytes) -> Rc<Self> {
+        Rc::new(EncodedPush {
+            key: key.into(),
+            body,
+            proto: OnceCell::new(),
+            json: OnceCell::new(),
+        })
+    }
+
+    fn prefix(&self, codec: Codec) -> &[u8] {
+        let frame = || Frame {
+            cmd: Cmd::Downstream as i32,
+            key: self.key.to_string(),
+            body: self.body.clone(),
+            ..Default::default()
+        };
+        match codec {
+            Codec::Proto => self.proto.get_or_init(|| {
+                let mut out = Vec::new();
+                codec.encode(&frame(), &mut out);
+                out.into()
+            }),
+            Codec::Json => self.json.get_or_init(|| {
+                let mut out = Vec::new();
+                json::encode_frame(&frame(), &mut out);
+                out.pop(); // the closing brace; the suffix adds it back after `seq`
+                out.into()
+            }),
+        }
+    }
+
+    /// Appends the whole WebSocket message for one link.
+    pub fn write(&self, codec: Codec, seq: u64, out: &mut Vec<u8>) {
+        let prefix = self.prefix(codec);
+        let mut suffix = [0u8; 32];
+        let n = match codec {
+            Codec::Proto => {
+                suffix[0] = 4 << 3; // field 4, varint
+                1 + put_varint(seq, &mut suffix[1..])
+            }
+            Codec::Json => {
+                let mut digits = itoa::Buffer::new();
+                let s = digits.format(seq).as_bytes();
+                let parts: [&[u8]; 3] = [b",\"seq\":\"", s, b"\"}"];
+                let mut n = 0;
+                for p in parts {
+                    suffix[n..n + p.len()].copy_from_slice(p);
+                    n += p.len();
+                }
+                n
+            }
+        };
+        let opcode = OpCode::Data(if codec.is_text() {
+            Data::Text
+        } else {
+            Data::Binary
+        });
+        let len = prefix.len() + n;
+        out.reserve(ws::header_len(len) + len);
+        ws::write_header(out, opcode, len);
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&suffix[..n]);
+    }
+}
+
+fn put_varint(mut v: u64, out: &mut [u8]) -> usize {
+    let mut i = 0;
+    while v >= 0x80 {
+        out[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    out[i] = v as u8;
+    i + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use tungstenite::protocol::frame::FrameHeader;
+
+    #[test]
+    fn same_frame_as_a_full_encode() {
+        let push = EncodedPush::new("p-1", Bytes::from_static(b"\x01body"));
+        for codec in [Codec::Proto, Codec::Json] {
+            for seq in [1u64, 300, u64::MAX] {
+                let mut out = Vec::new();
+                push.write(codec, seq, &mut out);
+                let mut cur = Cursor::new(&out);
+                let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+                assert_eq!(
+                    h.opcode,
+                    OpCode::Data(if codec.is_text() {
+                        Data::Text
+                    } else {
+                        Data::Binary
+                    })
+                );
+                let payload = &out[cur.position() as usize..];
+                assert_eq!(payload.len() as u64, len);
+                let f = codec.decode(payload).unwrap();
+                assert_eq!(
+                    f,
+                    Frame {
+                        cmd: Cmd::Downstream as i32,
+                        key: "p-1".into(),
+                        body: Bytes::from_static(b"\x01body"),
+                        seq,
+                        ..Default::default()
+                    }
+                );
+            }
+        }
+    }
+}

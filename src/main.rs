@@ -1,0 +1,201 @@
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use clap::Parser;
+use glommio::{LocalExecutorBuilder, Placement};
+use rand::TryRngCore;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use ringway::auth::{self, Identity, KeySource, Verifier};
+use ringway::config::{Cli, Command, ServeArgs};
+use ringway::control::{self, NodeState};
+use ringway::core::{inbox, worker};
+use ringway::metrics::CoreMetrics;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Token(t) => {
+            let who = Identity {
+                biz_id: t.biz,
+                user_id: t.user,
+                device_id: t.device,
+            };
+            println!("{}", auth::mint_hs256(t.jwt_secret.as_bytes(), &who, t.ttl));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let source = match (&args.jwt_secret, &args.jwt_public_key) {
+        (Some(s), _) => KeySource::Secret(s.as_bytes().to_vec()),
+        (None, Some(path)) => KeySource::PublicKeyPem(
+            std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
+        ),
+        (None, None) => {
+            // No shared key is ever built in: a fresh one per process, shown once.
+            let mut raw = [0u8; 24];
+            rand::rngs::OsRng
+                .try_fill_bytes(&mut raw)
+                .map_err(|e| e.to_string())?;
+            let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            let who = Identity {
+                biz_id: 1,
+                user_id: "demo".into(),
+                device_id: "default".into(),
+            };
+            let sample = auth::mint_hs256(secret.as_bytes(), &who, 86_400);
+            warn!(
+                jwt_secret = %secret,
+                sample_token = %sample,
+                "no --jwt-secret or --jwt-public-key: using a random development secret; \
+                 mint tokens with `ringway token --jwt-secret <secret> --user <id>`"
+            );
+            KeySource::Secret(secret.into_bytes())
+        }
+    };
+    let verifier = Arc::new(Verifier::new(
+        &source,
+        args.jwt_issuer.as_deref(),
+        args.jwt_audience.as_deref(),
+    )?);
+
+    let cpus = allowed_cpus();
+    let workers = args.workers.unwrap_or(cpus.len()).max(1);
+    let node_id = args
+        .node_id
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "ringway".into())
+        });
+
+    let listeners = (0..workers)
+        .map(|_| bind_reuseport(args.listen))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let admin = std::net::TcpListener::bind(args.admin_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("cannot listen on admin {}: {e}", args.admin_listen))?;
+
+    let (handles, inboxes): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| inbox::channel(args.core_inbox))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("creating core inboxes: {e}"))?
+        .into_iter()
+        .unzip();
+    let metrics: Vec<Arc<CoreMetrics>> = (0..workers).map(|_| Arc::default()).collect();
+    let origins = Arc::new(
+        args.allowed_origins
+            .iter()
+            .filter(|o| !o.is_empty())
+            .cloned()
+            .collect(),
+    );
+
+    for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+        let setup = worker::WorkerSetup {
+            index: i,
+            listener,
+            shard: args.shard_config(&node_id),
+            verifier: verifier.clone(),
+            allowed_origins: Arc::clone(&origins),
+            echo: args.echo,
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            peers: handles.clone(),
+            inbox,
+            metrics: metrics[i].clone(),
+        };
+        let placement = if args.pin_cores {
+            Placement::Fixed(cpus[i % cpus.len()])
+        } else {
+            Placement::Unbound
+        };
+        LocalExecutorBuilder::new(placement)
+            .name(&format!("ringway-w{i}"))
+            .spawn(move || worker::run(setup))
+            .map_err(|e| format!("starting worker {i}: {e}"))?;
+    }
+
+    let node = Arc::new(NodeState {
+        cores: handles,
+        metrics,
+        draining: AtomicBool::new(false),
+        push_rejected: AtomicU64::new(0),
+        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+    });
+    info!(
+        listen = %args.listen,
+        admin = %args.admin_listen,
+        workers,
+        node_id = %node_id,
+        echo = args.echo,
+        "ringway ready"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringway-control")
+        .build()
+        .map_err(|e| format!("starting control runtime: {e}"))?;
+    rt.block_on(async {
+        let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
+        control::run(node, admin, Duration::from_millis(args.shutdown_timeout_ms)).await;
+        Ok::<(), String>(())
+    })?;
+    // Worker threads hold only links that are closed by now; the process ends here.
+    std::process::exit(0);
+}
+
+/// One listening socket per worker core on the same address: the kernel spreads new
+/// connections across them.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// The CPUs this process may run on, so `taskset` decides where workers are pinned.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes into the zeroed set we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &set))
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}

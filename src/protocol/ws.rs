@@ -1,0 +1,439 @@
+//! Server side of RFC 6455 framing, sans-IO.
+//!
+//! The reader is fed whatever bytes the socket produced and calls back once per complete
+//! message or control frame. It keeps no buffer while a link is idle: only a partial frame
+//! (or a fragmented message) is copied into the link, so ten thousand quiet links cost nothing
+//! here. Frame headers are parsed and written with tungstenite's `FrameHeader`; message assembly,
+//! the server's validation rules and buffer ownership live here.
+
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+/// One thing the peer said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsEvent<'a> {
+    /// A complete data message. `text` tells the opcode; the payload of a text message is
+    /// already checked to be UTF-8.
+    Message {
+        text: bool,
+        payload: &'a [u8],
+    },
+    Ping(&'a [u8]),
+    Pong,
+    /// The peer started the closing handshake. `None` when it sent no status code.
+    Close(Option<u16>),
+}
+
+/// Why a link's input cannot be read any further. Each maps to the close code the RFC names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsError {
+    Protocol(&'static str),
+    TooLarge,
+    BadUtf8,
+}
+
+impl WsError {
+    pub fn close_code(self) -> u16 {
+        match self {
+            WsError::Protocol(_) => 1002,
+            WsError::TooLarge => 1009,
+            WsError::BadUtf8 => 1007,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            WsError::Protocol(why) => why,
+            WsError::TooLarge => "message too large",
+            WsError::BadUtf8 => "text message is not UTF-8",
+        }
+    }
+}
+
+/// Incremental reader of client frames.
+#[derive(Debug, Default)]
+pub struct WsReader {
+    /// Bytes of a frame that has not fully arrived yet.
+    partial: Vec<u8>,
+    /// A fragmented data message being assembled: (is text, payload so far).
+    fragments: Option<(bool, Vec<u8>)>,
+}
+
+impl WsReader {
+    /// Feeds bytes read from the socket. `input` is unmasked in place, so the caller's scratch
+    /// buffer is reused instead of copying each payload. Returns an error once the stream is
+    /// unusable; the caller closes the link with [`WsError::close_code`].
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        max_message: usize,
+        mut on_event: impl FnMut(WsEvent<'_>),
+    ) -> Result<(), WsError> {
+        if self.partial.is_empty() {
+            let used = self.parse(input, max_message, &mut on_event)?;
+            if used < input.len() {
+                self.partial.extend_from_slice(&input[used..]);
+            }
+        } else {
+            self.partial.extend_from_slice(input);
+            let mut buf = std::mem::take(&mut self.partial);
+            let used = self.parse(&mut buf, max_message, &mut on_event)?;
+            buf.drain(..used);
+            self.partial = buf;
+        }
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            // Give the memory back: a link that sent one big message keeps no big buffer.
+            self.partial = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Parses every complete frame at the start of `buf`; returns how many bytes were used.
+    fn parse(
+        &mut self,
+        buf: &mut [u8],
+        max_message: usize,
+        on_event: &mut impl FnMut(WsEvent<'_>),
+    ) -> Result<usize, WsError> {
+        let mut pos = 0;
+        loop {
+            let mut cursor = Cursor::new(&buf[pos..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(pos),
+                Err(_) => return Err(WsError::Protocol("malformed frame header")),
+            };
+            let header_len = cursor.position() as usize;
+            if let OpCode::Control(_) = header.opcode {
+                if len > 125 {
+                    return Err(WsError::Protocol("control frames must be final and short"));
+                }
+            } else {
+                let already = self.fragments.as_ref().map_or(0, |(_, f)| f.len());
+                if len > max_message.saturating_sub(already) as u64 {
+                    return Err(WsError::TooLarge);
+                }
+            }
+            let len = len as usize;
+            if buf.len() - pos - header_len < len {
+                return Ok(pos);
+            }
+            let start = pos + header_len;
+            let payload = &mut buf[start..start + len];
+            pos = start + len;
+            self.frame(&header, payload, on_event)?;
+        }
+    }
+
+    fn frame(
+        &mut self,
+        header: &FrameHeader,
+        payload: &mut [u8],
+        on_event: &mut impl FnMut(WsEvent<'_>),
+    ) -> Result<(), WsError> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(WsError::Protocol(
+                "reserved bits set without a negotiated extension",
+            ));
+        }
+        let Some(mask) = header.mask else {
+            return Err(WsError::Protocol("client frames must be masked"));
+        };
+        unmask(payload, mask);
+        match header.opcode {
+            OpCode::Control(ctl) => {
+                if !header.is_final || payload.len() > 125 {
+                    return Err(WsError::Protocol("control frames must be final and short"));
+                }
+                match ctl {
+                    Control::Ping => on_event(WsEvent::Ping(payload)),
+                    Control::Pong => on_event(WsEvent::Pong),
+                    Control::Close => on_event(WsEvent::Close(parse_close(payload)?)),
+                    Control::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
+                }
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((text, mut msg)) = self.fragments.take() else {
+                    return Err(WsError::Protocol("continuation without a message"));
+                };
+                msg.extend_from_slice(payload);
+                if header.is_final {
+                    deliver(text, &msg, on_event)?;
+                } else {
+                    self.fragments = Some((text, msg));
+                }
+            }
+            OpCode::Data(data @ (Data::Text | Data::Binary)) => {
+                if self.fragments.is_some() {
+                    return Err(WsError::Protocol("new message inside a fragmented one"));
+                }
+                let text = data == Data::Text;
+                if header.is_final {
+                    deliver(text, payload, on_event)?;
+                } else {
+                    self.fragments = Some((text, payload.to_vec()));
+                }
+            }
+            OpCode::Data(Data::Reserved(_)) => return Err(WsError::Protocol("reserved opcode")),
+        }
+        Ok(())
+    }
+}
+
+fn deliver(
+    text: bool,
+    payload: &[u8],
+    on_event: &mut impl FnMut(WsEvent<'_>),
+) -> Result<(), WsError> {
+    if text && std::str::from_utf8(payload).is_err() {
+        return Err(WsError::BadUtf8);
+    }
+    on_event(WsEvent::Message { text, payload });
+    Ok(())
+}
+
+fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(WsError::Protocol("close frame with a one-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(WsError::Protocol("close code not allowed on the wire"));
+            }
+            if std::str::from_utf8(&payload[2..]).is_err() {
+                return Err(WsError::BadUtf8);
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let v = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk")) ^ word;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Length of the header [`write_header`] emits for a payload of `len` bytes.
+pub fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
+}
+
+/// Appends an unmasked, final server frame header.
+pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    header
+        .format(len as u64, out)
+        .expect("writing to a Vec cannot fail");
+}
+
+/// Appends a whole server frame.
+pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    out.reserve(header_len(payload.len()) + payload.len());
+    write_header(out, opcode, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends a close frame with a status code and a reason cut to fit a control frame.
+pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + cut);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    write_frame(out, OpCode::Control(Control::Close), &payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![first];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Msg(bool, Vec<u8>),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<u16>),
+    }
+
+    fn feed_all(reader: &mut WsReader, bytes: &[u8], max: usize) -> Result<Vec<Got>, WsError> {
+        let mut got = Vec::new();
+        reader.feed(&mut bytes.to_vec(), max, |ev| {
+            got.push(match ev {
+                WsEvent::Message { text, payload } => Got::Msg(text, payload.to_vec()),
+                WsEvent::Ping(p) => Got::Ping(p.to_vec()),
+                WsEvent::Pong => Got::Pong,
+                WsEvent::Close(c) => Got::Close(c),
+            })
+        })?;
+        Ok(got)
+    }
+
+    #[test]
+    fn whole_messages_in_one_read() {
+        let mut bytes = client_frame(0x81, b"hello");
+        bytes.extend(client_frame(0x82, &[1, 2, 3]));
+        bytes.extend(client_frame(0x89, b"p"));
+        let got = feed_all(&mut WsReader::default(), &bytes, 1024).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Got::Msg(true, b"hello".to_vec()),
+                Got::Msg(false, vec![1, 2, 3]),
+                Got::Ping(b"p".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_at_a_time_and_buffer_released() {
+        let payload = vec![7u8; 300];
+        let bytes = client_frame(0x82, &payload);
+        let mut reader = WsReader::default();
+        let mut got = Vec::new();
+        for b in &bytes {
+            got.extend(feed_all(&mut reader, &[*b], 1024).unwrap());
+        }
+        assert_eq!(got, vec![Got::Msg(false, payload)]);
+        assert_eq!(reader.partial.capacity(), 0, "idle reader holds no buffer");
+    }
+
+    #[test]
+    fn fragmented_message_with_interleaved_ping() {
+        let mut bytes = client_frame(0x01, b"he");
+        bytes.extend(client_frame(0x89, b""));
+        bytes.extend(client_frame(0x00, b"ll"));
+        bytes.extend(client_frame(0x80, b"o"));
+        let got = feed_all(&mut WsReader::default(), &bytes, 1024).unwrap();
+        assert_eq!(
+            got,
+            vec![Got::Ping(vec![]), Got::Msg(true, b"hello".to_vec())]
+        );
+    }
+
+    #[test]
+    fn limits_count_the_whole_message() {
+        let one = client_frame(0x82, &[0; 11]);
+        assert_eq!(
+            feed_all(&mut WsReader::default(), &one, 10),
+            Err(WsError::TooLarge)
+        );
+        let mut frags = client_frame(0x02, &[0; 6]);
+        frags.extend(client_frame(0x80, &[0; 6]));
+        assert_eq!(
+            feed_all(&mut WsReader::default(), &frags, 10),
+            Err(WsError::TooLarge)
+        );
+        // A header announcing a huge payload is refused before any of it arrives.
+        let mut huge = client_frame(0x82, &[0; 70000]);
+        huge.truncate(20);
+        assert_eq!(
+            feed_all(&mut WsReader::default(), &huge, 65536),
+            Err(WsError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn protocol_violations() {
+        let unmasked = [0x81u8, 0x01, b'a'];
+        assert!(matches!(
+            feed_all(&mut WsReader::default(), &unmasked, 100),
+            Err(WsError::Protocol(_))
+        ));
+        let rsv = client_frame(0xC1, b"a");
+        assert!(matches!(
+            feed_all(&mut WsReader::default(), &rsv, 100),
+            Err(WsError::Protocol(_))
+        ));
+        let cont = client_frame(0x80, b"a");
+        assert!(matches!(
+            feed_all(&mut WsReader::default(), &cont, 100),
+            Err(WsError::Protocol(_))
+        ));
+        let long_ping = client_frame(0x89, &[0; 126]);
+        assert!(matches!(
+            feed_all(&mut WsReader::default(), &long_ping, 1000),
+            Err(WsError::Protocol(_))
+        ));
+        let reserved = client_frame(0x83, b"");
+        assert!(matches!(
+            feed_all(&mut WsReader::default(), &reserved, 100),
+            Err(WsError::Protocol(_))
+        ));
+        let bad_text = client_frame(0x81, &[0xff, 0xfe]);
+        assert_eq!(
+            feed_all(&mut WsReader::default(), &bad_text, 100),
+            Err(WsError::BadUtf8)
+        );
+    }
+
+    #[test]
+    fn close_frames() {
+        let mut close = client_frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e']);
+        close.extend(client_frame(0x88, &[]));
+        let got = feed_all(&mut WsReader::default(), &close, 100).unwrap();
+        assert_eq!(got, vec![Got::Close(Some(1000)), Got::Close(None)]);
+        let reserved_code = client_frame(0x88, &[0x03, 0xed]); // 1005 must not be sent
+        assert!(matches!(
+            feed_all(&mut WsReader::default(), &reserved_code, 100),
+            Err(WsError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn server_frames_are_well_formed() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let mut out = Vec::new();
+            write_frame(&mut out, OpCode::Data(Data::Binary), &vec![9; len]);
+            assert_eq!(out.len(), header_len(len) + len);
+            let (h, l) = FrameHeader::parse(&mut Cursor::new(&out)).unwrap().unwrap();
+            assert_eq!(l as usize, len);
+            assert!(h.is_final && h.mask.is_none());
+        }
+        let mut out = Vec::new();
+        write_close(&mut out, 4003, &"é".repeat(100));
+        assert!(out.len() <= 2 + 125);
+        assert_eq!(&out[2..4], &4003u16.to_be_bytes());
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+    }
+}
