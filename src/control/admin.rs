@@ -60,27 +60,27 @@ fn request<T: DeserializeOwned>(
     node: &NodeState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     if let Some(token) = &node.admin_token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "admin token required: Authorization: Bearer <token>",
-            ));
+            )));
         }
     }
     if node.draining.load(Relaxed) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "node is shutting down",
-        ));
+        )));
     }
     serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}"))))
 }
 
 /// `biz_id` as a number or, as proto3 JSON writes 64-bit integers, a string.
@@ -117,7 +117,7 @@ struct PushRequest {
 async fn push(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
     let req: PushRequest = match request(&node, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if req.key.is_empty() {
         return error(
@@ -177,7 +177,7 @@ struct KickRequest {
 async fn kick(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
     let req: KickRequest = match request(&node, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let reason = req.reason.unwrap_or_else(|| "kicked by operator".into());
     if router::kick(&node, req.biz_id, req.user_id, req.device_id, reason) {
@@ -220,7 +220,7 @@ fn opt_biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
 async fn redirect(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
     let req: RedirectRequest = match request(&node, &headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if req.nodes.is_empty() {
         return error(

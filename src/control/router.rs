@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tracing::warn;
 
 use super::NodeState;
-use crate::core::inbox::{CoreMsg, PushJob};
+use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect};
 use crate::owner_core;
 use crate::proto::Node;
 
@@ -53,7 +53,7 @@ pub fn push(
             body: body.clone(),
             accepted_at,
         };
-        match node.cores[core].send(CoreMsg::Push(job)) {
+        match node.cores[core].send(CoreMsg::Push(Box::new(job))) {
             Ok(()) => routed.accepted += n,
             Err(_) => {
                 routed.rejected += n;
@@ -75,12 +75,12 @@ pub fn kick(
 ) -> bool {
     let core = owner_core(biz_id, &user_id, node.cores.len());
     node.cores[core]
-        .send(CoreMsg::Kick {
+        .send(CoreMsg::Kick(Box::new(Kick {
             biz_id,
             user_id,
             device_id,
             reason,
-        })
+        })))
         .is_ok()
 }
 
@@ -95,19 +95,19 @@ pub fn redirect(
         Some(t) => {
             let core = owner_core(t.0, &t.1, node.cores.len());
             node.cores[core]
-                .send(CoreMsg::Redirect {
+                .send(CoreMsg::Redirect(Box::new(Redirect {
                     target: Some(t),
                     nodes,
                     retry_after_ms,
-                })
+                })))
                 .is_ok()
         }
         None => node.cores.iter().all(|c| {
-            c.send(CoreMsg::Redirect {
+            c.send(CoreMsg::Redirect(Box::new(Redirect {
                 target: None,
                 nodes: nodes.clone(),
                 retry_after_ms,
-            })
+            })))
             .is_ok()
         }),
     }

@@ -19,29 +19,38 @@ use crate::auth::Identity;
 use crate::proto::Node;
 use crate::protocol::handshake::Upgrade;
 
-/// What other threads ask of a core.
+/// What other threads ask of a core. Payloads are boxed: the bounded queue preallocates every
+/// slot, so a small message keeps a deep inbox cheap.
 pub enum CoreMsg {
     /// An authenticated socket whose user this core owns.
-    Handoff {
-        fd: OwnedFd,
-        who: Identity,
-        upgrade: Upgrade,
-        leftover: Vec<u8>,
-    },
-    Push(PushJob),
-    Kick {
-        biz_id: u64,
-        user_id: String,
-        device_id: Option<String>,
-        reason: String,
-    },
-    Redirect {
-        target: Option<(u64, String, Option<String>)>,
-        nodes: Vec<Node>,
-        retry_after_ms: u32,
-    },
+    Handoff(Box<Handoff>),
+    Push(Box<PushJob>),
+    Kick(Box<Kick>),
+    Redirect(Box<Redirect>),
     /// Stop accepting and close every link with 1001.
     Shutdown,
+}
+
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub who: Identity,
+    pub upgrade: Upgrade,
+    /// Bytes the client sent after its request head: already WebSocket frames.
+    pub leftover: Vec<u8>,
+}
+
+pub struct Kick {
+    pub biz_id: u64,
+    pub user_id: String,
+    pub device_id: Option<String>,
+    pub reason: String,
+}
+
+pub struct Redirect {
+    /// (biz, user, device); `None` redirects every link of the core.
+    pub target: Option<(u64, String, Option<String>)>,
+    pub nodes: Vec<Node>,
+    pub retry_after_ms: u32,
 }
 
 /// A push for users this core owns; the body is encoded once on arrival.
@@ -139,14 +148,14 @@ mod tests {
     use std::io::Read;
 
     fn push() -> CoreMsg {
-        CoreMsg::Push(PushJob {
+        CoreMsg::Push(Box::new(PushJob {
             biz_id: 1,
             user_ids: vec![],
             device_id: None,
             key: "k".into(),
             body: Bytes::new(),
             accepted_at: Instant::now(),
-        })
+        }))
     }
 
     #[test]

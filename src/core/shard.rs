@@ -232,7 +232,16 @@ impl Shard {
             return;
         };
         if !link.is_open() {
-            return; // closing: the rest of what the client says no longer matters
+            // Closing: only the client's close frame matters now; it ends the handshake.
+            let mut answered = false;
+            let res = link
+                .reader
+                .feed(input, max, |ev| answered |= matches!(ev, WsEvent::Close(_)));
+            if answered || res.is_err() {
+                link.finished = true;
+                link.wake();
+            }
+            return;
         }
         link.last_activity = now;
         let codec = link.codec;
@@ -601,7 +610,7 @@ impl Shard {
         link.liveness = None;
         if !link.is_open() {
             // The close linger ran out: the shell drops the socket.
-            link.abandoned = true;
+            link.finished = true;
             link.wake();
             return;
         }
@@ -636,19 +645,20 @@ impl Shard {
     /// without bound. Its unacked pushes are reported when it is removed.
     fn check_backlog(&mut self, conn: ConnId, now: Instant) {
         let cap = self.cfg.max_outbound_bytes;
-        if let Some(link) = self.links.get_mut(&conn) {
-            if link.is_open() && link.out.len() > cap {
-                // What is queued is what the client failed to read: drop it, keep the close.
-                link.out = Vec::new();
-                let reason = "slow consumer: outbound queue full";
-                self.close_link(
-                    conn,
-                    close_code::SLOW_CONSUMER,
-                    reason,
-                    CloseReason::SlowConsumer,
-                    now,
-                );
-            }
+        if let Some(link) = self.links.get_mut(&conn)
+            && link.is_open()
+            && link.out.len() > cap
+        {
+            // What is queued is what the client failed to read: drop it, keep the close.
+            link.out = Vec::new();
+            let reason = "slow consumer: outbound queue full";
+            self.close_link(
+                conn,
+                close_code::SLOW_CONSUMER,
+                reason,
+                CloseReason::SlowConsumer,
+                now,
+            );
         }
     }
 
@@ -756,6 +766,7 @@ impl Shard {
             return;
         };
         link.close(code, reason, why);
+        self.metrics.closed(why);
         if let Some(t) = link.liveness.take() {
             self.wheel.cancel(t);
         }
@@ -790,8 +801,9 @@ impl Shard {
         self.metrics
             .links
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
-            .closed(link.closing.unwrap_or(CloseReason::Disconnected));
+        if link.closing.is_none() {
+            self.metrics.closed(CloseReason::Disconnected);
+        }
         if let Some(t) = link.liveness {
             self.wheel.cancel(t);
         }

@@ -587,7 +587,11 @@ fn kick_redirect_and_shutdown() {
         user_id: "bob",
         device_id: None,
     };
-    assert_eq!(h.shard.redirect(Some(&t), &[node.clone()], 250, h.at(0)), 1);
+    assert_eq!(
+        h.shard
+            .redirect(Some(&t), std::slice::from_ref(&node), 250, h.at(0)),
+        1
+    );
     let out = h.drain(2);
     assert!(
         matches!(&out[0], Out::Frame(f) if f.cmd == Cmd::Redirect as i32 && f.nodes == vec![node.clone()] && f.retry_after_ms == 250)

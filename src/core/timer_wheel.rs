@@ -200,7 +200,7 @@ mod tests {
         let t0 = Instant::now();
         let mut w = wheel(t0);
         for i in 0..50 {
-            w.insert(t0 + (i * 7) * MS, i as u32);
+            w.insert(t0 + (i * 7) * MS, i);
         }
         w.insert(t0 + 10_000 * MS, 99);
         assert_eq!(fired(&mut w, t0 + 5_000 * MS), (0..50).collect::<Vec<_>>());

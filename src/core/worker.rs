@@ -15,7 +15,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, info, warn};
 
-use super::inbox::{CoreHandle, CoreMsg, Inbox};
+use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::loopback::LoopbackBackend;
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
@@ -144,10 +144,11 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         }
         Err(HandshakeEnd::Refused(r)) => return reject(&w, stream, r).await,
     };
-    if let Some(origin) = &up.origin {
-        if !w.allowed_origins.is_empty() && !w.allowed_origins.iter().any(|o| o == origin) {
-            return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
-        }
+    if let Some(origin) = &up.origin
+        && !w.allowed_origins.is_empty()
+        && !w.allowed_origins.iter().any(|o| o == origin)
+    {
+        return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
     }
     if !w.accepting.get() {
         let r = Reject {
@@ -182,12 +183,12 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         return reject(&w, stream, Reject::new(503, "out of file descriptors")).await;
     }
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-    let msg = CoreMsg::Handoff {
+    let msg = CoreMsg::Handoff(Box::new(Handoff {
         fd,
         who,
         upgrade: up,
         leftover,
-    };
+    }));
     match w.peers[owner].send(msg) {
         Ok(()) => w.metrics.handoffs.inc(),
         Err(_) => {
@@ -230,7 +231,8 @@ fn open_link(
 
 /// Owns one link's socket for its whole life.
 async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream) {
-    poll_fn(|cx| w.poll_link(cx, conn, &mut stream)).await;
+    let mut write_shut = false;
+    poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
     w.shard.borrow_mut().closed(conn);
     w.after_events();
     let _ = stream.close().await;
@@ -239,13 +241,23 @@ async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream) {
 impl Worker {
     /// Flushes what the shard queued for the link, then reads what the client sent. Returns
     /// Ready when the link is over.
-    fn poll_link(&self, cx: &mut Context<'_>, conn: ConnId, stream: &mut TcpStream) -> Poll<()> {
+    ///
+    /// A closing link, once its close frame is out, half-closes the socket and reads until the
+    /// client's EOF: closing at once would answer the client's in-flight bytes with a reset,
+    /// which makes its kernel discard the close frame before the client reads the code.
+    fn poll_link(
+        &self,
+        cx: &mut Context<'_>,
+        conn: ConnId,
+        stream: &mut TcpStream,
+        write_shut: &mut bool,
+    ) -> Poll<()> {
         for _ in 0..READ_BUDGET {
             let mut shard = self.shard.borrow_mut();
             let Some(link) = shard.link_mut(conn) else {
                 return Poll::Ready(());
             };
-            if link.abandoned {
+            if link.finished {
                 return Poll::Ready(());
             }
             while !link.out.is_empty() {
@@ -258,8 +270,10 @@ impl Worker {
                 }
             }
             if link.out.is_empty() {
-                if link.closing.is_some() {
-                    return Poll::Ready(());
+                if link.closing.is_some() && !*write_shut {
+                    // SAFETY: shutdown(2) on the socket this task owns.
+                    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+                    *write_shut = true;
                 }
                 if link.out.capacity() > 4096 {
                     link.out = Vec::new();
@@ -303,12 +317,13 @@ impl Worker {
     fn handle(self: &Rc<Self>, msg: CoreMsg, acceptor: &mut Option<glommio::Task<()>>) {
         let now = Instant::now();
         match msg {
-            CoreMsg::Handoff {
-                fd,
-                who,
-                upgrade,
-                leftover,
-            } => {
+            CoreMsg::Handoff(h) => {
+                let Handoff {
+                    fd,
+                    who,
+                    upgrade,
+                    leftover,
+                } = *h;
                 // SAFETY: the fd is a connected TCP socket handed over whole by another core.
                 let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
                 open_link(self, stream, who, upgrade, leftover);
@@ -325,32 +340,23 @@ impl Worker {
                     now,
                 );
             }
-            CoreMsg::Kick {
-                biz_id,
-                user_id,
-                device_id,
-                reason,
-            } => {
+            CoreMsg::Kick(k) => {
                 let t = Target {
-                    biz_id,
-                    user_id: &user_id,
-                    device_id: device_id.as_deref(),
+                    biz_id: k.biz_id,
+                    user_id: &k.user_id,
+                    device_id: k.device_id.as_deref(),
                 };
-                self.shard.borrow_mut().kick(&t, &reason, now);
+                self.shard.borrow_mut().kick(&t, &k.reason, now);
             }
-            CoreMsg::Redirect {
-                target,
-                nodes,
-                retry_after_ms,
-            } => {
-                let t = target.as_ref().map(|(b, u, d)| Target {
+            CoreMsg::Redirect(r) => {
+                let t = r.target.as_ref().map(|(b, u, d)| Target {
                     biz_id: *b,
                     user_id: u,
                     device_id: d.as_deref(),
                 });
                 self.shard
                     .borrow_mut()
-                    .redirect(t.as_ref(), &nodes, retry_after_ms, now);
+                    .redirect(t.as_ref(), &r.nodes, r.retry_after_ms, now);
             }
             CoreMsg::Shutdown => {
                 self.accepting.set(false);

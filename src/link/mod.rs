@@ -65,8 +65,9 @@ pub struct Link {
     pub out: Vec<u8>,
     /// Set once the link is closing: the shell flushes `out`, then closes the socket.
     pub closing: Option<CloseReason>,
-    /// The closing link did not take its close frame in time: drop the socket now.
-    pub abandoned: bool,
+    /// The closing handshake is over (the client answered, or the linger ran out): the shell
+    /// drops the socket.
+    pub finished: bool,
     /// The task that owns the socket, woken when `out` grows or the link starts closing.
     pub waker: Option<Waker>,
 }
@@ -85,7 +86,7 @@ impl Link {
             liveness: None,
             out: Vec::new(),
             closing: None,
-            abandoned: false,
+            finished: false,
             waker: None,
         }
     }

@@ -1,0 +1,335 @@
+//! Runs the real `ringway` binary on loopback and talks to it with tungstenite's client.
+#![allow(dead_code)] // each test binary uses a different part of this harness
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use ringway::auth::{Identity, mint_hs256};
+use ringway::proto::{Cmd, Frame};
+use ringway::protocol::Codec;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &str = "integration-test-secret-0123";
+
+pub struct Gateway {
+    child: Child,
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+    http: ureq::Agent,
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Polls `check` until it is true; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Gateway {
+    /// Starts a two-core gateway with the test secret plus `extra` flags, and waits until it
+    /// answers /healthz and accepts TCP on its client port.
+    pub fn start(extra: &[&str]) -> Gateway {
+        let ws = free_port();
+        let admin = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway"));
+        cmd.args([
+            "serve",
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .args([
+            "--jwt-secret",
+            SECRET,
+            "--workers",
+            "2",
+            "--pin-cores",
+            "false",
+        ])
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RINGWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        let child = cmd.spawn().expect("start ringway");
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut gw = Gateway {
+            child,
+            ws,
+            admin,
+            http,
+        };
+        wait_until("gateway readiness", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("ringway exited during start: {status}");
+            }
+            gw.get("/healthz").0 == 200 && TcpStream::connect(ws).is_ok()
+        });
+        gw
+    }
+
+    pub fn token(&self, user: &str, device: &str) -> String {
+        let who = Identity {
+            biz_id: 1,
+            user_id: user.into(),
+            device_id: device.into(),
+        };
+        mint_hs256(SECRET.as_bytes(), &who, 3600)
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws)
+    }
+
+    /// Connects as `user`/`device` and reads CONNECTED.
+    pub fn connect(&self, user: &str, device: &str, codec: Codec) -> Client {
+        let (mut c, connected) = self.try_connect(user, device, codec).expect("connect");
+        assert_eq!(connected.cmd, Cmd::Connected as i32);
+        c.connected = connected;
+        c
+    }
+
+    pub fn try_connect(
+        &self,
+        user: &str,
+        device: &str,
+        codec: Codec,
+    ) -> Result<(Client, Frame), u16> {
+        let mut req = self.url().into_client_request().unwrap();
+        let h = req.headers_mut();
+        h.insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {}", self.token(user, device))).unwrap(),
+        );
+        h.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+        Client::open(self.ws, req, codec)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match self.http.get(format!("http://{}{path}", self.admin)).call() {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub fn post(&self, path: &str, json: serde_json::Value) -> (u16, serde_json::Value) {
+        let mut r = self
+            .http
+            .post(format!("http://{}{path}", self.admin))
+            .header("Content-Type", "application/json")
+            .send(json.to_string())
+            .expect("admin request");
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
+    }
+
+    /// Pushes `body` to `user` through the HTTP API.
+    pub fn push(&self, user: &str, key: &str, body: &[u8]) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(body);
+        let (status, resp) = self.post(
+            "/v1/push",
+            serde_json::json!({"biz_id": 1, "user_id": user, "key": key, "body": b64}),
+        );
+        assert_eq!(status, 202, "{resp}");
+    }
+
+    /// A metric's value, e.g. `ringway_undelivered_total{reason="offline"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .unwrap_or_else(|| panic!("no metric {series}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn wait_metric(&self, series: &str, want: f64) {
+        wait_until(
+            &format!("{series} == {want}"),
+            Duration::from_secs(15),
+            || self.metric(series) == want,
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the server sent, decoded.
+#[derive(Debug)]
+pub enum Got {
+    Frame(Frame),
+    Closed(Option<u16>),
+    /// Nothing within the read timeout.
+    Quiet,
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub codec: Codec,
+    pub connected: Frame,
+}
+
+impl Client {
+    pub fn open(
+        addr: SocketAddr,
+        req: tungstenite::handshake::client::Request,
+        codec: Codec,
+    ) -> Result<(Client, Frame), u16> {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (ws, _resp) = match tungstenite::client(req, stream) {
+            Ok(ok) => ok,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+                return Err(resp.status().as_u16());
+            }
+            Err(e) => panic!("handshake failed: {e}"),
+        };
+        let mut c = Client {
+            ws,
+            codec,
+            connected: Frame::default(),
+        };
+        match c.recv() {
+            Got::Frame(f) => Ok((c, f)),
+            other => panic!("expected CONNECTED, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, f: &Frame) {
+        let msg = match self.codec {
+            Codec::Proto => Message::binary(f.encode_to_vec()),
+            Codec::Json => {
+                let mut out = Vec::new();
+                self.codec.encode(f, &mut out);
+                Message::text(String::from_utf8(out).unwrap())
+            }
+        };
+        self.ws.send(msg).unwrap();
+    }
+
+    pub fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).unwrap();
+    }
+
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.ws.get_mut().set_read_timeout(Some(t)).unwrap();
+    }
+
+    /// The next data frame or the close, skipping pings and pongs.
+    pub fn recv(&mut self) -> Got {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Binary(b)) => {
+                    assert_eq!(self.codec, Codec::Proto, "binary frame on a JSON link");
+                    return Got::Frame(Frame::decode(b).unwrap());
+                }
+                Ok(Message::Text(t)) => {
+                    assert_eq!(self.codec, Codec::Json, "text frame on a proto link");
+                    return Got::Frame(self.codec.decode(t.as_bytes()).unwrap());
+                }
+                Ok(Message::Close(c)) => return Got::Closed(c.map(|c: CloseFrame| c.code.into())),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    return Got::Quiet;
+                }
+                Err(_) => return Got::Closed(None),
+            }
+        }
+    }
+
+    pub fn frame(&mut self) -> Frame {
+        match self.recv() {
+            Got::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Reads until the close frame and answers it, as a well-behaved client does; returns its
+    /// code.
+    pub fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.recv() {
+                Got::Closed(c) => {
+                    let _ = self.ws.flush();
+                    return c;
+                }
+                Got::Frame(_) => continue,
+                Got::Quiet => panic!("no close within the timeout"),
+            }
+        }
+    }
+}
+
+pub fn frame(cmd: Cmd, key: &str, body: &[u8]) -> Frame {
+    Frame {
+        cmd: cmd as i32,
+        key: key.into(),
+        body: body.to_vec().into(),
+        ..Default::default()
+    }
+}

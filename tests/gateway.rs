@@ -1,0 +1,403 @@
+//! The single-node gateway end to end: the real binary, a real WebSocket client, loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Gateway, Got, frame, wait_until};
+use ringway::proto::{Cmd, Code};
+use ringway::protocol::Codec;
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+
+#[test]
+fn connected_heartbeat_upstream_ack_in_both_codecs() {
+    let gw = Gateway::start(&[]);
+    for codec in [Codec::Proto, Codec::Json] {
+        let mut c = gw.connect("alice", &format!("{codec:?}"), codec);
+        let info = c.connected.connected.clone().unwrap();
+        assert_eq!(info.link_id, format!("1:alice:{codec:?}"));
+        assert_eq!(info.heartbeat_interval_ms, 30_000);
+
+        c.send(&frame(Cmd::Heartbeat, "hb", b"x"));
+        let hb = c.frame();
+        assert_eq!(
+            (hb.cmd, hb.key.as_str(), &hb.body[..]),
+            (Cmd::Heartbeat as i32, "hb", &b"x"[..])
+        );
+
+        let key = format!("m-{codec:?}");
+        c.send(&frame(Cmd::Upstream, &key, b"hello"));
+        let ack = c.frame();
+        assert_eq!(
+            (ack.cmd, ack.key.as_str()),
+            (Cmd::UpstreamAck as i32, key.as_str())
+        );
+        // A resend (the client lost the ack) is answered with the same ack, not forwarded again.
+        c.send(&frame(Cmd::Upstream, &key, b"hello"));
+        assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+    }
+    assert_eq!(gw.metric("ringway_upstream_forwarded_total"), 2.0);
+    assert_eq!(gw.metric("ringway_upstream_reacked_total"), 2.0);
+}
+
+#[test]
+fn json_link_accepts_names_without_prefix_and_no_subprotocol() {
+    let gw = Gateway::start(&[]);
+    let mut req = gw.url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {}", gw.token("bob", "web"))).unwrap(),
+    );
+    let (mut c, connected) = common::Client::open(gw.ws, req, Codec::Json).unwrap();
+    assert_eq!(connected.cmd, Cmd::Connected as i32);
+    c.send_raw(Message::text(
+        r#"{"cmd":"UPSTREAM","key":"k1","body":"aGk="}"#,
+    ));
+    assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+}
+
+#[test]
+fn echo_pushes_back_and_downstream_ack_stops_retransmits() {
+    let gw = Gateway::start(&["--echo", "--push-retry-initial-ms", "200"]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    c.send(&frame(Cmd::Upstream, "e1", b"ping"));
+    let mut got = [c.frame(), c.frame()];
+    got.sort_by_key(|f| f.cmd);
+    assert_eq!(got[0].cmd, Cmd::UpstreamAck as i32);
+    assert_eq!(
+        (got[1].cmd, got[1].seq, &got[1].body[..]),
+        (Cmd::Downstream as i32, 1, &b"ping"[..])
+    );
+    c.send(&frame(Cmd::DownstreamAck, "e1", b""));
+    gw.wait_metric("ringway_push_acked_total", 1.0);
+    c.set_timeout(Duration::from_millis(700));
+    assert!(
+        matches!(c.recv(), Got::Quiet),
+        "an acked push is not resent"
+    );
+    assert_eq!(gw.metric("ringway_push_retransmits_total"), 0.0);
+}
+
+#[test]
+fn unacked_push_is_retransmitted_with_the_same_seq_then_reported() {
+    let gw = Gateway::start(&["--push-retry-initial-ms", "100", "--push-retry-max", "3"]);
+    let mut c = gw.connect("alice", "phone", Codec::Json);
+    gw.push("alice", "p1", b"body");
+    let first = c.frame();
+    let again = c.frame();
+    assert_eq!((first.key.as_str(), first.seq), ("p1", 1));
+    assert_eq!(
+        (again.key.as_str(), again.seq),
+        ("p1", 1),
+        "retransmit keeps its seq"
+    );
+    c.send(&frame(Cmd::DownstreamAck, "p1", b""));
+    gw.wait_metric("ringway_push_acked_total", 1.0);
+
+    gw.push("alice", "p2", b"body");
+    for _ in 0..3 {
+        let f = c.frame();
+        assert_eq!((f.key.as_str(), f.seq), ("p2", 2));
+    }
+    gw.wait_metric(
+        "ringway_undelivered_total{reason=\"retries_exhausted\"}",
+        1.0,
+    );
+    assert_eq!(gw.metric("ringway_push_retransmits_total"), 3.0);
+}
+
+#[test]
+fn push_to_offline_user_is_reported_and_bad_push_requests_get_400() {
+    let gw = Gateway::start(&[]);
+    gw.push("nobody", "p1", b"x");
+    gw.wait_metric("ringway_undelivered_total{reason=\"offline\"}", 1.0);
+    let bad = [
+        serde_json::json!({"biz_id": 1, "user_id": "a", "body": ""}),
+        serde_json::json!({"biz_id": 1, "key": "k"}),
+        serde_json::json!({"biz_id": 1, "user_id": "a", "key": "k", "body": "***"}),
+        serde_json::json!({"biz_id": "x", "user_id": "a", "key": "k"}),
+        serde_json::json!({"biz_id": 1, "user_id": "a", "key": "k", "bogus": 1}),
+    ];
+    for b in bad {
+        let (status, resp) = gw.post("/v1/push", b.clone());
+        assert_eq!(status, 400, "{b} -> {resp}");
+        assert!(resp["error"].is_string());
+    }
+    assert_eq!(gw.get("/readyz").0, 200);
+}
+
+#[test]
+fn group_push_reaches_users_on_both_cores() {
+    let gw = Gateway::start(&[]);
+    let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+    let mut clients: Vec<_> = users
+        .iter()
+        .map(|u| gw.connect(u, "d", Codec::Proto))
+        .collect();
+    let (_, text) = gw.get("/metrics");
+    assert!(
+        text.contains("ringway_core_links{core=\"0\"}")
+            && !text.contains("ringway_core_links{core=\"0\"} 0\n")
+    );
+    assert!(
+        !text.contains("ringway_core_links{core=\"1\"} 0\n"),
+        "12 users all on one core?"
+    );
+    assert!(
+        gw.metric("ringway_socket_handoffs_total") > 0.0,
+        "some sockets were accepted by the other core"
+    );
+    let (status, _) = gw.post(
+        "/v1/push",
+        serde_json::json!({"biz_id": "1", "user_ids": users, "key": "g1", "body": "aGk="}),
+    );
+    assert_eq!(status, 202);
+    for c in &mut clients {
+        let f = c.frame();
+        assert_eq!((f.key.as_str(), &f.body[..]), ("g1", &b"hi"[..]));
+    }
+}
+
+#[test]
+fn auth_and_upgrade_failures_get_clear_statuses() {
+    let gw = Gateway::start(&["--allowed-origins", "https://chat.example"]);
+    let status = |mutate: &dyn Fn(&mut tungstenite::handshake::client::Request)| {
+        let mut req = gw.url().into_client_request().unwrap();
+        mutate(&mut req);
+        common::Client::open(gw.ws, req, Codec::Json).err()
+    };
+    assert_eq!(status(&|_| {}), Some(401), "no token");
+    assert_eq!(
+        status(&|r| {
+            r.headers_mut()
+                .insert("Authorization", HeaderValue::from_static("Bearer garbage"));
+        }),
+        Some(401)
+    );
+    let expired = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        encode(
+            &Header::default(),
+            &serde_json::json!({"biz_id": 1, "user_id": "a", "exp": 1}),
+            &EncodingKey::from_secret(common::SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let bearer = HeaderValue::from_str(&format!("Bearer {expired}")).unwrap();
+    assert_eq!(
+        status(&|r| {
+            r.headers_mut().insert("Authorization", bearer.clone());
+        }),
+        Some(401),
+        "expired"
+    );
+    let good = HeaderValue::from_str(&format!("Bearer {}", gw.token("a", "d"))).unwrap();
+    assert_eq!(
+        status(&|r| {
+            r.headers_mut().insert("Authorization", good.clone());
+            r.headers_mut()
+                .insert("Origin", HeaderValue::from_static("https://evil.example"));
+        }),
+        Some(403)
+    );
+    assert_eq!(
+        status(&|r| {
+            r.headers_mut().insert("Authorization", good.clone());
+            r.headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        }),
+        Some(400)
+    );
+    // Allowed origin, token in the query (as browsers must): accepted.
+    let url = format!("{}?token={}", gw.url(), gw.token("a", "d"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", HeaderValue::from_static("https://chat.example"));
+    assert!(common::Client::open(gw.ws, req, Codec::Json).is_ok());
+
+    // Plain HTTP to the WebSocket port: 426, never 500.
+    let (code, _) = raw_http(gw.ws, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 426);
+    let (code, _) = raw_http(gw.ws, "BREW /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 405);
+    assert_eq!(
+        gw.metric("ringway_handshake_rejected_total{status=\"401\"}"),
+        3.0
+    );
+}
+
+fn raw_http(addr: std::net::SocketAddr, req: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out)
+}
+
+#[test]
+fn handshake_timeout_answers_408() {
+    let gw = Gateway::start(&["--handshake-timeout-ms", "300"]);
+    let (code, _) = raw_http(gw.ws, "GET /ws HTTP/1.1\r\n");
+    assert_eq!(code, 408);
+}
+
+#[test]
+fn rate_limited_messages_get_a_retry_hint_and_heartbeats_pass() {
+    let gw = Gateway::start(&["--link-rate", "5", "--link-burst", "2"]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    for k in ["a", "b", "c"] {
+        c.send(&frame(Cmd::Upstream, k, b""));
+    }
+    c.send(&frame(Cmd::Heartbeat, "", b""));
+    let got: Vec<_> = (0..4).map(|_| c.frame()).collect();
+    let limited: Vec<_> = got
+        .iter()
+        .filter(|f| f.cmd == Cmd::RateLimited as i32)
+        .collect();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0].key, "c");
+    assert!(limited[0].retry_after_ms > 0 && limited[0].retry_after_ms <= 200);
+    assert!(got.iter().any(|f| f.cmd == Cmd::Heartbeat as i32));
+    assert_eq!(
+        gw.metric("ringway_dropped_total{reason=\"rate_limited\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn relogin_kicks_the_old_device_and_two_devices_coexist() {
+    let gw = Gateway::start(&[]);
+    let mut phone = gw.connect("alice", "phone", Codec::Json);
+    let mut laptop = gw.connect("alice", "laptop", Codec::Proto);
+    gw.push("alice", "p1", b"both");
+    assert_eq!(phone.frame().key, "p1");
+    assert_eq!(laptop.frame().key, "p1");
+
+    let mut phone2 = gw.connect("alice", "phone", Codec::Json);
+    let kicked = phone.frame();
+    assert_eq!(kicked.cmd, Cmd::Kicked as i32);
+    assert_eq!(phone.close_code(), Some(4003));
+    // The unacked push moved to the new login of the same device.
+    let carried = phone2.frame();
+    assert_eq!((carried.key.as_str(), carried.seq), ("p1", 1));
+
+    let (status, _) = gw.post(
+        "/v1/kick",
+        serde_json::json!({"biz_id": 1, "user_id": "alice", "device_id": "laptop"}),
+    );
+    assert_eq!(status, 202);
+    assert_eq!(laptop.frame().cmd, Cmd::Kicked as i32);
+    assert_eq!(laptop.close_code(), Some(4003));
+    phone2.send(&frame(Cmd::Heartbeat, "", b""));
+    assert_eq!(
+        phone2.frame().cmd,
+        Cmd::Heartbeat as i32,
+        "the other device is untouched"
+    );
+}
+
+#[test]
+fn redirect_names_the_new_node_then_closes() {
+    let gw = Gateway::start(&[]);
+    let mut c = gw.connect("alice", "phone", Codec::Json);
+    let (status, _) = gw.post(
+        "/v1/redirect",
+        serde_json::json!({"biz_id": 1, "user_id": "alice", "nodes": [{"id": "n2", "ip": "127.0.0.2", "port": 8080}], "retry_after_ms": 300}),
+    );
+    assert_eq!(status, 202);
+    let f = c.frame();
+    assert_eq!(f.cmd, Cmd::Redirect as i32);
+    assert_eq!(
+        (f.nodes[0].ip.as_str(), f.nodes[0].port, f.retry_after_ms),
+        ("127.0.0.2", 8080, 300)
+    );
+    assert_eq!(c.close_code(), Some(4004));
+}
+
+#[test]
+fn garbage_gets_error_frames_and_oversized_closes_1009() {
+    let gw = Gateway::start(&["--max-message-bytes", "1024"]);
+    let mut c = gw.connect("alice", "phone", Codec::Json);
+    c.send_raw(Message::text("{not json"));
+    let e = c.frame();
+    assert_eq!((e.cmd, e.code), (Cmd::Error as i32, Code::BadFrame as i32));
+    c.send_raw(Message::text(r#"{"cmd":"CMD_UPSTREAM","body":"aGk="}"#));
+    assert_eq!(c.frame().code, Code::MissingKey as i32);
+    c.send_raw(Message::text(r#"{"cmd":"CMD_CONNECTED"}"#));
+    assert_eq!(c.frame().code, Code::UnsupportedCmd as i32);
+    c.send(&frame(Cmd::Heartbeat, "", b""));
+    assert_eq!(
+        c.frame().cmd,
+        Cmd::Heartbeat as i32,
+        "still alive after garbage"
+    );
+
+    let mut other = gw.connect("bob", "phone", Codec::Proto);
+    c.send_raw(Message::binary(vec![0u8; 4096]));
+    assert_eq!(c.frame().code, Code::TooLarge as i32);
+    assert_eq!(c.close_code(), Some(1009));
+    other.send(&frame(Cmd::Heartbeat, "", b""));
+    assert_eq!(
+        other.frame().cmd,
+        Cmd::Heartbeat as i32,
+        "other links unaffected"
+    );
+    gw.wait_metric("ringway_links_closed_total{reason=\"too_big\"}", 1.0);
+}
+
+#[test]
+fn idle_links_are_closed_and_heartbeats_keep_them_open() {
+    let gw = Gateway::start(&["--heartbeat-timeout-ms", "900"]);
+    let mut idle = gw.connect("alice", "phone", Codec::Json);
+    let mut busy = gw.connect("bob", "phone", Codec::Json);
+    let start = std::time::Instant::now();
+    // bob beats every 200ms; alice says nothing and does not read (so she answers no ping).
+    while start.elapsed() < Duration::from_millis(1500) {
+        busy.send(&frame(Cmd::Heartbeat, "", b""));
+        assert_eq!(busy.frame().cmd, Cmd::Heartbeat as i32);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(idle.close_code(), Some(4001));
+    gw.wait_metric("ringway_links_closed_total{reason=\"idle_timeout\"}", 1.0);
+    busy.send(&frame(Cmd::Heartbeat, "", b""));
+    assert_eq!(busy.frame().cmd, Cmd::Heartbeat as i32);
+}
+
+#[test]
+fn slow_consumer_is_closed_counted_and_its_pushes_reported() {
+    let gw = Gateway::start(&["--max-outbound-bytes", "65536"]);
+    let slow = gw.connect("alice", "phone", Codec::Proto);
+    let mut fine = gw.connect("bob", "phone", Codec::Proto);
+    let body = vec![7u8; 48 * 1024];
+    let mut n = 0;
+    // alice never reads: kernel buffers fill, then the gateway's queue passes the cap.
+    while gw.metric("ringway_links_closed_total{reason=\"slow_consumer\"}") == 0.0 {
+        gw.push("alice", &format!("p{n}"), &body);
+        n += 1;
+        assert!(n < 2000, "slow consumer never detected");
+    }
+    wait_until("slow link removed", Duration::from_secs(10), || {
+        gw.metric("ringway_links") == 1.0
+    });
+    assert!(gw.metric("ringway_undelivered_total{reason=\"slow_consumer\"}") >= 1.0);
+    drop(slow);
+    gw.push("bob", "b1", b"still here");
+    assert_eq!(fine.frame().key, "b1");
+}
+
+#[test]
+fn sigterm_closes_links_with_1001_and_exits_promptly() {
+    let mut gw = Gateway::start(&[]);
+    let mut a = gw.connect("alice", "phone", Codec::Json);
+    let mut b = gw.connect("bob", "phone", Codec::Proto);
+    gw.signal(libc::SIGTERM);
+    assert_eq!(a.close_code(), Some(1001));
+    assert_eq!(b.close_code(), Some(1001));
+    let status = gw.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status}");
+}
