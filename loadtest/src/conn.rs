@@ -1,0 +1,222 @@
+//! Opening links and driving them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use ringway::auth::{Identity, mint_hs256};
+use ringway::proto::{Cmd, Frame};
+use ringway::protocol::Codec;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Mutex;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use crate::Common;
+
+pub struct Link {
+    pub ws: WebSocketStream<TcpStream>,
+    pub codec: Codec,
+}
+
+/// Links opened at once at most, so a ramp does not flood the accept queue.
+const IN_FLIGHT: usize = 256;
+
+/// Opens `common.links` links at `connect_rate`, spread over the source addresses.
+pub async fn open_all(common: &Common) -> Result<Vec<Link>, String> {
+    let server: SocketAddr = tokio::net::lookup_host(&common.server)
+        .await
+        .map_err(|e| format!("resolving {}: {e}", common.server))?
+        .next()
+        .ok_or("server address resolves to nothing")?;
+    let gap = Duration::from_secs_f64(1.0 / f64::from(common.connect_rate.max(1)));
+    let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::with_capacity(common.links);
+    let start = Instant::now();
+    for i in 0..common.links {
+        let due = start + gap.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let source = common.sources[i % common.sources.len()];
+        let who = Identity {
+            biz_id: common.biz,
+            user_id: format!("{}{i}", common.user_prefix),
+            device_id: "d".into(),
+        };
+        let token = mint_hs256(common.jwt_secret.as_bytes(), &who, 3600);
+        let codec = common.codec;
+        tasks.push(tokio::spawn(async move {
+            let r = connect(server, source, &token, codec).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut links = Vec::with_capacity(tasks.len());
+    let mut failed = 0usize;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(l) => links.push(l),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {} links failed; first: {}",
+            common.links,
+            first_error.unwrap_or_default()
+        ));
+    }
+    Ok(links)
+}
+
+async fn connect(
+    server: SocketAddr,
+    source: IpAddr,
+    token: &str,
+    codec: Codec,
+) -> Result<Link, String> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut req = format!("ws://{server}/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let h = req.headers_mut();
+    h.insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?,
+    );
+    h.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(codec.subprotocol()),
+    );
+    // Small buffers: the load generator holds as many links as the server.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut link = Link { ws, codec };
+    match link.next_frame().await {
+        Some(f) if f.cmd == Cmd::Connected as i32 => Ok(link),
+        other => Err(format!("expected CONNECTED, got {other:?}")),
+    }
+}
+
+impl Link {
+    pub fn message(&self, f: &Frame) -> Message {
+        let mut out = Vec::with_capacity(64);
+        self.codec.encode(f, &mut out);
+        match self.codec {
+            Codec::Proto => Message::Binary(Bytes::from(out)),
+            Codec::Json => Message::Text(String::from_utf8(out).expect("JSON is UTF-8").into()),
+        }
+    }
+
+    /// The next decoded frame; `None` once the link is closed.
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Binary(b)) => return self.codec.decode(&b).ok(),
+                Ok(Message::Text(t)) => return self.codec.decode(t.as_bytes()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// One link's closed-loop echo run.
+pub struct EchoRun {
+    pub deadline: Instant,
+    pub body: Vec<u8>,
+    pub pipeline: usize,
+    pub prefix: String,
+    pub hist: Arc<Mutex<Histogram<u64>>>,
+    pub acks: Arc<AtomicU64>,
+    pub limited: Arc<AtomicU64>,
+    pub errors: Arc<AtomicU64>,
+}
+
+impl EchoRun {
+    pub async fn drive(self, mut link: Link) {
+        let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let mut sent_at: HashMap<String, Instant> = HashMap::new();
+        let mut n = 0u64;
+        let body = Bytes::from(self.body.clone());
+        loop {
+            while sent_at.len() < self.pipeline && Instant::now() < self.deadline {
+                let key = format!("{}{n}", self.prefix);
+                n += 1;
+                let f = Frame {
+                    cmd: Cmd::Upstream as i32,
+                    key: key.clone(),
+                    body: body.clone(),
+                    ..Default::default()
+                };
+                if link.ws.send(link.message(&f)).await.is_err() {
+                    self.errors.fetch_add(1, Relaxed);
+                    return;
+                }
+                sent_at.insert(key, Instant::now());
+            }
+            if sent_at.is_empty() {
+                break;
+            }
+            let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), link.next_frame()).await
+            else {
+                self.errors.fetch_add(1, Relaxed);
+                break;
+            };
+            match Cmd::try_from(f.cmd) {
+                Ok(Cmd::UpstreamAck) => {
+                    if let Some(t) = sent_at.remove(&f.key) {
+                        local.saturating_record(t.elapsed().as_micros() as u64);
+                        self.acks.fetch_add(1, Relaxed);
+                    }
+                }
+                Ok(Cmd::RateLimited) => {
+                    self.limited.fetch_add(1, Relaxed);
+                    sent_at.remove(&f.key);
+                    tokio::time::sleep(Duration::from_millis(u64::from(f.retry_after_ms))).await;
+                }
+                Ok(Cmd::Downstream) => {
+                    let ack = Frame {
+                        cmd: Cmd::DownstreamAck as i32,
+                        key: f.key,
+                        ..Default::default()
+                    };
+                    let _ = link.ws.send(link.message(&ack)).await;
+                }
+                _ => {
+                    self.errors.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        let _ = self.hist.lock().await.add(&local);
+        let _ = link.ws.close(None).await;
+    }
+}
