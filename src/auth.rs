@@ -249,6 +249,46 @@ mod tests {
     }
 
     #[test]
+    fn public_key_algorithms_are_pinned_by_the_key() {
+        let claims = serde_json::json!({"biz_id": 3, "user_id": "u", "exp": far()});
+        let cases: [(Algorithm, &[u8], &[u8]); 2] = [
+            (
+                Algorithm::ES256,
+                include_bytes!("../tests/fixtures/ec-private.pem"),
+                include_bytes!("../tests/fixtures/ec-public.pem"),
+            ),
+            (
+                Algorithm::RS256,
+                include_bytes!("../tests/fixtures/rsa-private.pem"),
+                include_bytes!("../tests/fixtures/rsa-public.pem"),
+            ),
+        ];
+        for (alg, private, public) in cases {
+            let key = match alg {
+                Algorithm::ES256 => EncodingKey::from_ec_pem(private).unwrap(),
+                _ => EncodingKey::from_rsa_pem(private).unwrap(),
+            };
+            let token = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+            let v = Verifier::new(&KeySource::PublicKeyPem(public.to_vec()), None, None).unwrap();
+            assert_eq!(v.verify(Some(&token)).unwrap().biz_id, 3, "{alg:?}");
+            // Algorithm confusion: an HS256 token "signed" with the public key as secret.
+            let forged = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(public),
+            )
+            .unwrap();
+            assert!(
+                v.verify(Some(&forged)).is_err(),
+                "{alg:?} must refuse HS256"
+            );
+        }
+        assert!(
+            Verifier::new(&KeySource::PublicKeyPem(b"not a key".to_vec()), None, None).is_err()
+        );
+    }
+
+    #[test]
     fn short_secrets_are_refused() {
         assert!(Verifier::new(&KeySource::Secret(b"short".to_vec()), None, None).is_err());
     }

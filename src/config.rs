@@ -153,10 +153,13 @@ impl ServeArgs {
             },
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms.max(3)),
             max_devices_per_user: self.max_devices_per_user.max(1),
-            idem_ttl: IdemTtl {
-                pending: Duration::from_millis(self.idem_pending_ttl_ms),
-                done: Duration::from_millis(self.idem_ttl_ms),
-            },
+        }
+    }
+
+    pub fn idem_ttl(&self) -> IdemTtl {
+        IdemTtl {
+            pending: Duration::from_millis(self.idem_pending_ttl_ms),
+            done: Duration::from_millis(self.idem_ttl_ms),
         }
     }
 }

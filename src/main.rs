@@ -127,6 +127,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             verifier: verifier.clone(),
             allowed_origins: Arc::clone(&origins),
             echo: args.echo,
+            idem_ttl: args.idem_ttl(),
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             peers: handles.clone(),
             inbox,

@@ -2,7 +2,7 @@
 //! that moves bytes between sockets and the shard.
 
 pub mod inbox;
-pub mod loopback;
+pub mod local;
 pub mod shard;
 pub mod timer_wheel;
 pub mod worker;

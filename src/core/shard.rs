@@ -1,6 +1,6 @@
 //! Everything one core knows about its links, as a pure state machine.
 //!
-//! The shard owns its links, their user index, the timer wheel and the idempotency store. The
+//! The shard owns its links, their user index and the timer wheel. The
 //! glommio shell feeds it events (bytes read, socket closed, a push, a timer tick) with the
 //! current time and moves the bytes it queues on each link; the shard itself never touches a
 //! socket or a clock, so every rule here is tested exactly, without sleeps.
@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::Control;
 use super::timer_wheel::TimerWheel;
 use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
-use crate::link::idem::{Claim, IdemTtl, MemoryIdemStore};
+use crate::link::idem::{Claim, IdemUpdate};
 use crate::link::push::EncodedPush;
 use crate::link::retry::RetryPolicy;
 use crate::link::{ConnId, Inflight, Link, close_code};
@@ -38,7 +38,6 @@ pub struct ShardConfig {
     pub retry: RetryPolicy,
     pub heartbeat_timeout: Duration,
     pub max_devices_per_user: usize,
-    pub idem_ttl: IdemTtl,
 }
 
 impl ShardConfig {
@@ -105,10 +104,12 @@ pub struct Shard {
     /// (biz, user) → that user's open links on this core, oldest first.
     users: HashMap<(u64, Rc<str>), Vec<ConnId>>,
     wheel: TimerWheel<TimerEvent>,
-    idem: MemoryIdemStore,
     rng: SmallRng,
     pub metrics: Arc<CoreMetrics>,
     pub latencies: Latencies,
+    /// Upstream messages waiting for their idempotency claim.
+    claims: Vec<UpstreamRequest>,
+    idem_updates: Vec<IdemUpdate>,
     upstream: Vec<UpstreamRequest>,
     undelivered: Vec<Undelivered>,
     inbound: Vec<Inbound>,
@@ -121,7 +122,6 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 impl Shard {
     pub fn new(cfg: ShardConfig, metrics: Arc<CoreMetrics>, seed: u64, now: Instant) -> Shard {
         Shard {
-            idem: MemoryIdemStore::new(cfg.idem_ttl),
             cfg,
             links: HashMap::new(),
             users: HashMap::new(),
@@ -129,6 +129,8 @@ impl Shard {
             rng: SmallRng::seed_from_u64(seed),
             metrics,
             latencies: Latencies::default(),
+            claims: Vec::new(),
+            idem_updates: Vec::new(),
             upstream: Vec::new(),
             undelivered: Vec::new(),
             inbound: Vec::new(),
@@ -149,6 +151,16 @@ impl Shard {
 
     pub fn timer_count(&self) -> usize {
         self.wheel.len()
+    }
+
+    /// Upstream messages whose key must be claimed; answer each with [`Shard::on_claim`].
+    pub fn take_claims(&mut self) -> Vec<UpstreamRequest> {
+        std::mem::take(&mut self.claims)
+    }
+
+    /// Changes the idempotency store must make (replies to keep, claims to release).
+    pub fn take_idem_updates(&mut self) -> Vec<IdemUpdate> {
+        std::mem::take(&mut self.idem_updates)
     }
 
     /// Upstream messages to hand to the backend, oldest first.
@@ -360,22 +372,28 @@ impl Shard {
             self.metrics.frame_out(Cmd::RateLimited);
             return;
         }
-        let who = link.who.clone();
-        match self.idem.claim(who.biz_id, &f.key, now) {
+        self.claims.push(UpstreamRequest {
+            conn,
+            who: link.who.clone(),
+            key: f.key,
+            body: f.body,
+            received_at: now,
+        });
+    }
+
+    /// The idempotency store answered a claim: forward a fresh message, re-ack a finished one,
+    /// drop one whose first copy is still with the backend.
+    pub fn on_claim(&mut self, req: UpstreamRequest, claim: Claim, now: Instant) {
+        match claim {
             Claim::Fresh => {
                 self.metrics.upstream_forwarded.inc();
-                self.upstream.push(UpstreamRequest {
-                    conn,
-                    who,
-                    key: f.key,
-                    body: f.body,
-                    received_at: now,
-                });
+                self.upstream.push(req);
             }
             Claim::Pending => self.metrics.dropped(DropReason::DuplicatePending),
             Claim::Done(reply) => {
                 self.metrics.upstream_reacked.inc();
-                self.send_ack(conn, f.key, reply);
+                self.send_ack(req.conn, req.key, reply);
+                self.check_backlog(req.conn, now);
             }
         }
     }
@@ -387,17 +405,22 @@ impl Shard {
         result: Result<Bytes, BackendError>,
         now: Instant,
     ) {
-        let biz = req.who.biz_id;
+        let biz_id = req.who.biz_id;
+        let key = req.key.clone();
         match result {
             Ok(reply) => {
-                self.idem.complete(biz, &req.key, reply.clone(), now);
+                self.idem_updates.push(IdemUpdate::Complete {
+                    biz_id,
+                    key,
+                    reply: reply.clone(),
+                });
                 self.metrics.upstream_acked.inc();
                 let us = now.saturating_duration_since(req.received_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.upstream, us);
                 self.send_ack(req.conn, req.key.clone(), reply);
             }
             Err(e) => {
-                self.idem.release(biz, &req.key);
+                self.idem_updates.push(IdemUpdate::Release { biz_id, key });
                 self.metrics.upstream_failed.inc();
                 let (code, reason) = match e {
                     BackendError::Unavailable(r) => (Code::BackendUnavailable, r),

@@ -1,7 +1,7 @@
 //! The shard's rules, driven with a hand-moved clock and raw client frames.
 
 use super::*;
-use crate::link::idem::IdemTtl;
+use crate::link::idem::{IdemStore, IdemTtl, MemoryIdemStore};
 use crate::protocol::Codec;
 use crate::protocol::handshake::Upgrade;
 use prost::Message;
@@ -26,15 +26,13 @@ fn cfg() -> ShardConfig {
         },
         heartbeat_timeout: 30_000 * MS,
         max_devices_per_user: 2,
-        idem_ttl: IdemTtl {
-            pending: Duration::from_secs(30),
-            done: Duration::from_secs(600),
-        },
     }
 }
 
 struct Harness {
     shard: Shard,
+    /// Answers the shard's claims at once, as the embedded mode does.
+    store: MemoryIdemStore,
     t0: Instant,
 }
 
@@ -105,8 +103,13 @@ fn cmd_frame(cmd: Cmd, key: &str) -> Frame {
 impl Harness {
     fn new() -> Self {
         let t0 = Instant::now();
+        let ttl = IdemTtl {
+            pending: Duration::from_secs(30),
+            done: Duration::from_secs(600),
+        };
         Harness {
             shard: Shard::new(cfg(), Arc::default(), 7, t0),
+            store: MemoryIdemStore::new(ttl),
             t0,
         }
     }
@@ -138,6 +141,18 @@ impl Harness {
         let codec = self.shard.link_mut(conn).unwrap().codec;
         let mut bytes = client(codec, frame);
         self.shard.on_bytes(conn, &mut bytes, self.at(ms));
+        self.settle_store(ms);
+    }
+
+    /// Lets the store answer the shard's claims and apply its updates.
+    fn settle_store(&mut self, ms: u64) {
+        for req in self.shard.take_claims() {
+            let claim = self.store.claim(req.who.biz_id, &req.key, self.at(ms));
+            self.shard.on_claim(req, claim, self.at(ms));
+        }
+        for u in self.shard.take_idem_updates() {
+            self.store.update(u, self.at(ms));
+        }
     }
 
     /// Everything the shard queued for the link since the last drain.
@@ -188,6 +203,7 @@ impl Harness {
         assert_eq!(reqs.len(), 1);
         let req = reqs.remove(0);
         self.shard.on_upstream_result(&req, result, self.at(ms));
+        self.settle_store(ms);
         req
     }
 }

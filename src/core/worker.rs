@@ -16,10 +16,11 @@ use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, info, warn};
 
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
-use super::loopback::LoopbackBackend;
+use super::local::LocalServices;
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
 use crate::link::ConnId;
+use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::link::push::EncodedPush;
 use crate::metrics::CoreMetrics;
 use crate::owner_core;
@@ -33,6 +34,7 @@ pub struct WorkerSetup {
     pub verifier: Arc<Verifier>,
     pub allowed_origins: Arc<Vec<String>>,
     pub echo: bool,
+    pub idem_ttl: IdemTtl,
     pub handshake_timeout: Duration,
     pub peers: Vec<CoreHandle>,
     pub inbox: Inbox,
@@ -53,7 +55,7 @@ struct Worker {
     scratch: RefCell<Vec<u8>>,
     verifier: Arc<Verifier>,
     allowed_origins: Arc<Vec<String>>,
-    backend: LoopbackBackend,
+    local: RefCell<LocalServices>,
     handshake_timeout: Duration,
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
@@ -74,7 +76,10 @@ pub async fn run(setup: WorkerSetup) {
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         verifier: setup.verifier,
         allowed_origins: setup.allowed_origins,
-        backend: LoopbackBackend { echo: setup.echo },
+        local: RefCell::new(LocalServices {
+            store: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
+            echo: setup.echo,
+        }),
         handshake_timeout: setup.handshake_timeout,
         peers: setup.peers,
         metrics: setup.metrics,
@@ -298,10 +303,11 @@ impl Worker {
         Poll::Pending
     }
 
-    /// Serves what the shard queued for the backend and reports undelivered pushes.
+    /// Answers what the shard queued for the store and the backend, and reports undelivered
+    /// pushes.
     fn after_events(&self) {
         let mut shard = self.shard.borrow_mut();
-        self.backend.serve(&mut shard, Instant::now());
+        self.local.borrow_mut().settle(&mut shard, Instant::now());
         for u in shard.take_undelivered() {
             info!(
                 biz_id = u.biz_id,

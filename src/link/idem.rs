@@ -2,9 +2,9 @@
 //!
 //! A message key is claimed before the backend sees it. The claim is `Pending` while the backend
 //! works and `Done(reply)` after, so a client that lost its ack and resends gets the same
-//! UPSTREAM_ACK again instead of a second delivery. This in-memory store serves the embedded
-//! mode; it lives on the owner core, which every retry of a user's message reaches, so it needs
-//! no locks.
+//! UPSTREAM_ACK again instead of a second delivery. The shard never calls a store: it emits
+//! claims and [`IdemUpdate`]s as events and takes [`Claim`]s back, so a store that answers later
+//! (Redis, pipelined per core) fits the same rules as one that answers at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -30,7 +30,29 @@ pub struct IdemTtl {
     pub done: Duration,
 }
 
+/// What the shard asks of the store once the backend has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdemUpdate {
+    /// Accepted: keep the reply for re-acks.
+    Complete {
+        biz_id: u64,
+        key: String,
+        reply: Bytes,
+    },
+    /// Failed for good: forget the claim so the client's retry is forwarded.
+    Release { biz_id: u64, key: String },
+}
+
+/// A claim store that answers at once.
+pub trait IdemStore {
+    fn claim(&mut self, biz_id: u64, key: &str, now: Instant) -> Claim;
+    fn update(&mut self, update: IdemUpdate, now: Instant);
+}
+
 type Key = (u64, Box<str>);
+
+/// The embedded mode's store. It lives on the owner core, which every retry of a user's message
+/// reaches, so it needs no locks.
 
 #[derive(Debug)]
 pub struct MemoryIdemStore {
@@ -52,7 +74,7 @@ impl MemoryIdemStore {
         }
     }
 
-    pub fn claim(&mut self, biz: u64, key: &str, now: Instant) -> Claim {
+    fn claim_key(&mut self, biz: u64, key: &str, now: Instant) -> Claim {
         self.expire(now);
         let k = (biz, Box::<str>::from(key));
         match self.entries.get(&k) {
@@ -63,15 +85,6 @@ impl MemoryIdemStore {
                 Claim::Fresh
             }
         }
-    }
-
-    pub fn complete(&mut self, biz: u64, key: &str, reply: Bytes, now: Instant) {
-        self.set((biz, key.into()), Some(reply), now + self.ttl.done);
-    }
-
-    /// The backend failed for good: forget the claim so the client's retry is forwarded.
-    pub fn release(&mut self, biz: u64, key: &str) {
-        self.entries.remove(&(biz, Box::<str>::from(key)));
     }
 
     pub fn len(&self) -> usize {
@@ -104,6 +117,23 @@ impl MemoryIdemStore {
     }
 }
 
+impl IdemStore for MemoryIdemStore {
+    fn claim(&mut self, biz_id: u64, key: &str, now: Instant) -> Claim {
+        self.claim_key(biz_id, key, now)
+    }
+
+    fn update(&mut self, update: IdemUpdate, now: Instant) {
+        match update {
+            IdemUpdate::Complete { biz_id, key, reply } => {
+                self.set((biz_id, key.into()), Some(reply), now + self.ttl.done)
+            }
+            IdemUpdate::Release { biz_id, key } => {
+                self.entries.remove(&(biz_id, key.into_boxed_str()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +152,14 @@ mod tests {
         assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
         assert_eq!(s.claim(1, "k", t0), Claim::Pending);
         assert_eq!(s.claim(2, "k", t0), Claim::Fresh, "keys are per biz");
-        s.complete(1, "k", Bytes::from_static(b"r"), t0);
+        s.update(
+            IdemUpdate::Complete {
+                biz_id: 1,
+                key: "k".into(),
+                reply: Bytes::from_static(b"r"),
+            },
+            t0,
+        );
         assert_eq!(s.claim(1, "k", t0), Claim::Done(Bytes::from_static(b"r")));
     }
 
@@ -131,7 +168,13 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store();
         assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
-        s.release(1, "k");
+        s.update(
+            IdemUpdate::Release {
+                biz_id: 1,
+                key: "k".into(),
+            },
+            t0,
+        );
         assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
     }
 
@@ -141,7 +184,14 @@ mod tests {
         let mut s = store();
         s.claim(1, "k", t0);
         // Completed at t0+5: the pending row expiring at t0+10 must not remove it.
-        s.complete(1, "k", Bytes::new(), t0 + Duration::from_secs(5));
+        s.update(
+            IdemUpdate::Complete {
+                biz_id: 1,
+                key: "k".into(),
+                reply: Bytes::new(),
+            },
+            t0 + Duration::from_secs(5),
+        );
         assert_eq!(
             s.claim(1, "k", t0 + Duration::from_secs(11)),
             Claim::Done(Bytes::new())
