@@ -177,179 +177,177 @@ pub struct NodeFigures {
     pub draining: bool,
 }
 
+type Pick = fn(&CoreMetrics) -> u64;
+
+/// Plain counters: name, help, how to read one core's value.
+const COUNTERS: &[(&str, &str, Pick)] = &[
+    ("ringway_links_opened_total", "Links accepted.", |c| {
+        c.links_opened.get()
+    }),
+    (
+        "ringway_socket_handoffs_total",
+        "Sockets moved from the accepting core to the owner core.",
+        |c| c.handoffs.get(),
+    ),
+    (
+        "ringway_upstream_forwarded_total",
+        "Upstream messages handed to the backend.",
+        |c| c.upstream_forwarded.get(),
+    ),
+    (
+        "ringway_upstream_acked_total",
+        "Upstream messages the backend accepted (acked).",
+        |c| c.upstream_acked.get(),
+    ),
+    (
+        "ringway_upstream_reacked_total",
+        "Duplicates answered with the stored ack.",
+        |c| c.upstream_reacked.get(),
+    ),
+    (
+        "ringway_upstream_failed_total",
+        "Upstream messages answered with ERROR after the backend failed.",
+        |c| c.upstream_failed.get(),
+    ),
+    (
+        "ringway_pushes_sent_total",
+        "Pushes written to a link (first send).",
+        |c| c.pushes_sent.get(),
+    ),
+    (
+        "ringway_push_retransmits_total",
+        "Pushes sent again for want of an ack.",
+        |c| c.push_retransmits.get(),
+    ),
+    (
+        "ringway_push_acked_total",
+        "Pushes acknowledged by a device.",
+        |c| c.push_acked.get(),
+    ),
+];
+
 /// The Prometheus text exposition of all cores, merged.
 pub fn render(cores: &[std::sync::Arc<CoreMetrics>], node: &NodeFigures) -> String {
     let mut s = String::with_capacity(8192);
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
+    let per_core = |f: fn(&CoreMetrics) -> u64| {
+        cores
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (format!("core=\"{i}\""), f(c)))
+    };
+    let unlabeled = |v: u64| [(String::new(), v)];
 
-    header(&mut s, "ringway_links", "gauge", "Links open now.");
     let links: i64 = cores.iter().map(|c| c.links.load(Relaxed)).sum();
-    let _ = writeln!(s, "ringway_links {links}");
-    header(
+    family(
+        &mut s,
+        "ringway_links",
+        "gauge",
+        "Links open now.",
+        [(String::new(), links)],
+    );
+    family(
         &mut s,
         "ringway_core_links",
         "gauge",
         "Links open now, per worker core.",
+        per_core(|c| c.links.load(Relaxed).max(0) as u64),
     );
-    for (i, c) in cores.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "ringway_core_links{{core=\"{i}\"}} {}",
-            c.links.load(Relaxed)
-        );
-    }
-    header(
+    family(
         &mut s,
         "ringway_core_inbox_depth",
         "gauge",
         "Messages waiting in each core's inbox.",
+        per_core(|c| c.inbox_depth.load(Relaxed)),
     );
-    for (i, c) in cores.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "ringway_core_inbox_depth{{core=\"{i}\"}} {}",
-            c.inbox_depth.load(Relaxed)
-        );
+    for (name, help, pick) in COUNTERS {
+        family(&mut s, name, "counter", help, unlabeled(sum(pick)));
     }
-    counter(
-        &mut s,
-        "ringway_links_opened_total",
-        "Links accepted.",
-        sum(&|c| c.links_opened.get()),
-    );
-    counter(
-        &mut s,
-        "ringway_socket_handoffs_total",
-        "Sockets moved from the accepting core to the owner core.",
-        sum(&|c| c.handoffs.get()),
-    );
-
-    header(
+    let by_reason = |label: &str| format!("reason=\"{label}\"");
+    family(
         &mut s,
         "ringway_links_closed_total",
         "counter",
         "Links ended, by reason.",
+        CloseReason::ALL.iter().map(|r| {
+            (
+                by_reason(r.label()),
+                sum(&|c| c.links_closed[*r as usize].get()),
+            )
+        }),
     );
-    for r in CloseReason::ALL {
-        let _ = writeln!(
-            s,
-            "ringway_links_closed_total{{reason=\"{}\"}} {}",
-            r.label(),
-            sum(&|c| c.links_closed[*r as usize].get())
-        );
-    }
-    header(
+    family(
         &mut s,
         "ringway_handshake_rejected_total",
         "counter",
         "Upgrade requests refused, by HTTP status.",
+        REJECT_STATUSES.iter().enumerate().map(|(i, st)| {
+            (
+                format!("status=\"{st}\""),
+                sum(&|c| c.handshake_rejected[i].get()),
+            )
+        }),
     );
-    for (i, st) in REJECT_STATUSES.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "ringway_handshake_rejected_total{{status=\"{st}\"}} {}",
-            sum(&|c| c.handshake_rejected[i].get())
-        );
-    }
-    for (name, help, pick) in [
-        ("ringway_frames_in_total", "Frames received, by cmd.", 0),
-        ("ringway_frames_out_total", "Frames sent, by cmd.", 1),
-    ] {
-        header(&mut s, name, "counter", help);
-        for cmd in 0..CMDS {
-            let label = Cmd::try_from(cmd as i32)
-                .map(|c| c.as_str_name())
-                .unwrap_or("CMD_UNSPECIFIED");
+    let cmd_rows = |inbound: bool| {
+        (0..CMDS).map(move |cmd| {
+            let label = Cmd::try_from(cmd as i32).map_or("CMD_UNSPECIFIED", |c| c.as_str_name());
             let v = sum(&|c| {
-                if pick == 0 {
+                if inbound {
                     c.frames_in[cmd].get()
                 } else {
                     c.frames_out[cmd].get()
                 }
             });
-            let _ = writeln!(s, "{name}{{cmd=\"{label}\"}} {v}");
-        }
-    }
-    counter(
+            (format!("cmd=\"{label}\""), v)
+        })
+    };
+    family(
         &mut s,
-        "ringway_upstream_forwarded_total",
-        "Upstream messages handed to the backend.",
-        sum(&|c| c.upstream_forwarded.get()),
+        "ringway_frames_in_total",
+        "counter",
+        "Frames received, by cmd.",
+        cmd_rows(true),
     );
-    counter(
+    family(
         &mut s,
-        "ringway_upstream_acked_total",
-        "Upstream messages the backend accepted (acked).",
-        sum(&|c| c.upstream_acked.get()),
+        "ringway_frames_out_total",
+        "counter",
+        "Frames sent, by cmd.",
+        cmd_rows(false),
     );
-    counter(
-        &mut s,
-        "ringway_upstream_reacked_total",
-        "Duplicates answered with the stored ack.",
-        sum(&|c| c.upstream_reacked.get()),
-    );
-    counter(
-        &mut s,
-        "ringway_upstream_failed_total",
-        "Upstream messages answered with ERROR after the backend failed.",
-        sum(&|c| c.upstream_failed.get()),
-    );
-    counter(
-        &mut s,
-        "ringway_pushes_sent_total",
-        "Pushes written to a link (first send).",
-        sum(&|c| c.pushes_sent.get()),
-    );
-    counter(
-        &mut s,
-        "ringway_push_retransmits_total",
-        "Pushes sent again for want of an ack.",
-        sum(&|c| c.push_retransmits.get()),
-    );
-    counter(
-        &mut s,
-        "ringway_push_acked_total",
-        "Pushes acknowledged by a device.",
-        sum(&|c| c.push_acked.get()),
-    );
-    header(
+    family(
         &mut s,
         "ringway_undelivered_total",
         "counter",
         "Pushes that reached no device, by reason (each is reported).",
+        UndeliveredReason::ALL.iter().map(|r| {
+            let api = if *r == UndeliveredReason::Overloaded {
+                node.push_api_rejected
+            } else {
+                0
+            };
+            (
+                by_reason(r.label()),
+                sum(&|c| c.undelivered[*r as usize].get()) + api,
+            )
+        }),
     );
-    for r in UndeliveredReason::ALL {
-        let mut v = sum(&|c| c.undelivered[*r as usize].get());
-        if *r == UndeliveredReason::Overloaded {
-            v += node.push_api_rejected;
-        }
-        let _ = writeln!(
-            s,
-            "ringway_undelivered_total{{reason=\"{}\"}} {v}",
-            r.label()
-        );
-    }
-    header(
+    family(
         &mut s,
         "ringway_dropped_total",
         "counter",
         "Inbound messages not processed, by reason.",
+        DropReason::ALL
+            .iter()
+            .map(|r| (by_reason(r.label()), sum(&|c| c.dropped[*r as usize].get()))),
     );
-    for r in DropReason::ALL {
-        let _ = writeln!(
-            s,
-            "ringway_dropped_total{{reason=\"{}\"}} {}",
-            r.label(),
-            sum(&|c| c.dropped[*r as usize].get())
-        );
-    }
-    header(
+    family(
         &mut s,
         "ringway_draining",
         "gauge",
         "1 while the node is shutting down.",
+        unlabeled(u64::from(node.draining)),
     );
-    let _ = writeln!(s, "ringway_draining {}", u8::from(node.draining));
 
     let mut merged = Latencies::default();
     for c in cores {
@@ -382,9 +380,22 @@ fn header(s: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn counter(s: &mut String, name: &str, help: &str, v: u64) {
-    header(s, name, "counter", help);
-    let _ = writeln!(s, "{name} {v}");
+/// One metric family: its header, then a sample per (labels, value) row.
+fn family<V: std::fmt::Display>(
+    s: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, V)>,
+) {
+    header(s, name, kind, help);
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            let _ = writeln!(s, "{name} {v}");
+        } else {
+            let _ = writeln!(s, "{name}{{{labels}}} {v}");
+        }
+    }
 }
 
 fn summary(s: &mut String, name: &str, help: &str, h: &Histogram<u64>) {

@@ -51,8 +51,24 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+/// A client error: the status and a JSON body saying what was wrong. Boxed because a
+/// `Response` is large and errors are rare.
+struct ApiError(Box<Response>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(Box::new(
+        (status, axum::Json(json!({ "error": msg.into() }))).into_response(),
+    ))
+}
+
+fn accepted(body: serde_json::Value) -> Result<Response, ApiError> {
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
 /// Checks the admin token and parses the JSON body, or answers why not.
@@ -60,27 +76,27 @@ fn request<T: DeserializeOwned>(
     node: &NodeState,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<T, Box<Response>> {
+) -> Result<T, ApiError> {
     if let Some(token) = &node.admin_token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
-            return Err(Box::new(error(
+            return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "admin token required: Authorization: Bearer <token>",
-            )));
+            ));
         }
     }
     if node.draining.load(Relaxed) {
-        return Err(Box::new(error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "node is shutting down",
-        )));
+        ));
     }
     serde_json::from_slice(body)
-        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}"))))
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
 }
 
 /// `biz_id` as a number or, as proto3 JSON writes 64-bit integers, a string.
@@ -114,35 +130,35 @@ struct PushRequest {
     body: String,
 }
 
-async fn push(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: PushRequest = match request(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+async fn push(
+    State(node): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PushRequest = request(&node, &headers, &body)?;
     if req.key.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "key is required (clients dedup and ack by it)",
-        );
+        ));
     }
     let mut users = req.user_ids;
     users.extend(req.user_id);
     users.retain(|u| !u.is_empty());
     if users.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "name a receiver: user_id or user_ids",
-        );
+        ));
     }
-    let payload = match base64::engine::general_purpose::STANDARD.decode(req.body.as_bytes()) {
-        Ok(p) => p,
-        Err(e) => {
-            return error(
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(req.body.as_bytes())
+        .map_err(|e| {
+            error(
                 StatusCode::BAD_REQUEST,
                 format!("body must be standard base64: {e}"),
-            );
-        }
-    };
+            )
+        })?;
     let device = req.device_id.filter(|d| !d.is_empty());
     let routed = router::push(&node, req.biz_id, users, device, req.key, payload.into());
     let status = if routed.rejected > 0 {
@@ -159,7 +175,7 @@ async fn push(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Byte
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
-    resp
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -174,20 +190,20 @@ struct KickRequest {
     reason: Option<String>,
 }
 
-async fn kick(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: KickRequest = match request(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+async fn kick(
+    State(node): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: KickRequest = request(&node, &headers, &body)?;
     let reason = req.reason.unwrap_or_else(|| "kicked by operator".into());
-    if router::kick(&node, req.biz_id, req.user_id, req.device_id, reason) {
-        (StatusCode::ACCEPTED, axum::Json(json!({ "queued": true }))).into_response()
-    } else {
-        error(
+    if !router::kick(&node, req.biz_id, req.user_id, req.device_id, reason) {
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "owner core overloaded; retry",
-        )
+        ));
     }
+    accepted(json!({ "queued": true }))
 }
 
 #[derive(Deserialize)]
@@ -217,25 +233,26 @@ fn opt_biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
     biz_id(d).map(Some)
 }
 
-async fn redirect(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: RedirectRequest = match request(&node, &headers, &body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+async fn redirect(
+    State(node): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RedirectRequest = request(&node, &headers, &body)?;
     if req.nodes.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "nodes must name at least one place to reconnect to",
-        );
+        ));
     }
     let target = match (req.biz_id, req.user_id) {
         (Some(b), Some(u)) => Some((b, u, req.device_id)),
         (None, None) => None,
         _ => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "give biz_id and user_id together, or neither for every link",
-            );
+            ));
         }
     };
     let nodes = req
@@ -248,12 +265,11 @@ async fn redirect(State(node): State<Arc<NodeState>>, headers: HeaderMap, body: 
             ..Default::default()
         })
         .collect();
-    if router::redirect(&node, target, nodes, req.retry_after_ms) {
-        (StatusCode::ACCEPTED, axum::Json(json!({ "queued": true }))).into_response()
-    } else {
-        error(
+    if !router::redirect(&node, target, nodes, req.retry_after_ms) {
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "a core is overloaded; retry",
-        )
+        ));
     }
+    accepted(json!({ "queued": true }))
 }
