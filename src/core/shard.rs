@@ -102,7 +102,7 @@ pub struct Shard {
     cfg: ShardConfig,
     links: HashMap<ConnId, Link>,
     /// (biz, user) → that user's open links on this core, oldest first.
-    users: HashMap<(u64, Rc<str>), Vec<ConnId>>,
+    users: HashMap<u64, HashMap<Rc<str>, Vec<ConnId>>>,
     wheel: TimerWheel<TimerEvent>,
     rng: SmallRng,
     pub metrics: Arc<CoreMetrics>,
@@ -176,8 +176,7 @@ impl Shard {
     /// make room in the user's device slots.
     pub fn open(&mut self, conn: ConnId, who: Identity, up: &handshake::Upgrade, now: Instant) {
         let who = Rc::new(who);
-        let user_key = (who.biz_id, Rc::<str>::from(who.user_id.as_str()));
-        let existing = self.users.get(&user_key).cloned().unwrap_or_default();
+        let existing = self.user_conns(who.biz_id, &who.user_id).to_vec();
 
         // Same device slot: the newer login wins; its unacked pushes move to the new link.
         let mut carried = Vec::new();
@@ -192,7 +191,7 @@ impl Shard {
             }
         }
         // Device cap: the oldest devices make room.
-        let live: Vec<ConnId> = self.users.get(&user_key).cloned().unwrap_or_default();
+        let live = self.user_conns(who.biz_id, &who.user_id).to_vec();
         let over = (live.len() + 1).saturating_sub(self.cfg.max_devices_per_user.max(1));
         for old in live.into_iter().take(over) {
             self.kick_link(
@@ -203,7 +202,7 @@ impl Shard {
         }
 
         let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
-        let mut link = Link::new(who, up.codec, bucket, now);
+        let mut link = Link::new(who.clone(), up.codec, bucket, now);
         handshake::accept_response(up, &mut link.out);
         let connected = Frame {
             cmd: Cmd::Connected as i32,
@@ -225,7 +224,11 @@ impl Shard {
             TimerEvent::Liveness(conn),
         ));
         self.links.insert(conn, link);
-        self.users.entry(user_key).or_default().push(conn);
+        let users = self.users.entry(who.biz_id).or_default();
+        users
+            .entry(Rc::from(who.user_id.as_str()))
+            .or_default()
+            .push(conn);
         self.metrics
             .links
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -498,16 +501,11 @@ impl Shard {
         now: Instant,
     ) {
         for user in user_ids {
-            let conns: Vec<ConnId> = self
-                .users
-                .get(&(biz_id, Rc::from(user.as_str())))
-                .map(|c| {
-                    c.iter()
-                        .copied()
-                        .filter(|c| device_id.is_none_or(|d| self.links[c].who.device_id == d))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let conns = self.matching(&Target {
+                biz_id,
+                user_id: user,
+                device_id,
+            });
             if conns.is_empty() {
                 self.report(
                     biz_id,
@@ -765,16 +763,20 @@ impl Shard {
         }
     }
 
-    fn matching(&self, t: &Target<'_>) -> Vec<ConnId> {
+    /// A user's open links on this core, oldest first.
+    fn user_conns(&self, biz_id: u64, user_id: &str) -> &[ConnId] {
         self.users
-            .get(&(t.biz_id, Rc::from(t.user_id)))
-            .map(|c| {
-                c.iter()
-                    .copied()
-                    .filter(|c| t.device_id.is_none_or(|d| self.links[c].who.device_id == d))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .get(&biz_id)
+            .and_then(|u| u.get(user_id))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn matching(&self, t: &Target<'_>) -> Vec<ConnId> {
+        self.user_conns(t.biz_id, t.user_id)
+            .iter()
+            .copied()
+            .filter(|c| t.device_id.is_none_or(|d| self.links[c].who.device_id == d))
+            .collect()
     }
 
     fn close_link(
@@ -805,11 +807,16 @@ impl Shard {
         let Some(link) = self.links.get(&conn) else {
             return;
         };
-        let key = (link.who.biz_id, Rc::<str>::from(link.who.user_id.as_str()));
-        if let Some(v) = self.users.get_mut(&key) {
-            v.retain(|c| *c != conn);
-            if v.is_empty() {
-                self.users.remove(&key);
+        let (biz_id, user_id) = (link.who.biz_id, link.who.user_id.as_str());
+        if let Some(users) = self.users.get_mut(&biz_id) {
+            if let Some(v) = users.get_mut(user_id) {
+                v.retain(|c| *c != conn);
+                if v.is_empty() {
+                    users.remove(user_id);
+                }
+            }
+            if users.is_empty() {
+                self.users.remove(&biz_id);
             }
         }
     }
