@@ -117,6 +117,22 @@ pub struct ServeArgs {
     /// How long an upstream key stays claimed while its backend call is outstanding.
     #[arg(long, env = "RINGWAY_IDEM_PENDING_TTL_MS", default_value_t = 30_000)]
     pub idem_pending_ttl_ms: u64,
+    /// Redis for the shared idempotency store (redis://host:port/db). Without it each core keeps
+    /// an in-memory store, which dedups retries within this node only.
+    #[arg(long, env = "RINGWAY_REDIS")]
+    pub redis: Option<String>,
+    /// Deadline of one Redis round trip; past it the store counts as unreachable.
+    #[arg(long, env = "RINGWAY_REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// While Redis is unreachable: `local` claims in the core's own store (messages flow, dedup is
+    /// per node), `refuse` answers ERROR(CODE_BACKEND_UNAVAILABLE) until it is back.
+    #[arg(
+        long,
+        env = "RINGWAY_REDIS_UNAVAILABLE",
+        value_enum,
+        default_value = "local"
+    )]
+    pub redis_unavailable: crate::core::services::StoreDownPolicy,
     /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
     #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
     pub core_inbox: usize,

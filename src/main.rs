@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use ringway::auth::{self, Identity, KeySource, Verifier};
 use ringway::config::{Cli, Command, ServeArgs};
+use ringway::control::redis_idem::RedisIdem;
 use ringway::control::{self, NodeState};
+use ringway::core::services::SharedStore;
 use ringway::core::{inbox, worker};
 use ringway::metrics::CoreMetrics;
 
@@ -111,6 +113,22 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .into_iter()
         .unzip();
     let metrics: Vec<Arc<CoreMetrics>> = (0..workers).map(|_| Arc::default()).collect();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringway-control")
+        .build()
+        .map_err(|e| format!("starting control runtime: {e}"))?;
+    // The shared store, when configured: cores send it claims over one bounded channel.
+    let redis = match &args.redis {
+        Some(url) => {
+            let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
+            let store = rt.block_on(RedisIdem::connect(url, args.idem_ttl(), timeout))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            Some((Arc::new(store), tx, rx))
+        }
+        None => None,
+    };
     let origins = Arc::new(
         args.allowed_origins
             .iter()
@@ -128,6 +146,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             allowed_origins: Arc::clone(&origins),
             echo: args.echo,
             idem_ttl: args.idem_ttl(),
+            shared_store: redis.as_ref().map(|(_, tx, _)| SharedStore {
+                core: i,
+                calls: tx.clone(),
+                policy: args.redis_unavailable,
+            }),
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             peers: handles.clone(),
             inbox,
@@ -149,6 +172,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         metrics,
         draining: AtomicBool::new(false),
         push_rejected: AtomicU64::new(0),
+        store_errors: AtomicU64::new(0),
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     });
     info!(
@@ -159,12 +183,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         echo = args.echo,
         "ringway ready"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("ringway-control")
-        .build()
-        .map_err(|e| format!("starting control runtime: {e}"))?;
     rt.block_on(async {
+        if let Some((store, _, rx)) = redis {
+            tokio::spawn(control::services::run(rx, node.clone(), store));
+        }
         let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
         control::run(node, admin, Duration::from_millis(args.shutdown_timeout_ms)).await;
         Ok::<(), String>(())

@@ -77,6 +77,7 @@ labels! {
         BadFrame = "bad_frame",
         MissingKey = "missing_key",
         UnsupportedCmd = "unsupported_cmd",
+        StoreUnavailable = "store_unavailable",
     }
 }
 
@@ -104,6 +105,8 @@ pub struct CoreMetrics {
     pub undelivered: [Counter; UndeliveredReason::COUNT],
     pub dropped: [Counter; DropReason::COUNT],
     pub inbox_depth: AtomicU64,
+    /// Claims answered by the core's local store because the shared one was unreachable.
+    pub idem_fallbacks: Counter,
     pub published: Mutex<Option<Latencies>>,
 }
 
@@ -174,6 +177,7 @@ impl Latencies {
 /// Node-level figures that do not come from a core.
 pub struct NodeFigures {
     pub push_api_rejected: u64,
+    pub store_errors: u64,
     pub draining: bool,
 }
 
@@ -223,6 +227,11 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
         "ringway_push_acked_total",
         "Pushes acknowledged by a device.",
         |c| c.push_acked.get(),
+    ),
+    (
+        "ringway_idem_fallbacks_total",
+        "Claims made in the core's local store while the shared store was unreachable.",
+        |c| c.idem_fallbacks.get(),
     ),
 ];
 
@@ -340,6 +349,13 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>], node: &NodeFigures) -> Stri
         DropReason::ALL
             .iter()
             .map(|r| (by_reason(r.label()), sum(&|c| c.dropped[*r as usize].get()))),
+    );
+    family(
+        &mut s,
+        "ringway_idem_store_errors_total",
+        "counter",
+        "Failed round trips to the shared idempotency store (Redis).",
+        unlabeled(node.store_errors),
     );
     family(
         &mut s,

@@ -45,6 +45,7 @@ async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
 async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
     let figures = NodeFigures {
         push_api_rejected: node.push_rejected.load(Relaxed),
+        store_errors: node.store_errors.load(Relaxed),
         draining: node.draining.load(Relaxed),
     };
     let body = metrics::render(&node.metrics, &figures);

@@ -2,7 +2,9 @@
 //! API, routes pushes to their owner cores, and runs shutdown. Worker cores never wait on it.
 
 pub mod admin;
+pub mod redis_idem;
 pub mod router;
+pub mod services;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -21,6 +23,8 @@ pub struct NodeState {
     /// Pushes refused at the API because an owner core's inbox was full (reported as
     /// undelivered: overloaded).
     pub push_rejected: AtomicU64,
+    /// Failed round trips to the shared idempotency store.
+    pub store_errors: AtomicU64,
     pub admin_token: Option<String>,
 }
 

@@ -16,6 +16,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::auth::Identity;
+use crate::core::shard::UpstreamRequest;
+use crate::link::idem::Claim;
 use crate::proto::Node;
 use crate::protocol::handshake::Upgrade;
 
@@ -27,6 +29,8 @@ pub enum CoreMsg {
     Push(Box<PushJob>),
     Kick(Box<Kick>),
     Redirect(Box<Redirect>),
+    /// The shared store answered claims (`None`: it was unreachable).
+    Claimed(Box<Vec<(UpstreamRequest, Option<Claim>)>>),
     /// Stop accepting and close every link with 1001.
     Shutdown,
 }

@@ -2,7 +2,7 @@
 //! that moves bytes between sockets and the shard.
 
 pub mod inbox;
-pub mod local;
+pub mod services;
 pub mod shard;
 pub mod timer_wheel;
 pub mod worker;

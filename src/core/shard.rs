@@ -51,7 +51,7 @@ impl ShardConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {
     pub conn: ConnId,
-    pub who: Rc<Identity>,
+    pub who: Arc<Identity>,
     pub key: String,
     pub body: Bytes,
     pub received_at: Instant,
@@ -175,7 +175,7 @@ impl Shard {
     /// A socket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
     /// make room in the user's device slots.
     pub fn open(&mut self, conn: ConnId, who: Identity, up: &handshake::Upgrade, now: Instant) {
-        let who = Rc::new(who);
+        let who = Arc::new(who);
         let existing = self.user_conns(who.biz_id, &who.user_id).to_vec();
 
         // Same device slot: the newer login wins; its unacked pushes move to the new link.
@@ -399,6 +399,14 @@ impl Shard {
                 self.check_backlog(req.conn, now);
             }
         }
+    }
+
+    /// No claim could be made (the idempotency store is down and the node refuses to forward
+    /// without one): the client gets ERROR and may retry.
+    pub fn on_claim_refused(&mut self, req: UpstreamRequest) {
+        self.metrics.dropped(DropReason::StoreUnavailable);
+        let reason = "idempotency store unavailable; retry later".to_owned();
+        self.reply_error(req.conn, &req.key, Code::BackendUnavailable, reason);
     }
 
     /// The backend answered an upstream message.

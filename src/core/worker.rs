@@ -16,7 +16,7 @@ use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, info, warn};
 
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
-use super::local::LocalServices;
+use super::services::{Services, SharedStore};
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
 use crate::link::ConnId;
@@ -35,6 +35,7 @@ pub struct WorkerSetup {
     pub allowed_origins: Arc<Vec<String>>,
     pub echo: bool,
     pub idem_ttl: IdemTtl,
+    pub shared_store: Option<SharedStore>,
     pub handshake_timeout: Duration,
     pub peers: Vec<CoreHandle>,
     pub inbox: Inbox,
@@ -55,7 +56,7 @@ struct Worker {
     scratch: RefCell<Vec<u8>>,
     verifier: Arc<Verifier>,
     allowed_origins: Arc<Vec<String>>,
-    local: RefCell<LocalServices>,
+    services: RefCell<Services>,
     handshake_timeout: Duration,
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
@@ -76,8 +77,9 @@ pub async fn run(setup: WorkerSetup) {
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         verifier: setup.verifier,
         allowed_origins: setup.allowed_origins,
-        local: RefCell::new(LocalServices {
-            store: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
+        services: RefCell::new(Services {
+            local: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
+            shared: setup.shared_store,
             echo: setup.echo,
         }),
         handshake_timeout: setup.handshake_timeout,
@@ -307,7 +309,9 @@ impl Worker {
     /// pushes.
     fn after_events(&self) {
         let mut shard = self.shard.borrow_mut();
-        self.local.borrow_mut().settle(&mut shard, Instant::now());
+        self.services
+            .borrow_mut()
+            .settle(&mut shard, Instant::now());
         for u in shard.take_undelivered() {
             info!(
                 biz_id = u.biz_id,
@@ -363,6 +367,12 @@ impl Worker {
                 self.shard
                     .borrow_mut()
                     .redirect(t.as_ref(), &r.nodes, r.retry_after_ms, now);
+            }
+            CoreMsg::Claimed(answers) => {
+                let mut shard = self.shard.borrow_mut();
+                self.services
+                    .borrow_mut()
+                    .on_claimed(&mut shard, *answers, now);
             }
             CoreMsg::Shutdown => {
                 self.accepting.set(false);

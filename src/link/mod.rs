@@ -8,6 +8,7 @@ pub mod push;
 pub mod retry;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -52,7 +53,7 @@ pub struct Inflight {
 }
 
 pub struct Link {
-    pub who: Rc<Identity>,
+    pub who: Arc<Identity>,
     pub codec: Codec,
     pub reader: ws::WsReader,
     pub bucket: TokenBucket,
@@ -73,7 +74,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(who: Rc<Identity>, codec: Codec, bucket: TokenBucket, now: Instant) -> Link {
+    pub fn new(who: Arc<Identity>, codec: Codec, bucket: TokenBucket, now: Instant) -> Link {
         Link {
             who,
             codec,

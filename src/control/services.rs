@@ -1,0 +1,85 @@
+//! Calls from worker cores to services that live on the control thread (the shared Redis store;
+//! later the gRPC and Kafka backends). Cores send without waiting; answers go back through each
+//! core's inbox.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use super::NodeState;
+use super::redis_idem::RedisIdem;
+use crate::core::inbox::CoreMsg;
+use crate::core::shard::UpstreamRequest;
+use crate::link::idem::IdemUpdate;
+
+pub enum ServiceCall {
+    /// Claim these messages' keys and answer core `core` with `CoreMsg::Claimed`.
+    Claim {
+        core: usize,
+        reqs: Vec<UpstreamRequest>,
+    },
+    /// Store replies / release claims; nothing is answered.
+    Update(Vec<IdemUpdate>),
+}
+
+/// Serves the cores' calls until every sender is gone. Each batch runs as its own task, so a
+/// slow store delays only the batches waiting on it.
+pub async fn run(
+    mut calls: mpsc::Receiver<ServiceCall>,
+    node: Arc<NodeState>,
+    redis: Arc<RedisIdem>,
+) {
+    while let Some(call) = calls.recv().await {
+        let (node, redis) = (node.clone(), redis.clone());
+        match call {
+            ServiceCall::Claim { core, reqs } => {
+                tokio::spawn(async move {
+                    let answers = match redis.claim(&reqs).await {
+                        Ok(claims) => reqs.into_iter().zip(claims.into_iter().map(Some)).collect(),
+                        Err(e) => {
+                            node.store_errors.fetch_add(1, Relaxed);
+                            warn!(error = %e, claims = reqs.len(), "redis claim failed; applying the store-down policy");
+                            reqs.into_iter().map(|r| (r, None)).collect()
+                        }
+                    };
+                    deliver(&node, core, CoreMsg::Claimed(Box::new(answers))).await;
+                });
+            }
+            ServiceCall::Update(updates) => {
+                tokio::spawn(async move {
+                    let n = updates.len();
+                    if let Err(e) = redis.update(updates).await {
+                        // Pending claims then expire after their TTL, and a retry is forwarded.
+                        node.store_errors.fetch_add(1, Relaxed);
+                        warn!(error = %e, updates = n, "redis update failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Answers must reach the core: a dropped answer would leave its messages unanswered until the
+/// client gives up. A full inbox is waited out (briefly) instead.
+async fn deliver(node: &NodeState, core: usize, mut msg: CoreMsg) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match node.cores[core].send(msg) {
+            Ok(()) => return,
+            Err(back) if Instant::now() < deadline => {
+                msg = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(_) => {
+                error!(
+                    core,
+                    "core inbox full for 5s: answers dropped; clients will retry"
+                );
+                return;
+            }
+        }
+    }
+}
