@@ -133,6 +133,34 @@ pub struct ServeArgs {
         default_value = "local"
     )]
     pub redis_unavailable: crate::core::services::StoreDownPolicy,
+    /// The business backend: `grpc://host:port` (BackendService in proto/ringway/backend/v1).
+    /// Without it the built-in loopback backend accepts every message.
+    #[arg(long, env = "RINGWAY_BACKEND")]
+    pub backend: Option<String>,
+    /// Deadline of one backend call (each retry gets its own).
+    #[arg(long, env = "RINGWAY_BACKEND_TIMEOUT_MS", default_value_t = 3000)]
+    pub backend_timeout_ms: u64,
+    /// Attempts per backend call, the first included; only UNAVAILABLE, DEADLINE_EXCEEDED,
+    /// RESOURCE_EXHAUSTED and ABORTED are retried (jittered backoff from 50 ms).
+    #[arg(long, env = "RINGWAY_BACKEND_ATTEMPTS", default_value_t = 3)]
+    pub backend_attempts: u32,
+    /// Failed calls in a row that open the circuit: calls then fail at once with
+    /// ERROR(CODE_BACKEND_UNAVAILABLE).
+    #[arg(long, env = "RINGWAY_BACKEND_BREAKER_FAILURES", default_value_t = 5)]
+    pub backend_breaker_failures: u32,
+    /// How long the circuit stays open before one probe call is let through.
+    #[arg(
+        long,
+        env = "RINGWAY_BACKEND_BREAKER_COOLDOWN_MS",
+        default_value_t = 2000
+    )]
+    pub backend_breaker_cooldown_ms: u64,
+    /// Upstream messages per backend call, batched per core and biz (1 = no batching).
+    #[arg(long, env = "RINGWAY_BATCH_SIZE", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to fill.
+    #[arg(long, env = "RINGWAY_BATCH_DELAY_MS", default_value_t = 2)]
+    pub batch_delay_ms: u64,
     /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
     #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
     pub core_inbox: usize,

@@ -11,9 +11,14 @@ pub mod link;
 pub mod metrics;
 pub mod protocol;
 
-/// Generated from `proto/ringway/gateway/v1/gateway.proto`.
+/// Generated from `proto/ringway/gateway/v1/gateway.proto`: the client wire contract.
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/ringway.gateway.v1.rs"));
+}
+
+/// Generated from `proto/ringway/backend/v1/backend.proto`: what business backends implement.
+pub mod backend_proto {
+    include!(concat!(env!("OUT_DIR"), "/ringway.backend.v1.rs"));
 }
 
 /// The core that owns a user's links. Stable across processes and releases (FNV-1a), because

@@ -13,9 +13,10 @@ use tracing::{info, warn};
 
 use ringway::auth::{self, Identity, KeySource, Verifier};
 use ringway::config::{Cli, Command, ServeArgs};
+use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
 use ringway::control::redis_idem::RedisIdem;
+use ringway::control::services::Remote;
 use ringway::control::{self, NodeState};
-use ringway::core::services::SharedStore;
 use ringway::core::{inbox, worker};
 use ringway::metrics::CoreMetrics;
 
@@ -120,15 +121,37 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting control runtime: {e}"))?;
     // The shared store, when configured: cores send it claims over one bounded channel.
+    // Remote services, when configured; cores call them over one bounded channel.
     let redis = match &args.redis {
         Some(url) => {
             let timeout = Duration::from_millis(args.redis_timeout_ms.max(1));
-            let store = rt.block_on(RedisIdem::connect(url, args.idem_ttl(), timeout))?;
-            let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            Some((Arc::new(store), tx, rx))
+            Some(Arc::new(rt.block_on(RedisIdem::connect(
+                url,
+                args.idem_ttl(),
+                timeout,
+            ))?))
         }
         None => None,
     };
+    let backend = match &args.backend {
+        Some(endpoint) => {
+            let cfg = GrpcConfig {
+                endpoint: endpoint.clone(),
+                node_id: node_id.clone(),
+                timeout: Duration::from_millis(args.backend_timeout_ms.max(1)),
+                attempts: args.backend_attempts,
+                breaker_failures: args.backend_breaker_failures,
+                breaker_cooldown: Duration::from_millis(args.backend_breaker_cooldown_ms),
+            };
+            // The channel connects lazily inside the control runtime.
+            let _guard = rt.enter();
+            Some(Arc::new(GrpcBackend::new(&cfg)?))
+        }
+        None => None,
+    };
+    let remote = Remote { redis, backend };
+    let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
+    let calls_rx = (remote.redis.is_some() || remote.backend.is_some()).then_some(calls_rx);
     let origins = Arc::new(
         args.allowed_origins
             .iter()
@@ -146,10 +169,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             allowed_origins: Arc::clone(&origins),
             echo: args.echo,
             idem_ttl: args.idem_ttl(),
-            shared_store: redis.as_ref().map(|(_, tx, _)| SharedStore {
-                core: i,
-                calls: tx.clone(),
-                policy: args.redis_unavailable,
+            calls: calls_rx.is_some().then(|| calls_tx.clone()),
+            shared_store: remote.redis.is_some().then_some(args.redis_unavailable),
+            batching: remote.backend.is_some().then(|| {
+                (
+                    args.batch_size.max(1),
+                    Duration::from_millis(args.batch_delay_ms),
+                )
             }),
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             peers: handles.clone(),
@@ -173,6 +199,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         draining: AtomicBool::new(false),
         push_rejected: AtomicU64::new(0),
         store_errors: AtomicU64::new(0),
+        backend_calls: AtomicU64::new(0),
+        backend_messages: AtomicU64::new(0),
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     });
     info!(
@@ -184,8 +212,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         "ringway ready"
     );
     rt.block_on(async {
-        if let Some((store, _, rx)) = redis {
-            tokio::spawn(control::services::run(rx, node.clone(), store));
+        if let Some(rx) = calls_rx {
+            tokio::spawn(control::services::run(rx, node.clone(), remote));
         }
         let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
         control::run(node, admin, Duration::from_millis(args.shutdown_timeout_ms)).await;

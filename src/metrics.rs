@@ -178,6 +178,8 @@ impl Latencies {
 pub struct NodeFigures {
     pub push_api_rejected: u64,
     pub store_errors: u64,
+    pub backend_calls: u64,
+    pub backend_messages: u64,
     pub draining: bool,
 }
 
@@ -356,6 +358,20 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>], node: &NodeFigures) -> Stri
         "counter",
         "Failed round trips to the shared idempotency store (Redis).",
         unlabeled(node.store_errors),
+    );
+    family(
+        &mut s,
+        "ringway_backend_calls_total",
+        "counter",
+        "Calls to the gRPC backend (OnReceive or BatchOnReceive).",
+        unlabeled(node.backend_calls),
+    );
+    family(
+        &mut s,
+        "ringway_backend_messages_total",
+        "counter",
+        "Upstream messages carried by those calls; messages/calls is the mean batch size.",
+        unlabeled(node.backend_messages),
     );
     family(
         &mut s,

@@ -46,6 +46,8 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
     let figures = NodeFigures {
         push_api_rejected: node.push_rejected.load(Relaxed),
         store_errors: node.store_errors.load(Relaxed),
+        backend_calls: node.backend_calls.load(Relaxed),
+        backend_messages: node.backend_messages.load(Relaxed),
         draining: node.draining.load(Relaxed),
     };
     let body = metrics::render(&node.metrics, &figures);

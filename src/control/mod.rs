@@ -2,6 +2,8 @@
 //! API, routes pushes to their owner cores, and runs shutdown. Worker cores never wait on it.
 
 pub mod admin;
+pub mod breaker;
+pub mod grpc_backend;
 pub mod redis_idem;
 pub mod router;
 pub mod services;
@@ -25,6 +27,9 @@ pub struct NodeState {
     pub push_rejected: AtomicU64,
     /// Failed round trips to the shared idempotency store.
     pub store_errors: AtomicU64,
+    /// gRPC backend calls, and the messages they carried (their ratio is the mean batch size).
+    pub backend_calls: AtomicU64,
+    pub backend_messages: AtomicU64,
     pub admin_token: Option<String>,
 }
 

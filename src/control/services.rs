@@ -1,6 +1,5 @@
-//! Calls from worker cores to services that live on the control thread (the shared Redis store;
-//! later the gRPC and Kafka backends). Cores send without waiting; answers go back through each
-//! core's inbox.
+//! Calls from worker cores to services that live on the control thread: the shared Redis store
+//! and the gRPC backend. Cores send without waiting; answers go back through each core's inbox.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,6 +9,7 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use super::NodeState;
+use super::grpc_backend::GrpcBackend;
 use super::redis_idem::RedisIdem;
 use crate::core::inbox::CoreMsg;
 use crate::core::shard::UpstreamRequest;
@@ -23,19 +23,31 @@ pub enum ServiceCall {
     },
     /// Store replies / release claims; nothing is answered.
     Update(Vec<IdemUpdate>),
+    /// Call the backend with one batch (one biz) and answer with `CoreMsg::Answered`.
+    Upstream {
+        core: usize,
+        batch: Vec<UpstreamRequest>,
+    },
+}
+
+/// The services cores may call; each is present when configured.
+#[derive(Clone)]
+pub struct Remote {
+    pub redis: Option<Arc<RedisIdem>>,
+    pub backend: Option<Arc<GrpcBackend>>,
 }
 
 /// Serves the cores' calls until every sender is gone. Each batch runs as its own task, so a
-/// slow store delays only the batches waiting on it.
-pub async fn run(
-    mut calls: mpsc::Receiver<ServiceCall>,
-    node: Arc<NodeState>,
-    redis: Arc<RedisIdem>,
-) {
+/// slow service delays only the batches waiting on it.
+pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, remote: Remote) {
     while let Some(call) = calls.recv().await {
-        let (node, redis) = (node.clone(), redis.clone());
+        let node = node.clone();
         match call {
             ServiceCall::Claim { core, reqs } => {
+                let redis = remote
+                    .redis
+                    .clone()
+                    .expect("claims are sent only with --redis");
                 tokio::spawn(async move {
                     let answers = match redis.claim(&reqs).await {
                         Ok(claims) => reqs.into_iter().zip(claims.into_iter().map(Some)).collect(),
@@ -49,6 +61,10 @@ pub async fn run(
                 });
             }
             ServiceCall::Update(updates) => {
+                let redis = remote
+                    .redis
+                    .clone()
+                    .expect("updates are sent only with --redis");
                 tokio::spawn(async move {
                     let n = updates.len();
                     if let Err(e) = redis.update(updates).await {
@@ -56,6 +72,19 @@ pub async fn run(
                         node.store_errors.fetch_add(1, Relaxed);
                         warn!(error = %e, updates = n, "redis update failed");
                     }
+                });
+            }
+            ServiceCall::Upstream { core, batch } => {
+                let backend = remote
+                    .backend
+                    .clone()
+                    .expect("calls are sent only with --backend");
+                tokio::spawn(async move {
+                    node.backend_calls.fetch_add(1, Relaxed);
+                    node.backend_messages.fetch_add(batch.len() as u64, Relaxed);
+                    let results = backend.call(&batch).await;
+                    let answers = batch.into_iter().zip(results).collect();
+                    deliver(&node, core, CoreMsg::Answered(Box::new(answers))).await;
                 });
             }
         }

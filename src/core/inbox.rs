@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::auth::Identity;
-use crate::core::shard::UpstreamRequest;
+use crate::core::shard::{BackendError, UpstreamRequest};
 use crate::link::idem::Claim;
 use crate::proto::Node;
 use crate::protocol::handshake::Upgrade;
@@ -31,6 +31,8 @@ pub enum CoreMsg {
     Redirect(Box<Redirect>),
     /// The shared store answered claims (`None`: it was unreachable).
     Claimed(Box<Vec<(UpstreamRequest, Option<Claim>)>>),
+    /// The backend answered upstream messages.
+    Answered(Box<Vec<(UpstreamRequest, Result<Bytes, BackendError>)>>),
     /// Stop accepting and close every link with 1001.
     Shutdown,
 }

@@ -1,6 +1,7 @@
 //! One worker core: its shard of links (pure), its timer wheel (pure), and the glommio shell
 //! that moves bytes between sockets and the shard.
 
+pub mod batcher;
 pub mod inbox;
 pub mod services;
 pub mod shard;

@@ -1,6 +1,6 @@
 //! Where a core's upstream messages go: idempotency claims and backend calls. The embedded
-//! services answer at once (the in-memory store, the loopback backend); a shared store (Redis)
-//! answers later, through the control thread and back into the core's inbox.
+//! services answer at once (the in-memory store, the loopback backend); the shared store (Redis)
+//! and the gRPC backend answer later, through the control thread and back into the core's inbox.
 
 use std::time::Instant;
 
@@ -8,7 +8,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::shard::{Shard, UpstreamRequest};
+use super::batcher::{Added, Batcher};
+use super::shard::{BackendError, Shard, UpstreamRequest};
 use crate::control::services::ServiceCall;
 use crate::link::idem::{Claim, IdemStore};
 use crate::link::push::EncodedPush;
@@ -23,20 +24,26 @@ pub enum StoreDownPolicy {
     Refuse,
 }
 
-/// The link from a core to the shared store on the control thread.
-pub struct SharedStore {
-    pub core: usize,
-    pub calls: mpsc::Sender<ServiceCall>,
-    pub policy: StoreDownPolicy,
+/// Where the backend is.
+pub enum Backend {
+    /// Built in: accept at once; with `echo`, push each body back to its sender.
+    Loopback { echo: bool },
+    /// On the control thread, fed per-biz batches.
+    Remote { batcher: Batcher<UpstreamRequest> },
 }
 
 pub struct Services {
+    pub core: usize,
     /// The embedded store; with a shared store, the fallback under `StoreDownPolicy::Local`
     /// and a local copy of replies.
     pub local: Box<dyn IdemStore>,
-    pub shared: Option<SharedStore>,
-    /// Loopback backend: push each upstream body back to its sender.
-    pub echo: bool,
+    /// Calls to the control thread; present when any remote service is configured.
+    pub calls: Option<mpsc::Sender<ServiceCall>>,
+    /// With a shared store (Redis): what to do while it is unreachable.
+    pub shared_store: Option<StoreDownPolicy>,
+    pub backend: Backend,
+    /// Batches that started waiting: the shell calls [`Services::flush_due`] at each deadline.
+    pub timers: Vec<(u64, u64, Instant)>,
 }
 
 impl Services {
@@ -51,32 +58,66 @@ impl Services {
                 return;
             }
             if !claims.is_empty() {
-                match &self.shared {
-                    None => {
-                        for req in claims {
-                            let claim = self.local.claim(req.who.biz_id, &req.key, now);
-                            shard.on_claim(req, claim, now);
-                        }
-                    }
-                    Some(shared) => {
-                        let call = ServiceCall::Claim {
-                            core: shared.core,
-                            reqs: claims,
-                        };
-                        if let Err(e) = shared.calls.try_send(call) {
-                            warn!("control thread saturated: claims answered as store-down");
-                            let ServiceCall::Claim { reqs, .. } = e.into_inner() else {
-                                unreachable!()
-                            };
-                            let answers = reqs.into_iter().map(|r| (r, None)).collect();
-                            self.on_claimed(shard, answers, now);
-                        }
-                    }
-                }
+                self.claim(shard, claims, now);
             }
             for req in calls {
+                self.call(shard, req, now);
+            }
+            if self.shared_store.is_some() && !self.send(ServiceCall::Update(updates.clone())) {
+                // The claims expire after their pending TTL; a client retry is then forwarded.
+                warn!(
+                    updates = updates.len(),
+                    "control thread saturated: idempotency updates not stored"
+                );
+            }
+            for u in updates {
+                self.local.update(u, now);
+            }
+        }
+    }
+
+    fn send(&self, call: ServiceCall) -> bool {
+        self.calls
+            .as_ref()
+            .is_some_and(|c| c.try_send(call).is_ok())
+    }
+
+    fn claim(&mut self, shard: &mut Shard, claims: Vec<UpstreamRequest>, now: Instant) {
+        if self.shared_store.is_none() {
+            for req in claims {
+                let claim = self.local.claim(req.who.biz_id, &req.key, now);
+                shard.on_claim(req, claim, now);
+            }
+            return;
+        }
+        let n = claims.len();
+        let call = ServiceCall::Claim {
+            core: self.core,
+            reqs: claims,
+        };
+        if let Err(e) = self
+            .calls
+            .as_ref()
+            .expect("shared store has a channel")
+            .try_send(call)
+        {
+            warn!(
+                claims = n,
+                "control thread saturated: claims answered as store-down"
+            );
+            let ServiceCall::Claim { reqs, .. } = e.into_inner() else {
+                unreachable!("sent a claim")
+            };
+            let answers = reqs.into_iter().map(|r| (r, None)).collect();
+            self.on_claimed(shard, answers, now);
+        }
+    }
+
+    fn call(&mut self, shard: &mut Shard, req: UpstreamRequest, now: Instant) {
+        match &mut self.backend {
+            Backend::Loopback { echo } => {
                 shard.on_upstream_result(&req, Ok(Bytes::new()), now);
-                if self.echo {
+                if *echo {
                     let push = EncodedPush::new(&req.key, req.body.clone());
                     let user = [req.who.user_id.clone()];
                     shard.push(
@@ -89,20 +130,45 @@ impl Services {
                     );
                 }
             }
-            if let Some(shared) = &self.shared
-                && shared
-                    .calls
-                    .try_send(ServiceCall::Update(updates.clone()))
-                    .is_err()
-            {
-                // The claim expires after its pending TTL; the client's retry is forwarded again.
-                warn!(
-                    updates = updates.len(),
-                    "control thread saturated: idempotency updates not stored"
-                );
-            }
-            for u in updates {
-                self.local.update(u, now);
+            Backend::Remote { batcher } => match batcher.add(req.who.biz_id, req, now) {
+                Added::Full(batch) => self.send_batch(shard, batch, now),
+                Added::Opened { biz_id, id, due } => self.timers.push((biz_id, id, due)),
+                Added::Joined => {}
+            },
+        }
+    }
+
+    /// A batch's delay ran out: send it unless it already left full.
+    pub fn flush_due(&mut self, shard: &mut Shard, biz_id: u64, id: u64, now: Instant) {
+        if let Backend::Remote { batcher } = &mut self.backend
+            && let Some(batch) = batcher.take_due(biz_id, id)
+        {
+            self.send_batch(shard, batch, now);
+            self.settle(shard, now);
+        }
+    }
+
+    fn send_batch(&mut self, shard: &mut Shard, batch: Vec<UpstreamRequest>, now: Instant) {
+        let call = ServiceCall::Upstream {
+            core: self.core,
+            batch,
+        };
+        if let Err(e) = self
+            .calls
+            .as_ref()
+            .expect("remote backend has a channel")
+            .try_send(call)
+        {
+            let ServiceCall::Upstream { batch, .. } = e.into_inner() else {
+                unreachable!("sent a batch")
+            };
+            warn!(
+                messages = batch.len(),
+                "control thread saturated: upstream messages refused"
+            );
+            let busy = BackendError::Unavailable("gateway overloaded; retry".into());
+            for req in batch {
+                shard.on_upstream_result(&req, Err(busy.clone()), now);
             }
         }
     }
@@ -114,10 +180,7 @@ impl Services {
         answers: Vec<(UpstreamRequest, Option<Claim>)>,
         now: Instant,
     ) {
-        let policy = self
-            .shared
-            .as_ref()
-            .map_or(StoreDownPolicy::Local, |s| s.policy);
+        let policy = self.shared_store.unwrap_or(StoreDownPolicy::Local);
         for (req, claim) in answers {
             match (claim, policy) {
                 (Some(claim), _) => shard.on_claim(req, claim, now),
@@ -128,6 +191,19 @@ impl Services {
                 }
                 (None, StoreDownPolicy::Refuse) => shard.on_claim_refused(req),
             }
+        }
+        self.settle(shard, now);
+    }
+
+    /// The backend answered.
+    pub fn on_answered(
+        &mut self,
+        shard: &mut Shard,
+        answers: Vec<(UpstreamRequest, Result<Bytes, BackendError>)>,
+        now: Instant,
+    ) {
+        for (req, result) in answers {
+            shard.on_upstream_result(&req, result, now);
         }
         self.settle(shard, now);
     }

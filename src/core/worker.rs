@@ -15,10 +15,12 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, info, warn};
 
+use super::batcher::Batcher;
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
-use super::services::{Services, SharedStore};
+use super::services::{Backend, Services, StoreDownPolicy};
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
+use crate::control::services::ServiceCall;
 use crate::link::ConnId;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::link::push::EncodedPush;
@@ -35,7 +37,12 @@ pub struct WorkerSetup {
     pub allowed_origins: Arc<Vec<String>>,
     pub echo: bool,
     pub idem_ttl: IdemTtl,
-    pub shared_store: Option<SharedStore>,
+    /// Calls to the control thread, when Redis or a gRPC backend is configured.
+    pub calls: Option<tokio::sync::mpsc::Sender<ServiceCall>>,
+    /// Set with Redis: what to do while it is unreachable.
+    pub shared_store: Option<StoreDownPolicy>,
+    /// Set with a gRPC backend: per-biz batch size and delay.
+    pub batching: Option<(usize, Duration)>,
     pub handshake_timeout: Duration,
     pub peers: Vec<CoreHandle>,
     pub inbox: Inbox,
@@ -78,9 +85,17 @@ pub async fn run(setup: WorkerSetup) {
         verifier: setup.verifier,
         allowed_origins: setup.allowed_origins,
         services: RefCell::new(Services {
+            core: setup.index,
             local: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
-            shared: setup.shared_store,
-            echo: setup.echo,
+            calls: setup.calls,
+            shared_store: setup.shared_store,
+            backend: match setup.batching {
+                Some((size, delay)) => Backend::Remote {
+                    batcher: Batcher::new(size, delay),
+                },
+                None => Backend::Loopback { echo: setup.echo },
+            },
+            timers: Vec::new(),
         }),
         handshake_timeout: setup.handshake_timeout,
         peers: setup.peers,
@@ -253,7 +268,7 @@ impl Worker {
     /// client's EOF: closing at once would answer the client's in-flight bytes with a reset,
     /// which makes its kernel discard the close frame before the client reads the code.
     fn poll_link(
-        &self,
+        self: &Rc<Self>,
         cx: &mut Context<'_>,
         conn: ConnId,
         stream: &mut TcpStream,
@@ -307,11 +322,26 @@ impl Worker {
 
     /// Answers what the shard queued for the store and the backend, and reports undelivered
     /// pushes.
-    fn after_events(&self) {
+    fn after_events(self: &Rc<Self>) {
         let mut shard = self.shard.borrow_mut();
-        self.services
-            .borrow_mut()
-            .settle(&mut shard, Instant::now());
+        let mut services = self.services.borrow_mut();
+        services.settle(&mut shard, Instant::now());
+        // A batch started waiting: flush it at its deadline unless it fills first.
+        for (biz_id, id, due) in services.timers.drain(..) {
+            let w = self.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                {
+                    let mut shard = w.shard.borrow_mut();
+                    w.services
+                        .borrow_mut()
+                        .flush_due(&mut shard, biz_id, id, Instant::now());
+                }
+                w.after_events();
+            })
+            .detach();
+        }
+        drop(services);
         for u in shard.take_undelivered() {
             info!(
                 biz_id = u.biz_id,
@@ -367,6 +397,12 @@ impl Worker {
                 self.shard
                     .borrow_mut()
                     .redirect(t.as_ref(), &r.nodes, r.retry_after_ms, now);
+            }
+            CoreMsg::Answered(answers) => {
+                let mut shard = self.shard.borrow_mut();
+                self.services
+                    .borrow_mut()
+                    .on_answered(&mut shard, *answers, now);
             }
             CoreMsg::Claimed(answers) => {
                 let mut shard = self.shard.borrow_mut();

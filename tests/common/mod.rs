@@ -398,3 +398,85 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// The repo's test gRPC backend on a free loopback port; every line it prints is kept.
+pub struct Backend {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Backend {
+    pub fn start(args: &[&str]) -> Backend {
+        let mut b = Backend {
+            child: None,
+            port: free_port().port(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            lines: Default::default(),
+        };
+        b.restart();
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it on the same port and waits for its "listening" line.
+    pub fn restart(&mut self) {
+        use std::io::BufRead;
+        self.stop();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringway-test-backend"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the test backend");
+        let out = child.stdout.take().unwrap();
+        let lines = self.lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("test backend listening", Duration::from_secs(10), || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("listening"))
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.lines
+            .lock()
+            .unwrap()
+            .retain(|l| !l.starts_with("listening"));
+    }
+
+    /// Lines that start with `prefix`.
+    pub fn seen(&self, prefix: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
