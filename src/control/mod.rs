@@ -4,32 +4,26 @@
 pub mod admin;
 pub mod breaker;
 pub mod grpc_backend;
+pub mod kafka;
 pub mod redis_idem;
 pub mod router;
 pub mod services;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::core::inbox::{CoreHandle, CoreMsg};
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, NodeCounters};
 
 /// What the control thread shares with its request handlers.
 pub struct NodeState {
     pub cores: Vec<CoreHandle>,
     pub metrics: Vec<Arc<CoreMetrics>>,
     pub draining: AtomicBool,
-    /// Pushes refused at the API because an owner core's inbox was full (reported as
-    /// undelivered: overloaded).
-    pub push_rejected: AtomicU64,
-    /// Failed round trips to the shared idempotency store.
-    pub store_errors: AtomicU64,
-    /// gRPC backend calls, and the messages they carried (their ratio is the mean batch size).
-    pub backend_calls: AtomicU64,
-    pub backend_messages: AtomicU64,
+    pub counters: NodeCounters,
     pub admin_token: Option<String>,
 }
 

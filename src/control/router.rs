@@ -1,11 +1,9 @@
 //! Sends pushes, kicks and redirects to the cores that own the users.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tracing::warn;
 
 use super::NodeState;
 use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect};
@@ -13,12 +11,13 @@ use crate::owner_core;
 use crate::proto::Node;
 
 /// How a push was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
     /// Users whose owner core queued the push.
     pub accepted: usize,
-    /// Users whose owner core was full; each is reported undelivered (overloaded).
-    pub rejected: usize,
+    /// Users whose owner core's inbox was full: the caller retries them (Kafka) or reports them
+    /// undelivered (HTTP API).
+    pub rejected: Vec<String>,
 }
 
 /// Splits the receivers by owner core and queues one job per core, so each core encodes the
@@ -28,8 +27,8 @@ pub fn push(
     biz_id: u64,
     user_ids: Vec<String>,
     device_id: Option<String>,
-    key: String,
-    body: Bytes,
+    key: &str,
+    body: &Bytes,
 ) -> Routed {
     let accepted_at = Instant::now();
     let mut by_core: BTreeMap<usize, Vec<String>> = BTreeMap::new();
@@ -41,7 +40,7 @@ pub fn push(
     }
     let mut routed = Routed {
         accepted: 0,
-        rejected: 0,
+        rejected: Vec::new(),
     };
     for (core, users) in by_core {
         let n = users.len();
@@ -49,17 +48,14 @@ pub fn push(
             biz_id,
             user_ids: users,
             device_id: device_id.clone(),
-            key: key.clone(),
+            key: key.to_owned(),
             body: body.clone(),
             accepted_at,
         };
         match node.cores[core].send(CoreMsg::Push(Box::new(job))) {
             Ok(()) => routed.accepted += n,
-            Err(_) => {
-                routed.rejected += n;
-                node.push_rejected.fetch_add(n as u64, Relaxed);
-                warn!(biz_id, key = %key, core, users = n, reason = "overloaded", "undelivered push");
-            }
+            Err(CoreMsg::Push(job)) => routed.rejected.extend(job.user_ids),
+            Err(_) => unreachable!("send hands back what it was given"),
         }
     }
     routed

@@ -2,7 +2,6 @@
 //! and the gRPC backend. Cores send without waiting; answers go back through each core's inbox.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -10,9 +9,10 @@ use tracing::{error, warn};
 
 use super::NodeState;
 use super::grpc_backend::GrpcBackend;
+use super::kafka::KafkaOut;
 use super::redis_idem::RedisIdem;
 use crate::core::inbox::CoreMsg;
-use crate::core::shard::UpstreamRequest;
+use crate::core::shard::{Undelivered, UpstreamRequest};
 use crate::link::idem::IdemUpdate;
 
 pub enum ServiceCall {
@@ -28,6 +28,8 @@ pub enum ServiceCall {
         core: usize,
         batch: Vec<UpstreamRequest>,
     },
+    /// Write these reports to the undelivered topic.
+    Undelivered(Vec<Undelivered>),
 }
 
 /// The services cores may call; each is present when configured.
@@ -35,6 +37,7 @@ pub enum ServiceCall {
 pub struct Remote {
     pub redis: Option<Arc<RedisIdem>>,
     pub backend: Option<Arc<GrpcBackend>>,
+    pub kafka: Option<Arc<KafkaOut>>,
 }
 
 /// Serves the cores' calls until every sender is gone. Each batch runs as its own task, so a
@@ -52,7 +55,7 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                     let answers = match redis.claim(&reqs).await {
                         Ok(claims) => reqs.into_iter().zip(claims.into_iter().map(Some)).collect(),
                         Err(e) => {
-                            node.store_errors.fetch_add(1, Relaxed);
+                            node.counters.store_errors.inc();
                             warn!(error = %e, claims = reqs.len(), "redis claim failed; applying the store-down policy");
                             reqs.into_iter().map(|r| (r, None)).collect()
                         }
@@ -69,8 +72,23 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                     let n = updates.len();
                     if let Err(e) = redis.update(updates).await {
                         // Pending claims then expire after their TTL, and a retry is forwarded.
-                        node.store_errors.fetch_add(1, Relaxed);
+                        node.counters.store_errors.inc();
                         warn!(error = %e, updates = n, "redis update failed");
+                    }
+                });
+            }
+            ServiceCall::Undelivered(reports) => {
+                let kafka = remote
+                    .kafka
+                    .clone()
+                    .expect("reports are sent only with --kafka");
+                tokio::spawn(async move {
+                    for u in reports {
+                        if kafka.report(u).await {
+                            node.counters.kafka_reports.inc();
+                        } else {
+                            node.counters.kafka_report_errors.inc();
+                        }
                     }
                 });
             }
@@ -80,8 +98,8 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                     .clone()
                     .expect("calls are sent only with --backend");
                 tokio::spawn(async move {
-                    node.backend_calls.fetch_add(1, Relaxed);
-                    node.backend_messages.fetch_add(batch.len() as u64, Relaxed);
+                    node.counters.backend_calls.inc();
+                    node.counters.backend_messages.add(batch.len() as u64);
                     let results = backend.call(&batch).await;
                     let answers = batch.into_iter().zip(results).collect();
                     deliver(&node, core, CoreMsg::Answered(Box::new(answers))).await;

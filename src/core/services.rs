@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::batcher::{Added, Batcher};
-use super::shard::{BackendError, Shard, UpstreamRequest};
+use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
 use crate::control::services::ServiceCall;
 use crate::link::idem::{Claim, IdemStore};
 use crate::link::push::EncodedPush;
@@ -44,9 +44,30 @@ pub struct Services {
     pub backend: Backend,
     /// Batches that started waiting: the shell calls [`Services::flush_due`] at each deadline.
     pub timers: Vec<(u64, u64, Instant)>,
+    /// Undelivered pushes also go to the Kafka undelivered topic (they are always logged and
+    /// counted).
+    pub report_to_kafka: bool,
 }
 
 impl Services {
+    /// Reports pushes that reached no device: a log line each (no body), and the Kafka topic
+    /// when configured.
+    pub fn report(&self, undelivered: Vec<Undelivered>) {
+        for u in &undelivered {
+            info!(
+                biz_id = u.biz_id,
+                user_id = %u.user_id,
+                device_id = u.device_id.as_deref().unwrap_or("*"),
+                key = %u.key,
+                reason = u.reason.label(),
+                "undelivered push"
+            );
+        }
+        if self.report_to_kafka && !self.send(ServiceCall::Undelivered(undelivered)) {
+            warn!("control thread saturated: undelivered reports only logged");
+        }
+    }
+
     /// Answers or sends on everything the shard queued for the store and the backend, until it
     /// has nothing more to ask.
     pub fn settle(&mut self, shard: &mut Shard, now: Instant) {

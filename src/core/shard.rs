@@ -73,6 +73,8 @@ pub struct Undelivered {
     pub user_id: String,
     pub device_id: Option<String>,
     pub key: String,
+    /// The push's body, so whoever reads the report can store or resend it.
+    pub body: Bytes,
     pub reason: UndeliveredReason,
 }
 
@@ -515,13 +517,7 @@ impl Shard {
                 device_id,
             });
             if conns.is_empty() {
-                self.report(
-                    biz_id,
-                    user,
-                    device_id,
-                    &push.key,
-                    UndeliveredReason::Offline,
-                );
+                self.report(biz_id, user, device_id, push, UndeliveredReason::Offline);
                 continue;
             }
             for conn in conns {
@@ -566,7 +562,7 @@ impl Shard {
         biz_id: u64,
         user: &str,
         device: Option<&str>,
-        key: &str,
+        push: &EncodedPush,
         reason: UndeliveredReason,
     ) {
         self.metrics.undelivered(reason);
@@ -574,7 +570,8 @@ impl Shard {
             biz_id,
             user_id: user.to_owned(),
             device_id: device.map(str::to_owned),
-            key: key.to_owned(),
+            key: push.key.to_string(),
+            body: push.body().clone(),
             reason,
         });
     }
@@ -611,7 +608,7 @@ impl Shard {
                 who.biz_id,
                 &who.user_id,
                 Some(&who.device_id),
-                &f.push.key,
+                &f.push,
                 UndeliveredReason::RetriesExhausted,
             );
             return;
@@ -856,7 +853,7 @@ impl Shard {
                 link.who.biz_id,
                 &link.who.user_id,
                 Some(&link.who.device_id),
-                &f.push.key,
+                &f.push,
                 reason,
             );
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::batcher::Batcher;
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
@@ -43,6 +43,8 @@ pub struct WorkerSetup {
     pub shared_store: Option<StoreDownPolicy>,
     /// Set with a gRPC backend: per-biz batch size and delay.
     pub batching: Option<(usize, Duration)>,
+    /// Undelivered pushes also go to Kafka.
+    pub report_to_kafka: bool,
     pub handshake_timeout: Duration,
     pub peers: Vec<CoreHandle>,
     pub inbox: Inbox,
@@ -96,6 +98,7 @@ pub async fn run(setup: WorkerSetup) {
                 None => Backend::Loopback { echo: setup.echo },
             },
             timers: Vec::new(),
+            report_to_kafka: setup.report_to_kafka,
         }),
         handshake_timeout: setup.handshake_timeout,
         peers: setup.peers,
@@ -342,15 +345,9 @@ impl Worker {
             .detach();
         }
         drop(services);
-        for u in shard.take_undelivered() {
-            info!(
-                biz_id = u.biz_id,
-                user_id = %u.user_id,
-                device_id = u.device_id.as_deref().unwrap_or("*"),
-                key = %u.key,
-                reason = u.reason.label(),
-                "undelivered push"
-            );
+        let undelivered = shard.take_undelivered();
+        if !undelivered.is_empty() {
+            self.services.borrow().report(undelivered);
         }
     }
 

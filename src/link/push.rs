@@ -31,6 +31,10 @@ impl EncodedPush {
         })
     }
 
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
     fn prefix(&self, codec: Codec) -> &[u8] {
         let frame = || Frame {
             cmd: Cmd::Downstream as i32,

