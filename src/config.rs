@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::control::routes::{Target, parse_route};
 use crate::core::shard::ShardConfig;
 use crate::link::idem::IdemTtl;
 use crate::link::retry::RetryPolicy;
@@ -133,10 +134,15 @@ pub struct ServeArgs {
         default_value = "local"
     )]
     pub redis_unavailable: crate::core::services::StoreDownPolicy,
-    /// The business backend: `grpc://host:port` (BackendService in proto/ringway/backend/v1).
-    /// Without it the built-in loopback backend accepts every message.
-    #[arg(long, env = "RINGWAY_BACKEND")]
-    pub backend: Option<String>,
+    /// Where upstream messages go by default: `loopback` (built in: accept at once),
+    /// `grpc://host:port` (BackendService in proto/ringway/backend/v1), `kafka:TOPIC` (one
+    /// record per message) or `kafka-batch:TOPIC` (one record per batch; needs --kafka).
+    #[arg(long, env = "RINGWAY_BACKEND", default_value = "loopback", value_parser = Target::parse)]
+    pub backend: Target,
+    /// Per-biz route, `BIZ=TARGET` with a target as for --backend; repeat the flag (or
+    /// comma-separate in the env var) for several bizs.
+    #[arg(long = "route", env = "RINGWAY_ROUTES", value_delimiter = ',', value_parser = parse_route)]
+    pub routes: Vec<(u64, Target)>,
     /// Deadline of one backend call (each retry gets its own).
     #[arg(long, env = "RINGWAY_BACKEND_TIMEOUT_MS", default_value_t = 3000)]
     pub backend_timeout_ms: u64,

@@ -16,6 +16,7 @@ use ringway::config::{Cli, Command, ServeArgs};
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
 use ringway::control::kafka::{KafkaConfig, KafkaOut};
 use ringway::control::redis_idem::RedisIdem;
+use ringway::control::routes::Routes;
 use ringway::control::services::Remote;
 use ringway::control::{self, NodeState};
 use ringway::core::{inbox, worker};
@@ -134,22 +135,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let backend = match &args.backend {
-        Some(endpoint) => {
-            let cfg = GrpcConfig {
-                endpoint: endpoint.clone(),
-                node_id: node_id.clone(),
-                timeout: Duration::from_millis(args.backend_timeout_ms.max(1)),
-                attempts: args.backend_attempts,
-                breaker_failures: args.backend_breaker_failures,
-                breaker_cooldown: Duration::from_millis(args.backend_breaker_cooldown_ms),
-            };
-            // The channel connects lazily inside the control runtime.
-            let _guard = rt.enter();
-            Some(Arc::new(GrpcBackend::new(&cfg)?))
-        }
-        None => None,
-    };
     let kafka = args.kafka.as_ref().map(|brokers| KafkaConfig {
         brokers: brokers.clone(),
         group: args.kafka_group.clone(),
@@ -161,13 +146,32 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
         None => None,
     };
+    let grpc_cfg = |endpoint: &str| GrpcConfig {
+        endpoint: endpoint.to_owned(),
+        node_id: node_id.clone(),
+        timeout: Duration::from_millis(args.backend_timeout_ms.max(1)),
+        attempts: args.backend_attempts,
+        breaker_failures: args.backend_breaker_failures,
+        breaker_cooldown: Duration::from_millis(args.backend_breaker_cooldown_ms),
+    };
+    let (routes, local_bizs) = {
+        // gRPC channels connect lazily inside the control runtime.
+        let _guard = rt.enter();
+        Routes::build(&args.backend, &args.routes, |url| {
+            GrpcBackend::new(&grpc_cfg(url))
+        })?
+    };
+    if routes.uses_kafka() && kafka_out.is_none() {
+        return Err("a kafka: route needs --kafka".into());
+    }
+    let local_bizs = Arc::new(local_bizs);
     let remote = Remote {
         redis,
-        backend,
+        routes: Arc::new(routes),
         kafka: kafka_out,
     };
     let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
-    let any_remote = remote.redis.is_some() || remote.backend.is_some() || remote.kafka.is_some();
+    let any_remote = remote.redis.is_some() || !local_bizs.all_local() || remote.kafka.is_some();
     let calls_rx = any_remote.then_some(calls_rx);
     let origins = Arc::new(
         args.allowed_origins
@@ -189,12 +193,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             calls: calls_rx.is_some().then(|| calls_tx.clone()),
             shared_store: remote.redis.is_some().then_some(args.redis_unavailable),
             report_to_kafka: remote.kafka.is_some(),
-            batching: remote.backend.is_some().then(|| {
-                (
-                    args.batch_size.max(1),
-                    Duration::from_millis(args.batch_delay_ms),
-                )
-            }),
+            local_bizs: local_bizs.clone(),
+            batching: (
+                args.batch_size.max(1),
+                Duration::from_millis(args.batch_delay_ms),
+            ),
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
             peers: handles.clone(),
             inbox,

@@ -126,3 +126,54 @@ fn offline_pushes_are_reported_with_their_body_and_garbage_is_skipped() {
         gw.metric("ringway_kafka_undelivered_reports_total") == 1.0
     });
 }
+
+#[test]
+fn upstream_routed_to_kafka_is_acked_after_the_broker_has_it() {
+    const UP: &str = "ringway.upstream";
+    let broker = Broker::start(&[PUSH, UNDELIVERED, UP]);
+    let gw = Gateway::start(&[
+        "--kafka",
+        &broker.addr(),
+        "--backend",
+        &format!("kafka:{UP}"),
+        "--node-id",
+        "gw-up",
+    ]);
+    let mut c = gw.connect("alice", "phone", Codec::Json);
+    c.set_timeout(Duration::from_secs(15));
+    c.send(&common::frame(Cmd::Upstream, "u1", b"to kafka"));
+    let ack = c.frame();
+    assert_eq!((ack.cmd, ack.key.as_str()), (Cmd::UpstreamAck as i32, "u1"));
+
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "upstream-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    reader.subscribe(&[UP]).unwrap();
+    let mut got = None;
+    wait_until("the upstream record", Duration::from_secs(45), || {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            assert_eq!(
+                m.key(),
+                Some(&b"1:alice"[..]),
+                "keyed by user for per-user order"
+            );
+            got = Some(
+                ringway::backend_proto::OnReceiveRequest::decode(m.payload().unwrap()).unwrap(),
+            );
+        }
+        got.is_some()
+    });
+    let r = got.unwrap();
+    assert_eq!(
+        (r.biz_id, r.user_id.as_str(), r.device_id.as_str()),
+        (1, "alice", "phone")
+    );
+    assert_eq!(
+        (r.key.as_str(), &r.body[..], r.node_id.as_str()),
+        ("u1", &b"to kafka"[..], "gw-up")
+    );
+}

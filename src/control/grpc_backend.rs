@@ -171,21 +171,26 @@ impl GrpcBackend {
     }
 
     fn request(&self, r: &UpstreamRequest) -> OnReceiveRequest {
-        let age = r.received_at.elapsed();
-        let received_at_ms = SystemTime::now()
-            .checked_sub(age)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64);
-        OnReceiveRequest {
-            biz_id: r.who.biz_id,
-            user_id: r.who.user_id.clone(),
-            device_id: r.who.device_id.clone(),
-            link_id: format!("{}:{}:{}", r.who.biz_id, r.who.user_id, r.who.device_id),
-            node_id: self.node_id.clone(),
-            key: r.key.clone(),
-            body: r.body.clone(),
-            received_at_ms,
-        }
+        to_request(r, &self.node_id)
+    }
+}
+
+/// The backend's view of an upstream message: who sent it, from where, and when.
+pub fn to_request(r: &UpstreamRequest, node_id: &str) -> OnReceiveRequest {
+    let age = r.received_at.elapsed();
+    let received_at_ms = SystemTime::now()
+        .checked_sub(age)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    OnReceiveRequest {
+        biz_id: r.who.biz_id,
+        user_id: r.who.user_id.clone(),
+        device_id: r.who.device_id.clone(),
+        link_id: format!("{}:{}:{}", r.who.biz_id, r.who.user_id, r.who.device_id),
+        node_id: node_id.to_owned(),
+        key: r.key.clone(),
+        body: r.body.clone(),
+        received_at_ms,
     }
 }
 

@@ -16,9 +16,13 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{info, warn};
 
+use super::grpc_backend::to_request;
 use super::{NodeState, router};
-use crate::core::shard::Undelivered;
+use crate::backend_proto::BatchOnReceiveRequest;
+use crate::core::shard::{BackendError, Undelivered, UpstreamRequest};
 use crate::proto::{PushMessage, UndeliveredPush};
+use bytes::Bytes;
+use rdkafka::error::KafkaError;
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -80,6 +84,61 @@ impl KafkaOut {
                 false
             }
         }
+    }
+}
+
+impl KafkaOut {
+    /// Upstream messages of a biz routed to Kafka: one `OnReceiveRequest` record per message
+    /// (keyed by user, so a user's messages stay in order), or one `BatchOnReceiveRequest`
+    /// record per batch. A message is acked once the broker confirms its record.
+    pub async fn upstream(
+        &self,
+        topic: &str,
+        batched: bool,
+        batch: &[UpstreamRequest],
+    ) -> Vec<Result<Bytes, BackendError>> {
+        let timeout = Duration::from_secs(5);
+        let failed = |e: KafkaError| Err(BackendError::Unavailable(format!("kafka: {e}")));
+        if batched {
+            let record = BatchOnReceiveRequest {
+                biz_id: batch[0].who.biz_id,
+                requests: batch
+                    .iter()
+                    .map(|r| to_request(r, &self.cfg.node_id))
+                    .collect(),
+            };
+            let key = record.biz_id.to_string();
+            let payload = record.encode_to_vec();
+            let sent = self
+                .producer
+                .send(FutureRecord::to(topic).key(&key).payload(&payload), timeout)
+                .await;
+            let one = sent.map(|_| Bytes::new()).or_else(|(e, _)| failed(e));
+            return vec![one; batch.len()];
+        }
+        // Enqueue every record first (the producer batches them on the wire), then wait for
+        // the delivery reports in order.
+        let queued: Vec<_> = batch
+            .iter()
+            .map(|r| {
+                let key = format!("{}:{}", r.who.biz_id, r.who.user_id);
+                let payload = to_request(r, &self.cfg.node_id).encode_to_vec();
+                let record = FutureRecord::to(topic).key(&key).payload(&payload);
+                self.producer.send_result(record).map_err(|(e, _)| e)
+            })
+            .collect();
+        let mut results = Vec::with_capacity(batch.len());
+        for q in queued {
+            results.push(match q {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(Bytes::new()),
+                    Ok(Err((e, _))) => failed(e),
+                    Err(_) => Err(BackendError::Unavailable("kafka producer closed".into())),
+                },
+                Err(e) => failed(e),
+            });
+        }
+        results
     }
 }
 

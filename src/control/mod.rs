@@ -7,6 +7,7 @@ pub mod grpc_backend;
 pub mod kafka;
 pub mod redis_idem;
 pub mod router;
+pub mod routes;
 pub mod services;
 
 use std::sync::Arc;

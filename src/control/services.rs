@@ -8,12 +8,13 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use super::NodeState;
-use super::grpc_backend::GrpcBackend;
 use super::kafka::KafkaOut;
 use super::redis_idem::RedisIdem;
+use super::routes::{Route, Routes};
 use crate::core::inbox::CoreMsg;
 use crate::core::shard::{Undelivered, UpstreamRequest};
 use crate::link::idem::IdemUpdate;
+use bytes::Bytes;
 
 pub enum ServiceCall {
     /// Claim these messages' keys and answer core `core` with `CoreMsg::Claimed`.
@@ -36,7 +37,7 @@ pub enum ServiceCall {
 #[derive(Clone)]
 pub struct Remote {
     pub redis: Option<Arc<RedisIdem>>,
-    pub backend: Option<Arc<GrpcBackend>>,
+    pub routes: Arc<Routes>,
     pub kafka: Option<Arc<KafkaOut>>,
 }
 
@@ -93,14 +94,18 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                 });
             }
             ServiceCall::Upstream { core, batch } => {
-                let backend = remote
-                    .backend
-                    .clone()
-                    .expect("calls are sent only with --backend");
+                let remote = remote.clone();
                 tokio::spawn(async move {
                     node.counters.backend_calls.inc();
                     node.counters.backend_messages.add(batch.len() as u64);
-                    let results = backend.call(&batch).await;
+                    let results = match remote.routes.get(batch[0].who.biz_id) {
+                        Route::Loopback => vec![Ok(Bytes::new()); batch.len()],
+                        Route::Grpc(backend) => backend.call(&batch).await,
+                        Route::Kafka { topic, batched } => {
+                            let kafka = remote.kafka.as_ref().expect("kafka routes need --kafka");
+                            kafka.upstream(topic, *batched, &batch).await
+                        }
+                    };
                     let answers = batch.into_iter().zip(results).collect();
                     deliver(&node, core, CoreMsg::Answered(Box::new(answers))).await;
                 });

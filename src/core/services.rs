@@ -2,6 +2,7 @@
 //! services answer at once (the in-memory store, the loopback backend); the shared store (Redis)
 //! and the gRPC backend answer later, through the control thread and back into the core's inbox.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use tracing::{info, warn};
 
 use super::batcher::{Added, Batcher};
 use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
+use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
 use crate::link::idem::{Claim, IdemStore};
 use crate::link::push::EncodedPush;
@@ -24,12 +26,13 @@ pub enum StoreDownPolicy {
     Refuse,
 }
 
-/// Where the backend is.
-pub enum Backend {
-    /// Built in: accept at once; with `echo`, push each body back to its sender.
-    Loopback { echo: bool },
-    /// On the control thread, fed per-biz batches.
-    Remote { batcher: Batcher<UpstreamRequest> },
+/// Where upstream messages go: bizs routed to the loopback backend are answered here at once;
+/// the others are batched per biz and sent to the control thread, which routes them.
+pub struct Backend {
+    pub local_bizs: Arc<LocalBizs>,
+    /// Loopback: push each body back to its sender.
+    pub echo: bool,
+    pub batcher: Batcher<UpstreamRequest>,
 }
 
 pub struct Services {
@@ -135,10 +138,11 @@ impl Services {
     }
 
     fn call(&mut self, shard: &mut Shard, req: UpstreamRequest, now: Instant) {
-        match &mut self.backend {
-            Backend::Loopback { echo } => {
+        let backend = &mut self.backend;
+        match backend.local_bizs.is_local(req.who.biz_id) {
+            true => {
                 shard.on_upstream_result(&req, Ok(Bytes::new()), now);
-                if *echo {
+                if backend.echo {
                     let push = EncodedPush::new(&req.key, req.body.clone());
                     let user = [req.who.user_id.clone()];
                     shard.push(
@@ -151,7 +155,7 @@ impl Services {
                     );
                 }
             }
-            Backend::Remote { batcher } => match batcher.add(req.who.biz_id, req, now) {
+            false => match backend.batcher.add(req.who.biz_id, req, now) {
                 Added::Full(batch) => self.send_batch(shard, batch, now),
                 Added::Opened { biz_id, id, due } => self.timers.push((biz_id, id, due)),
                 Added::Joined => {}
@@ -161,9 +165,7 @@ impl Services {
 
     /// A batch's delay ran out: send it unless it already left full.
     pub fn flush_due(&mut self, shard: &mut Shard, biz_id: u64, id: u64, now: Instant) {
-        if let Backend::Remote { batcher } = &mut self.backend
-            && let Some(batch) = batcher.take_due(biz_id, id)
-        {
+        if let Some(batch) = self.backend.batcher.take_due(biz_id, id) {
             self.send_batch(shard, batch, now);
             self.settle(shard, now);
         }

@@ -20,6 +20,7 @@ use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::services::{Backend, Services, StoreDownPolicy};
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
+use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
 use crate::link::ConnId;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
@@ -41,8 +42,10 @@ pub struct WorkerSetup {
     pub calls: Option<tokio::sync::mpsc::Sender<ServiceCall>>,
     /// Set with Redis: what to do while it is unreachable.
     pub shared_store: Option<StoreDownPolicy>,
-    /// Set with a gRPC backend: per-biz batch size and delay.
-    pub batching: Option<(usize, Duration)>,
+    /// Bizs served by the loopback backend on the core; the rest go to the control thread
+    /// in per-biz batches of this size and delay.
+    pub local_bizs: Arc<LocalBizs>,
+    pub batching: (usize, Duration),
     /// Undelivered pushes also go to Kafka.
     pub report_to_kafka: bool,
     pub handshake_timeout: Duration,
@@ -91,11 +94,10 @@ pub async fn run(setup: WorkerSetup) {
             local: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
             calls: setup.calls,
             shared_store: setup.shared_store,
-            backend: match setup.batching {
-                Some((size, delay)) => Backend::Remote {
-                    batcher: Batcher::new(size, delay),
-                },
-                None => Backend::Loopback { echo: setup.echo },
+            backend: Backend {
+                local_bizs: setup.local_bizs,
+                echo: setup.echo,
+                batcher: Batcher::new(setup.batching.0, setup.batching.1),
             },
             timers: Vec::new(),
             report_to_kafka: setup.report_to_kafka,
