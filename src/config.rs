@@ -177,6 +177,13 @@ pub struct ServeArgs {
     /// Topic of PushMessage records (protobuf) to deliver.
     #[arg(long, env = "RINGWAY_PUSH_TOPIC", default_value = "ringway.push")]
     pub push_topic: String,
+    /// Topic the node writes PresenceEvent records (a device online / offline) to.
+    #[arg(
+        long,
+        env = "RINGWAY_PRESENCE_TOPIC",
+        default_value = "ringway.presence"
+    )]
+    pub presence_topic: String,
     /// Topic the node writes UndeliveredPush records (protobuf, with the body) to.
     #[arg(
         long,
@@ -220,6 +227,7 @@ impl ServeArgs {
             },
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms.max(3)),
             max_devices_per_user: self.max_devices_per_user.max(1),
+            presence_events: self.kafka.is_some(),
         }
     }
 

@@ -140,6 +140,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         group: args.kafka_group.clone(),
         push_topic: args.push_topic.clone(),
         undelivered_topic: args.undelivered_topic.clone(),
+        presence_topic: args.presence_topic.clone(),
         node_id: node_id.clone(),
     });
     let kafka_out = match &kafka {

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use ringway::proto::{Cmd, PushMessage, UndeliveredPush};
+use ringway::proto::{Cmd, PresenceEvent, PushMessage, UndeliveredPush};
 use ringway::protocol::Codec;
 
 const PUSH: &str = "ringway.push";
@@ -37,6 +37,33 @@ fn push(user: &str, key: &str, body: &[u8]) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+/// Reads `n` records (key, payload) from the start of `topic`.
+fn read(broker: &Broker, topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", format!("reader-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let mut got = Vec::new();
+    wait_until(
+        &format!("{n} records on {topic}"),
+        Duration::from_secs(45),
+        || {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+                got.push((
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+            got.len() >= n
+        },
+    );
+    got
 }
 
 /// The next offset the gateway's group will read from the push topic (committed), if any.
@@ -93,22 +120,8 @@ fn offline_pushes_are_reported_with_their_body_and_garbage_is_skipped() {
     produce(&broker, b"\xff\xff not a push");
     produce(&broker, &push("nobody", "lost-1", b"keep me"));
 
-    let reports: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", "test-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    reports.subscribe(&[UNDELIVERED]).unwrap();
-    let mut found = None;
-    wait_until("an undelivered report", Duration::from_secs(45), || {
-        if let Some(Ok(m)) = reports.poll(Duration::from_millis(200)) {
-            found = Some(UndeliveredPush::decode(m.payload().unwrap()).unwrap());
-        }
-        found.is_some()
-    });
-    let r = found.unwrap();
+    let (_, payload) = read(&broker, UNDELIVERED, 1).remove(0);
+    let r = UndeliveredPush::decode(&payload[..]).unwrap();
     assert_eq!(
         (r.biz_id, r.user_id.as_str(), r.key.as_str()),
         (1, "nobody", "lost-1")
@@ -145,29 +158,9 @@ fn upstream_routed_to_kafka_is_acked_after_the_broker_has_it() {
     let ack = c.frame();
     assert_eq!((ack.cmd, ack.key.as_str()), (Cmd::UpstreamAck as i32, "u1"));
 
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", "upstream-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    reader.subscribe(&[UP]).unwrap();
-    let mut got = None;
-    wait_until("the upstream record", Duration::from_secs(45), || {
-        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
-            assert_eq!(
-                m.key(),
-                Some(&b"1:alice"[..]),
-                "keyed by user for per-user order"
-            );
-            got = Some(
-                ringway::backend_proto::OnReceiveRequest::decode(m.payload().unwrap()).unwrap(),
-            );
-        }
-        got.is_some()
-    });
-    let r = got.unwrap();
+    let (key, payload) = read(&broker, UP, 1).remove(0);
+    assert_eq!(key, b"1:alice", "keyed by user for per-user order");
+    let r = ringway::backend_proto::OnReceiveRequest::decode(&payload[..]).unwrap();
     assert_eq!(
         (r.biz_id, r.user_id.as_str(), r.device_id.as_str()),
         (1, "alice", "phone")
@@ -175,5 +168,39 @@ fn upstream_routed_to_kafka_is_acked_after_the_broker_has_it() {
     assert_eq!(
         (r.key.as_str(), &r.body[..], r.node_id.as_str()),
         ("u1", &b"to kafka"[..], "gw-up")
+    );
+}
+
+#[test]
+fn devices_going_online_and_offline_are_published() {
+    const PRESENCE: &str = "ringway.presence";
+    let broker = Broker::start(&[PUSH, UNDELIVERED, PRESENCE]);
+    let gw = Gateway::start(&["--kafka", &broker.addr(), "--node-id", "gw-p"]);
+    let c = gw.connect("alice", "phone", Codec::Proto);
+    drop(c);
+    wait_until("link gone", Duration::from_secs(10), || {
+        gw.metric("ringway_links") == 0.0
+    });
+    let events: Vec<PresenceEvent> = read(&broker, PRESENCE, 2)
+        .into_iter()
+        .map(|(_, p)| PresenceEvent::decode(&p[..]).unwrap())
+        .collect();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.user_id.as_str(),
+                e.device_id.as_str(),
+                e.node_id.as_str(),
+                e.online,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("alice", "phone", "gw-p", true),
+            ("alice", "phone", "gw-p", false)
+        ]
     );
 }

@@ -18,9 +18,10 @@ use tracing::{info, warn};
 
 use super::grpc_backend::to_request;
 use super::{NodeState, router};
+use crate::auth::Identity;
 use crate::backend_proto::BatchOnReceiveRequest;
 use crate::core::shard::{BackendError, Undelivered, UpstreamRequest};
-use crate::proto::{PushMessage, UndeliveredPush};
+use crate::proto::{PresenceEvent, PushMessage, UndeliveredPush};
 use bytes::Bytes;
 use rdkafka::error::KafkaError;
 
@@ -30,6 +31,7 @@ pub struct KafkaConfig {
     pub group: String,
     pub push_topic: String,
     pub undelivered_topic: String,
+    pub presence_topic: String,
     pub node_id: String,
 }
 
@@ -139,6 +141,40 @@ impl KafkaOut {
             });
         }
         results
+    }
+}
+
+impl KafkaOut {
+    /// Writes presence events, enqueued in order (keyed by user, so they stay in order).
+    pub async fn presence(&self, events: Vec<(Arc<Identity>, bool)>, at_ms: u64) {
+        let queued: Vec<_> = events
+            .iter()
+            .map(|(who, online)| {
+                let event = PresenceEvent {
+                    biz_id: who.biz_id,
+                    user_id: who.user_id.clone(),
+                    device_id: who.device_id.clone(),
+                    node_id: self.cfg.node_id.clone(),
+                    online: *online,
+                    at_ms,
+                };
+                let key = format!("{}:{}", who.biz_id, who.user_id);
+                let payload = event.encode_to_vec();
+                let record = FutureRecord::to(&self.cfg.presence_topic)
+                    .key(&key)
+                    .payload(&payload);
+                self.producer.send_result(record).map_err(|(e, _)| e)
+            })
+            .collect();
+        for q in queued {
+            let delivered = match q {
+                Ok(d) => matches!(d.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            if !delivered {
+                warn!("a presence event was not written to kafka");
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use super::NodeState;
 use super::kafka::KafkaOut;
 use super::redis_idem::RedisIdem;
 use super::routes::{Route, Routes};
+use crate::auth::Identity;
 use crate::core::inbox::CoreMsg;
 use crate::core::shard::{Undelivered, UpstreamRequest};
 use crate::link::idem::IdemUpdate;
@@ -31,6 +32,11 @@ pub enum ServiceCall {
     },
     /// Write these reports to the undelivered topic.
     Undelivered(Vec<Undelivered>),
+    /// Devices that came online (true) or went offline, for the presence topic.
+    Presence {
+        events: Vec<(Arc<Identity>, bool)>,
+        at_ms: u64,
+    },
 }
 
 /// The services cores may call; each is present when configured.
@@ -77,6 +83,13 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                         warn!(error = %e, updates = n, "redis update failed");
                     }
                 });
+            }
+            ServiceCall::Presence { events, at_ms } => {
+                let kafka = remote
+                    .kafka
+                    .clone()
+                    .expect("presence is recorded only with --kafka");
+                tokio::spawn(async move { kafka.presence(events, at_ms).await });
             }
             ServiceCall::Undelivered(reports) => {
                 let kafka = remote

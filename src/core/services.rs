@@ -3,7 +3,7 @@
 //! and the gRPC backend answer later, through the control thread and back into the core's inbox.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::batcher::{Added, Batcher};
 use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
+use crate::auth::Identity;
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
 use crate::link::idem::{Claim, IdemStore};
@@ -53,6 +54,16 @@ pub struct Services {
 }
 
 impl Services {
+    /// Devices that came online or went offline, for the presence topic.
+    pub fn presence(&self, events: Vec<(Arc<Identity>, bool)>) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if !self.send(ServiceCall::Presence { events, at_ms }) {
+            warn!("control thread saturated: presence events dropped");
+        }
+    }
+
     /// Reports pushes that reached no device: a log line each (no body), and the Kafka topic
     /// when configured.
     pub fn report(&self, undelivered: Vec<Undelivered>) {

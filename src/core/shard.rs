@@ -38,6 +38,8 @@ pub struct ShardConfig {
     pub retry: RetryPolicy,
     pub heartbeat_timeout: Duration,
     pub max_devices_per_user: usize,
+    /// Record online/offline events for the presence topic.
+    pub presence_events: bool,
 }
 
 impl ShardConfig {
@@ -114,6 +116,8 @@ pub struct Shard {
     idem_updates: Vec<IdemUpdate>,
     upstream: Vec<UpstreamRequest>,
     undelivered: Vec<Undelivered>,
+    /// (who, online) for each link opened or closed, when `presence_events` is on.
+    presence: Vec<(Arc<Identity>, bool)>,
     inbound: Vec<Inbound>,
 }
 
@@ -135,6 +139,7 @@ impl Shard {
             idem_updates: Vec::new(),
             upstream: Vec::new(),
             undelivered: Vec::new(),
+            presence: Vec::new(),
             inbound: Vec::new(),
         }
     }
@@ -168,6 +173,10 @@ impl Shard {
     /// Upstream messages to hand to the backend, oldest first.
     pub fn take_upstream(&mut self) -> Vec<UpstreamRequest> {
         std::mem::take(&mut self.upstream)
+    }
+
+    pub fn take_presence(&mut self) -> Vec<(Arc<Identity>, bool)> {
+        std::mem::take(&mut self.presence)
     }
 
     pub fn take_undelivered(&mut self) -> Vec<Undelivered> {
@@ -235,6 +244,9 @@ impl Shard {
             .links
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.links_opened.inc();
+        if self.cfg.presence_events {
+            self.presence.push((who.clone(), true));
+        }
 
         for f in carried {
             self.deliver(conn, f.push, now, Some(f.first_sent));
@@ -833,6 +845,9 @@ impl Shard {
         let Some(link) = self.links.remove(&conn) else {
             return;
         };
+        if self.cfg.presence_events {
+            self.presence.push((link.who.clone(), false));
+        }
         self.metrics
             .links
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

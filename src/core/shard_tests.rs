@@ -26,6 +26,7 @@ fn cfg() -> ShardConfig {
         },
         heartbeat_timeout: 30_000 * MS,
         max_devices_per_user: 2,
+        presence_events: true,
     }
 }
 
@@ -623,4 +624,27 @@ fn proto_bytes_on_a_json_link_are_a_bad_frame_not_a_crash() {
     let mut bytes = raw_client(0x82, &up("k", b"x").encode_to_vec());
     h.shard.on_bytes(1, &mut bytes, h.at(0));
     assert_eq!(h.frames(1)[0].code, Code::BadFrame as i32);
+}
+
+#[test]
+fn presence_events_follow_opens_and_closes() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "alice", "laptop", Codec::Json);
+    h.shard.closed(1);
+    let seen: Vec<(String, bool)> = h
+        .shard
+        .take_presence()
+        .into_iter()
+        .map(|(who, online)| (who.device_id.clone(), online))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("phone".to_string(), true),
+            ("laptop".to_string(), true),
+            ("phone".to_string(), false)
+        ]
+    );
+    assert!(h.shard.take_presence().is_empty());
 }

@@ -347,6 +347,10 @@ impl Worker {
             .detach();
         }
         drop(services);
+        let presence = shard.take_presence();
+        if !presence.is_empty() {
+            self.services.borrow().presence(presence);
+        }
         let undelivered = shard.take_undelivered();
         if !undelivered.is_empty() {
             self.services.borrow().report(undelivered);
