@@ -182,6 +182,9 @@ pub struct NodeCounters {
     pub push_api_rejected: Counter,
     /// Failed round trips to the shared idempotency store.
     pub store_errors: Counter,
+    /// Claims sent to the shared store, and the pipelines (round trips) that carried them.
+    pub idem_claims: Counter,
+    pub idem_claim_batches: Counter,
     /// gRPC backend calls, and the messages they carried (their ratio is the mean batch size).
     pub backend_calls: Counter,
     pub backend_messages: Counter,
@@ -201,6 +204,16 @@ const NODE_COUNTERS: &[(&str, &str, NodePick)] = &[
         "ringway_idem_store_errors_total",
         "Failed round trips to the shared idempotency store (Redis).",
         |n| n.store_errors.get(),
+    ),
+    (
+        "ringway_idem_claims_total",
+        "Claims sent to the shared idempotency store.",
+        |n| n.idem_claims.get(),
+    ),
+    (
+        "ringway_idem_claim_batches_total",
+        "Redis pipelines (round trips) that carried them; claims/batches is the mean batch.",
+        |n| n.idem_claim_batches.get(),
     ),
     (
         "ringway_backend_calls_total",

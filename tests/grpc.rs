@@ -19,7 +19,7 @@ fn upstream_reaches_the_backend_with_the_senders_identity_and_acks_its_reply() {
         (ack.cmd, ack.key.as_str(), &ack.body[..]),
         (Cmd::UpstreamAck as i32, "k1", &b"ok:k1"[..])
     );
-    let msgs = backend.seen("msg ");
+    let msgs = backend.wait_seen("msg ", 1);
     assert_eq!(msgs.len(), 1);
     assert!(
         msgs[0].starts_with(
@@ -49,7 +49,7 @@ fn batches_form_under_load_and_an_idle_message_goes_alone() {
     lone.send(&frame(Cmd::Upstream, "solo", b""));
     assert_eq!(lone.frame().cmd, Cmd::UpstreamAck as i32);
     assert_eq!(
-        backend.seen("call "),
+        backend.wait_seen("call ", 1),
         vec!["call OnReceive biz=1 size=1".to_string()]
     );
 
@@ -62,6 +62,7 @@ fn batches_form_under_load_and_an_idle_message_goes_alone() {
     for c in &mut clients {
         assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
     }
+    backend.wait_seen("msg ", 25);
     let sizes: Vec<usize> = backend
         .seen("call ")
         .iter()
@@ -100,6 +101,7 @@ fn a_rejected_message_fails_alone_and_can_be_retried() {
         (got[1].key.as_str(), got[1].cmd),
         ("good-1", Cmd::UpstreamAck as i32)
     );
+    backend.wait_seen("msg ", 2);
     assert!(
         backend
             .seen("call BatchOnReceive")
@@ -111,7 +113,7 @@ fn a_rejected_message_fails_alone_and_can_be_retried() {
     assert_eq!(c.frame().code, Code::BackendRejected as i32);
     assert_eq!(
         backend
-            .seen("msg ")
+            .wait_seen("msg ", 3)
             .iter()
             .filter(|l| l.contains("key=bad-1 "))
             .count(),

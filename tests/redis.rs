@@ -110,3 +110,27 @@ fn redis_outage_with_the_refuse_policy_answers_errors_then_recovers() {
         || answer(&mut c, "during").cmd == Cmd::UpstreamAck as i32,
     );
 }
+
+#[test]
+fn claims_from_many_links_share_redis_round_trips() {
+    let redis = Redis::start();
+    let gw = Gateway::start(&["--redis", &redis.url()]);
+    let mut clients: Vec<_> = (0..32)
+        .map(|i| gw.connect(&format!("u{i}"), "d", Codec::Proto))
+        .collect();
+    for round in 0..5 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(&frame(Cmd::Upstream, &format!("r{round}-{i}"), b""));
+        }
+        for c in &mut clients {
+            assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+        }
+    }
+    let claims = gw.metric("ringway_idem_claims_total");
+    let batches = gw.metric("ringway_idem_claim_batches_total");
+    assert_eq!(claims, 160.0);
+    assert!(
+        batches < claims,
+        "{claims} claims in {batches} round trips: no batching across links"
+    );
+}

@@ -58,6 +58,8 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                     .redis
                     .clone()
                     .expect("claims are sent only with --redis");
+                node.counters.idem_claim_batches.inc();
+                node.counters.idem_claims.add(reqs.len() as u64);
                 tokio::spawn(async move {
                     let answers = match redis.claim(&reqs).await {
                         Ok(claims) => reqs.into_iter().zip(claims.into_iter().map(Some)).collect(),

@@ -46,6 +46,8 @@ pub struct Services {
     /// With a shared store (Redis): what to do while it is unreachable.
     pub shared_store: Option<StoreDownPolicy>,
     pub backend: Backend,
+    /// Claims for the shared store gathered during the current executor pass.
+    pub pending_claims: Vec<UpstreamRequest>,
     /// Batches that started waiting: the shell calls [`Services::flush_due`] at each deadline.
     pub timers: Vec<(u64, u64, Instant)>,
     /// Undelivered pushes also go to the Kafka undelivered topic (they are always logged and
@@ -123,6 +125,18 @@ impl Services {
                 let claim = self.local.claim(req.who.biz_id, &req.key, now);
                 shard.on_claim(req, claim, now);
             }
+            return;
+        }
+        // Held until the end of the executor's current pass, so one Redis round trip serves
+        // the claims of every link that was read in it.
+        self.pending_claims.extend(claims);
+    }
+
+    /// Sends the claims gathered in this pass as one batch (the shell calls this once per pass
+    /// while `pending_claims` is not empty).
+    pub fn flush_claims(&mut self, shard: &mut Shard, now: Instant) {
+        let claims = std::mem::take(&mut self.pending_claims);
+        if claims.is_empty() {
             return;
         }
         let n = claims.len();

@@ -74,6 +74,7 @@ struct Worker {
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
     accepting: Cell<bool>,
+    claim_flush_queued: Cell<bool>,
 }
 
 pub async fn run(setup: WorkerSetup) {
@@ -100,6 +101,7 @@ pub async fn run(setup: WorkerSetup) {
                 batcher: Batcher::new(setup.batching.0, setup.batching.1),
             },
             timers: Vec::new(),
+            pending_claims: Vec::new(),
             report_to_kafka: setup.report_to_kafka,
         }),
         handshake_timeout: setup.handshake_timeout,
@@ -107,6 +109,7 @@ pub async fn run(setup: WorkerSetup) {
         metrics: setup.metrics,
         next_conn: Cell::new(1),
         accepting: Cell::new(true),
+        claim_flush_queued: Cell::new(false),
     });
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
@@ -331,6 +334,24 @@ impl Worker {
         let mut shard = self.shard.borrow_mut();
         let mut services = self.services.borrow_mut();
         services.settle(&mut shard, Instant::now());
+        // Claims gathered in this pass leave together once the other ready tasks have run.
+        // glommio may poll a new task at once, so the task first yields to the back of the
+        // run queue (which is also what makes it run after the rest of the pass).
+        if !services.pending_claims.is_empty() && !self.claim_flush_queued.replace(true) {
+            let w = self.clone();
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                w.claim_flush_queued.set(false);
+                {
+                    let mut shard = w.shard.borrow_mut();
+                    w.services
+                        .borrow_mut()
+                        .flush_claims(&mut shard, Instant::now());
+                }
+                w.after_events();
+            })
+            .detach();
+        }
         // A batch started waiting: flush it at its deadline unless it fills first.
         for (biz_id, id, due) in services.timers.drain(..) {
             let w = self.clone();

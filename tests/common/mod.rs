@@ -473,6 +473,16 @@ impl Backend {
             .cloned()
             .collect()
     }
+
+    /// Waits until at least `n` lines start with `prefix` and returns them: the backend's stdout
+    /// is read on another thread, which may lag behind the ack the client already has.
+    pub fn wait_seen(&self, prefix: &str, n: usize) -> Vec<String> {
+        let what = format!("{n} backend lines {prefix:?}");
+        wait_until(&what, Duration::from_secs(10), || {
+            self.seen(prefix).len() >= n
+        });
+        self.seen(prefix)
+    }
 }
 
 impl Drop for Backend {
