@@ -2,7 +2,8 @@
 # The real services ringway talks to, on loopback.
 #   scripts/services.sh install   install them (Debian packages; root or sudo)
 #   scripts/services.sh start     start them for local runs: redis on 127.0.0.1:6379,
-#                                 a Kafka-protocol broker (Tansu) on 127.0.0.1:9092
+#                                 a Kafka-protocol broker (Tansu) on 127.0.0.1:9092, etcd on
+#                                 127.0.0.1:2379, the test gRPC backend on 127.0.0.1:50051
 #   scripts/services.sh stop      stop what `start` started
 # Tests start their own instances on free ports and stop them when they end; they only need
 # `install`.
@@ -20,6 +21,7 @@ tansu_bin() {
 install() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v etcd >/dev/null || missing+=(etcd-server)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
     as_root apt-get update -qq
@@ -49,10 +51,25 @@ start() {
     done
   fi
   echo "kafka: 127.0.0.1:9092 (topics ringway.push, ringway.undelivered)"
+  if ! (exec 3<>/dev/tcp/127.0.0.1/2379) 2>/dev/null; then
+    etcd --data-dir "$run_dir/etcd" --listen-client-urls http://127.0.0.1:2379 \
+      --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+      >"$run_dir/etcd.log" 2>&1 &
+    echo $! > "$run_dir/etcd.pid"
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/2379) 2>/dev/null && break; sleep 0.1; done
+  fi
+  echo "etcd: http://127.0.0.1:2379"
+  if ! (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then
+    cargo build -q --release --bin ringway-test-backend
+    target/release/ringway-test-backend --listen 127.0.0.1:50051 >"$run_dir/backend.log" 2>&1 &
+    echo $! > "$run_dir/backend.pid"
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && break; sleep 0.1; done
+  fi
+  echo "backend: grpc://127.0.0.1:50051"
 }
 
 stop() {
-  for svc in redis tansu; do
+  for svc in redis tansu etcd backend; do
     if [ -f "$run_dir/$svc.pid" ]; then
       kill "$(cat "$run_dir/$svc.pid")" 2>/dev/null || true
       rm -f "$run_dir/$svc.pid"

@@ -27,6 +27,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic on any thread means a core (and its links) or the control side is gone: a half
+    // alive node would keep its listeners and silently fail a share of users. Stop the whole
+    // process instead, so the supervisor restarts it and clients reconnect.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("ringway: a thread panicked; aborting so the node is restarted whole");
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
