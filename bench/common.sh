@@ -1,0 +1,36 @@
+# Shared set-up of the bench scripts (sourced, not run): release build, fd limit, the machine
+# line every result starts with, and a gateway started on $SERVER_CPU.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+SECRET=bench-secret-0123456789
+WS=127.0.0.1:18080
+ADMIN=127.0.0.1:19090
+OUT=bench/out
+mkdir -p "$OUT"
+
+cargo build --release --locked -p ringway -p ringway-load
+ulimit -n 20000
+echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), $(date -u +%F)"
+
+SERVER_PID=
+# start_server FLAGS...: one pinned worker, no rate limit, waits for /healthz.
+start_server() {
+  taskset -c "$SERVER_CPU" target/release/ringway serve --workers 1 --listen "$WS" \
+    --admin-listen "$ADMIN" --jwt-secret "$SECRET" --link-rate 0 "$@" >"$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 200); do
+    curl -sf "http://$ADMIN/healthz" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "gateway did not start; see $OUT/server.log" >&2
+  exit 1
+}
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+}
