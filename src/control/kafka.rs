@@ -23,7 +23,7 @@ use crate::backend_proto::BatchOnReceiveRequest;
 use crate::core::shard::{BackendError, Undelivered, UpstreamRequest};
 use crate::proto::{PresenceEvent, PushMessage, UndeliveredPush};
 use bytes::Bytes;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -219,8 +219,10 @@ pub async fn consume_pushes(node: Arc<NodeState>, cfg: KafkaConfig) -> Result<()
         }
     }
     // Draining: what was handed off is committed now, not at the next interval.
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        warn!(error = %e, "final push offset commit failed");
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        // Nothing new was handed off since the last automatic commit.
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => warn!(error = %e, "final push offset commit failed"),
     }
     Ok(())
 }
