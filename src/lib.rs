@@ -21,6 +21,11 @@ pub mod backend_proto {
     include!(concat!(env!("OUT_DIR"), "/ringway.backend.v1.rs"));
 }
 
+/// The hash map of per-core state. foldhash is several times faster than std's SipHash on the
+/// short keys used here, and it is still seeded at random per map, so client-chosen keys (user
+/// ids, message keys) cannot be crafted to collide.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The core that owns a user's links. Stable across processes and releases (FNV-1a), because
 /// every node and the push router must agree on it.
 pub fn owner_core(biz_id: u64, user_id: &str, workers: usize) -> usize {

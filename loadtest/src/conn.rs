@@ -24,6 +24,8 @@ use crate::Common;
 pub struct Link {
     pub ws: WebSocketStream<TcpStream>,
     pub codec: Codec,
+    /// A peer that echoes: its replies are our own UPSTREAM frames.
+    pub plain: bool,
 }
 
 /// Links opened at once at most, so a ramp does not flood the accept queue.
@@ -52,8 +54,9 @@ pub async fn open_all(common: &Common) -> Result<Vec<Link>, String> {
         };
         let token = mint_hs256(common.jwt_secret.as_bytes(), &who, 3600);
         let codec = common.codec;
+        let plain = common.target == "plain";
         tasks.push(tokio::spawn(async move {
-            let r = connect(server, source, &token, codec).await;
+            let r = connect(server, source, &token, codec, plain).await;
             drop(permit);
             r
         }));
@@ -85,6 +88,7 @@ async fn connect(
     source: IpAddr,
     token: &str,
     codec: Codec,
+    plain: bool,
 ) -> Result<Link, String> {
     let socket = if server.is_ipv4() {
         TcpSocket::new_v4()
@@ -108,10 +112,13 @@ async fn connect(
         "Authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?,
     );
-    h.insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(codec.subprotocol()),
-    );
+    if !plain {
+        // A plain echo peer negotiates no subprotocol; offering one would fail its handshake.
+        h.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+    }
     // Small buffers: the load generator holds as many links as the server.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -119,7 +126,10 @@ async fn connect(
     let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let mut link = Link { ws, codec };
+    let mut link = Link { ws, codec, plain };
+    if plain {
+        return Ok(link);
+    }
     match link.next_frame().await {
         Some(f) if f.cmd == Cmd::Connected as i32 => Ok(link),
         other => Err(format!("expected CONNECTED, got {other:?}")),
@@ -191,7 +201,12 @@ impl EchoRun {
                 self.errors.fetch_add(1, Relaxed);
                 break;
             };
-            match Cmd::try_from(f.cmd) {
+            let cmd = if link.plain && f.cmd == Cmd::Upstream as i32 {
+                Ok(Cmd::UpstreamAck)
+            } else {
+                Cmd::try_from(f.cmd)
+            };
+            match cmd {
                 Ok(Cmd::UpstreamAck) => {
                     if let Some(t) = sent_at.remove(&f.key) {
                         local.saturating_record(t.elapsed().as_micros() as u64);

@@ -58,6 +58,10 @@ pub struct Common {
     /// Prefix of user ids, so several load processes can share one gateway.
     #[arg(long, default_value = "load")]
     pub user_prefix: String,
+    /// `ringway`, or `plain` for a peer that only echoes WebSocket messages (no CONNECTED; the
+    /// echoed UPSTREAM itself counts as the acknowledgement).
+    #[arg(long, default_value = "ringway", value_parser = ["ringway", "plain"])]
+    pub target: String,
     /// Write the summary as JSON to this file too.
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,
@@ -181,6 +185,7 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
     let h = hist.lock().await;
     let summary = serde_json::json!({
         "scenario": "echo",
+        "target": a.common.target,
         "links": a.common.links,
         "codec": format!("{:?}", a.common.codec),
         "body_bytes": a.size,

@@ -2,8 +2,9 @@
 //! its first message has waited the batch delay, whichever comes first. An idle system sends
 //! single messages after the delay; a busy one fills batches and never waits.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use crate::FastMap;
 
 /// What adding a message did.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,7 +25,7 @@ struct Open<T> {
 pub struct Batcher<T> {
     max: usize,
     delay: Duration,
-    open: HashMap<u64, Open<T>>,
+    open: FastMap<u64, Open<T>>,
     next_id: u64,
 }
 
@@ -33,7 +34,7 @@ impl<T> Batcher<T> {
         Batcher {
             max: max.max(1),
             delay,
-            open: HashMap::new(),
+            open: FastMap::default(),
             next_id: 0,
         }
     }

@@ -5,7 +5,6 @@
 //! current time and moves the bytes it queues on each link; the shard itself never touches a
 //! socket or a clock, so every rule here is tested exactly, without sleeps.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use tungstenite::protocol::frame::coding::Control;
 
 use super::timer_wheel::TimerWheel;
+use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
 use crate::link::idem::{Claim, IdemUpdate};
@@ -104,9 +104,9 @@ enum Inbound {
 
 pub struct Shard {
     cfg: ShardConfig,
-    links: HashMap<ConnId, Link>,
+    links: FastMap<ConnId, Link>,
     /// (biz, user) → that user's open links on this core, oldest first.
-    users: HashMap<u64, HashMap<Rc<str>, Vec<ConnId>>>,
+    users: FastMap<u64, FastMap<Rc<str>, Vec<ConnId>>>,
     wheel: TimerWheel<TimerEvent>,
     rng: SmallRng,
     pub metrics: Arc<CoreMetrics>,
@@ -129,8 +129,8 @@ impl Shard {
     pub fn new(cfg: ShardConfig, metrics: Arc<CoreMetrics>, seed: u64, now: Instant) -> Shard {
         Shard {
             cfg,
-            links: HashMap::new(),
-            users: HashMap::new(),
+            links: FastMap::default(),
+            users: FastMap::default(),
             wheel: TimerWheel::new(TICK, 4096, now),
             rng: SmallRng::seed_from_u64(seed),
             metrics,

@@ -6,10 +6,13 @@
 //! claims and [`IdemUpdate`]s as events and takes [`Claim`]s back, so a store that answers later
 //! (Redis, pipelined per core) fits the same rules as one that answers at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::FastMap;
 
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,68 +52,100 @@ pub trait IdemStore {
     fn update(&mut self, update: IdemUpdate, now: Instant);
 }
 
-type Key = (u64, Box<str>);
+type Entry = (Option<Bytes>, Instant);
 
 /// The embedded mode's store. It lives on the owner core, which every retry of a user's message
-/// reaches, so it needs no locks.
-
+/// reaches, so it needs no locks. Keys are nested by biz so a lookup borrows the message key, and
+/// each stored key is one shared string for both the map and its expiry queue.
 #[derive(Debug)]
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
-    entries: HashMap<Key, (Option<Bytes>, Instant)>,
+    entries: FastMap<u64, FastMap<Rc<str>, Entry>>,
+    len: usize,
     /// Expiry order, one queue per TTL so each stays sorted while time moves forward. Stale
     /// rows (a key re-set later) are skipped when popped.
-    pending_expiry: VecDeque<(Instant, Key)>,
-    done_expiry: VecDeque<(Instant, Key)>,
+    pending_expiry: VecDeque<(Instant, u64, Rc<str>)>,
+    done_expiry: VecDeque<(Instant, u64, Rc<str>)>,
 }
 
 impl MemoryIdemStore {
     pub fn new(ttl: IdemTtl) -> Self {
         MemoryIdemStore {
             ttl,
-            entries: HashMap::new(),
+            entries: FastMap::default(),
+            len: 0,
             pending_expiry: VecDeque::new(),
             done_expiry: VecDeque::new(),
         }
     }
 
+    fn get(&self, biz: u64, key: &str) -> Option<&Entry> {
+        self.entries.get(&biz)?.get(key)
+    }
+
     fn claim_key(&mut self, biz: u64, key: &str, now: Instant) -> Claim {
         self.expire(now);
-        let k = (biz, Box::<str>::from(key));
-        match self.entries.get(&k) {
+        match self.get(biz, key) {
             Some((Some(reply), _)) => Claim::Done(reply.clone()),
             Some((None, _)) => Claim::Pending,
             None => {
-                self.set(k, None, now + self.ttl.pending);
+                self.set(biz, Rc::from(key), None, now + self.ttl.pending);
                 Claim::Fresh
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    fn set(&mut self, k: Key, reply: Option<Bytes>, expires: Instant) {
+    fn set(&mut self, biz: u64, key: Rc<str>, reply: Option<Bytes>, expires: Instant) {
         let queue = if reply.is_some() {
             &mut self.done_expiry
         } else {
             &mut self.pending_expiry
         };
-        queue.push_back((expires, k.clone()));
-        self.entries.insert(k, (reply, expires));
+        queue.push_back((expires, biz, key.clone()));
+        if self
+            .entries
+            .entry(biz)
+            .or_default()
+            .insert(key, (reply, expires))
+            .is_none()
+        {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, biz: u64, key: &str) {
+        if let Some(keys) = self.entries.get_mut(&biz) {
+            if keys.remove(key).is_some() {
+                self.len -= 1;
+            }
+            if keys.is_empty() {
+                self.entries.remove(&biz);
+            }
+        }
     }
 
     fn expire(&mut self, now: Instant) {
-        for queue in [&mut self.pending_expiry, &mut self.done_expiry] {
-            while queue.front().is_some_and(|(at, _)| *at <= now) {
-                let (at, k) = queue.pop_front().expect("front exists");
-                if self.entries.get(&k).is_some_and(|(_, exp)| *exp == at) {
-                    self.entries.remove(&k);
+        for pending in [true, false] {
+            loop {
+                let queue = if pending {
+                    &mut self.pending_expiry
+                } else {
+                    &mut self.done_expiry
+                };
+                if queue.front().is_none_or(|(at, ..)| *at > now) {
+                    break;
+                }
+                let (at, biz, key) = queue.pop_front().expect("front exists");
+                if self.get(biz, &key).is_some_and(|(_, exp)| *exp == at) {
+                    self.remove(biz, &key);
                 }
             }
         }
@@ -125,11 +160,9 @@ impl IdemStore for MemoryIdemStore {
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
             IdemUpdate::Complete { biz_id, key, reply } => {
-                self.set((biz_id, key.into()), Some(reply), now + self.ttl.done)
+                self.set(biz_id, Rc::from(key), Some(reply), now + self.ttl.done)
             }
-            IdemUpdate::Release { biz_id, key } => {
-                self.entries.remove(&(biz_id, key.into_boxed_str()));
-            }
+            IdemUpdate::Release { biz_id, key } => self.remove(biz_id, &key),
         }
     }
 }
