@@ -162,6 +162,8 @@ impl Link {
 /// One link's closed-loop echo run.
 pub struct EchoRun {
     pub deadline: Instant,
+    /// Messages to send on this link at most (then the run ends once all are answered).
+    pub messages: u64,
     pub body: Vec<u8>,
     pub pipeline: usize,
     pub prefix: String,
@@ -177,8 +179,14 @@ impl EchoRun {
         let mut sent_at: HashMap<String, Instant> = HashMap::new();
         let mut n = 0u64;
         let body = Bytes::from(self.body.clone());
+        // After RATE_LIMITED, no new message goes out before this; reading goes on.
+        let mut resume_at = Instant::now();
         loop {
-            while sent_at.len() < self.pipeline && Instant::now() < self.deadline {
+            while sent_at.len() < self.pipeline
+                && n < self.messages
+                && Instant::now() < self.deadline
+                && Instant::now() >= resume_at
+            {
                 let key = format!("{}{n}", self.prefix);
                 n += 1;
                 let f = Frame {
@@ -194,6 +202,10 @@ impl EchoRun {
                 sent_at.insert(key, Instant::now());
             }
             if sent_at.is_empty() {
+                if n < self.messages && resume_at > Instant::now() && resume_at < self.deadline {
+                    tokio::time::sleep_until(resume_at.into()).await;
+                    continue;
+                }
                 break;
             }
             let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), link.next_frame()).await
@@ -216,7 +228,8 @@ impl EchoRun {
                 Ok(Cmd::RateLimited) => {
                     self.limited.fetch_add(1, Relaxed);
                     sent_at.remove(&f.key);
-                    tokio::time::sleep(Duration::from_millis(u64::from(f.retry_after_ms))).await;
+                    let wait = Duration::from_millis(u64::from(f.retry_after_ms));
+                    resume_at = resume_at.max(Instant::now() + wait);
                 }
                 Ok(Cmd::Downstream) => {
                     let ack = Frame {

@@ -97,6 +97,9 @@ struct EchoArgs {
     /// Body bytes per UPSTREAM.
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Messages per link at most; the run ends when all are answered or time is up.
+    #[arg(long, default_value_t = u64::MAX)]
+    messages: u64,
     /// Messages in flight per link (1 = strictly request/response).
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
@@ -162,6 +165,7 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
     for (i, link) in links.into_iter().enumerate() {
         let run = conn::EchoRun {
             deadline,
+            messages: a.messages,
             body: body.clone(),
             pipeline: a.pipeline.max(1),
             prefix: format!("{i}-"),

@@ -1,0 +1,174 @@
+//! ringway-load's own accounting, checked against a gateway whose limits make every count
+//! exact. The gateway binary is the one `cargo test --workspace` builds beside this test.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "accounting-secret-0123456789";
+
+struct Gateway(Child, String);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gateway_binary() -> PathBuf {
+    // target/<profile>/deps/accounting-<hash> → target/<profile>/ringway
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("ringway");
+    assert!(
+        bin.exists(),
+        "{} missing: run the workspace tests (scripts/test.sh)",
+        bin.display()
+    );
+    bin
+}
+
+fn start(extra: &[&str]) -> Gateway {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(gateway_binary())
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args([
+            "--jwt-secret",
+            SECRET,
+            "--workers",
+            "2",
+            "--pin-cores",
+            "false",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Gateway(child, addr)
+}
+
+/// Runs ringway-load and returns its JSON summary.
+fn load(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway-load"))
+        .args(args)
+        .args(["--jwt-secret", SECRET])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ringway-load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+#[test]
+fn echo_counts_every_ack_exactly() {
+    let gw = start(&["--link-rate", "0"]);
+    for codec in ["proto", "json"] {
+        let s = load(&[
+            "echo",
+            "--server",
+            &gw.1,
+            "--links",
+            "4",
+            "--messages",
+            "25",
+            "--pipeline",
+            "5",
+            "--codec",
+            codec,
+            "--user-prefix",
+            codec,
+            "--duration",
+            "30",
+        ]);
+        assert_eq!(s["acks"], 100, "{s}");
+        assert_eq!(
+            s["latency_us"]["count"], 100,
+            "one latency sample per ack: {s}"
+        );
+        assert_eq!(
+            (s["errors"].as_u64(), s["rate_limited"].as_u64()),
+            (Some(0), Some(0)),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn rate_limited_messages_are_counted_not_acked() {
+    // A burst of 10 and a refill far slower than the test: of 20 messages sent at once,
+    // exactly 10 are acked and 10 are refused.
+    let gw = start(&["--link-rate", "1", "--link-burst", "10"]);
+    let s = load(&[
+        "echo",
+        "--server",
+        &gw.1,
+        "--links",
+        "1",
+        "--messages",
+        "20",
+        "--pipeline",
+        "20",
+        "--duration",
+        "0.5",
+    ]);
+    assert_eq!(
+        (
+            s["acks"].as_u64(),
+            s["rate_limited"].as_u64(),
+            s["errors"].as_u64()
+        ),
+        (Some(10), Some(10), Some(0)),
+        "{s}"
+    );
+}
+
+#[test]
+fn idle_opens_exactly_the_links_asked_for() {
+    let gw = start(&[]);
+    let pid = gw.0.id().to_string();
+    let s = load(&[
+        "idle",
+        "--server",
+        &gw.1,
+        "--links",
+        "50",
+        "--server-pid",
+        &pid,
+        "--hold",
+        "0.2",
+        "--sources",
+        "127.0.0.1,127.0.0.2",
+    ]);
+    assert_eq!(s["links"], 50, "{s}");
+    assert!(s["server_rss_kib_after"].as_u64().unwrap() > 0, "{s}");
+}
