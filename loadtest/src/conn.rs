@@ -31,8 +31,9 @@ pub struct Link {
 /// Links opened at once at most, so a ramp does not flood the accept queue.
 const IN_FLIGHT: usize = 256;
 
-/// Opens `common.links` links at `connect_rate`, spread over the source addresses.
-pub async fn open_all(common: &Common) -> Result<Vec<Link>, String> {
+/// Opens `common.links` links at `connect_rate`, spread over the source addresses. Also returns
+/// each link's connect time (TCP connect to CONNECTED) in microseconds.
+pub async fn open_all(common: &Common) -> Result<(Vec<Link>, Histogram<u64>), String> {
     let server: SocketAddr = tokio::net::lookup_host(&common.server)
         .await
         .map_err(|e| format!("resolving {}: {e}", common.server))?
@@ -56,17 +57,22 @@ pub async fn open_all(common: &Common) -> Result<Vec<Link>, String> {
         let codec = common.codec;
         let plain = common.target == "plain";
         tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
             let r = connect(server, source, &token, codec, plain).await;
             drop(permit);
-            r
+            r.map(|l| (l, started.elapsed()))
         }));
     }
     let mut links = Vec::with_capacity(tasks.len());
+    let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut failed = 0usize;
     let mut first_error = None;
     for t in tasks {
         match t.await.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok(l) => links.push(l),
+            Ok((l, took)) => {
+                times.saturating_record(took.as_micros() as u64);
+                links.push(l);
+            }
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -80,7 +86,7 @@ pub async fn open_all(common: &Common) -> Result<Vec<Link>, String> {
             first_error.unwrap_or_default()
         ));
     }
-    Ok(links)
+    Ok((links, times))
 }
 
 async fn connect(

@@ -6,6 +6,7 @@
 //! ephemeral ports.
 
 mod conn;
+mod push;
 mod report;
 
 use std::net::IpAddr;
@@ -31,6 +32,12 @@ enum Scenario {
     Idle(IdleArgs),
     /// N links each send UPSTREAM and wait for its ACK, in a loop.
     Echo(EchoArgs),
+    /// Open N links as fast as --connect-rate allows: handshakes per second and connect time
+    /// (TCP connect to CONNECTED) percentiles.
+    Connect(Common),
+    /// Pushes through the gateway's HTTP push API to N links: deliveries per second and
+    /// push-to-client latency.
+    Push(PushArgs),
 }
 
 #[derive(Args, Clone)]
@@ -109,6 +116,28 @@ struct EchoArgs {
     server_pid: Option<u32>,
 }
 
+#[derive(Args)]
+struct PushArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The gateway's admin address (push API).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: String,
+    /// Pushes per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Users each push names (group fan-out).
+    #[arg(long, default_value_t = 1)]
+    fanout: usize,
+    /// Body bytes per push (at least 8: the send time).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    duration: Duration,
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .map(Duration::from_secs_f64)
@@ -121,6 +150,8 @@ async fn main() {
     let result = match cli.scenario {
         Scenario::Idle(a) => idle(a).await,
         Scenario::Echo(a) => echo(a).await,
+        Scenario::Connect(c) => connect(c).await,
+        Scenario::Push(a) => push_run(a).await,
     };
     if let Err(e) = result {
         eprintln!("ringway-load: {e}");
@@ -131,7 +162,7 @@ async fn main() {
 async fn idle(a: IdleArgs) -> Result<(), String> {
     let before = report::MemorySample::read(a.server_pid)?;
     let started = Instant::now();
-    let links = conn::open_all(&a.common).await?;
+    let (links, _) = conn::open_all(&a.common).await?;
     let opened_in = started.elapsed();
     tokio::time::sleep(a.hold).await;
     let after = report::MemorySample::read(a.server_pid)?;
@@ -151,8 +182,78 @@ async fn idle(a: IdleArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn connect(c: Common) -> Result<(), String> {
+    let started = Instant::now();
+    let (links, times) = conn::open_all(&c).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "scenario": "connect",
+        "links": links.len(),
+        "seconds": secs,
+        "handshakes_per_second": links.len() as f64 / secs,
+        "connect_us": report::percentiles(&times),
+    });
+    report::print(&summary, c.json_out.as_deref())
+}
+
+async fn push_run(a: PushArgs) -> Result<(), String> {
+    let (links, _) = conn::open_all(&a.common).await?;
+    let users: Vec<String> = (0..links.len())
+        .map(|i| format!("{}{i}", a.common.user_prefix))
+        .collect();
+    let counts = Arc::new(push::Counts {
+        deliveries: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
+    });
+    let started = Instant::now();
+    let sending_until = started + a.duration;
+    // Links listen a little longer than pushes are sent, so the last ones are counted.
+    let receiving_until = sending_until + Duration::from_secs(2);
+    let receivers: Vec<_> = links
+        .into_iter()
+        .map(|l| tokio::spawn(push::receive(l, receiving_until, counts.clone())))
+        .collect();
+    let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
+    let mut admin = push::Admin::connect(&a.admin).await?;
+    let (accepted, refused) = push::send(
+        &mut admin,
+        a.common.biz,
+        &users,
+        a.fanout,
+        a.rate,
+        a.size,
+        sending_until,
+    )
+    .await?;
+    let sent_secs = started.elapsed().as_secs_f64();
+    let server_cores_busy = match (a.server_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / sent_secs),
+        _ => None,
+    };
+    for r in receivers {
+        let _ = r.await;
+    }
+    let h = counts.latency_us.lock().await;
+    let deliveries = counts.deliveries.load(Relaxed);
+    let summary = serde_json::json!({
+        "scenario": "push",
+        "links": users.len(),
+        "fanout": a.fanout,
+        "pushes_accepted": accepted,
+        "pushes_refused": refused,
+        "deliveries": deliveries,
+        "deliveries_expected": accepted * a.fanout.min(users.len()) as u64,
+        "duplicates": counts.duplicates.load(Relaxed),
+        "deliveries_per_second": deliveries as f64 / sent_secs,
+        "latency_us": report::percentiles(&h),
+        "server_cores_busy": server_cores_busy,
+    });
+    report::print(&summary, a.common.json_out.as_deref())
+}
+
 async fn echo(a: EchoArgs) -> Result<(), String> {
-    let links = conn::open_all(&a.common).await?;
+    let (links, _) = conn::open_all(&a.common).await?;
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
     ));

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "accounting-secret-0123456789";
 
-struct Gateway(Child, String);
+/// The gateway process, its client address and its admin address.
+struct Gateway(Child, String, String);
 
 impl Drop for Gateway {
     fn drop(&mut self) {
@@ -71,7 +72,7 @@ fn start(extra: &[&str]) -> Gateway {
         assert!(Instant::now() < deadline, "gateway did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    Gateway(child, addr)
+    Gateway(child, addr, format!("127.0.0.1:{admin}"))
 }
 
 /// Runs ringway-load and returns its JSON summary.
@@ -171,4 +172,34 @@ fn idle_opens_exactly_the_links_asked_for() {
     ]);
     assert_eq!(s["links"], 50, "{s}");
     assert!(s["server_rss_kib_after"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[test]
+fn push_counts_each_delivery_once() {
+    let gw = start(&[]);
+    let s = load(&[
+        "push",
+        "--server",
+        &gw.1,
+        "--admin",
+        &gw.2,
+        "--links",
+        "20",
+        "--rate",
+        "200",
+        "--fanout",
+        "5",
+        "--duration",
+        "1",
+    ]);
+    let accepted = s["pushes_accepted"].as_u64().unwrap();
+    assert!(accepted >= 150, "{s}");
+    assert_eq!(s["deliveries"].as_u64(), Some(accepted * 5), "{s}");
+    assert_eq!(s["deliveries_expected"].as_u64(), Some(accepted * 5), "{s}");
+    assert_eq!(
+        (s["duplicates"].as_u64(), s["pushes_refused"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["latency_us"]["count"].as_u64(), Some(accepted * 5), "{s}");
 }
