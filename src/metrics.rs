@@ -107,6 +107,9 @@ pub struct CoreMetrics {
     pub inbox_depth: AtomicU64,
     /// Claims answered by the core's local store because the shared one was unreachable.
     pub idem_fallbacks: Counter,
+    /// Keys the core's in-memory store forgot early because it was full (copied from the
+    /// store once a second).
+    pub idem_evictions: AtomicU64,
     pub published: Mutex<Option<Latencies>>,
 }
 
@@ -293,6 +296,11 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
         "ringway_push_acked_total",
         "Pushes acknowledged by a device.",
         |c| c.push_acked.get(),
+    ),
+    (
+        "ringway_idem_evictions_total",
+        "Keys the in-memory idempotency stores forgot before their TTL because they were full.",
+        |c| c.idem_evictions.load(Relaxed),
     ),
     (
         "ringway_idem_fallbacks_total",

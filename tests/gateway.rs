@@ -401,3 +401,22 @@ fn sigterm_closes_links_with_1001_and_exits_promptly() {
     let status = gw.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_full_idempotency_store_forgets_early_and_says_so() {
+    let gw = Gateway::start(&["--idem-max-entries", "4", "--link-rate", "0"]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    for i in 0..10 {
+        c.send(&frame(Cmd::Upstream, &format!("m{i}"), b""));
+        assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+    }
+    // alice's core holds 4 keys: the 6 oldest were forgotten, and /metrics tells.
+    gw.wait_metric("ringway_idem_evictions_total", 6.0);
+    c.send(&frame(Cmd::Upstream, "m0", b""));
+    assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+    assert_eq!(
+        gw.metric("ringway_upstream_forwarded_total"),
+        11.0,
+        "m0 was forgotten, so forwarded again"
+    );
+}

@@ -107,6 +107,7 @@ impl Harness {
         let ttl = IdemTtl {
             pending: Duration::from_secs(30),
             done: Duration::from_secs(600),
+            max_entries: 1_000_000,
         };
         Harness {
             shard: Shard::new(cfg(), Arc::default(), 7, t0),

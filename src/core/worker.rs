@@ -500,6 +500,10 @@ async fn timer_loop(w: Rc<Worker>) {
             }
             if now.duration_since(last_publish) >= Duration::from_secs(1) {
                 shard.publish_latencies();
+                let evicted = w.services.borrow().local.evicted();
+                w.metrics
+                    .idem_evictions
+                    .store(evicted, std::sync::atomic::Ordering::Relaxed);
                 last_publish = now;
             }
         }

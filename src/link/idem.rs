@@ -31,6 +31,10 @@ pub struct IdemTtl {
     pub pending: Duration,
     /// How long a reply is kept for re-acks.
     pub done: Duration,
+    /// Most keys one store holds; past it the oldest replies (then the oldest pending claims)
+    /// are forgotten early, so a traffic peak shortens the dedup window instead of exhausting
+    /// memory.
+    pub max_entries: usize,
 }
 
 /// What the shard asks of the store once the backend has answered.
@@ -50,6 +54,10 @@ pub enum IdemUpdate {
 pub trait IdemStore {
     fn claim(&mut self, biz_id: u64, key: &str, now: Instant) -> Claim;
     fn update(&mut self, update: IdemUpdate, now: Instant);
+    /// Keys forgotten before their TTL because the store was full.
+    fn evicted(&self) -> u64 {
+        0
+    }
 }
 
 type Entry = (Option<Bytes>, Instant);
@@ -62,6 +70,7 @@ pub struct MemoryIdemStore {
     ttl: IdemTtl,
     entries: FastMap<u64, FastMap<Rc<str>, Entry>>,
     len: usize,
+    evicted: u64,
     /// Expiry order, one queue per TTL so each stays sorted while time moves forward. Stale
     /// rows (a key re-set later) are skipped when popped.
     pending_expiry: VecDeque<(Instant, u64, Rc<str>)>,
@@ -74,6 +83,7 @@ impl MemoryIdemStore {
             ttl,
             entries: FastMap::default(),
             len: 0,
+            evicted: 0,
             pending_expiry: VecDeque::new(),
             done_expiry: VecDeque::new(),
         }
@@ -103,6 +113,23 @@ impl MemoryIdemStore {
         self.len == 0
     }
 
+    fn evict_over_cap(&mut self) {
+        while self.len > self.ttl.max_entries.max(1) {
+            let queue = if self.done_expiry.is_empty() {
+                &mut self.pending_expiry
+            } else {
+                &mut self.done_expiry
+            };
+            let Some((at, biz, key)) = queue.pop_front() else {
+                return;
+            };
+            if self.get(biz, &key).is_some_and(|(_, exp)| *exp == at) {
+                self.remove(biz, &key);
+                self.evicted += 1;
+            }
+        }
+    }
+
     fn set(&mut self, biz: u64, key: Rc<str>, reply: Option<Bytes>, expires: Instant) {
         let queue = if reply.is_some() {
             &mut self.done_expiry
@@ -118,6 +145,7 @@ impl MemoryIdemStore {
             .is_none()
         {
             self.len += 1;
+            self.evict_over_cap();
         }
     }
 
@@ -157,6 +185,10 @@ impl IdemStore for MemoryIdemStore {
         self.claim_key(biz_id, key, now)
     }
 
+    fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
             IdemUpdate::Complete { biz_id, key, reply } => {
@@ -175,6 +207,7 @@ mod tests {
         MemoryIdemStore::new(IdemTtl {
             pending: Duration::from_secs(10),
             done: Duration::from_secs(100),
+            max_entries: 1000,
         })
     }
 
@@ -240,5 +273,42 @@ mod tests {
             Claim::Done(Bytes::new())
         );
         assert_eq!(s.claim(1, "k", t0 + Duration::from_secs(106)), Claim::Fresh);
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_store_forgets_the_oldest_replies_first() {
+        let t0 = Instant::now();
+        let ttl = IdemTtl {
+            pending: Duration::from_secs(10),
+            done: Duration::from_secs(100),
+            max_entries: 3,
+        };
+        let mut s = MemoryIdemStore::new(ttl);
+        for k in ["a", "b"] {
+            s.claim(1, k, t0);
+            s.update(
+                IdemUpdate::Complete {
+                    biz_id: 1,
+                    key: k.into(),
+                    reply: Bytes::new(),
+                },
+                t0,
+            );
+        }
+        s.claim(1, "c", t0); // pending
+        s.claim(1, "d", t0); // over the cap: "a", the oldest reply, goes
+        assert_eq!((s.len(), s.evicted()), (3, 1));
+        assert_eq!(s.claim(1, "a", t0), Claim::Fresh, "forgotten early");
+        assert_eq!(
+            s.claim(1, "c", t0),
+            Claim::Pending,
+            "pending claims outlive replies"
+        );
+        assert!(s.len() <= 3);
     }
 }
