@@ -111,14 +111,15 @@ impl Link {
     }
 
     pub fn send_frame(&mut self, frame: &Frame) {
-        let mut payload = Vec::with_capacity(64);
-        self.codec.encode(frame, &mut payload);
         let data = if self.codec.is_text() {
             Data::Text
         } else {
             Data::Binary
         };
-        ws::write_frame(&mut self.out, OpCode::Data(data), &payload);
+        let codec = self.codec;
+        ws::write_message_with(&mut self.out, OpCode::Data(data), |out| {
+            codec.encode(frame, out)
+        });
         self.wake();
     }
 

@@ -245,6 +245,32 @@ pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
         .expect("writing to a Vec cannot fail");
 }
 
+/// Appends a whole server frame whose payload `encode` writes straight into `out`, so a frame
+/// costs no buffer of its own: the payload goes after a gap as long as the longest header,
+/// then moves back to meet its actual header.
+pub fn write_message_with(out: &mut Vec<u8>, opcode: OpCode, encode: impl FnOnce(&mut Vec<u8>)) {
+    const GAP: usize = 10;
+    let start = out.len();
+    out.resize(start + GAP, 0);
+    encode(out);
+    let len = out.len() - start - GAP;
+    let mut header = [0u8; GAP];
+    let unused = {
+        let mut w = &mut header[..];
+        FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        }
+        .format(len as u64, &mut w)
+        .expect("a server header fits in 10 bytes");
+        w.len()
+    };
+    let h = GAP - unused;
+    out.copy_within(start + GAP.., start + h);
+    out[start..start + h].copy_from_slice(&header[..h]);
+    out.truncate(out.len() - unused);
+}
+
 /// Appends a whole server frame.
 pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.reserve(header_len(payload.len()) + payload.len());
@@ -418,6 +444,20 @@ mod tests {
             feed_all(&mut WsReader::default(), &reserved_code, 100),
             Err(WsError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn encoding_in_place_matches_a_copied_payload() {
+        for len in [0usize, 1, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut copied = b"before".to_vec();
+            write_frame(&mut copied, OpCode::Data(Data::Binary), &payload);
+            let mut in_place = b"before".to_vec();
+            write_message_with(&mut in_place, OpCode::Data(Data::Binary), |out| {
+                out.extend_from_slice(&payload)
+            });
+            assert_eq!(copied, in_place, "len {len}");
+        }
     }
 
     #[test]
