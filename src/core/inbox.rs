@@ -123,10 +123,6 @@ impl CoreHandle {
         }
         Ok(())
     }
-
-    pub fn depth(&self) -> usize {
-        self.tx.len()
-    }
 }
 
 impl Inbox {
@@ -182,6 +178,5 @@ mod tests {
         );
         assert!(h.send(push()).is_ok());
         assert!(h.send(push()).is_err(), "full: handed back");
-        assert_eq!(h.depth(), 2);
     }
 }

@@ -144,10 +144,6 @@ impl Shard {
         }
     }
 
-    pub fn config(&self) -> &ShardConfig {
-        &self.cfg
-    }
-
     pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
         self.links.get_mut(&conn)
     }

@@ -59,10 +59,6 @@ impl<T> TimerWheel<T> {
         self.len == 0
     }
 
-    pub fn tick(&self) -> Duration {
-        self.tick
-    }
-
     /// Schedules `payload` to fire at the first tick at or after `at` (never earlier).
     pub fn insert(&mut self, at: Instant, payload: T) -> TimerId {
         let since = at.saturating_duration_since(self.origin);
