@@ -100,7 +100,10 @@ impl Services {
             for req in calls {
                 self.call(shard, req, now);
             }
-            if self.shared_store.is_some() && !self.send(ServiceCall::Update(updates.clone())) {
+            if self.shared_store.is_some()
+                && !updates.is_empty()
+                && !self.send(ServiceCall::Update(updates.clone()))
+            {
                 // The claims expire after their pending TTL; a client retry is then forwarded.
                 warn!(
                     updates = updates.len(),
