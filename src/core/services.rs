@@ -48,6 +48,8 @@ pub struct Services {
     pub backend: Backend,
     /// Claims for the shared store gathered during the current executor pass.
     pub pending_claims: Vec<UpstreamRequest>,
+    /// A flush of `pending_claims` is already scheduled.
+    pub claim_flush_queued: bool,
     /// Batches that started waiting: the shell calls [`Services::flush_due`] at each deadline.
     pub timers: Vec<(u64, u64, Instant)>,
     /// Undelivered pushes also go to the Kafka undelivered topic (they are always logged and
@@ -137,7 +139,13 @@ impl Services {
 
     /// Sends the claims gathered in this pass as one batch (the shell calls this once per pass
     /// while `pending_claims` is not empty).
+    /// True once per pass when claims wait: the caller schedules [`Services::flush_claims`].
+    pub fn wants_claim_flush(&mut self) -> bool {
+        !self.pending_claims.is_empty() && !std::mem::replace(&mut self.claim_flush_queued, true)
+    }
+
     pub fn flush_claims(&mut self, shard: &mut Shard, now: Instant) {
+        self.claim_flush_queued = false;
         let claims = std::mem::take(&mut self.pending_claims);
         if claims.is_empty() {
             return;

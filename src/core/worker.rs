@@ -74,7 +74,6 @@ struct Worker {
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
     accepting: Cell<bool>,
-    claim_flush_queued: Cell<bool>,
 }
 
 pub async fn run(setup: WorkerSetup) {
@@ -102,6 +101,7 @@ pub async fn run(setup: WorkerSetup) {
             },
             timers: Vec::new(),
             pending_claims: Vec::new(),
+            claim_flush_queued: false,
             report_to_kafka: setup.report_to_kafka,
         }),
         handshake_timeout: setup.handshake_timeout,
@@ -109,7 +109,6 @@ pub async fn run(setup: WorkerSetup) {
         metrics: setup.metrics,
         next_conn: Cell::new(1),
         accepting: Cell::new(true),
-        claim_flush_queued: Cell::new(false),
     });
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
@@ -255,7 +254,7 @@ fn open_link(
             shard.on_bytes(conn, &mut leftover, now);
         }
     }
-    w.after_events();
+    w.after_events(now);
     glommio::spawn_local(link_task(w.clone(), conn, stream)).detach();
 }
 
@@ -264,7 +263,7 @@ async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream) {
     let mut write_shut = false;
     poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
     w.shard.borrow_mut().closed(conn);
-    w.after_events();
+    w.after_events(Instant::now());
     let _ = stream.close().await;
 }
 
@@ -313,9 +312,10 @@ impl Worker {
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {
-                    shard.on_bytes(conn, &mut scratch[..n], Instant::now());
+                    let now = Instant::now();
+                    shard.on_bytes(conn, &mut scratch[..n], now);
                     drop((shard, scratch));
-                    self.after_events();
+                    self.after_events(now);
                 }
                 Poll::Pending => {
                     link_waker(&mut shard, conn, cx);
@@ -330,42 +330,22 @@ impl Worker {
 
     /// Answers what the shard queued for the store and the backend, and reports undelivered
     /// pushes.
-    fn after_events(self: &Rc<Self>) {
+    fn after_events(self: &Rc<Self>, now: Instant) {
         let mut shard = self.shard.borrow_mut();
         let mut services = self.services.borrow_mut();
-        services.settle(&mut shard, Instant::now());
+        services.settle(&mut shard, now);
         // Claims gathered in this pass leave together once the other ready tasks have run.
-        // glommio may poll a new task at once, so the task first yields to the back of the
-        // run queue (which is also what makes it run after the rest of the pass).
-        if !services.pending_claims.is_empty() && !self.claim_flush_queued.replace(true) {
-            let w = self.clone();
-            glommio::spawn_local(async move {
-                futures_lite::future::yield_now().await;
-                w.claim_flush_queued.set(false);
-                {
-                    let mut shard = w.shard.borrow_mut();
-                    w.services
-                        .borrow_mut()
-                        .flush_claims(&mut shard, Instant::now());
-                }
-                w.after_events();
-            })
-            .detach();
+        if services.wants_claim_flush() {
+            self.defer(None, |services, shard, now| {
+                services.flush_claims(shard, now)
+            });
         }
         // A batch started waiting: flush it at its deadline unless it fills first.
         for (biz_id, id, due) in services.timers.drain(..) {
-            let w = self.clone();
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
-                {
-                    let mut shard = w.shard.borrow_mut();
-                    w.services
-                        .borrow_mut()
-                        .flush_due(&mut shard, biz_id, id, Instant::now());
-                }
-                w.after_events();
-            })
-            .detach();
+            let wait = due.saturating_duration_since(now);
+            self.defer(Some(wait), move |services, shard, now| {
+                services.flush_due(shard, biz_id, id, now)
+            });
         }
         drop(services);
         let presence = shard.take_presence();
@@ -376,6 +356,30 @@ impl Worker {
         if !undelivered.is_empty() {
             self.services.borrow().report(undelivered);
         }
+    }
+
+    /// Runs `f` on the services and the shard after `wait` (without one, once the other ready
+    /// tasks have run), then settles what it queued. glommio may poll a new task at once, so
+    /// the task always sleeps or yields before it borrows anything.
+    fn defer(
+        self: &Rc<Self>,
+        wait: Option<Duration>,
+        f: impl FnOnce(&mut Services, &mut Shard, Instant) + 'static,
+    ) {
+        let w = self.clone();
+        glommio::spawn_local(async move {
+            match wait {
+                Some(d) => glommio::timer::sleep(d).await,
+                None => futures_lite::future::yield_now().await,
+            }
+            let now = Instant::now();
+            {
+                let mut shard = w.shard.borrow_mut();
+                f(&mut w.services.borrow_mut(), &mut shard, now);
+            }
+            w.after_events(now);
+        })
+        .detach();
     }
 
     fn handle(self: &Rc<Self>, msg: CoreMsg, acceptor: &mut Option<glommio::Task<()>>) {
@@ -446,7 +450,6 @@ impl Worker {
                     .close_all("server shutting down", now);
             }
         }
-        self.after_events();
     }
 }
 
@@ -472,6 +475,10 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
             if handled == INBOX_BATCH {
                 break;
             }
+        }
+        if handled > 0 {
+            // One settle for the whole batch of messages.
+            w.after_events(Instant::now());
         }
         w.metrics
             .inbox_depth
@@ -507,6 +514,6 @@ async fn timer_loop(w: Rc<Worker>) {
                 last_publish = now;
             }
         }
-        w.after_events();
+        w.after_events(now);
     }
 }
