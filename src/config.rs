@@ -198,6 +198,79 @@ pub struct ServeArgs {
     /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
     #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
     pub core_inbox: usize,
+
+    // --- cluster ---
+    /// Links this node takes at most (also advertised in etcd). The admission ramp grows up to
+    /// it; past it, upgrades get 503 with a jittered Retry-After.
+    #[arg(long, env = "RINGWAY_CAPACITY", default_value_t = 1_000_000)]
+    pub capacity: u64,
+    /// Links admitted right after start (default: --capacity, no ramp). A node restarted into
+    /// a reconnect storm should start low.
+    #[arg(long, env = "RINGWAY_ADMIT_INITIAL")]
+    pub admit_initial: Option<u64>,
+    /// How many more links the ramp admits every --admit-interval-ms.
+    #[arg(long, env = "RINGWAY_ADMIT_STEP", default_value_t = 1_000)]
+    pub admit_step: u64,
+    #[arg(long, env = "RINGWAY_ADMIT_INTERVAL_MS", default_value_t = 1_000)]
+    pub admit_interval_ms: u64,
+    /// Open links one client address may hold (0 = no cap); past it, upgrades get 429. Mind
+    /// NATs and load generators on one address.
+    #[arg(long, env = "RINGWAY_MAX_LINKS_PER_IP", default_value_t = 0)]
+    pub max_links_per_ip: u32,
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379). Enables registration, the
+    /// fleet view (REDIRECT targets, rebalance) and routes from `{prefix}/routes/{biz}`.
+    #[arg(long, env = "RINGWAY_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Key prefix of this fleet in etcd.
+    #[arg(long, env = "RINGWAY_ETCD_PREFIX", default_value = "/ringway")]
+    pub etcd_prefix: String,
+    /// Lease TTL of the node's record: a node that dies vanishes from the fleet this late.
+    #[arg(long, env = "RINGWAY_ETCD_LEASE_TTL_S", default_value_t = 10)]
+    pub etcd_lease_ttl_s: u64,
+    /// How often the node's load (link count) and state are written when they changed.
+    #[arg(long, env = "RINGWAY_LOAD_REPORT_MS", default_value_t = 1_000)]
+    pub load_report_ms: u64,
+    /// Address clients are redirected to for this node (default: --listen, with an
+    /// unspecified IP replaced by 127.0.0.1).
+    #[arg(long, env = "RINGWAY_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// Weight advertised in etcd (0 while draining).
+    #[arg(long, env = "RINGWAY_WEIGHT", default_value_t = 100)]
+    pub weight: u32,
+    /// Labels advertised in etcd, comma-separated.
+    #[arg(long, env = "RINGWAY_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Location advertised in etcd (zone, rack).
+    #[arg(long, env = "RINGWAY_LOCATION", default_value = "")]
+    pub location: String,
+    /// How pushes from Kafka find their user's node with --etcd and --redis: `located` (one
+    /// consumer group for the fleet, a Redis lookup per push, forward to the holding node's
+    /// topic) or `broadcast` (every node reads every push).
+    #[arg(long, env = "RINGWAY_PUSH_ROUTING", value_enum, default_value_t = PushRouting::Located)]
+    pub push_routing: PushRouting,
+    /// TTL of a device's location in Redis; refreshed at a third of it while connected.
+    #[arg(long, env = "RINGWAY_LOCATION_TTL_MS", default_value_t = 60_000)]
+    pub location_ttl_ms: u64,
+    /// Links redirected per second while draining or rebalancing.
+    #[arg(long, env = "RINGWAY_DRAIN_RATE", default_value_t = 2_000)]
+    pub drain_rate: u32,
+    /// Topic of scale events, read by every node (with --kafka and --etcd).
+    #[arg(long, env = "RINGWAY_SCALE_TOPIC", default_value = "ringway.scale")]
+    pub scale_topic: String,
+    /// Command run (sh -c) by a firing /admin/rebalance alert before rebalancing, e.g.
+    /// `systemctl start ringway@$(date +%s)`; the new node must register in etcd.
+    #[arg(long, env = "RINGWAY_SCALE_UP_CMD")]
+    pub scale_up_cmd: Option<String>,
+    /// How long to wait for the scale-up command's node to register.
+    #[arg(long, env = "RINGWAY_SCALE_UP_WAIT_MS", default_value_t = 60_000)]
+    pub scale_up_wait_ms: u64,
+}
+
+/// How pushes find the node holding their user (see `cluster::routing`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushRouting {
+    Located,
+    Broadcast,
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +289,11 @@ pub struct TokenArgs {
 }
 
 impl ServeArgs {
+    /// Devices are recorded in the Redis location registry: a cluster with a shared Redis.
+    pub fn tracks_locations(&self) -> bool {
+        !self.etcd.is_empty() && self.redis.is_some()
+    }
+
     pub fn shard_config(&self, node_id: &str) -> ShardConfig {
         ShardConfig {
             node_id: node_id.to_owned(),
@@ -231,7 +309,7 @@ impl ServeArgs {
             },
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms.max(3)),
             max_devices_per_user: self.max_devices_per_user.max(1),
-            presence_events: self.kafka.is_some(),
+            presence_events: self.kafka.is_some() || self.tracks_locations(),
         }
     }
 

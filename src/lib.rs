@@ -4,6 +4,7 @@
 //! worker core; `control` is the node-wide side (admin API, routing pushes to owner cores).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;

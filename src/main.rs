@@ -2,8 +2,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -12,13 +11,20 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use ringway::auth::{self, Identity, KeySource, Verifier};
-use ringway::config::{Cli, Command, ServeArgs};
+use ringway::cluster::admission::{Admission, Ramp};
+use ringway::cluster::location::Locations;
+use ringway::cluster::nodes::{NodeRecord, RecordState};
+use ringway::cluster::orphans::adopt_orphans;
+use ringway::cluster::rebalance::{ScaleEvent, ScaleSetup, on_scale_event};
+use ringway::cluster::registry::{EtcdConfig, Registry};
+use ringway::cluster::routing::{Mode, PushRouter, hand_off};
+use ringway::config::{Cli, Command, PushRouting, ServeArgs};
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
-use ringway::control::kafka::{KafkaConfig, KafkaOut};
+use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Subscription};
 use ringway::control::redis_idem::RedisIdem;
-use ringway::control::routes::Routes;
+use ringway::control::routes::{LiveRoutes, LocalBizs};
 use ringway::control::services::Remote;
-use ringway::control::{self, NodeState};
+use ringway::control::{self, NodeSetup, NodeState};
 use ringway::core::{inbox, worker};
 use ringway::metrics::CoreMetrics;
 
@@ -156,8 +162,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
         None => None,
     };
-    let grpc_cfg = |endpoint: &str| GrpcConfig {
-        endpoint: endpoint.to_owned(),
+    let grpc_template = GrpcConfig {
+        endpoint: String::new(),
         node_id: node_id.clone(),
         timeout: Duration::from_millis(args.backend_timeout_ms.max(1)),
         attempts: args.backend_attempts,
@@ -167,22 +173,42 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let (routes, local_bizs) = {
         // gRPC channels connect lazily inside the control runtime.
         let _guard = rt.enter();
-        Routes::build(&args.backend, &args.routes, |url| {
-            GrpcBackend::new(&grpc_cfg(url))
-        })?
+        LiveRoutes::new(
+            args.backend.clone(),
+            args.routes.clone(),
+            kafka_out.is_some(),
+            Box::new(move |url| {
+                GrpcBackend::new(&GrpcConfig {
+                    endpoint: url.to_owned(),
+                    ..grpc_template.clone()
+                })
+            }),
+        )?
     };
-    if routes.uses_kafka() && kafka_out.is_none() {
-        return Err("a kafka: route needs --kafka".into());
-    }
-    let local_bizs = Arc::new(local_bizs);
-    let remote = Remote {
-        redis,
-        routes: Arc::new(routes),
-        kafka: kafka_out,
-    };
+    // Routes watched in etcd can change any biz's backend: cores then send every upstream
+    // message to the control thread, which applies the live map.
+    let local_bizs = Arc::new(if args.etcd.is_empty() {
+        local_bizs
+    } else {
+        LocalBizs::default()
+    });
+    let routes = Arc::new(routes);
     let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
-    let any_remote = remote.redis.is_some() || !local_bizs.all_local() || remote.kafka.is_some();
+    let any_remote = redis.is_some() || !local_bizs.all_local() || kafka_out.is_some();
     let calls_rx = any_remote.then_some(calls_rx);
+    let admission = Arc::new(Admission::new(
+        Ramp {
+            initial: args
+                .admit_initial
+                .unwrap_or(args.capacity)
+                .min(args.capacity),
+            step: args.admit_step,
+            interval: Duration::from_millis(args.admit_interval_ms.max(1)),
+            capacity: args.capacity,
+        },
+        args.max_links_per_ip,
+        Instant::now(),
+    ));
     let origins = Arc::new(
         args.allowed_origins
             .iter()
@@ -201,14 +227,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             echo: args.echo,
             idem_ttl: args.idem_ttl(),
             calls: calls_rx.is_some().then(|| calls_tx.clone()),
-            shared_store: remote.redis.is_some().then_some(args.redis_unavailable),
-            report_to_kafka: remote.kafka.is_some(),
+            shared_store: redis.is_some().then_some(args.redis_unavailable),
+            report_to_kafka: kafka_out.is_some(),
             local_bizs: local_bizs.clone(),
             batching: (
                 args.batch_size.max(1),
                 Duration::from_millis(args.batch_delay_ms),
             ),
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            admission: admission.clone(),
             peers: handles.clone(),
             inbox,
             metrics: metrics[i].clone(),
@@ -224,13 +251,64 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("starting worker {i}: {e}"))?;
     }
 
-    let node = Arc::new(NodeState {
-        cores: handles,
-        metrics,
-        draining: AtomicBool::new(false),
-        counters: Default::default(),
-        admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let registry = (!args.etcd.is_empty()).then(|| {
+        let advertise = args.advertise.unwrap_or(args.listen);
+        let ip = match advertise.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            ip => ip.to_string(),
+        };
+        Registry::new(EtcdConfig {
+            endpoints: args.etcd.clone(),
+            prefix: args.etcd_prefix.trim_end_matches('/').to_owned(),
+            lease_ttl: Duration::from_secs(args.etcd_lease_ttl_s.max(1)),
+            report_every: Duration::from_millis(args.load_report_ms.max(10)),
+            record: NodeRecord {
+                id: node_id.clone(),
+                ip,
+                port: advertise.port(),
+                weight: args.weight,
+                capacity: args.capacity,
+                load: 0,
+                labels: args.labels.clone(),
+                location: args.location.clone(),
+                state: RecordState::Active,
+                started_ms,
+            },
+        })
     });
+    let routing = match (&kafka, args.etcd.is_empty(), args.push_routing) {
+        (None, _, _) | (_, true, _) => None,
+        (Some(_), false, PushRouting::Located) if redis.is_some() => Some(PushRouting::Located),
+        (Some(_), false, PushRouting::Located) => {
+            warn!(
+                "--push-routing located needs --redis for the location registry: using broadcast"
+            );
+            Some(PushRouting::Broadcast)
+        }
+        (Some(_), false, PushRouting::Broadcast) => Some(PushRouting::Broadcast),
+    };
+    let node = Arc::new(NodeState::new(
+        handles,
+        metrics,
+        NodeSetup {
+            node_id: node_id.clone(),
+            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            admission,
+            routes: routes.clone(),
+            registry: registry.clone(),
+            kafka: kafka_out.clone(),
+            drain_rate: args.drain_rate,
+            scale: ScaleSetup {
+                topic: (!args.etcd.is_empty()).then(|| args.scale_topic.clone()),
+                command: args.scale_up_cmd.clone(),
+                wait: Duration::from_millis(args.scale_up_wait_ms),
+            },
+            republish: routing.is_some(),
+        },
+    ));
     info!(
         listen = %args.listen,
         admin = %args.admin_listen,
@@ -240,16 +318,35 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         "ringway ready"
     );
     rt.block_on(async {
+        let locations = match (&redis, args.tracks_locations()) {
+            (Some(r), true) => Some(Locations::start(
+                r.client(),
+                node.clone(),
+                Duration::from_millis(args.location_ttl_ms.max(1_000)),
+            )),
+            _ => None,
+        };
         if let Some(rx) = calls_rx {
+            let remote = Remote {
+                redis,
+                routes,
+                kafka: kafka_out.clone(),
+                locations: locations.clone(),
+            };
             tokio::spawn(control::services::run(rx, node.clone(), remote));
         }
-        if let Some(cfg) = kafka {
-            let node = node.clone();
-            tokio::spawn(async move {
-                if let Err(e) = control::kafka::consume_pushes(node, cfg).await {
-                    tracing::error!(error = %e, "push consumer stopped");
+        if let Some(registry) = registry {
+            tokio::spawn(registry.run(node.clone()));
+        }
+        if let (Some(cfg), Some(out)) = (kafka, kafka_out) {
+            let mode = match routing {
+                None => Mode::Local,
+                Some(PushRouting::Located) => {
+                    Mode::Located(locations.expect("located routing has redis"))
                 }
-            });
+                Some(PushRouting::Broadcast) => Mode::Broadcast(locations),
+            };
+            start_consumers(&node, &cfg, out, mode, started_ms).await?;
         }
         let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
         control::run(node, admin, Duration::from_millis(args.shutdown_timeout_ms)).await;
@@ -257,6 +354,126 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     })?;
     // Worker threads hold only links that are closed by now; the process ends here.
     std::process::exit(0);
+}
+
+/// Starts the Kafka consumers: the push topic (shared by the fleet, or per node in broadcast
+/// routing), the node's own topic (pushes other nodes routed here) and the scale events.
+async fn start_consumers(
+    node: &Arc<NodeState>,
+    cfg: &KafkaConfig,
+    out: Arc<KafkaOut>,
+    mode: Mode,
+    started_ms: u64,
+) -> Result<(), String> {
+    let located = matches!(mode, Mode::Located(_));
+    let broadcast = matches!(mode, Mode::Broadcast(_));
+    let clustered = located || broadcast;
+    let node_topic = out.node_topic(&node.node_id);
+    let scale_topic = node.scale.topic.clone();
+    if clustered {
+        let mut topics = vec![node_topic.clone()];
+        topics.extend(scale_topic.clone());
+        kafka::ensure_topics(&cfg.brokers, &topics).await?;
+    }
+    let router = Arc::new(PushRouter {
+        node: node.clone(),
+        kafka: out,
+        mode,
+    });
+    let push_sub = Subscription {
+        topic: cfg.push_topic.clone(),
+        group: if broadcast {
+            format!("{}.{}", cfg.group, node.node_id)
+        } else {
+            cfg.group.clone()
+        },
+        from_latest: false,
+    };
+    spawn_consumer(node, &cfg.brokers, push_sub, router.clone(), |n| {
+        !n.is_draining()
+    });
+    if located {
+        tokio::spawn(adopt_orphans(
+            router.clone(),
+            cfg.brokers.clone(),
+            cfg.group.clone(),
+        ));
+        node.node_topic_started();
+        let sub = Subscription {
+            topic: node_topic,
+            group: format!("{}.node.{}", cfg.group, node.node_id),
+            from_latest: false,
+        };
+        let (n, brokers) = (node.clone(), cfg.brokers.clone());
+        tokio::spawn(async move {
+            let handle = |bytes: Vec<u8>, unsettled| {
+                let n = n.clone();
+                async move {
+                    if let Some(push) = kafka::decode_push(&n, &bytes) {
+                        let mut users = push.user_ids.clone();
+                        if !push.user_id.is_empty() {
+                            users.push(push.user_id.clone());
+                        }
+                        hand_off(&n, &push, users, true, &unsettled).await;
+                    }
+                }
+            };
+            if let Err(e) =
+                kafka::consume(&brokers, &sub, || n.node_topic_keep_consuming(), handle).await
+            {
+                tracing::error!(error = %e, "node-topic consumer stopped");
+            }
+            n.node_topic_finished();
+        });
+    }
+    if let (true, Some(topic)) = (clustered, scale_topic) {
+        // A group per process start, from the latest event: a restarted node must not act on
+        // scale-ups it slept through.
+        let sub = Subscription {
+            topic,
+            group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),
+            from_latest: true,
+        };
+        let (n, brokers) = (node.clone(), cfg.brokers.clone());
+        tokio::spawn(async move {
+            let handle = |bytes: Vec<u8>, _| {
+                match serde_json::from_slice::<ScaleEvent>(&bytes) {
+                    Ok(ev) => {
+                        tokio::spawn(on_scale_event(n.clone(), ev));
+                    }
+                    Err(e) => warn!(error = %e, "ignoring a scale event that is not JSON"),
+                }
+                std::future::ready(())
+            };
+            if let Err(e) = kafka::consume(&brokers, &sub, || !n.is_draining(), handle).await {
+                tracing::error!(error = %e, "scale-event consumer stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn spawn_consumer(
+    node: &Arc<NodeState>,
+    brokers: &str,
+    sub: Subscription,
+    router: Arc<PushRouter>,
+    keep_going: fn(&NodeState) -> bool,
+) {
+    let (n, brokers) = (node.clone(), brokers.to_owned());
+    tokio::spawn(async move {
+        let handle = |bytes: Vec<u8>, unsettled| {
+            let (n, router) = (n.clone(), router.clone());
+            async move {
+                if let Some(push) = kafka::decode_push(&n, &bytes) {
+                    router.route(push, &unsettled).await;
+                }
+            }
+        };
+        if let Err(e) = kafka::consume(&brokers, &sub, || keep_going(&n), handle).await {
+            tracing::error!(error = %e, "push consumer stopped");
+        }
+    });
 }
 
 /// One listening socket per worker core on the same address: the kernel spreads new

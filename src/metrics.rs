@@ -82,7 +82,7 @@ labels! {
 }
 
 /// HTTP statuses the upgrade path answers with, for `ringway_handshake_rejected_total`.
-pub const REJECT_STATUSES: [u16; 11] = [400, 401, 403, 404, 405, 408, 426, 431, 503, 505, 500];
+pub const REJECT_STATUSES: [u16; 12] = [400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 505, 500];
 
 const CMDS: usize = 11;
 
@@ -100,6 +100,8 @@ pub struct CoreMetrics {
     pub upstream_reacked: Counter,
     pub upstream_failed: Counter,
     pub pushes_sent: Counter,
+    /// Broadcast pushes for users this node does not hold (another node may).
+    pub pushes_not_here: Counter,
     pub push_retransmits: Counter,
     pub push_acked: Counter,
     pub undelivered: [Counter; UndeliveredReason::COUNT],
@@ -197,6 +199,22 @@ pub struct NodeCounters {
     /// Undelivered reports written to / failed to write to Kafka.
     pub kafka_reports: Counter,
     pub kafka_report_errors: Counter,
+    /// etcd registrations (the first and every re-registration) and failed sessions.
+    pub etcd_registrations: Counter,
+    pub etcd_errors: Counter,
+    /// Pushes forwarded to the node holding the user, and those that failed to forward.
+    pub pushes_forwarded: Counter,
+    pub forward_errors: Counter,
+    /// Pushes with no live location anywhere (reported undelivered by the router).
+    pub pushes_unroutable: Counter,
+    /// Failed location reads or writes in Redis.
+    pub location_errors: Counter,
+    /// Unacked pushes of a draining node put back on the push topic.
+    pub pushes_republished: Counter,
+    /// Pushes read from a departed node's topic and routed again.
+    pub pushes_adopted: Counter,
+    /// Links moved by drain and rebalance batches (asked of the cores).
+    pub links_moved: Counter,
 }
 
 /// Node counters shown as plain counters.
@@ -248,6 +266,51 @@ const NODE_COUNTERS: &[(&str, &str, NodePick)] = &[
         "Undelivered reports Kafka did not take (they are still logged).",
         |n| n.kafka_report_errors.get(),
     ),
+    (
+        "ringway_etcd_registrations_total",
+        "Registrations in etcd: the first and each one after a lost session.",
+        |n| n.etcd_registrations.get(),
+    ),
+    (
+        "ringway_etcd_errors_total",
+        "etcd sessions that ended in an error (etcd down, lease lost).",
+        |n| n.etcd_errors.get(),
+    ),
+    (
+        "ringway_pushes_forwarded_total",
+        "Pushes forwarded to the topic of the node holding the user.",
+        |n| n.pushes_forwarded.get(),
+    ),
+    (
+        "ringway_push_forward_errors_total",
+        "Forwards Kafka did not take (each reported undelivered).",
+        |n| n.forward_errors.get(),
+    ),
+    (
+        "ringway_pushes_unroutable_total",
+        "Pushes for users with no live location (reported undelivered: offline).",
+        |n| n.pushes_unroutable.get(),
+    ),
+    (
+        "ringway_location_errors_total",
+        "Failed location reads or writes in Redis.",
+        |n| n.location_errors.get(),
+    ),
+    (
+        "ringway_pushes_republished_total",
+        "Unacked pushes of a draining node put back on the push topic.",
+        |n| n.pushes_republished.get(),
+    ),
+    (
+        "ringway_pushes_adopted_total",
+        "Pushes read from a departed node's topic and routed again.",
+        |n| n.pushes_adopted.get(),
+    ),
+    (
+        "ringway_links_moved_total",
+        "Links asked to move by drain and rebalance batches.",
+        |n| n.links_moved.get(),
+    ),
 ];
 
 type Pick = fn(&CoreMetrics) -> u64;
@@ -288,6 +351,11 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
         |c| c.pushes_sent.get(),
     ),
     (
+        "ringway_pushes_not_here_total",
+        "Broadcast-routed pushes for users with no link on this node (not reported).",
+        |c| c.pushes_not_here.get(),
+    ),
+    (
         "ringway_push_retransmits_total",
         "Pushes sent again for want of an ack.",
         |c| c.push_retransmits.get(),
@@ -313,7 +381,7 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
 pub fn render(
     cores: &[std::sync::Arc<CoreMetrics>],
     node: &NodeCounters,
-    draining: bool,
+    gauges: &[(&str, &str, u64)],
 ) -> String {
     let mut s = String::with_capacity(8192);
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
@@ -431,13 +499,9 @@ pub fn render(
     for (name, help, pick) in NODE_COUNTERS {
         family(&mut s, name, "counter", help, unlabeled(pick(node)));
     }
-    family(
-        &mut s,
-        "ringway_draining",
-        "gauge",
-        "1 while the node is shutting down.",
-        unlabeled(u64::from(draining)),
-    );
+    for (name, help, value) in gauges {
+        family(&mut s, name, "gauge", help, unlabeled(*value));
+    }
 
     let mut merged = Latencies::default();
     for c in cores {

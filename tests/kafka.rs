@@ -83,7 +83,7 @@ fn committed(broker: &Broker) -> Option<i64> {
 }
 
 #[test]
-fn a_kafka_push_reaches_the_client_and_is_committed_after_hand_off() {
+fn a_kafka_push_is_committed_only_once_the_client_acked_it() {
     let broker = Broker::start(&[PUSH, UNDELIVERED]);
     let mut gw = Gateway::start(&["--kafka", &broker.addr()]);
     let mut c = gw.connect("alice", "phone", Codec::Proto);
@@ -94,6 +94,11 @@ fn a_kafka_push_reaches_the_client_and_is_committed_after_hand_off() {
         (f.cmd, f.key.as_str(), &f.body[..]),
         (Cmd::Downstream as i32, "k1", &b"from kafka"[..])
     );
+    // Handed to the core and sent, but not acked: the offset stays where it was, so a crash
+    // now would re-read k1 instead of losing it.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(committed(&broker), None);
+    c.send(&common::frame(Cmd::DownstreamAck, "k1", b""));
     wait_until("offset 1 committed", Duration::from_secs(15), || {
         committed(&broker) == Some(1)
     });
@@ -107,6 +112,7 @@ fn a_kafka_push_reaches_the_client_and_is_committed_after_hand_off() {
     c.set_timeout(Duration::from_secs(30));
     produce(&broker, &push("alice", "k2", b"second"));
     assert_eq!(c.frame().key, "k2");
+    c.send(&common::frame(Cmd::DownstreamAck, "k2", b""));
     wait_until("offset 2 committed", Duration::from_secs(15), || {
         committed(&broker) == Some(2)
     });

@@ -1,6 +1,7 @@
-//! The admin HTTP API (loopback by default): health, metrics, and the push/kick/redirect
-//! operations for embedded mode and simple integrations. Client errors get a JSON body that says
-//! what was wrong.
+//! The admin HTTP API (loopback by default): health, metrics, the push/kick/redirect
+//! operations for embedded mode and simple integrations, and the fleet operations
+//! (`/admin/drain`, `/admin/rebalance`), which always need the admin token. Client errors get a
+//! JSON body that says what was wrong.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,6 +19,8 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{NodeState, router};
+use crate::cluster::rebalance::{AlertPayload, on_alert};
+use crate::core::inbox::PushJob;
 use crate::metrics;
 use crate::proto::Node;
 
@@ -29,6 +32,8 @@ pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
         .route("/v1/push", post(push))
         .route("/v1/kick", post(kick))
         .route("/v1/redirect", post(redirect))
+        .route("/admin/drain", post(drain))
+        .route("/admin/rebalance", post(rebalance))
         .with_state(node);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin server stopped");
@@ -44,7 +49,29 @@ async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
 }
 
 async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
-    let body = metrics::render(&node.metrics, &node.counters, node.draining.load(Relaxed));
+    let gauges = [
+        (
+            "ringway_draining",
+            "1 while the node is draining or shutting down.",
+            u64::from(node.draining.load(Relaxed)),
+        ),
+        (
+            "ringway_admit_limit",
+            "Links the admission ramp allows now.",
+            node.admission.limit(std::time::Instant::now()),
+        ),
+        (
+            "ringway_admit_held",
+            "Admission tickets held: open links plus handshakes in progress.",
+            node.admission.held(),
+        ),
+        (
+            "ringway_fleet_nodes",
+            "Nodes registered in etcd, as this node sees them.",
+            node.fleet.read().expect("fleet lock").nodes.len() as u64,
+        ),
+    ];
+    let body = metrics::render(&node.metrics, &node.counters, &gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -68,6 +95,55 @@ fn accepted(body: serde_json::Value) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
+fn check_token(token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "admin token required: Authorization: Bearer <token>",
+        ))
+    }
+}
+
+/// Fleet operations act on the whole node: they need a configured token, even on loopback.
+fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &node.admin_token {
+        Some(t) => check_token(t, headers),
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            "fleet operations are disabled: start the node with --admin-token",
+        )),
+    }
+}
+
+async fn drain(
+    State(node): State<Arc<NodeState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    fleet_op(&node, &headers)?;
+    node.drain_requested.notify_one();
+    accepted(json!({ "draining": true, "links": node.links() }))
+}
+
+async fn rebalance(
+    State(node): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    fleet_op(&node, &headers)?;
+    let alert: AlertPayload = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))?;
+    match on_alert(node.clone(), alert).await {
+        Ok(done) => accepted(done),
+        Err(e) => Err(error(StatusCode::CONFLICT, e)),
+    }
+}
+
 /// Checks the admin token and parses the JSON body, or answers why not.
 fn request<T: DeserializeOwned>(
     node: &NodeState,
@@ -75,16 +151,7 @@ fn request<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, ApiError> {
     if let Some(token) = &node.admin_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "admin token required: Authorization: Bearer <token>",
-            ));
-        }
+        check_token(token, headers)?;
     }
     if node.draining.load(Relaxed) {
         return Err(error(
@@ -157,7 +224,19 @@ async fn push(
             )
         })?;
     let device = req.device_id.filter(|d| !d.is_empty());
-    let routed = router::push(&node, req.biz_id, users, device, &req.key, &payload.into());
+    let routed = router::push(
+        &node,
+        PushJob {
+            biz_id: req.biz_id,
+            user_ids: users,
+            device_id: device,
+            key: req.key.clone(),
+            body: payload.into(),
+            report_offline: true,
+            unsettled: None,
+            accepted_at: std::time::Instant::now(),
+        },
+    );
     let rejected = routed.rejected.len();
     let mut resp = if rejected == 0 {
         (

@@ -5,22 +5,25 @@
 //! undecodable); a full core inbox is waited out, never skipped, so a crash or restart re-reads
 //! what was not handed off. Auto-commit then commits stored offsets only.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{info, warn};
 
+use super::NodeState;
 use super::grpc_backend::to_request;
-use super::{NodeState, router};
 use crate::auth::Identity;
 use crate::backend_proto::BatchOnReceiveRequest;
 use crate::core::shard::{BackendError, Undelivered, UpstreamRequest};
+use crate::link::push::Unsettled;
 use crate::proto::{PresenceEvent, PushMessage, UndeliveredPush};
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -145,6 +148,47 @@ impl KafkaOut {
 }
 
 impl KafkaOut {
+    /// The topic another node reads pushes routed to it from.
+    pub fn node_topic(&self, node_id: &str) -> String {
+        format!("{}.node.{node_id}", self.cfg.push_topic)
+    }
+
+    /// Writes a push to `topic` (keyed by its first user) and waits for the broker; false if
+    /// it was not taken.
+    pub async fn forward(&self, topic: &str, push: &PushMessage) -> bool {
+        let first = push.user_ids.first().unwrap_or(&push.user_id);
+        let key = format!("{}:{first}", push.biz_id);
+        self.publish(topic, &key, &push.encode_to_vec()).await
+    }
+
+    /// Writes one record and waits for the broker; false (and a warning) if it was not taken.
+    pub async fn publish(&self, topic: &str, key: &str, payload: &[u8]) -> bool {
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await;
+        if let Err((e, _)) = &sent {
+            warn!(error = %e, topic, key, "kafka did not take a record");
+        }
+        sent.is_ok()
+    }
+
+    /// Puts a push that a draining node could not deliver back on the push topic.
+    pub async fn republish(&self, u: &Undelivered) -> bool {
+        let push = PushMessage {
+            biz_id: u.biz_id,
+            user_id: u.user_id.clone(),
+            device_id: u.device_id.clone().unwrap_or_default(),
+            key: u.key.clone(),
+            body: u.body.clone(),
+            user_ids: Vec::new(),
+        };
+        self.forward(&self.cfg.push_topic, &push).await
+    }
+
     /// Writes presence events, enqueued in order (keyed by user, so they stay in order).
     pub async fn presence(&self, events: Vec<(Arc<Identity>, bool)>, at_ms: u64) {
         let queued: Vec<_> = events
@@ -178,77 +222,144 @@ impl KafkaOut {
     }
 }
 
-/// Consumes pushes until the node starts draining, then commits what was handed off.
-pub async fn consume_pushes(node: Arc<NodeState>, cfg: KafkaConfig) -> Result<(), String> {
+/// Stores, per partition, the offset of the last record before the first unsettled one.
+fn store_settled(
+    consumer: &StreamConsumer,
+    topic: &str,
+    unsettled: &mut BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>>,
+) {
+    for (partition, queue) in unsettled.iter_mut() {
+        let mut last = None;
+        while let Some((offset, held)) = queue.front() {
+            if held.strong_count() > 0 {
+                break;
+            }
+            last = Some(*offset);
+            queue.pop_front();
+        }
+        if let Some(offset) = last
+            && let Err(e) = consumer.store_offset(topic, *partition, offset)
+        {
+            warn!(error = %e, topic, partition, "could not store an offset");
+        }
+    }
+}
+
+/// Decodes a push record; an undecodable one is counted and logged, since retrying cannot fix it.
+pub fn decode_push(node: &NodeState, bytes: &[u8]) -> Option<PushMessage> {
+    match PushMessage::decode(bytes) {
+        Ok(p) => {
+            node.counters.kafka_pushes.inc();
+            Some(p)
+        }
+        Err(e) => {
+            node.counters.kafka_bad_pushes.inc();
+            warn!(error = %e, "undecodable push skipped");
+            None
+        }
+    }
+}
+
+/// Creates topics this node reads or writes that may not exist yet (its own push topic, the
+/// scale-event topic). An existing topic is fine.
+pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("--kafka {brokers}: {e}"))?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("creating topics {topics:?}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(format!("creating topic {t}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// One consumer: which topic, in which group, from where when the group has no offset.
+pub struct Subscription {
+    pub topic: String,
+    pub group: String,
+    pub from_latest: bool,
+}
+
+/// Consumes `sub` while `keep_going` holds, calling `handle` for each record in order with a
+/// token the record's pushes hold until they are settled. A record's offset is stored for
+/// commit only once it and every record before it in its partition are settled, and stored
+/// offsets are committed when the loop ends: a crash or restart re-reads whatever was not
+/// settled (duplicates are possible, losses are not). A slow ack holds back the commit point,
+/// not delivery.
+pub async fn consume<F: Future<Output = ()>>(
+    brokers: &str,
+    sub: &Subscription,
+    keep_going: impl Fn() -> bool,
+    mut handle: impl FnMut(Vec<u8>, Arc<Unsettled>) -> F,
+) -> Result<(), String> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", &cfg.group)
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &sub.group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "200")
-        .set("auto.offset.reset", "earliest")
+        .set(
+            "auto.offset.reset",
+            if sub.from_latest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "30000")
+        .set("topic.metadata.refresh.interval.ms", "2000")
         .create()
-        .map_err(|e| format!("--kafka {}: {e}", cfg.brokers))?;
+        .map_err(|e| format!("--kafka {brokers}: {e}"))?;
     consumer
-        .subscribe(&[&cfg.push_topic])
-        .map_err(|e| format!("subscribing to {}: {e}", cfg.push_topic))?;
-    info!(topic = %cfg.push_topic, group = %cfg.group, "consuming pushes");
-    while !node.draining.load(Relaxed) {
+        .subscribe(&[&sub.topic])
+        .map_err(|e| format!("subscribing to {}: {e}", sub.topic))?;
+    info!(topic = %sub.topic, group = %sub.group, "consuming");
+    let mut unsettled: BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>> = BTreeMap::new();
+    while keep_going() {
+        store_settled(&consumer, &sub.topic, &mut unsettled);
         let msg = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
             Err(_) => continue,
             Ok(Err(e)) => {
-                warn!(error = %e, "kafka consume error");
+                warn!(error = %e, topic = %sub.topic, "kafka consume error");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Ok(Ok(m)) => m,
         };
-        match PushMessage::decode(msg.payload().unwrap_or_default()) {
-            Ok(push) => hand_off(&node, push).await,
-            Err(e) => {
-                // Retrying cannot fix it: count it, say where it is, move on.
-                node.counters.kafka_bad_pushes.inc();
-                warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "undecodable push skipped");
-            }
-        }
-        if let Err(e) = consumer.store_offset_from_message(&msg) {
-            warn!(error = %e, "could not store a push offset");
-        }
+        let token = Arc::new(Unsettled);
+        let held = Arc::downgrade(&token);
+        handle(msg.payload().unwrap_or_default().to_vec(), token).await;
+        unsettled
+            .entry(msg.partition())
+            .or_default()
+            .push_back((msg.offset(), held));
     }
-    // Draining: what was handed off is committed now, not at the next interval.
+    store_settled(&consumer, &sub.topic, &mut unsettled);
+    let left: usize = unsettled.values().map(VecDeque::len).sum();
+    if left > 0 {
+        info!(topic = %sub.topic, records = left, "stopping with unsettled records: they will be read again");
+    }
+    // What was handed on is committed now, not at the next interval.
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        // Nothing new was handed off since the last automatic commit.
+        // Nothing new was handed on since the last automatic commit.
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => warn!(error = %e, "final push offset commit failed"),
+        Err(e) => warn!(error = %e, topic = %sub.topic, "final offset commit failed"),
     }
     Ok(())
-}
-
-/// Gives the push to its receivers' owner cores, waiting while a core's inbox is full.
-async fn hand_off(node: &NodeState, push: PushMessage) {
-    let mut users = push.user_ids;
-    if !push.user_id.is_empty() {
-        users.push(push.user_id);
-    }
-    let device = (!push.device_id.is_empty()).then_some(push.device_id);
-    node.counters.kafka_pushes.inc();
-    let mut wait = Duration::from_millis(1);
-    while !users.is_empty() {
-        let routed = router::push(
-            node,
-            push.biz_id,
-            users,
-            device.clone(),
-            &push.key,
-            &push.body,
-        );
-        users = routed.rejected;
-        if !users.is_empty() {
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(100));
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! The control side of a node: one tokio thread beside the worker cores. It serves the admin
-//! API, routes pushes to their owner cores, and runs shutdown. Worker cores never wait on it.
+//! API, routes pushes to their owner cores, keeps the node in its cluster, and runs the drain.
+//! Worker cores never wait on it.
 
 pub mod admin;
 pub mod breaker;
@@ -10,63 +11,181 @@ pub mod router;
 pub mod routes;
 pub mod services;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::core::inbox::{CoreHandle, CoreMsg};
+use crate::cluster::admission::Admission;
+use crate::cluster::nodes::Fleet;
+use crate::cluster::rebalance::ScaleSetup;
+use crate::cluster::registry::Registry;
+use crate::core::inbox::CoreHandle;
+use crate::core::shard::Undelivered;
 use crate::metrics::{CoreMetrics, NodeCounters};
+use kafka::KafkaOut;
+use routes::LiveRoutes;
 
-/// What the control thread shares with its request handlers.
+/// What the control thread shares with its tasks and request handlers.
 pub struct NodeState {
+    pub node_id: String,
     pub cores: Vec<CoreHandle>,
     pub metrics: Vec<Arc<CoreMetrics>>,
     pub draining: AtomicBool,
     pub counters: NodeCounters,
     pub admin_token: Option<String>,
+    pub admission: Arc<Admission>,
+    pub routes: Arc<LiveRoutes>,
+    /// The fleet as etcd shows it (empty without --etcd).
+    pub fleet: RwLock<Fleet>,
+    pub registry: Option<Arc<Registry>>,
+    pub kafka: Option<Arc<KafkaOut>>,
+    /// Links redirected per second while draining or rebalancing.
+    pub drain_rate: u32,
+    /// Set by `POST /admin/drain`.
+    pub drain_requested: Notify,
+    pub scale: ScaleSetup,
+    /// While draining with cluster routing: pushes that found no link here, kept to be put
+    /// back on the push topic once the node is empty.
+    held: Mutex<Option<Vec<Undelivered>>>,
+    republish: bool,
+    node_topic: NodeTopic,
+}
+
+/// The node's own push topic consumer, which the drain stops last.
+#[derive(Default)]
+struct NodeTopic {
+    running: AtomicBool,
+    stop: AtomicBool,
+    done: Notify,
+}
+
+/// What `NodeState::new` needs beyond the cores.
+pub struct NodeSetup {
+    pub node_id: String,
+    pub admin_token: Option<String>,
+    pub admission: Arc<Admission>,
+    pub routes: Arc<LiveRoutes>,
+    pub registry: Option<Arc<Registry>>,
+    pub kafka: Option<Arc<KafkaOut>>,
+    pub drain_rate: u32,
+    pub scale: ScaleSetup,
+    /// Put a draining node's undelivered pushes back on the push topic (cluster routing).
+    pub republish: bool,
 }
 
 impl NodeState {
+    pub fn new(cores: Vec<CoreHandle>, metrics: Vec<Arc<CoreMetrics>>, s: NodeSetup) -> NodeState {
+        NodeState {
+            node_id: s.node_id,
+            cores,
+            metrics,
+            draining: AtomicBool::new(false),
+            counters: NodeCounters::default(),
+            admin_token: s.admin_token,
+            admission: s.admission,
+            routes: s.routes,
+            fleet: RwLock::default(),
+            registry: s.registry,
+            kafka: s.kafka,
+            drain_rate: s.drain_rate.max(1),
+            drain_requested: Notify::new(),
+            scale: s.scale,
+            held: Mutex::new(None),
+            republish: s.republish,
+            node_topic: NodeTopic::default(),
+        }
+    }
+
     pub fn links(&self) -> i64 {
         self.metrics.iter().map(|m| m.links.load(Relaxed)).sum()
     }
-}
 
-/// Serves the admin API until SIGTERM/SIGINT, then stops the node: no new links, every link
-/// closed with 1001, exit as soon as none is left (or at the timeout).
-pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_timeout: Duration) {
-    tokio::spawn(admin::serve(node.clone(), admin));
-    wait_for_signal().await;
-    info!("shutting down: closing links");
-    node.draining.store(true, Relaxed);
-    for core in &node.cores {
-        // Shutdown must get through even to a flooded inbox.
-        let mut msg = CoreMsg::Shutdown;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while let Err(back) = core.send(msg) {
-            if Instant::now() > deadline {
-                warn!("a core's inbox stayed full; it will be stopped at exit");
-                break;
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        if self.republish {
+            *self.held.lock().expect("held lock") = Some(Vec::new());
+        }
+        self.admission.close();
+        self.draining.store(true, Relaxed);
+    }
+
+    /// Keeps reports for republishing while draining; returns those to report now.
+    pub fn hold_for_republish(&self, reports: Vec<Undelivered>) -> Vec<Undelivered> {
+        match self.held.lock().expect("held lock").as_mut() {
+            Some(held) => {
+                held.extend(reports);
+                Vec::new()
             }
-            msg = back;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            None => reports,
         }
     }
-    let deadline = Instant::now() + shutdown_timeout;
-    while node.links() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+
+    /// Puts held pushes back on the push topic (one per user and device); returns how many.
+    pub async fn republish_held(&self) -> u64 {
+        let held = self
+            .held
+            .lock()
+            .expect("held lock")
+            .take()
+            .unwrap_or_default();
+        let Some(kafka) = &self.kafka else {
+            return 0;
+        };
+        let mut n = 0;
+        for u in held {
+            if kafka.republish(&u).await {
+                n += 1;
+                self.counters.pushes_republished.inc();
+            } else {
+                kafka.report(u).await;
+            }
+        }
+        n
     }
-    let left = node.links();
-    if left > 0 {
-        warn!(
-            links = left,
-            "shutdown timeout: exiting with links still open"
-        );
-    } else {
-        info!("all links closed");
+
+    /// The node-topic consumer registers itself, polls `keep_consuming` and says when done.
+    pub fn node_topic_started(&self) {
+        self.node_topic.running.store(true, Relaxed);
     }
+
+    pub fn node_topic_keep_consuming(&self) -> bool {
+        !self.node_topic.stop.load(Relaxed)
+    }
+
+    pub fn node_topic_finished(&self) {
+        self.node_topic.done.notify_one();
+    }
+
+    pub async fn finish_node_topic(&self) {
+        if !self.node_topic.running.load(Relaxed) {
+            return;
+        }
+        let done = self.node_topic.done.notified();
+        self.node_topic.stop.store(true, Relaxed);
+        if tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .is_err()
+        {
+            warn!("the node-topic consumer did not stop in 5 s");
+        }
+    }
+}
+
+/// Serves the admin API until SIGTERM/SIGINT or `POST /admin/drain`, then drains the node and
+/// returns once it is empty (or at the timeout).
+pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_timeout: Duration) {
+    tokio::spawn(admin::serve(node.clone(), admin));
+    tokio::select! {
+        _ = wait_for_signal() => info!("signal: draining"),
+        _ = node.drain_requested.notified() => info!("drain requested"),
+    }
+    crate::cluster::drain::drain(node, shutdown_timeout).await;
 }
 
 async fn wait_for_signal() {

@@ -74,6 +74,11 @@ impl RedisIdem {
         })
     }
 
+    /// The connection, shared with the location registry.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub async fn claim(&self, reqs: &[UpstreamRequest]) -> Result<Vec<Claim>, Error> {
         let claims: Vec<(String, Vec<u8>)> = reqs
             .iter()

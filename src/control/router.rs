@@ -1,9 +1,6 @@
 //! Sends pushes, kicks and redirects to the cores that own the users.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
-
-use bytes::Bytes;
 
 use super::NodeState;
 use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect};
@@ -20,21 +17,13 @@ pub struct Routed {
     pub rejected: Vec<String>,
 }
 
-/// Splits the receivers by owner core and queues one job per core, so each core encodes the
-/// body once for all its receivers.
-pub fn push(
-    node: &NodeState,
-    biz_id: u64,
-    user_ids: Vec<String>,
-    device_id: Option<String>,
-    key: &str,
-    body: &Bytes,
-) -> Routed {
-    let accepted_at = Instant::now();
+/// Splits `push`'s receivers by owner core and queues one job per core, so each core encodes
+/// the body once for all its receivers.
+pub fn push(node: &NodeState, mut push: PushJob) -> Routed {
     let mut by_core: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for u in user_ids {
+    for u in std::mem::take(&mut push.user_ids) {
         by_core
-            .entry(owner_core(biz_id, &u, node.cores.len()))
+            .entry(owner_core(push.biz_id, &u, node.cores.len()))
             .or_default()
             .push(u);
     }
@@ -45,12 +34,12 @@ pub fn push(
     for (core, users) in by_core {
         let n = users.len();
         let job = PushJob {
-            biz_id,
             user_ids: users,
-            device_id: device_id.clone(),
-            key: key.to_owned(),
-            body: body.clone(),
-            accepted_at,
+            device_id: push.device_id.clone(),
+            key: push.key.clone(),
+            body: push.body.clone(),
+            unsettled: push.unsettled.clone(),
+            ..push
         };
         match node.cores[core].send(CoreMsg::Push(Box::new(job))) {
             Ok(()) => routed.accepted += n,
@@ -93,6 +82,7 @@ pub fn redirect(
             node.cores[core]
                 .send(CoreMsg::Redirect(Box::new(Redirect {
                     target: Some(t),
+                    limit: None,
                     nodes,
                     retry_after_ms,
                 })))
@@ -101,6 +91,7 @@ pub fn redirect(
         None => node.cores.iter().all(|c| {
             c.send(CoreMsg::Redirect(Box::new(Redirect {
                 target: None,
+                limit: None,
                 nodes: nodes.clone(),
                 retry_after_ms,
             })))

@@ -1,8 +1,10 @@
 //! Where each biz's upstream messages go: the per-biz route map (`--route BIZ=TARGET`, the
-//! default from `--backend`).
+//! default from `--backend`), overridden live by routes watched in etcd.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::{info, warn};
 
 use super::grpc_backend::GrpcBackend;
 
@@ -92,9 +94,8 @@ impl Routes {
     pub fn build(
         default: &Target,
         by_biz: &[(u64, Target)],
-        mut grpc: impl FnMut(&str) -> Result<GrpcBackend, String>,
+        mut grpc: impl FnMut(&str) -> Result<Arc<GrpcBackend>, String>,
     ) -> Result<(Routes, LocalBizs), String> {
-        let mut clients: HashMap<String, Arc<GrpcBackend>> = HashMap::new();
         let mut resolve = |t: &Target| -> Result<Route, String> {
             Ok(match t {
                 Target::Loopback => Route::Loopback,
@@ -102,14 +103,7 @@ impl Routes {
                     topic: topic.clone(),
                     batched: *batched,
                 },
-                Target::Grpc(url) => match clients.get(url) {
-                    Some(c) => Route::Grpc(c.clone()),
-                    None => {
-                        let c = Arc::new(grpc(url)?);
-                        clients.insert(url.clone(), c.clone());
-                        Route::Grpc(c)
-                    }
-                },
+                Target::Grpc(url) => Route::Grpc(grpc(url)?),
             })
         };
         let routes = Routes {
@@ -137,6 +131,99 @@ impl Routes {
         std::iter::once(&self.default)
             .chain(self.by_biz.values())
             .any(|r| matches!(r, Route::Kafka { .. }))
+    }
+}
+
+type GrpcFactory = Box<dyn Fn(&str) -> Result<GrpcBackend, String> + Send + Sync>;
+
+/// The route map in force: the flags' routes with etcd's on top, swapped whole on each change.
+/// gRPC clients are kept by URL across swaps, so a reroute keeps their connections and breakers.
+pub struct LiveRoutes {
+    default: Target,
+    flags: Vec<(u64, Target)>,
+    kafka_ok: bool,
+    etcd: Mutex<Vec<(u64, Target)>>,
+    current: RwLock<Arc<Routes>>,
+    clients: Mutex<HashMap<String, Arc<GrpcBackend>>>,
+    make_grpc: GrpcFactory,
+}
+
+impl LiveRoutes {
+    /// Builds the flags' map; also returns which bizs the cores may answer themselves.
+    pub fn new(
+        default: Target,
+        flags: Vec<(u64, Target)>,
+        kafka_ok: bool,
+        make_grpc: GrpcFactory,
+    ) -> Result<(LiveRoutes, LocalBizs), String> {
+        let live = LiveRoutes {
+            default,
+            flags,
+            kafka_ok,
+            etcd: Mutex::default(),
+            current: RwLock::new(Arc::new(Routes {
+                default: Route::Loopback,
+                by_biz: HashMap::new(),
+            })),
+            clients: Mutex::default(),
+            make_grpc,
+        };
+        let (routes, local) = live.build(&live.flags)?;
+        if routes.uses_kafka() && !kafka_ok {
+            return Err("a kafka: route needs --kafka".into());
+        }
+        *live.current.write().expect("routes lock") = Arc::new(routes);
+        Ok((live, local))
+    }
+
+    pub fn get(&self) -> Arc<Routes> {
+        self.current.read().expect("routes lock").clone()
+    }
+
+    pub fn etcd_routes(&self) -> Vec<(u64, Target)> {
+        self.etcd.lock().expect("routes lock").clone()
+    }
+
+    /// Replaces etcd's routes; a map that cannot be built (a kafka route without --kafka, a bad
+    /// URL) is refused whole and the old one stays.
+    pub fn apply_etcd(&self, mut routes: Vec<(u64, Target)>) {
+        routes.sort_by_key(|(b, _)| *b);
+        let mut etcd = self.etcd.lock().expect("routes lock");
+        if *etcd == routes {
+            return;
+        }
+        let mut merged: Vec<(u64, Target)> = self
+            .flags
+            .iter()
+            .filter(|(b, _)| !routes.iter().any(|(r, _)| r == b))
+            .cloned()
+            .collect();
+        merged.extend(routes.iter().cloned());
+        match self.build(&merged) {
+            Ok((r, _)) if r.uses_kafka() && !self.kafka_ok => {
+                warn!(
+                    "etcd routes name a kafka: target but this node has no --kafka; kept the old map"
+                );
+            }
+            Ok((r, _)) => {
+                info!(routes = routes.len(), "applied the route map from etcd");
+                *self.current.write().expect("routes lock") = Arc::new(r);
+                *etcd = routes;
+            }
+            Err(e) => warn!(error = %e, "bad route map in etcd; kept the old map"),
+        }
+    }
+
+    fn build(&self, by_biz: &[(u64, Target)]) -> Result<(Routes, LocalBizs), String> {
+        let mut clients = self.clients.lock().expect("routes lock");
+        Routes::build(&self.default, by_biz, |url| {
+            if let Some(c) = clients.get(url) {
+                return Ok(c.clone());
+            }
+            let c = Arc::new((self.make_grpc)(url)?);
+            clients.insert(url.to_owned(), c.clone());
+            Ok(c)
+        })
     }
 }
 
@@ -188,5 +275,33 @@ mod tests {
                 && matches!(routes.get(1), Route::Loopback)
         );
         assert!(routes.uses_kafka());
+    }
+
+    #[test]
+    fn etcd_routes_override_the_flags_live_and_bad_maps_are_refused() {
+        let kafka = |t: &str| Target::Kafka {
+            topic: t.into(),
+            batched: false,
+        };
+        let no_grpc: GrpcFactory = Box::new(|_| unreachable!("no grpc routes"));
+        let (live, _) =
+            LiveRoutes::new(Target::Loopback, vec![(7, kafka("up7"))], true, no_grpc).unwrap();
+        assert!(matches!(live.get().get(7), Route::Kafka { .. }));
+        live.apply_etcd(vec![(9, kafka("up9")), (7, Target::Loopback)]);
+        assert!(matches!(live.get().get(7), Route::Loopback));
+        assert!(matches!(live.get().get(9), Route::Kafka { .. }));
+        assert_eq!(live.etcd_routes().len(), 2);
+        live.apply_etcd(vec![]);
+        assert!(matches!(live.get().get(7), Route::Kafka { .. }));
+        assert!(matches!(live.get().get(9), Route::Loopback));
+
+        let no_grpc: GrpcFactory = Box::new(|_| unreachable!("no grpc routes"));
+        let (plain, _) = LiveRoutes::new(Target::Loopback, vec![], false, no_grpc).unwrap();
+        plain.apply_etcd(vec![(3, kafka("up3"))]);
+        assert!(
+            matches!(plain.get().get(3), Route::Loopback),
+            "no --kafka: refused"
+        );
+        assert!(plain.etcd_routes().is_empty());
     }
 }

@@ -10,8 +10,9 @@ use tracing::{error, warn};
 use super::NodeState;
 use super::kafka::KafkaOut;
 use super::redis_idem::RedisIdem;
-use super::routes::{Route, Routes};
+use super::routes::{LiveRoutes, Route};
 use crate::auth::Identity;
+use crate::cluster::location::Locations;
 use crate::core::inbox::CoreMsg;
 use crate::core::shard::{Undelivered, UpstreamRequest};
 use crate::link::idem::IdemUpdate;
@@ -43,8 +44,10 @@ pub enum ServiceCall {
 #[derive(Clone)]
 pub struct Remote {
     pub redis: Option<Arc<RedisIdem>>,
-    pub routes: Arc<Routes>,
+    pub routes: Arc<LiveRoutes>,
     pub kafka: Option<Arc<KafkaOut>>,
+    /// The location registry, in a cluster.
+    pub locations: Option<Arc<Locations>>,
 }
 
 /// Serves the cores' calls until every sender is gone. Each batch runs as its own task, so a
@@ -87,13 +90,18 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                 });
             }
             ServiceCall::Presence { events, at_ms } => {
-                let kafka = remote
-                    .kafka
-                    .clone()
-                    .expect("presence is recorded only with --kafka");
-                tokio::spawn(async move { kafka.presence(events, at_ms).await });
+                if let Some(loc) = &remote.locations {
+                    loc.record(events.clone());
+                }
+                if let Some(kafka) = remote.kafka.clone() {
+                    tokio::spawn(async move { kafka.presence(events, at_ms).await });
+                }
             }
             ServiceCall::Undelivered(reports) => {
+                let reports = node.hold_for_republish(reports);
+                if reports.is_empty() {
+                    continue;
+                }
                 let kafka = remote
                     .kafka
                     .clone()
@@ -113,7 +121,8 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                 tokio::spawn(async move {
                     node.counters.backend_calls.inc();
                     node.counters.backend_messages.add(batch.len() as u64);
-                    let results = match remote.routes.get(batch[0].who.biz_id) {
+                    let routes = remote.routes.get();
+                    let results = match routes.get(batch[0].who.biz_id) {
                         Route::Loopback => vec![Ok(Bytes::new()); batch.len()],
                         Route::Grpc(backend) => backend.call(&batch).await,
                         Route::Kafka { topic, batched } => {

@@ -16,8 +16,10 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::auth::Identity;
+use crate::cluster::admission::Ticket;
 use crate::core::shard::{BackendError, UpstreamRequest};
 use crate::link::idem::Claim;
+use crate::link::push::Unsettled;
 use crate::proto::Node;
 use crate::protocol::handshake::Upgrade;
 
@@ -43,6 +45,7 @@ pub struct Handoff {
     pub upgrade: Upgrade,
     /// Bytes the client sent after its request head: already WebSocket frames.
     pub leftover: Vec<u8>,
+    pub ticket: Ticket,
 }
 
 pub struct Kick {
@@ -55,6 +58,9 @@ pub struct Kick {
 pub struct Redirect {
     /// (biz, user, device); `None` redirects every link of the core.
     pub target: Option<(u64, String, Option<String>)>,
+    /// With no target: at most this many links (a paced drain or rebalance batch).
+    pub limit: Option<usize>,
+    /// Empty: close with 1001 and a retry hint instead.
     pub nodes: Vec<Node>,
     pub retry_after_ms: u32,
 }
@@ -66,6 +72,10 @@ pub struct PushJob {
     pub device_id: Option<String>,
     pub key: String,
     pub body: Bytes,
+    /// Report users with no link here undelivered (false in broadcast routing).
+    pub report_offline: bool,
+    /// Held until the push is settled on this core (see `EncodedPush`).
+    pub unsettled: Option<Arc<Unsettled>>,
     pub accepted_at: Instant,
 }
 
@@ -156,6 +166,8 @@ mod tests {
             device_id: None,
             key: "k".into(),
             body: Bytes::new(),
+            report_offline: true,
+            unsettled: None,
             accepted_at: Instant::now(),
         }))
     }

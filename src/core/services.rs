@@ -186,6 +186,7 @@ impl Services {
                         &user,
                         Some(&req.who.device_id),
                         &push,
+                        true,
                         now,
                         now,
                     );

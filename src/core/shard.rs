@@ -508,13 +508,16 @@ impl Shard {
     }
 
     /// Delivers a push to every matching open link of each user. Users with no matching link are
-    /// reported undelivered (offline).
+    /// reported undelivered (offline) when `report_offline`; in broadcast routing another node
+    /// may hold them, so they are only counted.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         biz_id: u64,
         user_ids: &[String],
         device_id: Option<&str>,
         push: &Rc<EncodedPush>,
+        report_offline: bool,
         accepted_at: Instant,
         now: Instant,
     ) {
@@ -525,7 +528,11 @@ impl Shard {
                 device_id,
             });
             if conns.is_empty() {
-                self.report(biz_id, user, device_id, push, UndeliveredReason::Offline);
+                if report_offline {
+                    self.report(biz_id, user, device_id, push, UndeliveredReason::Offline);
+                } else {
+                    self.metrics.pushes_not_here.inc();
+                }
                 continue;
             }
             for conn in conns {
@@ -719,23 +726,40 @@ impl Shard {
         conns.len()
     }
 
-    /// Tells the matching links (or all, with no user) to reconnect elsewhere.
+    /// Tells the matching links (or, with no user, up to `limit` of all) to reconnect
+    /// elsewhere. With no node to offer, the links are closed with 1001 and the retry hint in
+    /// the close reason: a REDIRECT with nowhere to go would only confuse clients.
     pub fn redirect(
         &mut self,
         t: Option<&Target<'_>>,
+        limit: Option<usize>,
         nodes: &[Node],
         retry_after_ms: u32,
         now: Instant,
     ) -> usize {
-        let conns = match t {
+        let conns: Vec<ConnId> = match t {
             Some(t) => self.matching(t),
             None => self
                 .links
                 .iter()
                 .filter(|(_, l)| l.is_open())
                 .map(|(c, _)| *c)
+                .take(limit.unwrap_or(usize::MAX))
                 .collect(),
         };
+        if nodes.is_empty() {
+            let reason = format!("going away; retry in {retry_after_ms} ms");
+            for c in &conns {
+                self.close_link(
+                    *c,
+                    close_code::GOING_AWAY,
+                    &reason,
+                    CloseReason::Shutdown,
+                    now,
+                );
+            }
+            return conns.len();
+        }
         for c in &conns {
             let link = self.links.get_mut(c).expect("matched link exists");
             let frame = Frame {

@@ -196,8 +196,15 @@ impl Harness {
 
     fn push(&mut self, user: &str, device: Option<&str>, key: &str, ms: u64) {
         let p = EncodedPush::new(key, Bytes::from_static(b"hello"));
-        self.shard
-            .push(1, &[user.to_owned()], device, &p, self.at(ms), self.at(ms));
+        self.shard.push(
+            1,
+            &[user.to_owned()],
+            device,
+            &p,
+            true,
+            self.at(ms),
+            self.at(ms),
+        );
     }
 
     fn answer_upstream(&mut self, ms: u64, result: Result<Bytes, BackendError>) -> UpstreamRequest {
@@ -607,7 +614,7 @@ fn kick_redirect_and_shutdown() {
     };
     assert_eq!(
         h.shard
-            .redirect(Some(&t), std::slice::from_ref(&node), 250, h.at(0)),
+            .redirect(Some(&t), None, std::slice::from_ref(&node), 250, h.at(0)),
         1
     );
     let out = h.drain(2);
@@ -616,6 +623,44 @@ fn kick_redirect_and_shutdown() {
     );
     h.shard.close_all("bye", h.at(0));
     assert_eq!(h.drain(3), vec![Out::Close(close_code::GOING_AWAY)]);
+}
+
+#[test]
+fn paced_redirect_moves_at_most_the_limit_and_no_target_means_going_away() {
+    let mut h = Harness::new();
+    for (conn, user) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+        h.open(conn, user, "phone", Codec::Json);
+    }
+    let node = Node {
+        id: "n2".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        h.shard
+            .redirect(None, Some(3), std::slice::from_ref(&node), 100, h.at(0)),
+        3
+    );
+    let redirected: Vec<u64> = (1..=4)
+        .filter(|c| h.drain(*c).last() == Some(&Out::Close(close_code::REDIRECTED)))
+        .collect();
+    assert_eq!(redirected.len(), 3);
+    // The one left gets no REDIRECT frame with an empty list: a close with a retry hint.
+    assert_eq!(h.shard.redirect(None, Some(3), &[], 700, h.at(0)), 1);
+    let last = (1..=4).find(|c| !redirected.contains(c)).unwrap();
+    assert_eq!(h.drain(last), vec![Out::Close(close_code::GOING_AWAY)]);
+    assert_eq!(h.shard.redirect(None, None, &[], 700, h.at(0)), 0);
+}
+
+#[test]
+fn broadcast_pushes_count_absent_users_without_reporting_them() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    let p = EncodedPush::new("k", Bytes::from_static(b"x"));
+    let users = ["alice".to_owned(), "zed".to_owned()];
+    h.shard.push(1, &users, None, &p, false, h.at(0), h.at(0));
+    assert!(h.shard.take_undelivered().is_empty());
+    assert_eq!(h.shard.metrics.pushes_not_here.get(), 1);
+    assert_eq!(h.frames(1)[0].cmd, Cmd::Downstream as i32);
 }
 
 #[test]

@@ -20,6 +20,7 @@ use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::services::{Backend, Services, StoreDownPolicy};
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
+use crate::cluster::admission::{Admission, Refusal, Ticket};
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
 use crate::link::ConnId;
@@ -49,6 +50,7 @@ pub struct WorkerSetup {
     /// Undelivered pushes also go to Kafka.
     pub report_to_kafka: bool,
     pub handshake_timeout: Duration,
+    pub admission: Arc<Admission>,
     pub peers: Vec<CoreHandle>,
     pub inbox: Inbox,
     pub metrics: Arc<CoreMetrics>,
@@ -70,6 +72,7 @@ struct Worker {
     allowed_origins: Arc<Vec<String>>,
     services: RefCell<Services>,
     handshake_timeout: Duration,
+    admission: Arc<Admission>,
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
@@ -105,6 +108,7 @@ pub async fn run(setup: WorkerSetup) {
             report_to_kafka: setup.report_to_kafka,
         }),
         handshake_timeout: setup.handshake_timeout,
+        admission: setup.admission,
         peers: setup.peers,
         metrics: setup.metrics,
         next_conn: Cell::new(1),
@@ -140,8 +144,14 @@ enum HandshakeEnd {
 }
 
 /// Reads and checks the upgrade request, then opens the link here or on its owner core.
+/// The admission ticket is taken first and travels with the socket for the link's whole life;
+/// a refused client still gets its request read, so the 503 reaches it instead of a reset.
 async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let ticket = match stream.peer_addr() {
+        Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
+        Err(_) => return,
+    };
     let read = async {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
@@ -179,14 +189,29 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
     {
         return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
     }
-    if !w.accepting.get() {
-        let r = Reject {
-            status: 503,
-            reason: "server shutting down",
-            retry_after_s: Some(5),
-        };
-        return reject(&w, stream, r).await;
-    }
+    let ticket = match ticket {
+        Ok(t) if w.accepting.get() => t,
+        Ok(_) | Err(Refusal::Closed) => {
+            let r = Reject {
+                status: 503,
+                reason: "server shutting down",
+                retry_after_s: Some(5),
+            };
+            return reject(&w, stream, r).await;
+        }
+        Err(Refusal::Full { retry_after_s }) => {
+            let r = Reject {
+                status: 503,
+                reason: "node at its admission limit",
+                retry_after_s: Some(retry_after_s),
+            };
+            return reject(&w, stream, r).await;
+        }
+        Err(Refusal::PerIp) => {
+            let r = Reject::new(429, "too many links from this address");
+            return reject(&w, stream, r).await;
+        }
+    };
     let who = match w.verifier.verify(up.token.as_deref()) {
         Ok(who) => who,
         Err(e) => {
@@ -201,7 +226,7 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
     let leftover = buf[up.head_len..].to_vec();
     let owner = owner_core(who.biz_id, &who.user_id, w.peers.len());
     if owner == w.index {
-        open_link(&w, stream, who, up, leftover);
+        open_link(&w, stream, who, up, leftover, ticket);
         return;
     }
     // The socket moves to its owner core as a plain fd; this core's stream object closes only
@@ -217,6 +242,7 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         who,
         upgrade: up,
         leftover,
+        ticket,
     }));
     match w.peers[owner].send(msg) {
         Ok(()) => w.metrics.handoffs.inc(),
@@ -243,6 +269,7 @@ fn open_link(
     who: crate::auth::Identity,
     up: handshake::Upgrade,
     mut leftover: Vec<u8>,
+    ticket: Ticket,
 ) {
     let conn = w.next_conn.get();
     w.next_conn.set(conn + 1);
@@ -255,11 +282,11 @@ fn open_link(
         }
     }
     w.after_events(now);
-    glommio::spawn_local(link_task(w.clone(), conn, stream)).detach();
+    glommio::spawn_local(link_task(w.clone(), conn, stream, ticket)).detach();
 }
 
-/// Owns one link's socket for its whole life.
-async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream) {
+/// Owns one link's socket (and its admission ticket) for its whole life.
+async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream, _ticket: Ticket) {
     let mut write_shut = false;
     poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
     w.shard.borrow_mut().closed(conn);
@@ -391,19 +418,21 @@ impl Worker {
                     who,
                     upgrade,
                     leftover,
+                    ticket,
                 } = *h;
                 // SAFETY: the fd is a connected TCP socket handed over whole by another core.
                 let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                open_link(self, stream, who, upgrade, leftover);
+                open_link(self, stream, who, upgrade, leftover, ticket);
             }
             CoreMsg::Push(job) => {
-                let push = EncodedPush::new(&job.key, job.body);
+                let push = EncodedPush::tracked(&job.key, job.body, job.unsettled);
                 let device = job.device_id.as_deref();
                 self.shard.borrow_mut().push(
                     job.biz_id,
                     &job.user_ids,
                     device,
                     &push,
+                    job.report_offline,
                     job.accepted_at,
                     now,
                 );
@@ -422,9 +451,13 @@ impl Worker {
                     user_id: u,
                     device_id: d.as_deref(),
                 });
-                self.shard
-                    .borrow_mut()
-                    .redirect(t.as_ref(), &r.nodes, r.retry_after_ms, now);
+                self.shard.borrow_mut().redirect(
+                    t.as_ref(),
+                    r.limit,
+                    &r.nodes,
+                    r.retry_after_ms,
+                    now,
+                );
             }
             CoreMsg::Answered(answers) => {
                 let mut shard = self.shard.borrow_mut();

@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -14,20 +15,34 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use crate::proto::{Cmd, Frame};
 use crate::protocol::{Codec, json, ws};
 
+/// Held by every copy of a push that is not settled yet. A push is settled once every device it
+/// was sent to acked it or it was reported undelivered; then the last copy drops and the
+/// source, which keeps only a `Weak`, may commit its offset. A crash before that leaves the
+/// offset uncommitted, so the push is read again rather than lost.
+pub struct Unsettled;
+
 pub struct EncodedPush {
     pub key: Rc<str>,
     body: Bytes,
     proto: OnceCell<Box<[u8]>>,
     json: OnceCell<Box<[u8]>>,
+    /// Released when the last link holding this push acks it or reports it.
+    _unsettled: Option<Arc<Unsettled>>,
 }
 
 impl EncodedPush {
     pub fn new(key: &str, body: Bytes) -> Rc<Self> {
+        Self::tracked(key, body, None)
+    }
+
+    /// A push whose settlement the source waits for.
+    pub fn tracked(key: &str, body: Bytes, unsettled: Option<Arc<Unsettled>>) -> Rc<Self> {
         Rc::new(EncodedPush {
             key: key.into(),
             body,
             proto: OnceCell::new(),
             json: OnceCell::new(),
+            _unsettled: unsettled,
         })
     }
 

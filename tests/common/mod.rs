@@ -40,6 +40,36 @@ pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+pub fn token(user: &str, device: &str) -> String {
+    let who = Identity {
+        biz_id: 1,
+        user_id: user.into(),
+        device_id: device.into(),
+    };
+    mint_hs256(SECRET.as_bytes(), &who, 3600)
+}
+
+/// Connects to any node as `user`/`device` and reads CONNECTED; Err(status) if the upgrade was
+/// refused, Err(0) if the node could not be reached.
+pub fn connect_at(
+    addr: SocketAddr,
+    user: &str,
+    device: &str,
+    codec: Codec,
+) -> Result<(Client, Frame), u16> {
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {}", token(user, device))).unwrap(),
+    );
+    h.insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(codec.subprotocol()),
+    );
+    Client::open(addr, req, codec)
+}
+
 impl Gateway {
     /// Starts a two-core gateway with the test secret plus `extra` flags, and waits until it
     /// answers /healthz and accepts TCP on its client port.
@@ -91,16 +121,15 @@ impl Gateway {
     }
 
     pub fn token(&self, user: &str, device: &str) -> String {
-        let who = Identity {
-            biz_id: 1,
-            user_id: user.into(),
-            device_id: device.into(),
-        };
-        mint_hs256(SECRET.as_bytes(), &who, 3600)
+        token(user, device)
     }
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.ws)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Connects as `user`/`device` and reads CONNECTED.
@@ -117,17 +146,7 @@ impl Gateway {
         device: &str,
         codec: Codec,
     ) -> Result<(Client, Frame), u16> {
-        let mut req = self.url().into_client_request().unwrap();
-        let h = req.headers_mut();
-        h.insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {}", self.token(user, device))).unwrap(),
-        );
-        h.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(codec.subprotocol()),
-        );
-        Client::open(self.ws, req, codec)
+        connect_at(self.ws, user, device, codec)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -236,7 +255,7 @@ impl Client {
         req: tungstenite::handshake::client::Request,
         codec: Codec,
     ) -> Result<(Client, Frame), u16> {
-        let stream = TcpStream::connect(addr).unwrap();
+        let stream = TcpStream::connect(addr).map_err(|_| 0u16)?;
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -245,7 +264,7 @@ impl Client {
             Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
                 return Err(resp.status().as_u16());
             }
-            Err(e) => panic!("handshake failed: {e}"),
+            Err(_) => return Err(0),
         };
         let mut c = Client {
             ws,
@@ -254,7 +273,8 @@ impl Client {
         };
         match c.recv() {
             Got::Frame(f) => Ok((c, f)),
-            other => panic!("expected CONNECTED, got {other:?}"),
+            // The node went away between the upgrade and CONNECTED.
+            _ => Err(0),
         }
     }
 
@@ -554,5 +574,91 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real etcd on free loopback ports, with its data in a fresh folder.
+pub struct Etcd {
+    child: Option<Child>,
+    pub port: u16,
+    peer_port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            port: free_port().port(),
+            peer_port: free_port().port(),
+            dir: std::env::temp_dir().join(format!(
+                "ringway-etcd-{}-{}",
+                std::process::id(),
+                free_port().port()
+            )),
+        };
+        e.restart(true);
+        e
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts etcd on the same ports; `wipe` starts it with no data (every lease gone).
+    pub fn restart(&mut self, wipe: bool) {
+        self.stop();
+        if wipe {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "test",
+                "--data-dir",
+                self.dir.to_str().unwrap(),
+                "--listen-client-urls",
+                &self.url(),
+                "--advertise-client-urls",
+                &self.url(),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("test={peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (scripts/services.sh install)");
+        self.child = Some(child);
+        let health = format!("{}/health", self.url());
+        wait_until("etcd health", Duration::from_secs(20), || {
+            ureq::get(&health)
+                .call()
+                .map(|mut r| {
+                    r.body_mut()
+                        .read_to_string()
+                        .unwrap_or_default()
+                        .contains("true")
+                })
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,210 @@
+//! Which node delivers a push.
+//!
+//! - `Local` (one node): hand the push to this node's cores; users with no link are reported.
+//! - `Located`: the push topic is shared by the fleet's consumer group, so each push is read by
+//!   one node. It looks the receivers up in the location registry, hands its own users to its
+//!   cores, forwards the others to the holding node's own topic, and reports users with no live
+//!   location undelivered. Cost: a Redis round trip per push and a second Kafka hop for users
+//!   held elsewhere; every push is read once.
+//! - `Broadcast`: every node reads every push (a consumer group per node) and delivers to the
+//!   links it holds. No lookups, but each node reads the whole stream; fine for small fleets.
+//!   Users held nowhere are reported by one node only (the lowest live id), which checks the
+//!   location registry first; without Redis they are counted, not reported.
+//!
+//! The caller commits the push's offset only once it is settled: forwarded with the broker's
+//! confirmation, reported, and acked or reported by every core it was handed to (`Unsettled`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use super::location::Locations;
+use crate::FastMap;
+use crate::control::kafka::KafkaOut;
+use crate::control::{NodeState, router};
+use crate::core::inbox::PushJob;
+use crate::core::shard::Undelivered;
+use crate::link::push::Unsettled;
+use crate::metrics::UndeliveredReason;
+use crate::proto::PushMessage;
+
+pub enum Mode {
+    Local,
+    Located(Arc<Locations>),
+    Broadcast(Option<Arc<Locations>>),
+}
+
+pub struct PushRouter {
+    pub node: Arc<NodeState>,
+    pub kafka: Arc<KafkaOut>,
+    pub mode: Mode,
+}
+
+impl PushRouter {
+    pub async fn route(&self, mut push: PushMessage, unsettled: &Arc<Unsettled>) {
+        let mut users = std::mem::take(&mut push.user_ids);
+        if !push.user_id.is_empty() {
+            users.push(std::mem::take(&mut push.user_id));
+        }
+        match &self.mode {
+            Mode::Local => hand_off(&self.node, &push, users, true, unsettled).await,
+            Mode::Located(loc) => self.located(loc, push, users, unsettled).await,
+            Mode::Broadcast(loc) => {
+                hand_off(&self.node, &push, users.clone(), false, unsettled).await;
+                if let Some(loc) = loc
+                    && self.is_reporter()
+                {
+                    let held = self.lookup(loc, &push, &users).await;
+                    let nowhere = users.into_iter().zip(held).filter(|(_, n)| n.is_empty());
+                    for (user, _) in nowhere {
+                        self.unroutable(&push, user, UndeliveredReason::Offline)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn located(
+        &self,
+        loc: &Locations,
+        push: PushMessage,
+        users: Vec<String>,
+        unsettled: &Arc<Unsettled>,
+    ) {
+        let held = self.lookup(loc, &push, &users).await;
+        let me = self.node.node_id.as_str();
+        let mut here = Vec::new();
+        let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (user, nodes) in users.into_iter().zip(held) {
+            if nodes.is_empty() {
+                self.unroutable(&push, user, UndeliveredReason::Offline)
+                    .await;
+                continue;
+            }
+            for n in nodes {
+                if n == me {
+                    here.push(user.clone());
+                } else {
+                    elsewhere.entry(n).or_default().push(user.clone());
+                }
+            }
+        }
+        if !here.is_empty() {
+            hand_off(&self.node, &push, here, true, unsettled).await;
+        }
+        for (node_id, users) in elsewhere {
+            let fwd = PushMessage {
+                user_ids: users,
+                ..push.clone()
+            };
+            if self
+                .kafka
+                .forward(&self.kafka.node_topic(&node_id), &fwd)
+                .await
+            {
+                self.node.counters.pushes_forwarded.inc();
+            } else {
+                self.node.counters.forward_errors.inc();
+                for user in fwd.user_ids {
+                    self.unroutable(&push, user, UndeliveredReason::Overloaded)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The live nodes holding each user's matching devices. Redis errors are waited out: the
+    /// push's offset is not stored meanwhile, so nothing is skipped.
+    async fn lookup(
+        &self,
+        loc: &Locations,
+        push: &PushMessage,
+        users: &[String],
+    ) -> Vec<Vec<String>> {
+        let found = loop {
+            match loc.lookup(push.biz_id, users).await {
+                Ok(f) => break f,
+                Err(e) => {
+                    self.node.counters.location_errors.inc();
+                    warn!(error = %e, "location lookup failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let fleet = self.node.fleet.read().expect("fleet lock");
+        let me = self.node.node_id.as_str();
+        found
+            .into_iter()
+            .map(|devices: FastMap<String, String>| {
+                let mut nodes: Vec<String> = devices
+                    .into_iter()
+                    .filter(|(d, _)| push.device_id.is_empty() || *d == push.device_id)
+                    .map(|(_, n)| n)
+                    .filter(|n| n == me || fleet.is_live(n))
+                    .collect();
+                nodes.sort();
+                nodes.dedup();
+                nodes
+            })
+            .collect()
+    }
+
+    /// The lowest live id reports broadcast pushes that reached nobody.
+    fn is_reporter(&self) -> bool {
+        let fleet = self.node.fleet.read().expect("fleet lock");
+        fleet
+            .nodes
+            .keys()
+            .next()
+            .is_none_or(|first| *first == self.node.node_id)
+    }
+
+    async fn unroutable(&self, push: &PushMessage, user: String, reason: UndeliveredReason) {
+        self.node.counters.pushes_unroutable.inc();
+        let report = Undelivered {
+            biz_id: push.biz_id,
+            user_id: user,
+            device_id: (!push.device_id.is_empty()).then(|| push.device_id.clone()),
+            key: push.key.clone(),
+            body: push.body.clone(),
+            reason,
+        };
+        if self.kafka.report(report).await {
+            self.node.counters.kafka_reports.inc();
+        } else {
+            self.node.counters.kafka_report_errors.inc();
+        }
+    }
+}
+
+/// Gives the push to its receivers' owner cores, waiting while a core's inbox is full.
+pub async fn hand_off(
+    node: &NodeState,
+    push: &PushMessage,
+    mut users: Vec<String>,
+    report_offline: bool,
+    unsettled: &Arc<Unsettled>,
+) {
+    let accepted_at = Instant::now();
+    let mut wait = Duration::from_millis(1);
+    while !users.is_empty() {
+        let job = PushJob {
+            biz_id: push.biz_id,
+            user_ids: users,
+            device_id: (!push.device_id.is_empty()).then(|| push.device_id.clone()),
+            key: push.key.clone(),
+            body: push.body.clone(),
+            report_offline,
+            unsettled: Some(unsettled.clone()),
+            accepted_at,
+        };
+        users = router::push(node, job).rejected;
+        if !users.is_empty() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+    }
+}
