@@ -387,7 +387,6 @@ async fn start_consumers(
         } else {
             cfg.group.clone()
         },
-        from_latest: false,
     };
     spawn_consumer(node, &cfg.brokers, push_sub, router.clone(), |n| {
         !n.is_draining()
@@ -402,7 +401,6 @@ async fn start_consumers(
         let sub = Subscription {
             topic: node_topic,
             group: format!("{}.node.{}", cfg.group, node.node_id),
-            from_latest: false,
         };
         let (n, brokers) = (node.clone(), cfg.brokers.clone());
         tokio::spawn(async move {
@@ -427,17 +425,18 @@ async fn start_consumers(
         });
     }
     if let (true, Some(topic)) = (clustered, scale_topic) {
-        // A group per process start, from the latest event: a restarted node must not act on
-        // scale-ups it slept through.
+        // A group per process start, reading from the start but acting only on events newer
+        // than the process: a restarted node must not act on scale-ups it slept through, and
+        // one published while this consumer was still joining must not be missed.
         let sub = Subscription {
             topic,
             group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),
-            from_latest: true,
         };
         let (n, brokers) = (node.clone(), cfg.brokers.clone());
         tokio::spawn(async move {
             let handle = |bytes: Vec<u8>, _| {
                 match serde_json::from_slice::<ScaleEvent>(&bytes) {
+                    Ok(ev) if ev.at_ms < started_ms => {}
                     Ok(ev) => {
                         tokio::spawn(on_scale_event(n.clone(), ev));
                     }

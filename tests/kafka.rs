@@ -8,63 +8,12 @@ use common::{Broker, Gateway, wait_until};
 use prost::Message as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use ringway::proto::{Cmd, PresenceEvent, PushMessage, UndeliveredPush};
+use ringway::proto::{Cmd, PresenceEvent, UndeliveredPush};
 use ringway::protocol::Codec;
 
 const PUSH: &str = "ringway.push";
 const UNDELIVERED: &str = "ringway.undelivered";
-
-fn produce(broker: &Broker, payload: &[u8]) {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .create()
-        .unwrap();
-    p.send(BaseRecord::<(), [u8]>::to(PUSH).payload(payload))
-        .map_err(|(e, _)| e)
-        .unwrap();
-    p.flush(Duration::from_secs(10)).unwrap();
-}
-
-fn push(user: &str, key: &str, body: &[u8]) -> Vec<u8> {
-    PushMessage {
-        biz_id: 1,
-        user_id: user.into(),
-        key: key.into(),
-        body: body.to_vec().into(),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-/// Reads `n` records (key, payload) from the start of `topic`.
-fn read(broker: &Broker, topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", format!("reader-{topic}"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    reader.subscribe(&[topic]).unwrap();
-    let mut got = Vec::new();
-    wait_until(
-        &format!("{n} records on {topic}"),
-        Duration::from_secs(45),
-        || {
-            if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
-                got.push((
-                    m.key().unwrap_or_default().to_vec(),
-                    m.payload().unwrap_or_default().to_vec(),
-                ));
-            }
-            got.len() >= n
-        },
-    );
-    got
-}
 
 /// The next offset the gateway's group will read from the push topic (committed), if any.
 fn committed(broker: &Broker) -> Option<i64> {
@@ -87,7 +36,7 @@ fn a_kafka_push_is_committed_only_once_the_client_acked_it() {
     let broker = Broker::start(&[PUSH, UNDELIVERED]);
     let mut gw = Gateway::start(&["--kafka", &broker.addr()]);
     let mut c = gw.connect("alice", "phone", Codec::Proto);
-    produce(&broker, &push("alice", "k1", b"from kafka"));
+    broker.produce(PUSH, &common::push("alice", "k1", b"from kafka"));
     c.set_timeout(Duration::from_secs(30)); // the consumer group may still be joining
     let f = c.frame();
     assert_eq!(
@@ -110,7 +59,7 @@ fn a_kafka_push_is_committed_only_once_the_client_acked_it() {
     let gw = Gateway::start(&["--kafka", &broker.addr()]);
     let mut c = gw.connect("alice", "phone", Codec::Proto);
     c.set_timeout(Duration::from_secs(30));
-    produce(&broker, &push("alice", "k2", b"second"));
+    broker.produce(PUSH, &common::push("alice", "k2", b"second"));
     assert_eq!(c.frame().key, "k2");
     c.send(&common::frame(Cmd::DownstreamAck, "k2", b""));
     wait_until("offset 2 committed", Duration::from_secs(15), || {
@@ -123,10 +72,10 @@ fn a_kafka_push_is_committed_only_once_the_client_acked_it() {
 fn offline_pushes_are_reported_with_their_body_and_garbage_is_skipped() {
     let broker = Broker::start(&[PUSH, UNDELIVERED]);
     let gw = Gateway::start(&["--kafka", &broker.addr(), "--node-id", "gw-k"]);
-    produce(&broker, b"\xff\xff not a push");
-    produce(&broker, &push("nobody", "lost-1", b"keep me"));
+    broker.produce(PUSH, b"\xff\xff not a push");
+    broker.produce(PUSH, &common::push("nobody", "lost-1", b"keep me"));
 
-    let (_, payload) = read(&broker, UNDELIVERED, 1).remove(0);
+    let (_, payload) = broker.read(UNDELIVERED, 1).remove(0);
     let r = UndeliveredPush::decode(&payload[..]).unwrap();
     assert_eq!(
         (r.biz_id, r.user_id.as_str(), r.key.as_str()),
@@ -164,7 +113,7 @@ fn upstream_routed_to_kafka_is_acked_after_the_broker_has_it() {
     let ack = c.frame();
     assert_eq!((ack.cmd, ack.key.as_str()), (Cmd::UpstreamAck as i32, "u1"));
 
-    let (key, payload) = read(&broker, UP, 1).remove(0);
+    let (key, payload) = broker.read(UP, 1).remove(0);
     assert_eq!(key, b"1:alice", "keyed by user for per-user order");
     let r = ringway::backend_proto::OnReceiveRequest::decode(&payload[..]).unwrap();
     assert_eq!(
@@ -187,7 +136,8 @@ fn devices_going_online_and_offline_are_published() {
     wait_until("link gone", Duration::from_secs(10), || {
         gw.metric("ringway_links") == 0.0
     });
-    let events: Vec<PresenceEvent> = read(&broker, PRESENCE, 2)
+    let events: Vec<PresenceEvent> = broker
+        .read(PRESENCE, 2)
         .into_iter()
         .map(|(_, p)| PresenceEvent::decode(&p[..]).unwrap())
         .collect();

@@ -54,7 +54,6 @@ async fn adopt(router: Arc<PushRouter>, brokers: String, group: String, gone: St
     let sub = Subscription {
         topic: router.kafka.node_topic(&gone),
         group: format!("{group}.node.{gone}"),
-        from_latest: false,
     };
     info!(node = %gone, topic = %sub.topic, "a node left the fleet: routing what is left in its topic");
     let t0 = Instant::now();

@@ -23,6 +23,8 @@ use crate::control::NodeState;
 pub struct ScaleEvent {
     pub total_nodes: u64,
     pub new_nodes: Vec<String>,
+    /// When it was published (ms since the epoch): a node ignores events older than itself.
+    pub at_ms: u64,
 }
 
 /// How scale-ups are run.
@@ -140,6 +142,9 @@ pub async fn on_alert(
     let ev = ScaleEvent {
         total_nodes: total.max(new_nodes.len() as u64 + 1),
         new_nodes,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     };
     let answer = serde_json::json!({ "acted": true, "total_nodes": ev.total_nodes, "new_nodes": ev.new_nodes });
     match (&node.kafka, &node.scale.topic) {

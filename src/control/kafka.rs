@@ -287,11 +287,10 @@ pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), Strin
     Ok(())
 }
 
-/// One consumer: which topic, in which group, from where when the group has no offset.
+/// One consumer: which topic, in which group (read from the start when the group is new).
 pub struct Subscription {
     pub topic: String,
     pub group: String,
-    pub from_latest: bool,
 }
 
 /// Consumes `sub` while `keep_going` holds, calling `handle` for each record in order with a
@@ -312,14 +311,7 @@ pub async fn consume<F: Future<Output = ()>>(
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "200")
-        .set(
-            "auto.offset.reset",
-            if sub.from_latest {
-                "latest"
-            } else {
-                "earliest"
-            },
-        )
+        .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "30000")

@@ -4,9 +4,15 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use ringway::auth::{Identity, mint_hs256};
 use ringway::proto::{Cmd, Frame};
 use ringway::protocol::Codec;
@@ -24,7 +30,7 @@ pub struct Gateway {
     http: ureq::Agent,
 }
 
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -68,6 +74,20 @@ pub fn connect_at(
         HeaderValue::from_static(codec.subprotocol()),
     );
     Client::open(addr, req, codec)
+}
+
+/// One series of a node's /metrics, if the node answers and has it.
+pub fn metric_at(admin: SocketAddr, series: &str) -> Option<f64> {
+    let mut r = ureq::get(format!("http://{admin}/metrics")).call().ok()?;
+    let text = r.body_mut().read_to_string().ok()?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Gateway {
@@ -160,12 +180,24 @@ impl Gateway {
     }
 
     pub fn post(&self, path: &str, json: serde_json::Value) -> (u16, serde_json::Value) {
-        let mut r = self
+        self.post_as(None, path, json)
+    }
+
+    /// POSTs with `Authorization: Bearer <token>` when a token is given.
+    pub fn post_as(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        json: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
             .http
             .post(format!("http://{}{path}", self.admin))
-            .header("Content-Type", "application/json")
-            .send(json.to_string())
-            .expect("admin request");
+            .header("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut r = req.send(json.to_string()).expect("admin request");
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().unwrap_or_default();
         (
@@ -187,16 +219,7 @@ impl Gateway {
 
     /// A metric's value, e.g. `ringway_undelivered_total{reason="offline"}`.
     pub fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .unwrap_or_else(|| panic!("no metric {series}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_at(self.admin, series).unwrap_or_else(|| panic!("no metric {series}"))
     }
 
     pub fn wait_metric(&self, series: &str, want: f64) {
@@ -568,6 +591,99 @@ impl Broker {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    pub fn produce(&self, topic: &str, payload: &[u8]) {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .create()
+            .unwrap();
+        p.send(BaseRecord::<(), [u8]>::to(topic).payload(payload))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    fn reader(&self, topic: &str) -> BaseConsumer {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .set("group.id", format!("reader-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        reader.subscribe(&[topic]).unwrap();
+        reader
+    }
+
+    /// Reads `n` records (key, payload) from the start of `topic`.
+    pub fn read(&self, topic: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let reader = self.reader(topic);
+        let mut got = Vec::new();
+        wait_until(
+            &format!("{n} records on {topic}"),
+            Duration::from_secs(45),
+            || {
+                if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+                    got.push((
+                        m.key().unwrap_or_default().to_vec(),
+                        m.payload().unwrap_or_default().to_vec(),
+                    ));
+                }
+                got.len() >= n
+            },
+        );
+        got
+    }
+
+    /// Reads `topic` from its start in the background until the collector is dropped.
+    pub fn collect(&self, topic: &str) -> Collector {
+        let reader = self.reader(topic);
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (records.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Relaxed) {
+                if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+                    r.lock()
+                        .unwrap()
+                        .push(m.payload().unwrap_or_default().to_vec());
+                }
+            }
+        });
+        Collector {
+            records,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Records read so far from a topic.
+pub struct Collector {
+    pub records: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A PushMessage for one user of biz 1, encoded.
+pub fn push(user: &str, key: &str, body: &[u8]) -> Vec<u8> {
+    ringway::proto::PushMessage {
+        biz_id: 1,
+        user_id: user.into(),
+        key: key.into(),
+        body: body.to_vec().into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 impl Drop for Broker {

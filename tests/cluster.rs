@@ -1,0 +1,544 @@
+//! A fleet of gateway nodes on loopback with real etcd, Redis and a Kafka-protocol broker
+//! (Tansu): cross-node routing, drain and SIGKILL under steady push traffic (audited push by
+//! push), etcd restarts, live routes, and rebalance after a scale-up command.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{
+    Broker, Collector, Etcd, Gateway, Got, Redis, connect_at, free_port, metric_at, push,
+    wait_until,
+};
+use prost::Message as _;
+use ringway::proto::{Cmd, PushMessage, UndeliveredPush};
+use ringway::protocol::Codec;
+
+const PUSH: &str = "ringway.push";
+const UNDELIVERED: &str = "ringway.undelivered";
+const ADMIN: &str = "fleet-admin-token";
+
+/// Nodes are named gw-a, gw-b, ...: gw-a is the lowest id while it lives.
+fn node_id(i: usize) -> String {
+    format!("gw-{}", (b'a' + i as u8) as char)
+}
+
+struct Fleet {
+    // Dropped first: the nodes stop before the services they use.
+    nodes: Vec<Option<Gateway>>,
+    undelivered: Collector,
+    broker: Broker,
+    redis: Redis,
+    etcd: Etcd,
+}
+
+impl Fleet {
+    fn start(n: usize, extra: &[&str]) -> Fleet {
+        let mut f = Fleet::services();
+        for i in 0..n {
+            f.add_node(i, extra);
+        }
+        f.wait_fleet(n);
+        f
+    }
+
+    /// etcd, Redis and the broker, with no node yet.
+    fn services() -> Fleet {
+        let etcd = Etcd::start();
+        let redis = Redis::start();
+        let broker = Broker::start(&[PUSH, UNDELIVERED]);
+        let undelivered = broker.collect(UNDELIVERED);
+        Fleet {
+            nodes: Vec::new(),
+            undelivered,
+            broker,
+            redis,
+            etcd,
+        }
+    }
+
+    fn add_node(&mut self, i: usize, extra: &[&str]) {
+        let mut args = self.node_args(i);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes.push(Some(Gateway::start(&args)));
+    }
+
+    fn node_args(&self, i: usize) -> Vec<String> {
+        [
+            "--node-id",
+            &node_id(i),
+            "--etcd",
+            &self.etcd.url(),
+            "--redis",
+            &self.redis.url(),
+            "--kafka",
+            &self.broker.addr(),
+            "--etcd-lease-ttl-s",
+            "2",
+            "--load-report-ms",
+            "200",
+            "--admin-token",
+            ADMIN,
+            "--shutdown-timeout-ms",
+            "20000",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn node(&self, i: usize) -> &Gateway {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn wait_fleet(&self, n: usize) {
+        for gw in self.nodes.iter().flatten() {
+            gw.wait_metric("ringway_fleet_nodes", n as f64);
+        }
+    }
+
+    fn located(&self, user: &str) -> bool {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.redis.port.to_string(),
+                "EXISTS",
+                &format!("loc:1:{user}"),
+            ])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    }
+
+    fn reports(&self) -> Vec<UndeliveredPush> {
+        self.undelivered
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| UndeliveredPush::decode(&p[..]).unwrap())
+            .collect()
+    }
+
+    /// A PUT or DELETE through etcd's JSON gateway.
+    fn etcd_put(&self, key: &str, value: Option<&str>) {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let (path, body) = match value {
+            Some(v) => (
+                "put",
+                serde_json::json!({ "key": b64(key), "value": b64(v) }),
+            ),
+            None => ("deleterange", serde_json::json!({ "key": b64(key) })),
+        };
+        ureq::post(format!("{}/v3/kv/{path}", self.etcd.url()))
+            .send(body.to_string())
+            .expect("etcd json gateway");
+    }
+
+    fn etcd_count(&self, prefix: &str) -> u64 {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let end = format!(
+            "{}{}",
+            &prefix[..prefix.len() - 1],
+            (prefix.as_bytes()[prefix.len() - 1] + 1) as char
+        );
+        let body =
+            serde_json::json!({ "key": b64(prefix), "range_end": b64(&end), "count_only": true });
+        let Ok(mut r) =
+            ureq::post(format!("{}/v3/kv/range", self.etcd.url())).send(body.to_string())
+        else {
+            return 0;
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        v["count"]
+            .as_str()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// What the audited clients saw.
+#[derive(Default)]
+struct Seen {
+    /// Push key → times received.
+    received: Mutex<BTreeMap<String, u32>>,
+    redirects: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A device that acks every push, follows REDIRECT, and reconnects to another node when its
+/// link drops, as the JS client does.
+fn audited_client(
+    user: String,
+    first: SocketAddr,
+    others: Vec<SocketAddr>,
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut addr = first;
+        let mut next = 0;
+        while !stop.load(Relaxed) {
+            let Ok((mut c, _)) = connect_at(addr, &user, "phone", Codec::Proto) else {
+                addr = others[next % others.len()];
+                next += 1;
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            c.set_timeout(Duration::from_millis(100));
+            loop {
+                if stop.load(Relaxed) {
+                    return;
+                }
+                match c.recv() {
+                    Got::Frame(f) if f.cmd == Cmd::Downstream as i32 => {
+                        *seen
+                            .received
+                            .lock()
+                            .unwrap()
+                            .entry(f.key.clone())
+                            .or_default() += 1;
+                        let ack = common::frame(Cmd::DownstreamAck, &f.key, b"");
+                        let _ = c.ws.send(tungstenite::Message::binary(ack.encode_to_vec()));
+                    }
+                    Got::Frame(f) if f.cmd == Cmd::Redirect as i32 => {
+                        seen.redirects.fetch_add(1, Relaxed);
+                        let to = &f.nodes[0];
+                        addr = format!("{}:{}", to.ip, to.port).parse().unwrap();
+                        std::thread::sleep(Duration::from_millis(f.retry_after_ms.into()));
+                        break;
+                    }
+                    Got::Frame(_) | Got::Quiet => {}
+                    Got::Closed(_) => {
+                        addr = others[next % others.len()];
+                        next += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
+            seen.reconnects.fetch_add(1, Relaxed);
+        }
+    })
+}
+
+struct Audit {
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<JoinHandle<()>>,
+}
+
+impl Audit {
+    fn start(users: &[String], first: SocketAddr, others: Vec<SocketAddr>) -> Audit {
+        let seen = Arc::new(Seen::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = users
+            .iter()
+            .map(|u| audited_client(u.clone(), first, others.clone(), seen.clone(), stop.clone()))
+            .collect();
+        Audit {
+            seen,
+            stop,
+            clients,
+        }
+    }
+
+    fn received(&self, key: &str) -> bool {
+        self.seen.received.lock().unwrap().contains_key(key)
+    }
+
+    /// Waits until every key was received or reported undelivered; prints and returns the
+    /// counts (delivered, reported, duplicates).
+    fn settle(&self, fleet: &Fleet, keys: &[String], limit: Duration) -> (usize, usize, u32) {
+        let missing = || {
+            let got = self.seen.received.lock().unwrap();
+            let reported: BTreeSet<String> = fleet.reports().into_iter().map(|r| r.key).collect();
+            keys.iter()
+                .filter(|k| !got.contains_key(*k) && !reported.contains(*k))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let deadline = Instant::now() + limit;
+        while !missing().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "pushes neither delivered nor reported: {:?}",
+                missing()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let got = self.seen.received.lock().unwrap();
+        let delivered = keys.iter().filter(|k| got.contains_key(*k)).count();
+        let reports = fleet.reports();
+        let reported = keys
+            .iter()
+            .filter(|k| !got.contains_key(*k) && reports.iter().any(|r| &r.key == *k))
+            .count();
+        let duplicates: u32 = got.values().map(|n| n - 1).sum();
+        let reasons: BTreeMap<String, usize> = reports
+            .iter()
+            .filter(|r| keys.contains(&r.key))
+            .fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r.reason.clone()).or_default() += 1;
+                m
+            });
+        println!(
+            "audit: sent {}, delivered {delivered}, reported undelivered {reported} {reasons:?}, duplicates {duplicates}, redirects {}, reconnects {}",
+            keys.len(),
+            self.seen.redirects.load(Relaxed),
+            self.seen.reconnects.load(Relaxed),
+        );
+        assert_eq!(delivered + reported, keys.len());
+        (delivered, reported, duplicates)
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        for c in self.clients.drain(..) {
+            let _ = c.join();
+        }
+    }
+}
+
+/// Produces `n` pushes round-robin over `users`, one every `every`, calling `at(i)` before each.
+fn steady_pushes(
+    broker: &Broker,
+    users: &[String],
+    n: usize,
+    every: Duration,
+    mut at: impl FnMut(usize),
+) -> Vec<String> {
+    let keys: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        at(i);
+        broker.produce(PUSH, &push(&users[i % users.len()], key, b"steady"));
+        std::thread::sleep(every);
+    }
+    keys
+}
+
+#[test]
+fn a_push_read_by_one_node_reaches_users_on_the_others() {
+    let f = Fleet::start(3, &[]);
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| f.node(i).connect(&format!("u{i}"), "phone", Codec::Proto))
+        .collect();
+    wait_until("locations written", Duration::from_secs(10), || {
+        (0..3).all(|i| f.located(&format!("u{i}")))
+    });
+    for i in 0..3 {
+        f.broker
+            .produce(PUSH, &push(&format!("u{i}"), &format!("k{i}"), b"one"));
+    }
+    let group = PushMessage {
+        biz_id: 1,
+        user_ids: (0..3).map(|i| format!("u{i}")).collect(),
+        key: "group".into(),
+        body: b"all".to_vec().into(),
+        ..Default::default()
+    };
+    f.broker.produce(PUSH, &group.encode_to_vec());
+    f.broker.produce(PUSH, &push("nobody", "lost", b"offline"));
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_timeout(Duration::from_secs(45)); // consumer groups join slowly on Tansu
+        let mut keys = BTreeSet::new();
+        while keys.len() < 2 {
+            let d = c.frame();
+            assert_eq!(d.cmd, Cmd::Downstream as i32);
+            c.send(&common::frame(Cmd::DownstreamAck, &d.key, b""));
+            keys.insert(d.key);
+        }
+        assert_eq!(keys, BTreeSet::from([format!("k{i}"), "group".to_string()]));
+    }
+    wait_until("the offline push reported", Duration::from_secs(20), || {
+        f.reports()
+            .iter()
+            .any(|r| r.key == "lost" && r.user_id == "nobody" && r.reason == "offline")
+    });
+    // One node read each push; two of three users are elsewhere, for k* and for the group.
+    let forwarded: f64 = (0..3)
+        .map(|i| f.node(i).metric("ringway_pushes_forwarded_total"))
+        .sum();
+    println!("forwarded {forwarded}");
+    assert!(forwarded >= 4.0, "forwarded {forwarded}");
+}
+
+#[test]
+fn draining_a_node_under_push_traffic_loses_nothing() {
+    let mut f = Fleet::start(3, &["--drain-rate", "10"]);
+    let users: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+    let (a, b, c) = (f.node(0).ws, f.node(1).ws, f.node(2).ws);
+    let audit = Audit::start(&users, b, vec![a, c]);
+    f.node(1).wait_metric("ringway_links", 20.0);
+    wait_until("locations written", Duration::from_secs(10), || {
+        users.iter().all(|u| f.located(u))
+    });
+    f.broker.produce(PUSH, &push("d0", "warm", b"up"));
+    wait_until("consumers joined", Duration::from_secs(60), || {
+        audit.received("warm")
+    });
+
+    let keys = steady_pushes(&f.broker, &users, 300, Duration::from_millis(10), |i| {
+        if i == 60 {
+            let (status, _) = f
+                .node(1)
+                .post_as(Some(ADMIN), "/admin/drain", serde_json::json!({}));
+            assert_eq!(status, 202);
+        }
+    });
+    let mut drained = f.nodes[1].take().unwrap();
+    assert!(drained.wait_exit(Duration::from_secs(30)).success());
+    let (delivered, _, _) = audit.settle(&f, &keys, Duration::from_secs(90));
+    assert!(delivered > 0);
+    assert!(
+        audit.seen.redirects.load(Relaxed) >= 20,
+        "every link was redirected"
+    );
+    // The drained node's users now live on the others.
+    assert_eq!(
+        f.node(0).metric("ringway_links") + f.node(2).metric("ringway_links"),
+        20.0
+    );
+}
+
+#[test]
+fn a_killed_node_s_pushes_are_delivered_after_reconnect_or_reported() {
+    let f = Fleet::start(3, &[]);
+    let users: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let (a, b, c) = (f.node(0).ws, f.node(1).ws, f.node(2).ws);
+    let audit = Audit::start(&users, b, vec![a, c]);
+    f.node(1).wait_metric("ringway_links", 10.0);
+    wait_until("locations written", Duration::from_secs(10), || {
+        users.iter().all(|u| f.located(u))
+    });
+    f.broker.produce(PUSH, &push("k0", "warm", b"up"));
+    wait_until("consumers joined", Duration::from_secs(60), || {
+        audit.received("warm")
+    });
+
+    let killed = f.nodes[1].as_ref().unwrap();
+    let keys = steady_pushes(&f.broker, &users, 200, Duration::from_millis(10), |i| {
+        if i == 60 {
+            killed.signal(libc::SIGKILL);
+        }
+    });
+    let (delivered, _, _) = audit.settle(&f, &keys, Duration::from_secs(120));
+    assert!(delivered > 0);
+    assert!(audit.seen.reconnects.load(Relaxed) >= 10);
+    assert_eq!(f.node(0).metric("ringway_fleet_nodes"), 2.0);
+}
+
+#[test]
+fn nodes_register_again_after_etcd_loses_everything_and_routes_apply_live() {
+    const UP: &str = "ringway.up1";
+    let mut f = Fleet::start(2, &[]);
+    assert_eq!(f.etcd_count("/ringway/nodes/"), 2);
+    f.broker.produce(UP, b"create"); // the route's topic must exist
+    // A route written to etcd takes over biz 1's upstream at once.
+    f.etcd_put("/ringway/routes/1", Some(&format!("kafka:{UP}")));
+    let mut c = f.node(0).connect("r1", "phone", Codec::Proto);
+    c.set_timeout(Duration::from_secs(15));
+    let up = f.broker.collect(UP);
+    let mut probe = 0;
+    wait_until("route applied", Duration::from_secs(20), || {
+        probe += 1;
+        c.send(&common::frame(
+            Cmd::Upstream,
+            &format!("x{probe}"),
+            b"probe",
+        ));
+        let ack = c.frame();
+        assert_eq!(ack.cmd, Cmd::UpstreamAck as i32);
+        std::thread::sleep(Duration::from_millis(100));
+        up.records.lock().unwrap().len() > 1
+    });
+
+    f.etcd.restart(true);
+    wait_until(
+        "both nodes registered again",
+        Duration::from_secs(30),
+        || f.etcd_count("/ringway/nodes/") == 2,
+    );
+    for i in 0..2 {
+        assert!(f.node(i).metric("ringway_etcd_registrations_total") >= 2.0);
+        f.node(i).wait_metric("ringway_fleet_nodes", 2.0);
+    }
+    // The route is gone with etcd's data: biz 1 is answered by the loopback backend again.
+    let before = up.records.lock().unwrap().len();
+    c.send(&common::frame(Cmd::Upstream, "after", b"local"));
+    assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(up.records.lock().unwrap().len(), before);
+}
+
+#[test]
+fn a_firing_alert_scales_up_and_moves_a_third_of_the_links() {
+    let mut f = Fleet::services();
+    // The scale-up command starts node gw-c, as a systemd template unit would on bare metal.
+    let (ws, admin) = (free_port(), free_port());
+    let pidfile = std::env::temp_dir().join(format!("ringway-scale-{}.pid", ws.port()));
+    let cmd = format!(
+        "{} serve --listen {ws} --admin-listen {admin} --jwt-secret {} --workers 2 \
+         --pin-cores false {} >/dev/null 2>&1 & echo $! > {}",
+        env!("CARGO_BIN_EXE_ringway"),
+        common::SECRET,
+        f.node_args(2).join(" "),
+        pidfile.display()
+    );
+    let _stop_c = KillOnDrop(pidfile);
+    f.add_node(0, &["--drain-rate", "50", "--scale-up-cmd", &cmd]);
+    f.add_node(1, &["--drain-rate", "50"]);
+    f.wait_fleet(2);
+    let users: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let audit = Audit::start(&users, f.node(0).ws, vec![f.node(1).ws]);
+    f.node(0).wait_metric("ringway_links", 12.0);
+
+    let a = f.node(0);
+    let resolved =
+        serde_json::json!({ "status": "resolved", "alerts": [{ "status": "resolved" }] });
+    let (status, body) = a.post_as(Some(ADMIN), "/admin/rebalance", resolved);
+    assert_eq!(
+        (status, body["acted"].as_bool()),
+        (202, Some(false)),
+        "{body}"
+    );
+    let (status, _) = a.post_as(None, "/admin/rebalance", serde_json::json!({}));
+    assert_eq!(status, 401);
+
+    let firing = serde_json::json!({
+        "status": "firing",
+        "alerts": [{ "status": "firing", "labels": { "alertname": "GatewayLoadHigh" } }]
+    });
+    let (status, body) = a.post_as(Some(ADMIN), "/admin/rebalance", firing);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["new_nodes"], serde_json::json!(["gw-c"]));
+    assert_eq!(body["total_nodes"], 3);
+    // gw-a keeps 12·(3−1)/3 = 8 and moves 4 to gw-c; gw-b had none to move.
+    wait_until("4 links on the new node", Duration::from_secs(60), || {
+        metric_at(admin, "ringway_links") == Some(4.0)
+    });
+    a.wait_metric("ringway_links", 8.0);
+    assert_eq!(f.node(1).metric("ringway_links"), 0.0);
+    assert!(audit.seen.redirects.load(Relaxed) >= 4);
+}
+
+/// Kills the process whose pid a shell command wrote to this file.
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
