@@ -43,6 +43,7 @@ build_deps() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler
 }
 
+# Services run under setsid, so they outlive the shell that started them.
 start() {
   install
   mkdir -p "$run_dir"
@@ -53,7 +54,7 @@ start() {
   fi
   echo "redis: redis://127.0.0.1:6379"
   if ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
-    "$(tansu_bin)" broker --listener-url tcp://127.0.0.1:9092 \
+    setsid "$(tansu_bin)" broker --listener-url tcp://127.0.0.1:9092 \
       --advertised-listener-url tcp://127.0.0.1:9092 >"$run_dir/tansu.log" 2>&1 &
     echo $! > "$run_dir/tansu.pid"
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
@@ -63,7 +64,7 @@ start() {
   fi
   echo "kafka: 127.0.0.1:9092 (topics ringway.push, ringway.undelivered)"
   if ! (exec 3<>/dev/tcp/127.0.0.1/2379) 2>/dev/null; then
-    etcd --data-dir "$run_dir/etcd" --listen-client-urls http://127.0.0.1:2379 \
+    setsid etcd --data-dir "$run_dir/etcd" --listen-client-urls http://127.0.0.1:2379 \
       --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
       >"$run_dir/etcd.log" 2>&1 &
     echo $! > "$run_dir/etcd.pid"
@@ -72,7 +73,7 @@ start() {
   echo "etcd: http://127.0.0.1:2379"
   if ! (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then
     cargo build -q --release --bin ringway-test-backend
-    target/release/ringway-test-backend --listen 127.0.0.1:50051 >"$run_dir/backend.log" 2>&1 &
+    setsid target/release/ringway-test-backend --listen 127.0.0.1:50051 >"$run_dir/backend.log" 2>&1 &
     echo $! > "$run_dir/backend.pid"
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && break; sleep 0.1; done
   fi

@@ -373,6 +373,30 @@ fn a_push_read_by_one_node_reaches_users_on_the_others() {
 }
 
 #[test]
+fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
+    let f = Fleet::start(2, &["--push-routing", "broadcast"]);
+    let mut on_b = f.node(1).connect("bee", "phone", Codec::Proto);
+    wait_until("location written", Duration::from_secs(10), || f.located("bee"));
+    f.broker.produce(PUSH, &push("bee", "b1", b"to all nodes"));
+    f.broker.produce(PUSH, &push("nobody", "b2", b"to no one"));
+    on_b.set_timeout(Duration::from_secs(45));
+    assert_eq!(on_b.frame().key, "b1");
+    on_b.send(&common::frame(Cmd::DownstreamAck, "b1", b""));
+    wait_until("the absent user reported", Duration::from_secs(30), || {
+        f.reports().iter().any(|r| r.key == "b2")
+    });
+    // Both nodes read both pushes; the one without bee only counted it.
+    for i in 0..2 {
+        f.node(i).wait_metric("ringway_kafka_pushes_total", 2.0);
+    }
+    f.node(0).wait_metric("ringway_pushes_not_here_total", 2.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let b2: Vec<_> = f.reports().into_iter().filter(|r| r.key == "b2").collect();
+    assert_eq!(b2.len(), 1, "reported by the lowest id only: {b2:?}");
+    assert_eq!(b2[0].node_id, "gw-a");
+}
+
+#[test]
 fn draining_a_node_under_push_traffic_loses_nothing() {
     let mut f = Fleet::start(3, &["--drain-rate", "10"]);
     let users: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();

@@ -403,6 +403,22 @@ fn sigterm_closes_links_with_1001_and_exits_promptly() {
 }
 
 #[test]
+fn admin_drain_needs_a_configured_token_and_then_drains_like_sigterm() {
+    let gw = Gateway::start(&[]);
+    let (status, body) = gw.post_as(Some("guess"), "/admin/drain", serde_json::json!({}));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(gw.get("/readyz").0, 200, "nothing changed");
+
+    let mut gw = Gateway::start(&["--admin-token", "op-token"]);
+    let mut a = gw.connect("alice", "phone", Codec::Json);
+    assert_eq!(gw.post_as(Some("wrong"), "/admin/drain", serde_json::json!({})).0, 401);
+    assert_eq!(gw.post_as(Some("op-token"), "/admin/drain", serde_json::json!({})).0, 202);
+    // A lone node has nowhere to send its links: 1001 with a retry hint, then exit.
+    assert_eq!(a.close_code(), Some(1001));
+    assert!(gw.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
 fn a_full_idempotency_store_forgets_early_and_says_so() {
     let gw = Gateway::start(&["--idem-max-entries", "4", "--link-rate", "0"]);
     let mut c = gw.connect("alice", "phone", Codec::Proto);
