@@ -103,6 +103,26 @@ impl Fleet {
         }
     }
 
+    /// Audited clients for `users`, connected to node `on` with the other nodes as fallbacks,
+    /// once they are located and a first push reached them (the consumer groups have joined).
+    fn audited_on(&self, on: usize, users: &[String]) -> Audit {
+        let others = (0..self.nodes.len())
+            .filter(|i| *i != on)
+            .map(|i| self.node(i).ws)
+            .collect();
+        let audit = Audit::start(users, self.node(on).ws, others);
+        self.node(on)
+            .wait_metric("ringway_links", users.len() as f64);
+        wait_until("locations written", Duration::from_secs(10), || {
+            users.iter().all(|u| self.located(u))
+        });
+        self.broker.produce(PUSH, &push(&users[0], "warm", b"up"));
+        wait_until("consumers joined", Duration::from_secs(60), || {
+            audit.received("warm")
+        });
+        audit
+    }
+
     fn located(&self, user: &str) -> bool {
         let out = std::process::Command::new("redis-cli")
             .args([
@@ -376,7 +396,9 @@ fn a_push_read_by_one_node_reaches_users_on_the_others() {
 fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
     let f = Fleet::start(2, &["--push-routing", "broadcast"]);
     let mut on_b = f.node(1).connect("bee", "phone", Codec::Proto);
-    wait_until("location written", Duration::from_secs(10), || f.located("bee"));
+    wait_until("location written", Duration::from_secs(10), || {
+        f.located("bee")
+    });
     f.broker.produce(PUSH, &push("bee", "b1", b"to all nodes"));
     f.broker.produce(PUSH, &push("nobody", "b2", b"to no one"));
     on_b.set_timeout(Duration::from_secs(45));
@@ -400,16 +422,7 @@ fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
 fn draining_a_node_under_push_traffic_loses_nothing() {
     let mut f = Fleet::start(3, &["--drain-rate", "10"]);
     let users: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
-    let (a, b, c) = (f.node(0).ws, f.node(1).ws, f.node(2).ws);
-    let audit = Audit::start(&users, b, vec![a, c]);
-    f.node(1).wait_metric("ringway_links", 20.0);
-    wait_until("locations written", Duration::from_secs(10), || {
-        users.iter().all(|u| f.located(u))
-    });
-    f.broker.produce(PUSH, &push("d0", "warm", b"up"));
-    wait_until("consumers joined", Duration::from_secs(60), || {
-        audit.received("warm")
-    });
+    let audit = f.audited_on(1, &users);
 
     let keys = steady_pushes(&f.broker, &users, 300, Duration::from_millis(10), |i| {
         if i == 60 {
@@ -438,16 +451,7 @@ fn draining_a_node_under_push_traffic_loses_nothing() {
 fn a_killed_node_s_pushes_are_delivered_after_reconnect_or_reported() {
     let f = Fleet::start(3, &[]);
     let users: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
-    let (a, b, c) = (f.node(0).ws, f.node(1).ws, f.node(2).ws);
-    let audit = Audit::start(&users, b, vec![a, c]);
-    f.node(1).wait_metric("ringway_links", 10.0);
-    wait_until("locations written", Duration::from_secs(10), || {
-        users.iter().all(|u| f.located(u))
-    });
-    f.broker.produce(PUSH, &push("k0", "warm", b"up"));
-    wait_until("consumers joined", Duration::from_secs(60), || {
-        audit.received("warm")
-    });
+    let audit = f.audited_on(1, &users);
 
     let killed = f.nodes[1].as_ref().unwrap();
     let keys = steady_pushes(&f.broker, &users, 200, Duration::from_millis(10), |i| {

@@ -411,8 +411,16 @@ fn admin_drain_needs_a_configured_token_and_then_drains_like_sigterm() {
 
     let mut gw = Gateway::start(&["--admin-token", "op-token"]);
     let mut a = gw.connect("alice", "phone", Codec::Json);
-    assert_eq!(gw.post_as(Some("wrong"), "/admin/drain", serde_json::json!({})).0, 401);
-    assert_eq!(gw.post_as(Some("op-token"), "/admin/drain", serde_json::json!({})).0, 202);
+    assert_eq!(
+        gw.post_as(Some("wrong"), "/admin/drain", serde_json::json!({}))
+            .0,
+        401
+    );
+    assert_eq!(
+        gw.post_as(Some("op-token"), "/admin/drain", serde_json::json!({}))
+            .0,
+        202
+    );
     // A lone node has nowhere to send its links: 1001 with a retry hint, then exit.
     assert_eq!(a.close_code(), Some(1001));
     assert!(gw.wait_exit(Duration::from_secs(5)).success());

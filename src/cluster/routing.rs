@@ -167,7 +167,7 @@ impl PushRouter {
         let report = Undelivered {
             biz_id: push.biz_id,
             user_id: user,
-            device_id: (!push.device_id.is_empty()).then(|| push.device_id.clone()),
+            device_id: device_of(push),
             key: push.key.clone(),
             body: push.body.clone(),
             reason,
@@ -178,6 +178,11 @@ impl PushRouter {
             self.node.counters.kafka_report_errors.inc();
         }
     }
+}
+
+/// The device a push names, if any (empty means every device).
+fn device_of(push: &PushMessage) -> Option<String> {
+    (!push.device_id.is_empty()).then(|| push.device_id.clone())
 }
 
 /// Gives the push to its receivers' owner cores, waiting while a core's inbox is full.
@@ -194,7 +199,7 @@ pub async fn hand_off(
         let job = PushJob {
             biz_id: push.biz_id,
             user_ids: users,
-            device_id: (!push.device_id.is_empty()).then(|| push.device_id.clone()),
+            device_id: device_of(push),
             key: push.key.clone(),
             body: push.body.clone(),
             report_offline,
