@@ -19,13 +19,13 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-use crate::Common;
+use crate::progress::Progress;
+use crate::{Common, Target};
 
 pub struct Link {
     pub ws: WebSocketStream<TcpStream>,
     pub codec: Codec,
-    /// A peer that echoes: its replies are our own UPSTREAM frames.
-    pub plain: bool,
+    pub target: Target,
 }
 
 /// Links opened at once at most, so a ramp does not flood the accept queue.
@@ -33,7 +33,10 @@ const IN_FLIGHT: usize = 256;
 
 /// Opens `common.links` links at `connect_rate`, spread over the source addresses. Also returns
 /// each link's connect time (TCP connect to CONNECTED) in microseconds.
-pub async fn open_all(common: &Common) -> Result<(Vec<Link>, Histogram<u64>), String> {
+pub async fn open_all(
+    common: &Common,
+    progress: &Arc<Progress>,
+) -> Result<(Vec<Link>, Histogram<u64>), String> {
     let server: SocketAddr = tokio::net::lookup_host(&common.server)
         .await
         .map_err(|e| format!("resolving {}: {e}", common.server))?
@@ -41,25 +44,36 @@ pub async fn open_all(common: &Common) -> Result<(Vec<Link>, Histogram<u64>), St
         .ok_or("server address resolves to nothing")?;
     let gap = Duration::from_secs_f64(1.0 / f64::from(common.connect_rate.max(1)));
     let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut tasks = Vec::with_capacity(common.links);
+    let mine = common.my_links();
+    let mut tasks = Vec::with_capacity(mine.len());
     let start = Instant::now();
-    for i in 0..common.links {
-        let due = start + gap.mul_f64(i as f64);
+    for (n, i) in mine.enumerate() {
+        let due = start + gap.mul_f64(n as f64);
         tokio::time::sleep_until(due.into()).await;
         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
         let source = common.sources[i % common.sources.len()];
+        let user = format!("{}{i}", common.user_prefix);
         let who = Identity {
             biz_id: common.biz,
-            user_id: format!("{}{i}", common.user_prefix),
+            user_id: user.clone(),
             device_id: "d".into(),
         };
-        let token = mint_hs256(common.jwt_secret.as_bytes(), &who, 3600);
-        let codec = common.codec;
-        let plain = common.target == "plain";
+        let how = How {
+            token: mint_hs256(common.jwt_secret.as_bytes(), &who, 3600),
+            user,
+            codec: common.codec,
+            target: common.target,
+            app_key: common.app_key.clone(),
+        };
+        let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let r = connect(server, source, &token, codec, plain).await;
+            let r = connect(server, source, how).await;
             drop(permit);
+            match &r {
+                Ok(_) => progress.links.fetch_add(1, Relaxed),
+                Err(_) => progress.errors.fetch_add(1, Relaxed),
+            };
             r.map(|l| (l, started.elapsed()))
         }));
     }
@@ -82,20 +96,24 @@ pub async fn open_all(common: &Common) -> Result<(Vec<Link>, Histogram<u64>), St
     if failed > 0 {
         return Err(format!(
             "{failed} of {} links failed; first: {}",
-            common.links,
+            links.len() + failed,
             first_error.unwrap_or_default()
         ));
     }
     Ok((links, times))
 }
 
-async fn connect(
-    server: SocketAddr,
-    source: IpAddr,
-    token: &str,
+/// Who a link logs in as and how it speaks.
+struct How {
+    token: String,
+    user: String,
     codec: Codec,
-    plain: bool,
-) -> Result<Link, String> {
+    target: Target,
+    app_key: String,
+}
+
+/// A TCP connection from `source` to `server`, without Nagle.
+pub async fn dial(server: SocketAddr, source: IpAddr) -> Result<TcpStream, String> {
     let socket = if server.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -110,19 +128,30 @@ async fn connect(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut req = format!("ws://{server}/ws")
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+async fn connect(server: SocketAddr, source: IpAddr, how: How) -> Result<Link, String> {
+    let stream = dial(server, source).await?;
+    let url = match how.target {
+        Target::Pusher => format!(
+            "ws://{server}/app/{}?protocol=7&client=ringway-load&version=1.0",
+            how.app_key
+        ),
+        _ => format!("ws://{server}/ws"),
+    };
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     let h = req.headers_mut();
     h.insert(
         "Authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?,
+        HeaderValue::from_str(&format!("Bearer {}", how.token)).map_err(|e| e.to_string())?,
     );
-    if !plain {
-        // A plain echo peer negotiates no subprotocol; offering one would fail its handshake.
+    if how.target == Target::Ringway {
+        // Echo and Pusher peers negotiate no subprotocol; offering one would fail their
+        // handshake.
         h.insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(codec.subprotocol()),
+            HeaderValue::from_static(how.codec.subprotocol()),
         );
     }
     // Small buffers: the load generator holds as many links as the server.
@@ -132,17 +161,57 @@ async fn connect(
     let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let mut link = Link { ws, codec, plain };
-    if plain {
-        return Ok(link);
-    }
-    match link.next_frame().await {
-        Some(f) if f.cmd == Cmd::Connected as i32 => Ok(link),
-        other => Err(format!("expected CONNECTED, got {other:?}")),
+    let mut link = Link {
+        ws,
+        codec: how.codec,
+        target: how.target,
+    };
+    match how.target {
+        Target::Plain | Target::Tcp => Ok(link),
+        Target::Pusher => {
+            link.pusher_subscribe(&how.user).await?;
+            Ok(link)
+        }
+        Target::Ringway => match link.next_frame().await {
+            Some(f) if f.cmd == Cmd::Connected as i32 => Ok(link),
+            other => Err(format!("expected CONNECTED, got {other:?}")),
+        },
     }
 }
 
 impl Link {
+    /// Waits for `pusher:connection_established`, subscribes to the user's channel and waits
+    /// for the confirmation.
+    async fn pusher_subscribe(&mut self, channel: &str) -> Result<(), String> {
+        self.pusher_event("pusher:connection_established").await?;
+        let sub = serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+        self.ws
+            .send(Message::Text(sub.to_string().into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.pusher_event("pusher_internal:subscription_succeeded")
+            .await
+            .map(drop)
+    }
+
+    async fn pusher_event(&mut self, name: &str) -> Result<serde_json::Value, String> {
+        match self.next_pusher_event().await {
+            Some(ev) if ev["event"] == name => Ok(ev),
+            other => Err(format!("expected {name}, got {other:?}")),
+        }
+    }
+
+    /// The next Pusher event (JSON text); `None` once the link is closed.
+    pub async fn next_pusher_event(&mut self) -> Option<serde_json::Value> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => return serde_json::from_str(&t).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
     pub fn message(&self, f: &Frame) -> Message {
         let mut out = Vec::with_capacity(64);
         self.codec.encode(f, &mut out);
@@ -174,9 +243,9 @@ pub struct EchoRun {
     pub pipeline: usize,
     pub prefix: String,
     pub hist: Arc<Mutex<Histogram<u64>>>,
-    pub acks: Arc<AtomicU64>,
     pub limited: Arc<AtomicU64>,
-    pub errors: Arc<AtomicU64>,
+    /// Acks go to `events`, failures to `errors`.
+    pub progress: Arc<Progress>,
 }
 
 impl EchoRun {
@@ -202,7 +271,7 @@ impl EchoRun {
                     ..Default::default()
                 };
                 if link.ws.send(link.message(&f)).await.is_err() {
-                    self.errors.fetch_add(1, Relaxed);
+                    self.progress.errors.fetch_add(1, Relaxed);
                     return;
                 }
                 sent_at.insert(key, Instant::now());
@@ -216,10 +285,10 @@ impl EchoRun {
             }
             let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), link.next_frame()).await
             else {
-                self.errors.fetch_add(1, Relaxed);
+                self.progress.errors.fetch_add(1, Relaxed);
                 break;
             };
-            let cmd = if link.plain && f.cmd == Cmd::Upstream as i32 {
+            let cmd = if link.target == Target::Plain && f.cmd == Cmd::Upstream as i32 {
                 Ok(Cmd::UpstreamAck)
             } else {
                 Cmd::try_from(f.cmd)
@@ -228,7 +297,7 @@ impl EchoRun {
                 Ok(Cmd::UpstreamAck) => {
                     if let Some(t) = sent_at.remove(&f.key) {
                         local.saturating_record(t.elapsed().as_micros() as u64);
-                        self.acks.fetch_add(1, Relaxed);
+                        self.progress.events.fetch_add(1, Relaxed);
                     }
                 }
                 Ok(Cmd::RateLimited) => {
@@ -246,7 +315,7 @@ impl EchoRun {
                     let _ = link.ws.send(link.message(&ack)).await;
                 }
                 _ => {
-                    self.errors.fetch_add(1, Relaxed);
+                    self.progress.errors.fetch_add(1, Relaxed);
                 }
             }
         }

@@ -1,13 +1,17 @@
-//! `ringway-load`: opens many real WebSocket links to a gateway and measures it.
+//! `ringway-load`: opens many real WebSocket links to a gateway (or a peer) and measures it.
 //!
-//! Scenarios: `idle` (memory per open link, read from the server's /proc entry) and `echo`
-//! (closed-loop UPSTREAM → UPSTREAM_ACK: throughput and latency percentiles). Links spread over
-//! several source addresses (127.0.0.x) so one process is not limited by one address's
-//! ephemeral ports.
+//! Scenarios: `idle` (memory per open link, read from the server's /proc entry), `echo`
+//! (closed-loop UPSTREAM → UPSTREAM_ACK: throughput and latency percentiles), `connect`
+//! (handshakes per second), `push` (fan-out through the push API). Links spread over several
+//! source addresses (127.0.0.x) so one process is not limited by one address's ephemeral ports,
+//! and over several processes (`--procs`) so none hits the per-process file limit.
 
 mod conn;
+mod procs;
+mod progress;
 mod push;
 mod report;
+mod tcp;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +22,8 @@ use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use ringway::protocol::Codec;
 use tokio::sync::Mutex;
+
+use progress::Progress;
 
 #[derive(Parser)]
 #[command(name = "ringway-load", about = "Load generator for ringway")]
@@ -65,13 +71,58 @@ pub struct Common {
     /// Prefix of user ids, so several load processes can share one gateway.
     #[arg(long, default_value = "load")]
     pub user_prefix: String,
-    /// `ringway`, or `plain` for a peer that only echoes WebSocket messages (no CONNECTED; the
-    /// echoed UPSTREAM itself counts as the acknowledgement).
-    #[arg(long, default_value = "ringway", value_parser = ["ringway", "plain"])]
-    pub target: String,
+    /// What the server is: `ringway`; `plain`, a WebSocket echo server (no CONNECTED; the
+    /// echoed UPSTREAM itself counts as the acknowledgement); `tcp`, a raw TCP echo server
+    /// (the physical reference: same bytes, no WebSocket); `pusher`, a Pusher-protocol server
+    /// such as sockudo (each link subscribes to its user's channel; pushes are HTTP events).
+    #[arg(long, value_enum, default_value_t = Target::Ringway)]
+    pub target: Target,
+    /// Pusher target: the app key (WebSocket path `/app/{key}`), id and secret (HTTP API).
+    #[arg(long, default_value = "bench-key")]
+    pub app_key: String,
+    #[arg(long, default_value = "bench-app")]
+    pub app_id: String,
+    #[arg(long, default_value = "bench-secret")]
+    pub app_secret: String,
     /// Write the summary as JSON to this file too.
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,
+    /// Write the latency distribution (percentile against latency) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    /// Processes to spread the links over (idle, connect and echo): each holds its share, so
+    /// together they pass the per-process file limit.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Set by the parent on its worker processes: which share of the links this one opens.
+    #[arg(long, hide = true)]
+    pub proc_index: Option<usize>,
+}
+
+impl Common {
+    /// The link indices this process opens.
+    pub fn my_links(&self) -> std::ops::Range<usize> {
+        match self.proc_index {
+            None => 0..self.links,
+            Some(k) => {
+                let n = self.procs.max(1);
+                self.links * k / n..self.links * (k + 1) / n
+            }
+        }
+    }
+
+    /// A parent of worker processes does no work of its own.
+    fn is_parent(&self) -> bool {
+        self.procs > 1 && self.proc_index.is_none()
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Ringway,
+    Plain,
+    Tcp,
+    Pusher,
 }
 
 fn parse_codec(s: &str) -> Result<Codec, String> {
@@ -148,9 +199,17 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
+        Scenario::Idle(a) if a.common.is_parent() => {
+            procs::idle(&a.common, a.server_pid, a.hold).await
+        }
         Scenario::Idle(a) => idle(a).await,
+        Scenario::Echo(a) if a.common.is_parent() => procs::merged(&a.common, a.server_pid).await,
         Scenario::Echo(a) => echo(a).await,
+        Scenario::Connect(c) if c.is_parent() => procs::merged(&c, None).await,
         Scenario::Connect(c) => connect(c).await,
+        Scenario::Push(a) if a.common.procs > 1 => {
+            Err("push runs in one process (its sender must see every link)".into())
+        }
         Scenario::Push(a) => push_run(a).await,
     };
     if let Err(e) = result {
@@ -160,52 +219,69 @@ async fn main() {
 }
 
 async fn idle(a: IdleArgs) -> Result<(), String> {
+    let progress = Progress::start("idle", a.common.my_links().len());
+    if a.common.proc_index.is_some() {
+        // A worker process: open, say so, hold until the parent closes our stdin.
+        let (links, _) = conn::open_all(&a.common, &progress).await?;
+        progress.finish();
+        println!("ready {}", links.len());
+        let _ = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())
+        })
+        .await;
+        drop(links);
+        return Ok(());
+    }
     let before = report::MemorySample::read(a.server_pid)?;
     let started = Instant::now();
-    let (links, _) = conn::open_all(&a.common).await?;
+    let (links, _) = conn::open_all(&a.common, &progress).await?;
     let opened_in = started.elapsed();
+    progress.finish();
     tokio::time::sleep(a.hold).await;
     let after = report::MemorySample::read(a.server_pid)?;
-    let n = links.len() as f64;
-    let summary = serde_json::json!({
-        "scenario": "idle",
-        "links": links.len(),
-        "open_seconds": opened_in.as_secs_f64(),
-        "server_rss_kib_before": before.rss_kib,
-        "server_rss_kib_after": after.rss_kib,
-        "server_rss_bytes_per_link": (after.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / n,
-        "kernel_slab_bytes_per_link": (after.slab_kib as f64 - before.slab_kib as f64) * 1024.0 / n,
-        "tcp_mem_pages_after": after.tcp_mem_pages,
-    });
-    report::print(&summary, a.common.json_out.as_deref())?;
+    let summary = report::idle_summary(links.len(), opened_in, &before, &after);
+    report::finish(summary, None, &a.common)?;
     drop(links);
     Ok(())
 }
 
 async fn connect(c: Common) -> Result<(), String> {
+    let progress = Progress::start("connect", c.my_links().len());
     let started = Instant::now();
-    let (links, times) = conn::open_all(&c).await?;
+    let (links, times) = conn::open_all(&c, &progress).await?;
     let secs = started.elapsed().as_secs_f64();
+    progress.finish();
     let summary = serde_json::json!({
         "scenario": "connect",
+        "target": format!("{:?}", c.target).to_lowercase(),
         "links": links.len(),
         "seconds": secs,
         "handshakes_per_second": links.len() as f64 / secs,
-        "connect_us": report::percentiles(&times),
+        "errors": progress.errors.load(Relaxed),
     });
-    report::print(&summary, c.json_out.as_deref())
+    report::finish(summary, Some(&times), &c)
 }
 
 async fn push_run(a: PushArgs) -> Result<(), String> {
-    let (links, _) = conn::open_all(&a.common).await?;
+    let progress = Progress::start("push", a.common.links);
+    let (links, _) = conn::open_all(&a.common, &progress).await?;
     let users: Vec<String> = (0..links.len())
         .map(|i| format!("{}{i}", a.common.user_prefix))
         .collect();
     let counts = Arc::new(push::Counts {
-        deliveries: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
+        progress: progress.clone(),
     });
+    let api = match a.common.target {
+        Target::Ringway => push::Api::Ringway { biz: a.common.biz },
+        Target::Pusher => push::Api::Pusher {
+            app_id: a.common.app_id.clone(),
+            key: a.common.app_key.clone(),
+            secret: a.common.app_secret.clone(),
+        },
+        t => return Err(format!("push needs --target ringway or pusher, not {t:?}")),
+    };
     let started = Instant::now();
     let sending_until = started + a.duration;
     // Links listen a little longer than pushes are sent, so the last ones are counted.
@@ -218,7 +294,7 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     let mut admin = push::Admin::connect(&a.admin).await?;
     let (accepted, refused) = push::send(
         &mut admin,
-        a.common.biz,
+        &api,
         &users,
         a.fanout,
         a.rate,
@@ -234,10 +310,12 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     for r in receivers {
         let _ = r.await;
     }
+    progress.finish();
     let h = counts.latency_us.lock().await;
-    let deliveries = counts.deliveries.load(Relaxed);
+    let deliveries = progress.events.load(Relaxed);
     let summary = serde_json::json!({
         "scenario": "push",
+        "target": format!("{:?}", a.common.target).to_lowercase(),
         "links": users.len(),
         "fanout": a.fanout,
         "pushes_accepted": accepted,
@@ -246,36 +324,49 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         "deliveries_expected": accepted * a.fanout.min(users.len()) as u64,
         "duplicates": counts.duplicates.load(Relaxed),
         "deliveries_per_second": deliveries as f64 / sent_secs,
-        "latency_us": report::percentiles(&h),
         "server_cores_busy": server_cores_busy,
     });
-    report::print(&summary, a.common.json_out.as_deref())
+    report::finish(summary, Some(&h), &a.common)
 }
 
 async fn echo(a: EchoArgs) -> Result<(), String> {
-    let (links, _) = conn::open_all(&a.common).await?;
+    let progress = Progress::start("echo", a.common.my_links().len());
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
     ));
-    let acks = Arc::new(AtomicU64::new(0));
     let limited = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + a.duration;
-    let body = vec![b'x'; a.size];
     let mut tasks = Vec::new();
-    for (i, link) in links.into_iter().enumerate() {
-        let run = conn::EchoRun {
-            deadline,
-            messages: a.messages,
-            body: body.clone(),
-            pipeline: a.pipeline.max(1),
-            prefix: format!("{i}-"),
-            hist: hist.clone(),
-            acks: acks.clone(),
-            limited: limited.clone(),
-            errors: errors.clone(),
-        };
-        tasks.push(tokio::spawn(run.drive(link)));
+    if a.common.target == Target::Tcp {
+        let links = tcp::open_all(&a.common, &progress).await?;
+        let deadline = Instant::now() + a.duration;
+        for s in links {
+            tasks.push(tokio::spawn(tcp::drive(
+                s,
+                a.size,
+                a.pipeline.max(1),
+                a.messages,
+                deadline,
+                hist.clone(),
+                progress.clone(),
+            )));
+        }
+    } else {
+        let (links, _) = conn::open_all(&a.common, &progress).await?;
+        let deadline = Instant::now() + a.duration;
+        let body = vec![b'x'; a.size];
+        for (i, link) in a.common.my_links().zip(links) {
+            let run = conn::EchoRun {
+                deadline,
+                messages: a.messages,
+                body: body.clone(),
+                pipeline: a.pipeline.max(1),
+                prefix: format!("{i}-"),
+                hist: hist.clone(),
+                limited: limited.clone(),
+                progress: progress.clone(),
+            };
+            tasks.push(tokio::spawn(run.drive(link)));
+        }
     }
     let started = Instant::now();
     let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
@@ -283,25 +374,26 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
         let _ = t.await;
     }
     let secs = started.elapsed().as_secs_f64();
+    progress.finish();
     let server_cores_busy = match (a.server_pid, cpu_before) {
         (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / secs),
         _ => None,
     };
     let h = hist.lock().await;
+    let acks = progress.events.load(Relaxed);
     let summary = serde_json::json!({
         "scenario": "echo",
-        "target": a.common.target,
-        "links": a.common.links,
+        "target": format!("{:?}", a.common.target).to_lowercase(),
+        "links": a.common.my_links().len(),
         "codec": format!("{:?}", a.common.codec),
         "body_bytes": a.size,
         "pipeline": a.pipeline,
         "seconds": secs,
-        "acks": acks.load(Relaxed),
-        "acks_per_second": acks.load(Relaxed) as f64 / secs,
+        "acks": acks,
+        "acks_per_second": acks as f64 / secs,
         "rate_limited": limited.load(Relaxed),
-        "errors": errors.load(Relaxed),
-        "latency_us": report::percentiles(&h),
+        "errors": progress.errors.load(Relaxed),
         "server_cores_busy": server_cores_busy,
     });
-    report::print(&summary, a.common.json_out.as_deref())
+    report::finish(summary, Some(&h), &a.common)
 }

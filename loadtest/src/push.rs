@@ -1,6 +1,7 @@
-//! The `push` scenario: pushes posted to the gateway's HTTP push API at a steady rate, each to
-//! `fanout` users; every link acks what it gets and records push-to-client latency from the
-//! send time carried in the body.
+//! The `push` scenario: pushes posted to the server's HTTP API at a steady rate, each to
+//! `fanout` users; every link records push-to-client latency from the send time carried in the
+//! body. Against ringway the pushes go to `/v1/push` and links ack each one; against a Pusher
+//! server (sockudo) they are signed events on the users' channels, which Pusher does not ack.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,7 +13,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+use crate::Target;
 use crate::conn::Link;
+use crate::progress::Progress;
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -77,21 +84,48 @@ impl Admin {
 }
 
 pub struct Counts {
-    pub deliveries: AtomicU64,
     pub duplicates: AtomicU64,
     pub latency_us: Mutex<Histogram<u64>>,
+    /// Deliveries go to `events`.
+    pub progress: Arc<Progress>,
 }
 
-/// Receives pushes on one link until `until`: acks each, records its latency once per key.
+/// Receives pushes on one link until `until`: acks each (ringway), records its latency once
+/// per key.
 pub async fn receive(mut link: Link, until: Instant, counts: Arc<Counts>) {
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut seen = std::collections::HashSet::new();
-    while let Ok(Some(f)) = tokio::time::timeout(
-        until.saturating_duration_since(Instant::now()),
-        link.next_frame(),
-    )
-    .await
-    {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Some((key, sent_ns))) = tokio::time::timeout(left, next_push(&mut link)).await
+        else {
+            break;
+        };
+        if !seen.insert(key) {
+            counts.duplicates.fetch_add(1, Relaxed);
+            continue;
+        }
+        counts.progress.events.fetch_add(1, Relaxed);
+        local.saturating_record(now_ns().saturating_sub(sent_ns) / 1000);
+    }
+    let _ = counts.latency_us.lock().await.add(&local);
+}
+
+/// The next push's key and send time; acks it on a ringway link. `None` once the link ends.
+async fn next_push(link: &mut Link) -> Option<(String, u64)> {
+    loop {
+        if link.target == Target::Pusher {
+            let ev = link.next_pusher_event().await?;
+            if ev["event"] != "push" {
+                continue;
+            }
+            let data = ev["data"].as_str().unwrap_or_default();
+            let mut parts = data.split(' ');
+            let key = parts.next().unwrap_or_default().to_owned();
+            let sent = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            return Some((key, sent));
+        }
+        let f = link.next_frame().await?;
         if f.cmd != Cmd::Downstream as i32 {
             continue;
         }
@@ -102,31 +136,88 @@ pub async fn receive(mut link: Link, until: Instant, counts: Arc<Counts>) {
         };
         let msg = link.message(&ack);
         let _ = futures_util::SinkExt::send(&mut link.ws, msg).await;
-        if !seen.insert(f.key) {
-            counts.duplicates.fetch_add(1, Relaxed);
-            continue;
-        }
-        counts.deliveries.fetch_add(1, Relaxed);
-        if let Some(sent) = f.body.get(..8) {
-            let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
-            local.saturating_record(now_ns().saturating_sub(sent) / 1000);
+        let sent = f
+            .body
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        return Some((f.key, sent));
+    }
+}
+
+/// Where pushes are posted.
+pub enum Api {
+    /// ringway's `POST /v1/push` (202 = accepted).
+    Ringway { biz: u64 },
+    /// Pusher's `POST /apps/{id}/events`, signed with the app secret (200 = accepted).
+    Pusher {
+        app_id: String,
+        key: String,
+        secret: String,
+    },
+}
+
+impl Api {
+    /// The request path (with query) and body for one push of `body_len` bytes.
+    fn request(&self, key: &str, to: &[&String], body_len: usize) -> (String, String, u16) {
+        match self {
+            Api::Ringway { biz } => {
+                use base64::Engine;
+                let mut body = now_ns().to_le_bytes().to_vec();
+                body.resize(body_len.max(8), b'x');
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
+                let json =
+                    serde_json::json!({"biz_id": biz, "user_ids": to, "key": key, "body": b64});
+                ("/v1/push".into(), json.to_string(), 202)
+            }
+            Api::Pusher {
+                app_id,
+                key: app_key,
+                secret,
+            } => {
+                let mut data = format!("{key} {} ", now_ns());
+                let pad = body_len.saturating_sub(data.len());
+                data.extend(std::iter::repeat_n('x', pad));
+                let json = serde_json::json!({"name": "push", "channels": to, "data": data});
+                let body = json.to_string();
+                let path = format!("/apps/{app_id}/events");
+                let ts = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let query = pusher_query(&path, app_key, secret, ts, &body);
+                (format!("{path}?{query}"), body, 200)
+            }
         }
     }
-    let _ = counts.latency_us.lock().await.add(&local);
+}
+
+/// The signed query of a Pusher REST call: the auth parameters in key order, then
+/// `auth_signature` = HMAC-SHA256 of "POST\n{path}\n{those parameters}" with the app secret.
+fn pusher_query(path: &str, key: &str, secret: &str, ts: u64, body: &str) -> String {
+    let md5 = hex(&Md5::digest(body.as_bytes()));
+    let query = format!("auth_key={key}&auth_timestamp={ts}&auth_version=1.0&body_md5={md5}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("POST\n{path}\n{query}").as_bytes());
+    format!(
+        "{query}&auth_signature={}",
+        hex(&mac.finalize().into_bytes())
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Posts pushes at `rate` per second until `until`, each to `fanout` consecutive users
 /// (round robin over `users`). Returns (pushes accepted, pushes refused).
 pub async fn send(
     admin: &mut Admin,
-    biz: u64,
+    api: &Api,
     users: &[String],
     fanout: usize,
     rate: u32,
     size: usize,
     until: Instant,
 ) -> Result<(u64, u64), String> {
-    use base64::Engine;
     let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let start = Instant::now();
     let (mut ok, mut refused) = (0u64, 0u64);
@@ -141,15 +232,34 @@ pub async fn send(
             .map(|i| &users[(next_user + i) % users.len()])
             .collect();
         next_user = (next_user + to.len()) % users.len();
-        let mut body = now_ns().to_le_bytes().to_vec();
-        body.resize(size.max(8), b'x');
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
-        let json =
-            serde_json::json!({"biz_id": biz, "user_ids": to, "key": format!("p{n}"), "body": b64});
-        match admin.post("/v1/push", &json.to_string()).await? {
-            202 => ok += 1,
-            _ => refused += 1,
+        let (path, body, accepted) = api.request(&format!("p{n}"), &to, size);
+        if admin.post(&path, &body).await? == accepted {
+            ok += 1;
+        } else {
+            refused += 1;
         }
     }
     Ok((ok, refused))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The worked example of Pusher's REST API authentication documentation.
+    #[test]
+    fn signs_like_the_pusher_documentation() {
+        let body = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let q = super::pusher_query(
+            "/apps/3/events",
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            1353088179,
+            body,
+        );
+        assert_eq!(
+            q,
+            "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
+             &body_md5=ec365a775a4cd0599faeb73354201b6f\
+             &auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+        );
+    }
 }

@@ -70,14 +70,161 @@ pub fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-pub fn print(
-    summary: &serde_json::Value,
-    json_out: Option<&std::path::Path>,
+/// The idle scenario's figures: server memory per link, user space and kernel apart.
+pub fn idle_summary(
+    links: usize,
+    opened_in: std::time::Duration,
+    before: &MemorySample,
+    after: &MemorySample,
+) -> serde_json::Value {
+    let n = links.max(1) as f64;
+    serde_json::json!({
+        "scenario": "idle",
+        "links": links,
+        "open_seconds": opened_in.as_secs_f64(),
+        "server_rss_kib_before": before.rss_kib,
+        "server_rss_kib_after": after.rss_kib,
+        "server_rss_bytes_per_link": (after.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / n,
+        "kernel_slab_bytes_per_link": (after.slab_kib as f64 - before.slab_kib as f64) * 1024.0 / n,
+        "tcp_mem_pages_after": after.tcp_mem_pages,
+    })
+}
+
+/// The histogram as (value, count) pairs, for a parent process to merge.
+pub fn raw(h: &Histogram<u64>) -> serde_json::Value {
+    h.iter_recorded()
+        .map(|v| serde_json::json!([v.value_iterated_to(), v.count_at_value()]))
+        .collect()
+}
+
+pub fn from_raw(pairs: &serde_json::Value, into: &mut Histogram<u64>) {
+    for p in pairs.as_array().into_iter().flatten() {
+        if let (Some(v), Some(n)) = (p[0].as_u64(), p[1].as_u64()) {
+            into.saturating_record_n(v, n);
+        }
+    }
+}
+
+/// Adds the latency percentiles, then prints the summary: JSON on stdout (one line from a
+/// worker process, for its parent), a table on stderr, and the JSON and plot files asked for.
+pub fn finish(
+    mut summary: serde_json::Value,
+    hist: Option<&Histogram<u64>>,
+    common: &crate::Common,
 ) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(summary).expect("json");
+    if let Some(h) = hist {
+        summary["latency_us"] = percentiles(h);
+        if common.proc_index.is_some() {
+            summary["hist"] = raw(h);
+        }
+    }
+    if common.proc_index.is_some() {
+        println!("{summary}");
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(&summary).expect("json");
     println!("{text}");
-    if let Some(path) = json_out {
-        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprint!("{}", table(&summary));
+    if let Some(path) = &common.json_out {
+        std::fs::write(path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    if let (Some(path), Some(h)) = (&common.plot, hist) {
+        let title = format!(
+            "{} {} — {} links",
+            summary["scenario"].as_str().unwrap_or(""),
+            summary["target"].as_str().unwrap_or(""),
+            summary["links"]
+        );
+        std::fs::write(path, plot_svg(h, &title))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// A two-column table of the summary's figures.
+fn table(summary: &serde_json::Value) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for (k, v) in summary.as_object().into_iter().flatten() {
+        match v {
+            serde_json::Value::Object(inner) => {
+                for (ik, iv) in inner {
+                    rows.push((format!("{k}.{ik}"), iv.to_string()));
+                }
+            }
+            serde_json::Value::Number(n) => rows.push((
+                k.clone(),
+                n.as_f64()
+                    .filter(|f| f.fract() != 0.0)
+                    .map_or(n.to_string(), |f| format!("{f:.2}")),
+            )),
+            serde_json::Value::Null => {}
+            other => rows.push((k.clone(), other.to_string().trim_matches('"').to_owned())),
+        }
+    }
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let vw = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    let line = format!("+{}+{}+\n", "-".repeat(w + 2), "-".repeat(vw + 2));
+    let mut out = line.clone();
+    for (k, v) in rows {
+        out.push_str(&format!("| {k:<w$} | {v:>vw$} |\n"));
+    }
+    out.push_str(&line);
+    out
+}
+
+/// Latency against percentile (HdrHistogram style: the x axis stretches the tail, 0 % to
+/// 99.999 %), as a small self-contained SVG.
+pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 420.0;
+    const L: f64 = 70.0;
+    const B: f64 = 50.0;
+    const NINES: f64 = 5.0;
+    let x_of = |q: f64| L + (W - L - 20.0) * ((1.0 / (1.0 - q.min(0.99999))).log10() / NINES);
+    let max = h.value_at_quantile(0.99999).max(1) as f64;
+    let y_of = |us: f64| H - B - (H - B - 40.0) * (us / max);
+    let mut points = String::new();
+    for v in h.iter_quantiles(4) {
+        let q = v.quantile_iterated_to();
+        points.push_str(&format!(
+            "{:.1},{:.1} ",
+            x_of(q),
+            y_of(v.value_iterated_to() as f64)
+        ));
+    }
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{L}\" y=\"22\" font-size=\"15\">{title}: latency by percentile</text>\n"
+    );
+    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
+        let x = L + (W - L - 20.0) * (i as f64 / NINES);
+        svg.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"40\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+            H - B,
+            H - B + 18.0
+        ));
+    }
+    for i in 0..=4 {
+        let us = max * f64::from(i) / 4.0;
+        let y = y_of(us);
+        svg.push_str(&format!(
+            "<line x1=\"{L}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{us:.0} µs</text>\n",
+            W - 20.0,
+            L - 6.0,
+            y + 4.0
+        ));
+    }
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f6feb\" stroke-width=\"2\" points=\"{points}\"/>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">percentile</text>\n</svg>\n",
+        (W + L) / 2.0,
+        H - 10.0
+    ));
+    svg
 }

@@ -203,3 +203,79 @@ fn push_counts_each_delivery_once() {
     );
     assert_eq!(s["latency_us"]["count"].as_u64(), Some(accepted * 5), "{s}");
 }
+
+#[test]
+fn work_split_over_processes_adds_up_exactly() {
+    let gw = start(&["--link-rate", "0"]);
+    let s = load(&[
+        "echo",
+        "--server",
+        &gw.1,
+        "--links",
+        "7",
+        "--messages",
+        "10",
+        "--procs",
+        "3",
+        "--duration",
+        "30",
+    ]);
+    assert_eq!(
+        (s["links"].as_u64(), s["acks"].as_u64(), s["procs"].as_u64()),
+        (Some(7), Some(70), Some(3)),
+        "{s}"
+    );
+    assert_eq!(s["latency_us"]["count"], 70, "histograms merged: {s}");
+    let pid = gw.0.id().to_string();
+    let s = load(&[
+        "idle",
+        "--server",
+        &gw.1,
+        "--links",
+        "31",
+        "--procs",
+        "2",
+        "--user-prefix",
+        "idle",
+        "--server-pid",
+        &pid,
+        "--hold",
+        "0.2",
+    ]);
+    assert_eq!(s["links"], 31, "{s}");
+}
+
+#[test]
+fn raw_tcp_reference_counts_every_echo() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let mut s = s.unwrap();
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    let s = load(&[
+        "echo",
+        "--server",
+        &addr,
+        "--target",
+        "tcp",
+        "--links",
+        "3",
+        "--messages",
+        "20",
+        "--pipeline",
+        "4",
+        "--size",
+        "100",
+    ]);
+    assert_eq!(
+        (s["acks"].as_u64(), s["errors"].as_u64()),
+        (Some(60), Some(0)),
+        "{s}"
+    );
+}
