@@ -283,3 +283,28 @@ impl View {
         node.routes.apply_etcd(self.routes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_view_follows_node_and_route_keys_and_ignores_the_rest() {
+        let mut v = View::default();
+        let rec = r#"{"id":"n1","ip":"10.0.0.1","port":8080,"weight":100,"capacity":10,"load":3,"state":"active","started_ms":5}"#;
+        v.put("/rw", b"/rw/nodes/n1", rec.as_bytes());
+        v.put("/rw", b"/rw/nodes/n2", b"not json");
+        v.put("/rw", b"/rw/routes/7", b"kafka:up7");
+        v.put("/rw", b"/rw/routes/8", b"ftp://nope");
+        v.put("/rw", b"/other/nodes/n3", rec.as_bytes());
+        assert_eq!(v.fleet.nodes.keys().collect::<Vec<_>>(), ["n1"]);
+        assert_eq!(v.fleet.nodes["n1"].load, 3);
+        assert_eq!(v.fleet.nodes["n1"].labels, Vec::<String>::new());
+        assert_eq!(v.routes.len(), 1);
+        v.put("/rw", b"/rw/routes/7", b"loopback");
+        assert_eq!(v.routes, vec![(7, Target::Loopback)]);
+        v.delete("/rw", b"/rw/routes/7");
+        v.delete("/rw", b"/rw/nodes/n1");
+        assert!(v.routes.is_empty() && v.fleet.nodes.is_empty());
+    }
+}
