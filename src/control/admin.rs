@@ -121,9 +121,11 @@ fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The body is read (and ignored) so the connection stays usable for the caller's next request.
 async fn drain(
     State(node): State<Arc<NodeState>>,
     headers: HeaderMap,
+    _body: Bytes,
 ) -> Result<Response, ApiError> {
     fleet_op(&node, &headers)?;
     node.drain_requested.notify_one();
