@@ -68,7 +68,7 @@ pub async fn open_all(
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let r = connect(server, source, how).await;
+            let r = connect_retrying(server, source, how, &progress.refused).await;
             drop(permit);
             match &r {
                 Ok(_) => progress.links.fetch_add(1, Relaxed),
@@ -131,7 +131,47 @@ pub async fn dial(server: SocketAddr, source: IpAddr) -> Result<TcpStream, Strin
     Ok(stream)
 }
 
-async fn connect(server: SocketAddr, source: IpAddr, how: How) -> Result<Link, String> {
+/// A 503 from an admission-limited server: retry after this long.
+pub struct Refused(pub Duration);
+
+/// Why a connect failed: refused for now (retry), or an error.
+pub enum ConnectError {
+    Refused(Duration),
+    Failed(String),
+}
+
+impl From<String> for ConnectError {
+    fn from(e: String) -> Self {
+        ConnectError::Failed(e)
+    }
+}
+
+impl From<Refused> for ConnectError {
+    fn from(r: Refused) -> Self {
+        ConnectError::Refused(r.0)
+    }
+}
+
+/// Connects, retrying each 503 after the server's Retry-After (counted in `refused`).
+async fn connect_retrying(
+    server: SocketAddr,
+    source: IpAddr,
+    how: How,
+    refused: &AtomicU64,
+) -> Result<Link, String> {
+    loop {
+        match connect(server, source, &how).await {
+            Ok(l) => return Ok(l),
+            Err(ConnectError::Refused(wait)) => {
+                refused.fetch_add(1, Relaxed);
+                tokio::time::sleep(wait).await;
+            }
+            Err(ConnectError::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, ConnectError> {
     let stream = dial(server, source).await?;
     let url = match how.target {
         Target::Pusher => format!(
@@ -158,9 +198,18 @@ async fn connect(server: SocketAddr, source: IpAddr, how: How) -> Result<Link, S
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let ws = match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 503 => {
+            let wait = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1u64);
+            return Err(Refused(Duration::from_secs(wait)).into());
+        }
+        Err(e) => return Err(format!("handshake: {e}").into()),
+    };
     let mut link = Link {
         ws,
         codec: how.codec,
@@ -174,7 +223,7 @@ async fn connect(server: SocketAddr, source: IpAddr, how: How) -> Result<Link, S
         }
         Target::Ringway => match link.next_frame().await {
             Some(f) if f.cmd == Cmd::Connected as i32 => Ok(link),
-            other => Err(format!("expected CONNECTED, got {other:?}")),
+            other => Err(format!("expected CONNECTED, got {other:?}").into()),
         },
     }
 }
@@ -244,6 +293,8 @@ pub struct EchoRun {
     pub prefix: String,
     pub hist: Arc<Mutex<Histogram<u64>>>,
     pub limited: Arc<AtomicU64>,
+    /// Pushes received (and acked) meanwhile, in the mixed scenario.
+    pub pushes: Arc<AtomicU64>,
     /// Acks go to `events`, failures to `errors`.
     pub progress: Arc<Progress>,
 }
@@ -307,6 +358,7 @@ impl EchoRun {
                     resume_at = resume_at.max(Instant::now() + wait);
                 }
                 Ok(Cmd::Downstream) => {
+                    self.pushes.fetch_add(1, Relaxed);
                     let ack = Frame {
                         cmd: Cmd::DownstreamAck as i32,
                         key: f.key,

@@ -39,8 +39,11 @@ enum Scenario {
     /// N links each send UPSTREAM and wait for its ACK, in a loop.
     Echo(EchoArgs),
     /// Open N links as fast as --connect-rate allows: handshakes per second and connect time
-    /// (TCP connect to CONNECTED) percentiles.
-    Connect(Common),
+    /// (TCP connect to CONNECTED) percentiles; with --storm, then drop them all and reconnect
+    /// at once (a reconnect storm), retrying 503s after their Retry-After.
+    Connect(ConnectArgs),
+    /// Echo on every link while pushes arrive on the same links: both workloads at once.
+    Mixed(EchoArgs),
     /// Pushes through the gateway's HTTP push API to N links: deliveries per second and
     /// push-to-client latency.
     Push(PushArgs),
@@ -146,6 +149,15 @@ struct IdleArgs {
 }
 
 #[derive(Args)]
+struct ConnectArgs {
+    #[command(flatten)]
+    common: Common,
+    /// After the first connect, drop every link and reconnect all of them at once.
+    #[arg(long)]
+    storm: bool,
+}
+
+#[derive(Args)]
 struct EchoArgs {
     #[command(flatten)]
     common: Common,
@@ -165,6 +177,12 @@ struct EchoArgs {
     /// tells whether the server or this generator was the limit.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Mixed: pushes per second posted meanwhile (one user each, round robin over the links).
+    #[arg(long, default_value_t = 0)]
+    push_rate: u32,
+    /// Mixed: the gateway's admin address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: String,
 }
 
 #[derive(Args)]
@@ -187,6 +205,11 @@ struct PushArgs {
     duration: Duration,
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Produce the pushes to Kafka (PushMessage on --topic) instead of posting them.
+    #[arg(long)]
+    kafka: Option<String>,
+    #[arg(long, default_value = "ringway.push")]
+    topic: String,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -205,8 +228,13 @@ async fn main() {
         Scenario::Idle(a) => idle(a).await,
         Scenario::Echo(a) if a.common.is_parent() => procs::merged(&a.common, a.server_pid).await,
         Scenario::Echo(a) => echo(a).await,
-        Scenario::Connect(c) if c.is_parent() => procs::merged(&c, None).await,
+        Scenario::Connect(c) if c.common.is_parent() => procs::merged(&c.common, None).await,
         Scenario::Connect(c) => connect(c).await,
+        Scenario::Mixed(a) if a.push_rate == 0 => Err("mixed needs --push-rate".into()),
+        Scenario::Mixed(a) if a.common.procs > 1 => {
+            Err("mixed runs in one process (its sender must see every link)".into())
+        }
+        Scenario::Mixed(a) => echo(a).await,
         Scenario::Push(a) if a.common.procs > 1 => {
             Err("push runs in one process (its sender must see every link)".into())
         }
@@ -245,21 +273,41 @@ async fn idle(a: IdleArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn connect(c: Common) -> Result<(), String> {
+async fn connect(a: ConnectArgs) -> Result<(), String> {
+    let c = &a.common;
     let progress = Progress::start("connect", c.my_links().len());
     let started = Instant::now();
-    let (links, times) = conn::open_all(&c, &progress).await?;
+    let (links, times) = conn::open_all(c, &progress).await?;
     let secs = started.elapsed().as_secs_f64();
-    progress.finish();
-    let summary = serde_json::json!({
+    let refused = progress.refused.load(Relaxed);
+    let mut summary = serde_json::json!({
         "scenario": "connect",
         "target": format!("{:?}", c.target).to_lowercase(),
         "links": links.len(),
         "seconds": secs,
         "handshakes_per_second": links.len() as f64 / secs,
+        "refused_503": refused,
         "errors": progress.errors.load(Relaxed),
     });
-    report::finish(summary, Some(&times), &c)
+    if !a.storm {
+        progress.finish();
+        return report::finish(summary, Some(&times), c);
+    }
+    // Every client loses its link at once and comes straight back.
+    drop(links);
+    let storm = Common {
+        connect_rate: u32::MAX,
+        ..c.clone()
+    };
+    let started = Instant::now();
+    let (again, storm_times) = conn::open_all(&storm, &progress).await?;
+    let secs = started.elapsed().as_secs_f64();
+    progress.finish();
+    summary["storm_links"] = again.len().into();
+    summary["storm_seconds"] = secs.into();
+    summary["storm_refused_503"] = (progress.refused.load(Relaxed) - refused).into();
+    summary["storm_connect_us"] = report::percentiles(&storm_times);
+    report::finish(summary, Some(&times), c)
 }
 
 async fn push_run(a: PushArgs) -> Result<(), String> {
@@ -273,14 +321,15 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
         progress: progress.clone(),
     });
-    let api = match a.common.target {
-        Target::Ringway => push::Api::Ringway { biz: a.common.biz },
-        Target::Pusher => push::Api::Pusher {
+    let api = match (a.common.target, &a.kafka) {
+        (Target::Ringway, Some(brokers)) => push::Api::kafka(brokers, &a.topic, a.common.biz)?,
+        (Target::Ringway, None) => push::Api::Ringway { biz: a.common.biz },
+        (Target::Pusher, _) => push::Api::Pusher {
             app_id: a.common.app_id.clone(),
             key: a.common.app_key.clone(),
             secret: a.common.app_secret.clone(),
         },
-        t => return Err(format!("push needs --target ringway or pusher, not {t:?}")),
+        (t, _) => return Err(format!("push needs --target ringway or pusher, not {t:?}")),
     };
     let started = Instant::now();
     let sending_until = started + a.duration;
@@ -335,7 +384,9 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
     ));
     let limited = Arc::new(AtomicU64::new(0));
+    let pushes = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let mut sender = None;
     if a.common.target == Target::Tcp {
         let links = tcp::open_all(&a.common, &progress).await?;
         let deadline = Instant::now() + a.duration;
@@ -363,9 +414,22 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
                 prefix: format!("{i}-"),
                 hist: hist.clone(),
                 limited: limited.clone(),
+                pushes: pushes.clone(),
                 progress: progress.clone(),
             };
             tasks.push(tokio::spawn(run.drive(link)));
+        }
+        if a.push_rate > 0 {
+            let users: Vec<String> = a
+                .common
+                .my_links()
+                .map(|i| format!("{}{i}", a.common.user_prefix))
+                .collect();
+            let mut admin = push::Admin::connect(&a.admin).await?;
+            let (api, rate) = (push::Api::Ringway { biz: a.common.biz }, a.push_rate);
+            sender = Some(tokio::spawn(async move {
+                push::send(&mut admin, &api, &users, 1, rate, 16, deadline).await
+            }));
         }
     }
     let started = Instant::now();
@@ -379,10 +443,14 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
         (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / secs),
         _ => None,
     };
+    let pushed = match sender {
+        Some(t) => Some(t.await.map_err(|e| e.to_string())??.0),
+        None => None,
+    };
     let h = hist.lock().await;
     let acks = progress.events.load(Relaxed);
-    let summary = serde_json::json!({
-        "scenario": "echo",
+    let mut summary = serde_json::json!({
+        "scenario": if pushed.is_some() { "mixed" } else { "echo" },
         "target": format!("{:?}", a.common.target).to_lowercase(),
         "links": a.common.my_links().len(),
         "codec": format!("{:?}", a.common.codec),
@@ -395,5 +463,10 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
         "errors": progress.errors.load(Relaxed),
         "server_cores_busy": server_cores_busy,
     });
+    if let Some(pushed) = pushed {
+        summary["pushes_accepted"] = pushed.into();
+        summary["pushes_received"] = pushes.load(Relaxed).into();
+        summary["pushes_received_per_second"] = (pushes.load(Relaxed) as f64 / secs).into();
+    }
     report::finish(summary, Some(&h), &a.common)
 }

@@ -15,6 +15,8 @@ pub struct Progress {
     pub links: AtomicU64,
     pub events: AtomicU64,
     pub errors: AtomicU64,
+    /// Upgrades answered 503 (and retried after Retry-After).
+    pub refused: AtomicU64,
     done: AtomicBool,
 }
 

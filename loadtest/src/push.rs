@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::Sha256;
 
 use crate::Target;
@@ -144,8 +145,15 @@ async fn next_push(link: &mut Link) -> Option<(String, u64)> {
     }
 }
 
-/// Where pushes are posted.
+/// Where pushes go.
 pub enum Api {
+    /// `PushMessage` records produced to a Kafka topic that ringway consumes (accepted = the
+    /// broker confirmed the record).
+    Kafka {
+        producer: FutureProducer,
+        topic: String,
+        biz: u64,
+    },
     /// ringway's `POST /v1/push` (202 = accepted).
     Ringway { biz: u64 },
     /// Pusher's `POST /apps/{id}/events`, signed with the app secret (200 = accepted).
@@ -157,9 +165,56 @@ pub enum Api {
 }
 
 impl Api {
+    pub fn kafka(brokers: &str, topic: &str, biz: u64) -> Result<Api, String> {
+        let producer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "1")
+            .create()
+            .map_err(|e| format!("--kafka {brokers}: {e}"))?;
+        Ok(Api::Kafka {
+            producer,
+            topic: topic.to_owned(),
+            biz,
+        })
+    }
+
+    /// Sends one push; true if the server (or broker) took it.
+    async fn deliver(
+        &self,
+        admin: &mut Admin,
+        key: &str,
+        to: &[&String],
+        size: usize,
+    ) -> Result<bool, String> {
+        if let Api::Kafka {
+            producer,
+            topic,
+            biz,
+        } = self
+        {
+            let mut body = now_ns().to_le_bytes().to_vec();
+            body.resize(size.max(8), b'x');
+            let push = ringway::proto::PushMessage {
+                biz_id: *biz,
+                user_ids: to.iter().map(|u| u.to_string()).collect(),
+                key: key.to_owned(),
+                body: body.into(),
+                ..Default::default()
+            };
+            let payload = prost::Message::encode_to_vec(&push);
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .key(key)
+                .payload(&payload);
+            return Ok(producer.send(record, Duration::from_secs(5)).await.is_ok());
+        }
+        let (path, body, accepted) = self.request(key, to, size);
+        Ok(admin.post(&path, &body).await? == accepted)
+    }
+
     /// The request path (with query) and body for one push of `body_len` bytes.
     fn request(&self, key: &str, to: &[&String], body_len: usize) -> (String, String, u16) {
         match self {
+            Api::Kafka { .. } => unreachable!("Kafka pushes are produced, not posted"),
             Api::Ringway { biz } => {
                 use base64::Engine;
                 let mut body = now_ns().to_le_bytes().to_vec();
@@ -232,8 +287,7 @@ pub async fn send(
             .map(|i| &users[(next_user + i) % users.len()])
             .collect();
         next_user = (next_user + to.len()) % users.len();
-        let (path, body, accepted) = api.request(&format!("p{n}"), &to, size);
-        if admin.post(&path, &body).await? == accepted {
+        if api.deliver(admin, &format!("p{n}"), &to, size).await? {
             ok += 1;
         } else {
             refused += 1;

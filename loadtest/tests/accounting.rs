@@ -279,3 +279,31 @@ fn raw_tcp_reference_counts_every_echo() {
         "{s}"
     );
 }
+
+#[test]
+fn a_reconnect_storm_retries_refusals_until_every_link_is_back() {
+    // The admission ramp refuses most of the storm at first; each refused client retries after
+    // Retry-After, and the run ends with every link reconnected.
+    let gw = start(&[
+        "--admit-initial",
+        "40",
+        "--admit-step",
+        "40",
+        "--admit-interval-ms",
+        "200",
+    ]);
+    let s = load(&["connect", "--server", &gw.1, "--links", "100", "--storm"]);
+    assert_eq!(
+        (
+            s["links"].as_u64(),
+            s["storm_links"].as_u64(),
+            s["errors"].as_u64()
+        ),
+        (Some(100), Some(100), Some(0)),
+        "{s}"
+    );
+    assert!(
+        s["refused_503"].as_u64().unwrap() > 0,
+        "the ramp refused some: {s}"
+    );
+}
