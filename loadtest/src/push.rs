@@ -28,22 +28,29 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// A minimal keep-alive HTTP/1.1 client for the admin API: one request at a time.
+/// A minimal keep-alive HTTP/1.1 client for the push API: one request at a time. A server that
+/// answers `Connection: close` (sockudo does on its API) gets a new connection per request.
 pub struct Admin {
-    stream: BufReader<TcpStream>,
+    stream: Option<BufReader<TcpStream>>,
     host: String,
 }
 
 impl Admin {
     pub async fn connect(addr: &str) -> Result<Admin, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("admin {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(Admin {
-            stream: BufReader::new(stream),
+        let mut admin = Admin {
+            stream: None,
             host: addr.to_owned(),
-        })
+        };
+        admin.reconnect().await?;
+        Ok(admin)
+    }
+
+    async fn reconnect(&mut self) -> Result<&mut BufReader<TcpStream>, String> {
+        let stream = TcpStream::connect(&self.host)
+            .await
+            .map_err(|e| format!("admin {}: {e}", self.host))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(self.stream.insert(BufReader::new(stream)))
     }
 
     /// POSTs JSON; returns the status code.
@@ -54,32 +61,41 @@ impl Admin {
             body.len()
         );
         let io = |e: std::io::Error| e.to_string();
-        self.stream
+        let stream = match self.stream.as_mut() {
+            Some(s) => s,
+            None => self.reconnect().await?,
+        };
+        stream
             .get_mut()
             .write_all(req.as_bytes())
             .await
             .map_err(io)?;
         let mut line = String::new();
-        self.stream.read_line(&mut line).await.map_err(io)?;
+        stream.read_line(&mut line).await.map_err(io)?;
         let status = line
             .get(9..12)
             .and_then(|s| s.parse().ok())
             .ok_or(format!("bad status line {line:?}"))?;
-        let mut length = 0usize;
+        let (mut length, mut close) = (0usize, false);
         loop {
             line.clear();
-            self.stream.read_line(&mut line).await.map_err(io)?;
+            stream.read_line(&mut line).await.map_err(io)?;
             if line == "\r\n" || line.is_empty() {
                 break;
             }
-            if let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") {
+                    close = v.trim().eq_ignore_ascii_case("close");
+                }
             }
         }
         let mut sink = vec![0u8; length];
-        self.stream.read_exact(&mut sink).await.map_err(io)?;
+        stream.read_exact(&mut sink).await.map_err(io)?;
+        if close {
+            self.stream = None;
+        }
         Ok(status)
     }
 }
