@@ -6,7 +6,7 @@
 # Usage: bench/push-vs-sockudo.sh [links] [pushes_per_s] [fanout] [seconds]
 source "$(dirname "$0")/common.sh"
 LINKS=${1:-2000}
-RATE=${2:-20000}
+RATE=${2:-2000}
 FANOUT=${3:-50}
 SECS=${4:-10}
 PEER=127.0.0.1:18092
@@ -47,6 +47,10 @@ for name, d in (("ringway", r), ("sockudo", s)):
     print(f"{name:8} {d['deliveries_per_second']:>10.0f} deliveries/s  pushes {d['pushes_accepted']:>7} "
           f"(refused {d['pushes_refused']})  delivered {d['deliveries']}/{d['deliveries_expected']}  "
           f"p50 {l['p50']:>7} us  p99 {l['p99']:>7} us  server core busy {100 * (d['server_cores_busy'] or 0):.0f}%")
-print(f"deliveries/s ratio ringway/sockudo: {r['deliveries_per_second'] / s['deliveries_per_second']:.2f}x; "
-      f"p99 ratio: {r['latency_us']['p99'] / max(1, s['latency_us']['p99']):.2f}x")
+def per_core(d):
+    return d["deliveries_per_second"] / max(d["server_cores_busy"] or 0, 1e-9)
+for name, d in (("ringway", r), ("sockudo", s)):
+    print(f"{name:8} {per_core(d):>10.0f} deliveries per server core-second")
+print(f"ratios ringway/sockudo: deliveries/s {r['deliveries_per_second'] / s['deliveries_per_second']:.2f}x, "
+      f"per core-second {per_core(r) / per_core(s):.2f}x, p99 {r['latency_us']['p99'] / max(1, s['latency_us']['p99']):.2f}x")
 PY

@@ -198,6 +198,10 @@ pub struct ServeArgs {
     /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
     #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
     pub core_inbox: usize,
+    /// How long a worker core may run ready tasks before it polls for I/O again. Lower keeps
+    /// tail latency down when a core is busy (glommio's default is 100 ms).
+    #[arg(long, env = "RINGWAY_PREEMPT_MS", default_value_t = 1)]
+    pub preempt_ms: u64,
 
     // --- cluster ---
     /// Links this node takes at most (also advertised in etcd). The admission ramp grows up to

@@ -247,6 +247,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         };
         LocalExecutorBuilder::new(placement)
             .name(&format!("ringway-w{i}"))
+            .preempt_timer(Duration::from_millis(args.preempt_ms.max(1)))
             .spawn(move || worker::run(setup))
             .map_err(|e| format!("starting worker {i}: {e}"))?;
     }
