@@ -177,10 +177,10 @@ fn table(summary: &serde_json::Value) -> String {
 pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
     const W: f64 = 720.0;
     const H: f64 = 420.0;
-    const L: f64 = 70.0;
+    const L: f64 = 90.0;
     const B: f64 = 50.0;
     const NINES: f64 = 5.0;
-    let x_of = |q: f64| L + (W - L - 20.0) * ((1.0 / (1.0 - q.min(0.99999))).log10() / NINES);
+    let x_of = |q: f64| L + (W - L - 40.0) * ((1.0 / (1.0 - q.min(0.99999))).log10() / NINES);
     let max = h.value_at_quantile(0.99999).max(1) as f64;
     let y_of = |us: f64| H - B - (H - B - 40.0) * (us / max);
     let mut points = String::new();
@@ -201,7 +201,7 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
         .iter()
         .enumerate()
     {
-        let x = L + (W - L - 20.0) * (i as f64 / NINES);
+        let x = L + (W - L - 40.0) * (i as f64 / NINES);
         svg.push_str(&format!(
             "<line x1=\"{x:.1}\" y1=\"40\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
@@ -215,7 +215,7 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
         svg.push_str(&format!(
             "<line x1=\"{L}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{us:.0} µs</text>\n",
-            W - 20.0,
+            W - 40.0,
             L - 6.0,
             y + 4.0
         ));
