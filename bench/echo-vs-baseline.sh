@@ -1,50 +1,58 @@
 #!/usr/bin/env bash
 # Echo with ACK on one server core: ringway against the plain tokio-tungstenite echo server
-# (bench/peers/echo-baseline), the same load, in one run, and raw TCP echo (bench/peers tcp-echo)
-# as the physical reference. Prints ACKs/s, percentiles and the ratios.
-# Usage: bench/echo-vs-baseline.sh [links] [seconds] [codec]
+# (bench/peers/echo-baseline), with raw TCP echo (bench/peers tcp-echo) as the physical
+# reference. The three servers take turns for ROUNDS rounds, so drift in the machine's
+# background hits them alike; prints each round's figures and the median ratios.
+# Usage: bench/echo-vs-baseline.sh [links] [seconds] [codec] [rounds]
 source "$(dirname "$0")/common.sh"
 LINKS=${1:-100}
 SECS=${2:-10}
 CODEC=${3:-proto}
+ROUNDS=${4:-3}
 PEER=127.0.0.1:18090
 TCP=127.0.0.1:18091
 cargo build --release --locked -p echo-baseline
 PEER_PID=
-TCP_PID=
-trap 'stop_server; kill $PEER_PID $TCP_PID 2>/dev/null || true' EXIT
+trap 'stop_server; kill $PEER_PID 2>/dev/null || true' EXIT
 
-start_server
-echo "--- ringway (1 worker on CPU $SERVER_CPU)"
-taskset -c "$LOAD_CPU" target/release/ringway-load echo --server "$WS" --jwt-secret "$SECRET" \
-  --links "$LINKS" --duration "$SECS" --codec "$CODEC" --server-pid "$SERVER_PID" \
-  --json-out "$OUT/echo-ringway.json" --plot "$OUT/echo-ringway.svg" >/dev/null
-stop_server
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null && return; sleep 0.05; done; }
+load() { # name server pid extra...
+  local name=$1 server=$2 pid=$3; shift 3
+  taskset -c "$LOAD_CPU" target/release/ringway-load echo --server "$server" --jwt-secret "$SECRET" \
+    --links "$LINKS" --duration "$SECS" --codec "$CODEC" --server-pid "$pid" "$@" \
+    --json-out "$OUT/echo-$name-$round.json" --plot "$OUT/echo-$name-$round.svg" >/dev/null 2>&1
+}
+peer() { # binary addr name extra...
+  local bin=$1 addr=$2 name=$3; shift 3
+  taskset -c "$SERVER_CPU" "target/release/$bin" "$addr" 2>/dev/null &
+  PEER_PID=$!
+  wait_port "$addr"
+  load "$name" "$addr" "$PEER_PID" "$@"
+  kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true; PEER_PID=
+}
 
-taskset -c "$SERVER_CPU" target/release/echo-baseline "$PEER" 2>/dev/null &
-PEER_PID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/${PEER%:*}/${PEER#*:}) 2>/dev/null && break; sleep 0.05; done
-echo "--- tokio-tungstenite echo baseline (CPU $SERVER_CPU)"
-taskset -c "$LOAD_CPU" target/release/ringway-load echo --server "$PEER" --jwt-secret "$SECRET" \
-  --links "$LINKS" --duration "$SECS" --codec "$CODEC" --target plain --server-pid "$PEER_PID" \
-  --json-out "$OUT/echo-baseline.json" --plot "$OUT/echo-baseline.svg" >/dev/null
-kill $PEER_PID
+for round in $(seq "$ROUNDS"); do
+  echo "--- round $round: ringway (1 worker), tokio-tungstenite echo, raw TCP echo, each on CPU $SERVER_CPU"
+  start_server
+  load ringway "$WS" "$SERVER_PID"
+  stop_server
+  peer echo-baseline "$PEER" baseline --target plain
+  peer tcp-echo "$TCP" tcp --target tcp --size 80
+done
 
-taskset -c "$SERVER_CPU" target/release/tcp-echo "$TCP" 2>/dev/null &
-TCP_PID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/${TCP%:*}/${TCP#*:}) 2>/dev/null && break; sleep 0.05; done
-echo "--- raw TCP echo, the physical reference (CPU $SERVER_CPU)"
-taskset -c "$LOAD_CPU" target/release/ringway-load echo --server "$TCP" --jwt-secret "$SECRET" \
-  --links "$LINKS" --duration "$SECS" --target tcp --size 80 --server-pid "$TCP_PID" \
-  --json-out "$OUT/echo-tcp.json" >/dev/null
-
-python3 - "$OUT/echo-ringway.json" "$OUT/echo-baseline.json" "$OUT/echo-tcp.json" <<'PY'
-import json, sys
-r, b, t = (json.load(open(p)) for p in sys.argv[1:4])
-for name, d in (("ringway", r), ("baseline", b), ("raw tcp", t)):
-    l = d["latency_us"]
-    print(f"{name:9} {d['acks_per_second']:>10.0f} acks/s  p50 {l['p50']:>6} us  p99 {l['p99']:>6} us  "
-          f"server core busy {100 * (d['server_cores_busy'] or 0):.0f}%  errors {d['errors']}")
-print(f"ratio ringway/baseline: {r['acks_per_second'] / b['acks_per_second']:.2f}x; "
-      f"ringway/raw tcp: {r['acks_per_second'] / t['acks_per_second']:.2f}x")
+python3 - "$OUT" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+vs_base, vs_tcp = [], []
+for i in range(1, rounds + 1):
+    r, b, t = (json.load(open(f"{out}/echo-{n}-{i}.json")) for n in ("ringway", "baseline", "tcp"))
+    for name, d in (("ringway", r), ("baseline", b), ("raw tcp", t)):
+        l = d["latency_us"]
+        print(f"round {i} {name:9} {d['acks_per_second']:>10.0f} acks/s  p50 {l['p50']:>6} us  p99 {l['p99']:>6} us  "
+              f"server core busy {100 * (d['server_cores_busy'] or 0):.0f}%  errors {d['errors']}")
+    vs_base.append(r["acks_per_second"] / b["acks_per_second"])
+    vs_tcp.append(r["acks_per_second"] / t["acks_per_second"])
+    print(f"round {i} ratio ringway/baseline {vs_base[-1]:.2f}x, ringway/raw tcp {vs_tcp[-1]:.2f}x")
+print(f"median ratio ringway/baseline: {statistics.median(vs_base):.2f}x "
+      f"(range {min(vs_base):.2f}-{max(vs_base):.2f}); ringway/raw tcp: {statistics.median(vs_tcp):.2f}x")
 PY
