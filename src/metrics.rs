@@ -154,6 +154,9 @@ pub struct Latencies {
     pub push_delivery: Histogram<u64>,
     /// DOWNSTREAM first sent → DOWNSTREAM_ACK received.
     pub push_ack: Histogram<u64>,
+    /// DOWNSTREAM queued on the link → the link's buffer written to its socket: how long a
+    /// woken link waits for its core.
+    pub push_write_wait: Histogram<u64>,
 }
 
 impl Default for Latencies {
@@ -163,6 +166,7 @@ impl Default for Latencies {
             upstream: h(),
             push_delivery: h(),
             push_ack: h(),
+            push_write_wait: h(),
         }
     }
 }
@@ -176,6 +180,7 @@ impl Latencies {
         let _ = self.upstream.add(&other.upstream);
         let _ = self.push_delivery.add(&other.push_delivery);
         let _ = self.push_ack.add(&other.push_ack);
+        let _ = self.push_write_wait.add(&other.push_write_wait);
     }
 }
 
@@ -526,6 +531,12 @@ pub fn render(
         "ringway_push_ack_latency_seconds",
         "DOWNSTREAM sent to DOWNSTREAM_ACK received.",
         &merged.push_ack,
+    );
+    summary(
+        &mut s,
+        "ringway_push_write_wait_seconds",
+        "DOWNSTREAM queued on the link to written to its socket.",
+        &merged.push_write_wait,
     );
     s
 }

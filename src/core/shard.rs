@@ -556,6 +556,7 @@ impl Shard {
             .get_mut(&conn)
             .expect("delivering to a live link");
         let seq = link.take_seq();
+        link.push_queued_at.get_or_insert(now);
         link.send_push(&push, seq);
         let timer = self
             .wheel

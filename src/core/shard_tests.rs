@@ -652,6 +652,17 @@ fn paced_redirect_moves_at_most_the_limit_and_no_target_means_going_away() {
 }
 
 #[test]
+fn a_delivered_push_marks_when_it_was_queued_until_the_shell_writes_it() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.push("alice", None, "p1", 3);
+    h.push("alice", None, "p2", 7);
+    // The oldest unwritten push counts: the shell measures from it to the socket write.
+    let queued = h.at(3);
+    assert_eq!(h.shard.link_mut(1).unwrap().push_queued_at, Some(queued));
+}
+
+#[test]
 fn broadcast_pushes_count_absent_users_without_reporting_them() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);

@@ -26,7 +26,7 @@ use crate::control::services::ServiceCall;
 use crate::link::ConnId;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::link::push::EncodedPush;
-use crate::metrics::CoreMetrics;
+use crate::metrics::{CoreMetrics, Latencies};
 use crate::owner_core;
 use crate::protocol::handshake::{self, Reject};
 
@@ -325,7 +325,9 @@ impl Worker {
                     Poll::Pending => break,
                 }
             }
+            let mut written_push = None;
             if link.out.is_empty() {
+                written_push = link.push_queued_at.take();
                 if link.closing.is_some() && !*write_shut {
                     // SAFETY: shutdown(2) on the socket this task owns.
                     unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
@@ -334,6 +336,10 @@ impl Worker {
                 if link.out.capacity() > 4096 {
                     link.out = Vec::new();
                 }
+            }
+            if let Some(queued) = written_push {
+                let us = queued.elapsed().as_micros() as u64;
+                Latencies::record(&mut shard.latencies.push_write_wait, us);
             }
             let mut scratch = self.scratch.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {

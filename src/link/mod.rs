@@ -64,6 +64,8 @@ pub struct Link {
     pub liveness: Option<TimerId>,
     /// Bytes waiting for the socket. Empty (and unallocated) on an idle link.
     pub out: Vec<u8>,
+    /// When the oldest push still in `out` was queued.
+    pub push_queued_at: Option<Instant>,
     /// Set once the link is closing: the shell flushes `out`, then closes the socket.
     pub closing: Option<CloseReason>,
     /// The closing handshake is over (the client answered, or the linger ran out): the shell
@@ -86,6 +88,7 @@ impl Link {
             connected_at: now,
             liveness: None,
             out: Vec::new(),
+            push_queued_at: None,
             closing: None,
             finished: false,
             waker: None,
