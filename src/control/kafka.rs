@@ -347,11 +347,23 @@ pub async fn consume<F: Future<Output = ()>>(
     if left > 0 {
         info!(topic = %sub.topic, records = left, "stopping with unsettled records: they will be read again");
     }
-    // What was handed on is committed now, not at the next interval.
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        // Nothing new was handed on since the last automatic commit.
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => warn!(error = %e, topic = %sub.topic, "final offset commit failed"),
+    // What was handed on is committed now, not at the next interval. Committing and closing
+    // talk to the broker and block for as long as it is unreachable (seen: forever, with the
+    // broker gone), so they run on a blocking thread and a drain waits for them at most 5 s.
+    let topic = sub.topic.clone();
+    let close = tokio::task::spawn_blocking(move || {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing new was handed on since the last automatic commit.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => warn!(error = %e, topic = %topic, "final offset commit failed"),
+        }
+        drop(consumer);
+    });
+    if tokio::time::timeout(Duration::from_secs(5), close)
+        .await
+        .is_err()
+    {
+        warn!(topic = %sub.topic, "kafka consumer did not close within 5 s; left behind");
     }
     Ok(())
 }
