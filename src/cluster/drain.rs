@@ -71,16 +71,12 @@ pub async fn drain(node: Arc<NodeState>, timeout: Duration) {
 
 /// Closes every link with 1001; the message must get through even to a flooded inbox.
 async fn close_all(node: &NodeState) {
-    for core in &node.cores {
-        let mut msg = CoreMsg::Shutdown;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while let Err(back) = core.send(msg) {
-            if Instant::now() > deadline {
-                warn!("a core's inbox stayed full; it will be stopped at exit");
-                break;
-            }
-            msg = back;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    for core in 0..node.cores.len() {
+        if !node
+            .send_within(core, CoreMsg::Shutdown, Duration::from_secs(1))
+            .await
+        {
+            warn!("a core's inbox stayed full; it will be stopped at exit");
         }
     }
 }

@@ -172,11 +172,7 @@ impl PushRouter {
             body: push.body.clone(),
             reason,
         };
-        if self.kafka.report(report).await {
-            self.node.counters.kafka_reports.inc();
-        } else {
-            self.node.counters.kafka_report_errors.inc();
-        }
+        self.node.report(&self.kafka, report).await;
     }
 }
 

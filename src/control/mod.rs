@@ -22,7 +22,7 @@ use crate::cluster::admission::Admission;
 use crate::cluster::nodes::Fleet;
 use crate::cluster::rebalance::ScaleSetup;
 use crate::cluster::registry::Registry;
-use crate::core::inbox::CoreHandle;
+use crate::core::inbox::{CoreHandle, CoreMsg};
 use crate::core::shard::Undelivered;
 use crate::metrics::{CoreMetrics, NodeCounters};
 use kafka::KafkaOut;
@@ -143,10 +143,34 @@ impl NodeState {
                 n += 1;
                 self.counters.pushes_republished.inc();
             } else {
-                kafka.report(u).await;
+                self.report(kafka, u).await;
             }
         }
         n
+    }
+
+    /// Writes an undelivered report to Kafka and counts whether Kafka took it.
+    pub async fn report(&self, kafka: &KafkaOut, u: Undelivered) {
+        if kafka.report(u).await {
+            self.counters.kafka_reports.inc();
+        } else {
+            self.counters.kafka_report_errors.inc();
+        }
+    }
+
+    /// Sends to a core, waiting out a full inbox for at most `limit`; false if it stayed full.
+    pub async fn send_within(&self, core: usize, mut msg: CoreMsg, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match self.cores[core].send(msg) {
+                Ok(()) => return true,
+                Err(back) if std::time::Instant::now() < deadline => {
+                    msg = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(_) => return false,
+            }
+        }
     }
 
     /// The node-topic consumer registers itself, polls `keep_consuming` and says when done.

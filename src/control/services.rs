@@ -2,7 +2,7 @@
 //! and the gRPC backend. Cores send without waiting; answers go back through each core's inbox.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -108,11 +108,7 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
                     .expect("reports are sent only with --kafka");
                 tokio::spawn(async move {
                     for u in reports {
-                        if kafka.report(u).await {
-                            node.counters.kafka_reports.inc();
-                        } else {
-                            node.counters.kafka_report_errors.inc();
-                        }
+                        node.report(&kafka, u).await;
                     }
                 });
             }
@@ -140,22 +136,11 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
 
 /// Answers must reach the core: a dropped answer would leave its messages unanswered until the
 /// client gives up. A full inbox is waited out (briefly) instead.
-async fn deliver(node: &NodeState, core: usize, mut msg: CoreMsg) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match node.cores[core].send(msg) {
-            Ok(()) => return,
-            Err(back) if Instant::now() < deadline => {
-                msg = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            Err(_) => {
-                error!(
-                    core,
-                    "core inbox full for 5s: answers dropped; clients will retry"
-                );
-                return;
-            }
-        }
+async fn deliver(node: &NodeState, core: usize, msg: CoreMsg) {
+    if !node.send_within(core, msg, Duration::from_secs(5)).await {
+        error!(
+            core,
+            "core inbox full for 5s: answers dropped; clients will retry"
+        );
     }
 }
