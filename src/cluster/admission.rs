@@ -94,8 +94,12 @@ impl Admission {
         self.closed.store(true, Relaxed);
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
-        if self.closed.load(Relaxed) {
+        if self.is_closed() {
             return Err(Refusal::Closed);
         }
         let limit = self.limit(now);

@@ -76,7 +76,6 @@ struct Worker {
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
-    accepting: Cell<bool>,
 }
 
 pub async fn run(setup: WorkerSetup) {
@@ -112,7 +111,6 @@ pub async fn run(setup: WorkerSetup) {
         peers: setup.peers,
         metrics: setup.metrics,
         next_conn: Cell::new(1),
-        accepting: Cell::new(true),
     });
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
@@ -189,28 +187,14 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
     {
         return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
     }
+    // A drain may have begun while this request was read.
     let ticket = match ticket {
-        Ok(t) if w.accepting.get() => t,
-        Ok(_) | Err(Refusal::Closed) => {
-            let r = Reject {
-                status: 503,
-                reason: "server shutting down",
-                retry_after_s: Some(5),
-            };
-            return reject(&w, stream, r).await;
-        }
-        Err(Refusal::Full { retry_after_s }) => {
-            let r = Reject {
-                status: 503,
-                reason: "node at its admission limit",
-                retry_after_s: Some(retry_after_s),
-            };
-            return reject(&w, stream, r).await;
-        }
-        Err(Refusal::PerIp) => {
-            let r = Reject::new(429, "too many links from this address");
-            return reject(&w, stream, r).await;
-        }
+        Ok(_) if w.admission.is_closed() => Err(Refusal::Closed),
+        other => other,
+    };
+    let ticket = match ticket {
+        Ok(t) => t,
+        Err(r) => return reject(&w, stream, refused(r)).await,
     };
     let who = match w.verifier.verify(up.token.as_deref()) {
         Ok(who) => who,
@@ -254,6 +238,23 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
             };
             reject(&w, stream, r).await
         }
+    }
+}
+
+/// The answer to an upgrade the admission gate refused.
+fn refused(r: Refusal) -> Reject {
+    match r {
+        Refusal::Closed => Reject {
+            status: 503,
+            reason: "server shutting down",
+            retry_after_s: Some(5),
+        },
+        Refusal::Full { retry_after_s } => Reject {
+            status: 503,
+            reason: "node at its admission limit",
+            retry_after_s: Some(retry_after_s),
+        },
+        Refusal::PerIp => Reject::new(429, "too many links from this address"),
     }
 }
 
@@ -478,7 +479,6 @@ impl Worker {
                     .on_claimed(&mut shard, *answers, now);
             }
             CoreMsg::Shutdown => {
-                self.accepting.set(false);
                 if let Some(a) = acceptor.take() {
                     // Dropping the accept task drops the listener: the kernel stops routing
                     // new connections to this core.
