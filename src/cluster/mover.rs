@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use crate::control::NodeState;
 use crate::core::inbox::{CoreMsg, Redirect};
 use crate::proto::Node;
@@ -24,7 +27,7 @@ pub async fn move_links(
     let per_tick = (u64::from(rate) * TICK.as_millis() as u64 / 1000).max(1);
     let cores = node.cores.len() as u64;
     let mut moved = 0;
-    let mut jitter = node.links() as u64;
+    let mut rng = SmallRng::from_os_rng();
     loop {
         let left = node.links().max(0) as u64;
         let want = count.map_or(left, |c| c.saturating_sub(moved)).min(left);
@@ -34,16 +37,12 @@ pub async fn move_links(
         let batch = want.min(per_tick);
         let share = batch.div_ceil(cores) as usize;
         let nodes = targets();
-        // Spread the batch's reconnects over the tick that follows it.
-        jitter = jitter
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let spread = (jitter >> 33) as u32;
+        // Spread the batch's reconnects over the tick that follows it; with nowhere to go now,
+        // come back (here or wherever DNS says) in one to three seconds.
         let retry_after_ms = if nodes.is_empty() {
-            // Nowhere to go now: come back (here or wherever DNS says) in one to three seconds.
-            1000 + spread % 2000
+            rng.random_range(1000..3000)
         } else {
-            spread % TICK.as_millis() as u32
+            rng.random_range(0..TICK.as_millis() as u32)
         };
         for core in &node.cores {
             let _ = core.send(CoreMsg::Redirect(Box::new(Redirect {
