@@ -11,6 +11,7 @@ use crate::control::routes::{Target, parse_route};
 use crate::core::shard::ShardConfig;
 use crate::link::idem::IdemTtl;
 use crate::link::retry::RetryPolicy;
+use crate::protocol::deflate::DeflatePolicy;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,6 +101,17 @@ pub struct ServeArgs {
     /// Largest client message; bigger ones get ERROR(CODE_TOO_LARGE) and close 1009.
     #[arg(long, env = "RINGWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
+    /// Accept permessage-deflate (RFC 7692) when a client offers it (browsers always do).
+    #[arg(long, env = "RINGWAY_DEFLATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub deflate: bool,
+    /// Messages shorter than this are sent uncompressed even on a deflate link.
+    #[arg(long, env = "RINGWAY_DEFLATE_MIN_BYTES", default_value_t = 256)]
+    pub deflate_min_bytes: usize,
+    /// Keep a compression context per link and direction across messages (better ratios,
+    /// about 300 KiB more per deflate link). Off: every message is compressed on its own with
+    /// the core's shared context, and clients are told to do the same.
+    #[arg(long, env = "RINGWAY_DEFLATE_TAKEOVER")]
+    pub deflate_takeover: bool,
     /// Bytes queued for a client that does not read; beyond it the link is closed with 4002.
     #[arg(long, env = "RINGWAY_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,
@@ -314,6 +326,10 @@ impl ServeArgs {
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms.max(3)),
             max_devices_per_user: self.max_devices_per_user.max(1),
             presence_events: self.kafka.is_some() || self.tracks_locations(),
+            deflate: self.deflate.then_some(DeflatePolicy {
+                min_bytes: self.deflate_min_bytes,
+                takeover: self.deflate_takeover,
+            }),
         }
     }
 

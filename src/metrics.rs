@@ -59,6 +59,16 @@ labels! {
 }
 
 labels! {
+    /// How a link reaches its client.
+    Transport {
+        WebSocket = "websocket",
+        WebSocketDeflate = "websocket_deflate",
+        EventStream = "sse",
+        LongPoll = "long_poll",
+    }
+}
+
+labels! {
     /// Why a push reached no device.
     UndeliveredReason {
         Offline = "offline",
@@ -90,6 +100,17 @@ const CMDS: usize = 11;
 pub struct CoreMetrics {
     pub links: AtomicI64,
     pub links_opened: Counter,
+    pub links_by_transport: [Counter; Transport::COUNT],
+    /// Requests that took over an HTTP-transport link that already existed (resumed streams,
+    /// every poll after the first).
+    pub http_attaches: Counter,
+    /// `POST /send` requests whose frames reached a link.
+    pub http_sends: Counter,
+    /// Messages sent compressed (permessage-deflate) and the bytes that saved.
+    pub deflated_out: Counter,
+    pub deflate_saved_bytes: Counter,
+    /// Compressed messages received and inflated.
+    pub inflated_in: Counter,
     pub links_closed: [Counter; CloseReason::COUNT],
     pub handshake_rejected: [Counter; REJECT_STATUSES.len()],
     pub handoffs: Counter,
@@ -331,6 +352,31 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
         |c| c.handoffs.get(),
     ),
     (
+        "ringway_http_attaches_total",
+        "SSE and long-poll requests that took over an existing link.",
+        |c| c.http_attaches.get(),
+    ),
+    (
+        "ringway_http_sends_total",
+        "POST /send requests whose frames reached a link.",
+        |c| c.http_sends.get(),
+    ),
+    (
+        "ringway_deflated_out_total",
+        "Messages sent compressed with permessage-deflate.",
+        |c| c.deflated_out.get(),
+    ),
+    (
+        "ringway_deflate_saved_bytes_total",
+        "Bytes permessage-deflate took off outgoing messages.",
+        |c| c.deflate_saved_bytes.get(),
+    ),
+    (
+        "ringway_inflated_in_total",
+        "Compressed messages received and inflated.",
+        |c| c.inflated_in.get(),
+    ),
+    (
         "ringway_upstream_forwarded_total",
         "Upstream messages handed to the backend.",
         |c| c.upstream_forwarded.get(),
@@ -423,6 +469,18 @@ pub fn render(
     for (name, help, pick) in COUNTERS {
         family(&mut s, name, "counter", help, unlabeled(sum(pick)));
     }
+    family(
+        &mut s,
+        "ringway_links_by_transport_total",
+        "counter",
+        "Links opened, by transport.",
+        Transport::ALL.iter().map(|t| {
+            (
+                format!("transport=\"{}\"", t.label()),
+                sum(&|c| c.links_by_transport[*t as usize].get()),
+            )
+        }),
+    );
     let by_reason = |label: &str| format!("reason=\"{label}\"");
     family(
         &mut s,

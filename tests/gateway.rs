@@ -444,3 +444,154 @@ fn a_full_idempotency_store_forgets_early_and_says_so() {
         "m0 was forgotten, so forwarded again"
     );
 }
+
+/// An HTTP request on its own connection, kept open for reading what the server streams.
+fn open_stream(addr: std::net::SocketAddr, req: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// Reads from a stream until `needle` has arrived; returns everything read.
+fn read_until(s: &mut std::net::TcpStream, seen: &mut String, needle: &str) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = s.read(&mut buf).expect("stream answers in time");
+        assert!(n > 0, "stream ended before {needle:?}; got {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+fn send_frames(gw: &Gateway, token: &str, body: &str) -> (u16, String) {
+    raw_http(
+        gw.ws,
+        &format!(
+            "POST /send?token={token} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn event_stream_and_post_send_carry_frames_and_a_resumed_stream_gets_lost_pushes_again() {
+    let gw = Gateway::start(&["--allowed-origins", "http://page.example"]);
+    let token = gw.token("sse-user", "web");
+    let sse = |extra: &str| {
+        format!(
+            "GET /sse?token={token} HTTP/1.1\r\nHost: x\r\nOrigin: http://page.example\r\n{extra}\r\n"
+        )
+    };
+    let mut stream = open_stream(gw.ws, &sse(""));
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "CMD_CONNECTED");
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+    assert!(seen.contains("Access-Control-Allow-Origin: http://page.example\r\n"));
+    assert!(seen.contains("retry: 2000\n"));
+
+    gw.push("sse-user", "p-1", b"one");
+    read_until(&mut stream, &mut seen, "id: 1\ndata: ");
+    let (code, _) = send_frames(
+        &gw,
+        &token,
+        r#"{"cmd":"UPSTREAM","key":"m-1","body":"aGk="}"#,
+    );
+    assert_eq!(code, 202);
+    read_until(
+        &mut stream,
+        &mut seen,
+        r#""cmd":"CMD_UPSTREAM_ACK","key":"m-1""#,
+    );
+
+    // The stream drops with p-1 unacked; the client resumes having seen nothing after CONNECTED.
+    drop(stream);
+    gw.wait_metric("ringway_links", 1.0);
+    let mut stream = open_stream(gw.ws, &sse("Last-Event-ID: 0\r\n"));
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "id: 1\ndata: ");
+    assert!(seen.contains(r#""key":"p-1""#));
+    let (code, _) = send_frames(&gw, &token, r#"[{"cmd":"DOWNSTREAM_ACK","key":"p-1"}]"#);
+    assert_eq!(code, 202);
+    gw.wait_metric("ringway_push_acked_total", 1.0);
+    assert_eq!(gw.metric("ringway_http_attaches_total"), 1.0);
+    assert_eq!(
+        gw.metric("ringway_links_by_transport_total{transport=\"sse\"}"),
+        1.0
+    );
+    // The link outlived its first socket: still one link, no undelivered report.
+    assert_eq!(gw.metric("ringway_links"), 1.0);
+    assert_eq!(
+        gw.metric("ringway_undelivered_total{reason=\"link_closed\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn long_poll_answers_with_batches() {
+    let gw = Gateway::start(&[]);
+    let token = gw.token("poller", "old-phone");
+    let poll = format!("GET /poll?token={token} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (code, body) = raw_http(gw.ws, &poll);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(r#"{"frames":[{"cmd":"CMD_CONNECTED""#),
+        "{body}"
+    );
+    gw.push("poller", "p-1", b"one");
+    gw.push("poller", "p-2", b"two");
+    let (_, body) = raw_http(gw.ws, &poll);
+    let json: serde_json::Value =
+        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let keys: Vec<&str> = json["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["p-1", "p-2"]);
+    let (code, _) = send_frames(
+        &gw,
+        &token,
+        r#"[{"cmd":"DOWNSTREAM_ACK","key":"p-1"},{"cmd":"DOWNSTREAM_ACK","key":"p-2"}]"#,
+    );
+    assert_eq!(code, 202);
+    gw.wait_metric("ringway_push_acked_total", 2.0);
+}
+
+#[test]
+fn http_transport_mistakes_get_clear_statuses() {
+    let gw = Gateway::start(&["--max-message-bytes", "1024"]);
+    let token = gw.token("nobody", "d");
+    let (code, body) = send_frames(&gw, &token, r#"{"cmd":"HEARTBEAT"}"#);
+    assert_eq!(code, 409, "no stream open: {body}");
+    let (code, _) = raw_http(
+        gw.ws,
+        &format!("POST /send?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    );
+    assert_eq!(code, 411);
+    let (code, _) = raw_http(
+        gw.ws,
+        &format!("POST /send?token={token} HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+    );
+    assert_eq!(code, 413);
+    let (code, _) = raw_http(gw.ws, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 401);
+    let (code, head) = raw_http(
+        gw.ws,
+        "OPTIONS /send HTTP/1.1\r\nOrigin: http://o.example\r\n\r\n",
+    );
+    assert_eq!(code, 204);
+    assert!(head.contains("Access-Control-Allow-Origin: http://o.example\r\n"));
+    // With a stream open, frames that are not JSON get 400 and the link goes on.
+    let _stream = open_stream(
+        gw.ws,
+        &format!("GET /sse?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    );
+    gw.wait_metric("ringway_links", 1.0);
+    let (code, body) = send_frames(&gw, &token, "not json");
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = send_frames(&gw, &token, r#"{"cmd":"HEARTBEAT"}"#);
+    assert_eq!(code, 202);
+}

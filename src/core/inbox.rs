@@ -21,7 +21,7 @@ use crate::core::shard::{BackendError, UpstreamRequest};
 use crate::link::idem::Claim;
 use crate::link::push::Unsettled;
 use crate::proto::Node;
-use crate::protocol::handshake::Upgrade;
+use crate::protocol::handshake::Request;
 
 /// What other threads ask of a core. Payloads are boxed: the bounded queue preallocates every
 /// slot, so a small message keeps a deep inbox cheap.
@@ -42,8 +42,9 @@ pub enum CoreMsg {
 pub struct Handoff {
     pub fd: OwnedFd,
     pub who: Identity,
-    pub upgrade: Upgrade,
-    /// Bytes the client sent after its request head: already WebSocket frames.
+    pub request: Request,
+    /// Bytes the client sent after its request head: WebSocket frames, or a `POST /send`
+    /// body.
     pub leftover: Vec<u8>,
     pub ticket: Ticket,
 }

@@ -21,11 +21,15 @@ use crate::link::bucket::TokenBucket;
 use crate::link::idem::{Claim, IdemUpdate};
 use crate::link::push::EncodedPush;
 use crate::link::retry::RetryPolicy;
-use crate::link::{ConnId, Inflight, Link, close_code};
-use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
+use crate::link::{ConnId, Deflating, Inflight, Link, Wire, close_code};
+use crate::metrics::{
+    CloseReason, CoreMetrics, DropReason, Latencies, Transport, UndeliveredReason,
+};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
-use crate::protocol::handshake;
+use crate::protocol::deflate::{self, DeflatePolicy};
+use crate::protocol::handshake::{self, HttpRequest, Route};
 use crate::protocol::ws::{WsError, WsEvent};
+use crate::protocol::{Codec, events, json};
 
 /// The knobs a shard runs by.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct ShardConfig {
     pub max_devices_per_user: usize,
     /// Record online/offline events for the presence topic.
     pub presence_events: bool,
+    /// permessage-deflate, when offered; `None` declines every offer.
+    pub deflate: Option<DeflatePolicy>,
 }
 
 impl ShardConfig {
@@ -121,6 +127,38 @@ pub struct Shard {
     inbound: Vec<Inbound>,
 }
 
+/// The first frame of every link, and of every resumed event stream.
+fn connected_frame(cfg: &ShardConfig, link: &Link) -> Frame {
+    Frame {
+        cmd: Cmd::Connected as i32,
+        connected: Some(Connected {
+            link_id: link.link_id(),
+            node_id: cfg.node_id.clone(),
+            heartbeat_interval_ms: cfg.heartbeat_interval().as_millis() as u32,
+            server_time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A compressed message, inflated and, for text, checked to be UTF-8.
+fn inflate(d: &mut Deflating, payload: &[u8], max: usize, text: bool) -> Result<Vec<u8>, WsError> {
+    let mut plain = Vec::new();
+    d.ctx
+        .decompress(payload, max, &mut plain)
+        .map_err(|e| match e {
+            deflate::InflateError::TooLarge => WsError::TooLarge,
+            deflate::InflateError::Corrupt => WsError::Protocol("corrupt compressed message"),
+        })?;
+    if text && std::str::from_utf8(&plain).is_err() {
+        return Err(WsError::BadUtf8);
+    }
+    d.metrics.inflated_in.inc();
+    Ok(plain)
+}
+
 const TICK: Duration = Duration::from_millis(10);
 /// A closing link gets this long to take its close frame before its socket is dropped.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
@@ -142,6 +180,10 @@ impl Shard {
             presence: Vec::new(),
             inbound: Vec::new(),
         }
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.cfg
     }
 
     pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
@@ -179,10 +221,154 @@ impl Shard {
         std::mem::take(&mut self.undelivered)
     }
 
-    /// A socket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
+    /// A WebSocket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
     /// make room in the user's device slots.
     pub fn open(&mut self, conn: ConnId, who: Identity, up: &handshake::Upgrade, now: Instant) {
-        let who = Arc::new(who);
+        let agreed = self
+            .cfg
+            .deflate
+            .zip(up.extensions.as_deref())
+            .and_then(|(policy, offers)| Some((policy, deflate::negotiate(offers, policy)?)));
+        let wire = Wire::WebSocket(agreed.map(|(policy, agreed)| {
+            Box::new(Deflating {
+                ctx: deflate::LinkDeflate::new(agreed, policy),
+                metrics: self.metrics.clone(),
+            })
+        }));
+        let transport = if agreed.is_some() {
+            Transport::WebSocketDeflate
+        } else {
+            Transport::WebSocket
+        };
+        let mut head = Vec::new();
+        handshake::accept_response(up, agreed.map(|a| a.1).as_ref(), &mut head);
+        self.install(conn, Arc::new(who), up.codec, wire, transport, head, now);
+    }
+
+    /// A request of the HTTP transports opens a link, or takes over the one the same device
+    /// already has (a resumed stream, the next poll). Returns the link the request's socket now
+    /// serves and the attachment generation that socket holds.
+    pub fn attach(
+        &mut self,
+        conn: ConnId,
+        who: Identity,
+        req: &HttpRequest,
+        now: Instant,
+    ) -> (ConnId, u32) {
+        let origin = req.origin.as_deref();
+        let poll = req.route == Route::Poll;
+        let existing = self.device_link(&who, |w| {
+            matches!(
+                (w, poll),
+                (Wire::EventStream, false) | (Wire::LongPoll, true)
+            )
+        });
+        let Some(existing) = existing else {
+            let (wire, transport, head) = if poll {
+                (Wire::LongPoll, Transport::LongPoll, Vec::new())
+            } else {
+                (
+                    Wire::EventStream,
+                    Transport::EventStream,
+                    events::stream_head(origin),
+                )
+            };
+            self.install(conn, Arc::new(who), Codec::Json, wire, transport, head, now);
+            let link = self.links.get_mut(&conn).expect("just installed");
+            link.attached = true;
+            return (conn, link.attach_gen);
+        };
+        self.metrics.http_attaches.inc();
+        let link = self.links.get_mut(&existing).expect("indexed link exists");
+        let handed_over = if link.attached {
+            link.last_seq()
+        } else {
+            link.seq_at_detach
+        };
+        link.attach_gen += 1;
+        link.attached = true;
+        link.last_activity = now;
+        link.poll_due = false;
+        // The previous request's task, if any, sees the new generation and steps aside.
+        link.wake();
+        let generation = link.attach_gen;
+        if !poll {
+            // A new response: its head first, then whatever waited while no stream was open.
+            let waiting = std::mem::replace(&mut link.out, events::stream_head(origin));
+            link.out.extend_from_slice(&waiting);
+            let connected = connected_frame(&self.cfg, link);
+            link.send_frame(&connected);
+            self.metrics.frame_out(Cmd::Connected);
+            // Pushes the old socket took after the last one the stream showed may have died
+            // with it; later ones still wait in `out`.
+            let lost: Vec<u64> = link
+                .inflight
+                .iter()
+                .map(|f| f.seq)
+                .filter(|s| (req.last_event_id + 1..=handed_over).contains(s))
+                .collect();
+            for seq in lost {
+                self.retransmit(existing, seq, now);
+            }
+        }
+        (existing, generation)
+    }
+
+    /// The socket of an HTTP-transport request is done (the poll was answered, the stream
+    /// dropped). The link waits for the next request for one heartbeat timeout; a request that
+    /// took over meanwhile (a newer generation) keeps it attached.
+    pub fn detach(&mut self, conn: ConnId, generation: u32, now: Instant) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        if link.attach_gen != generation {
+            return;
+        }
+        if link.closing.is_some() {
+            return self.closed(conn);
+        }
+        link.attached = false;
+        link.seq_at_detach = link.last_seq();
+        link.waker = None;
+        link.last_activity = now;
+    }
+
+    /// `POST /send`: frames for the device's open HTTP-transport link, handled as if they came
+    /// over a WebSocket. Answers are queued on the link, not in the POST's response.
+    pub fn post(&mut self, who: &Identity, body: &[u8], now: Instant) -> Result<(), (u16, String)> {
+        let conn = self.device_link(who, Wire::is_http).ok_or((
+            409,
+            "no open stream for this device: open GET /sse or /poll first".to_owned(),
+        ))?;
+        let frames = events::split_send_body(body).map_err(|e| (400, e))?;
+        let decoded: Vec<Frame> = frames
+            .iter()
+            .map(|raw| json::decode_frame(raw.get().as_bytes()).map_err(|e| (400, e.0)))
+            .collect::<Result<_, _>>()?;
+        self.metrics.http_sends.inc();
+        if let Some(link) = self.links.get_mut(&conn) {
+            link.last_activity = now;
+        }
+        for f in decoded {
+            self.handle(conn, Inbound::Frame(f), now);
+        }
+        self.check_backlog(conn, now);
+        Ok(())
+    }
+
+    /// Makes room in the user's device slots, then adds the link with its transport's opening
+    /// bytes and CONNECTED.
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &mut self,
+        conn: ConnId,
+        who: Arc<Identity>,
+        codec: Codec,
+        wire: Wire,
+        transport: Transport,
+        head: Vec<u8>,
+        now: Instant,
+    ) {
         let existing = self.user_conns(who.biz_id, &who.user_id).to_vec();
 
         // Same device slot: the newer login wins; its unacked pushes move to the new link.
@@ -209,20 +395,9 @@ impl Shard {
         }
 
         let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
-        let mut link = Link::new(who.clone(), up.codec, bucket, now);
-        handshake::accept_response(up, &mut link.out);
-        let connected = Frame {
-            cmd: Cmd::Connected as i32,
-            connected: Some(Connected {
-                link_id: link.link_id(),
-                node_id: self.cfg.node_id.clone(),
-                heartbeat_interval_ms: self.cfg.heartbeat_interval().as_millis() as u32,
-                server_time_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            }),
-            ..Default::default()
-        };
+        let mut link = Link::new(who.clone(), codec, wire, bucket, now);
+        link.out = head;
+        let connected = connected_frame(&self.cfg, &link);
         link.send_frame(&connected);
         self.metrics.frame_out(Cmd::Connected);
         let jitter = self.jitter();
@@ -240,6 +415,7 @@ impl Shard {
             .links
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.links_opened.inc();
+        self.metrics.links_by_transport[transport as usize].inc();
         if self.cfg.presence_events {
             self.presence.push((who.clone(), true));
         }
@@ -270,18 +446,44 @@ impl Shard {
         }
         link.last_activity = now;
         let codec = link.codec;
+        let mut deflate = match &mut link.wire {
+            Wire::WebSocket(Some(d)) => Some(d),
+            _ => None,
+        };
+        let mut broken = None;
         let mut inbound = std::mem::take(&mut self.inbound);
         let result = link.reader.feed(input, max, |ev| {
+            if broken.is_some() {
+                return;
+            }
             inbound.push(match ev {
-                WsEvent::Message { payload, .. } => match codec.decode(payload) {
-                    Ok(f) => Inbound::Frame(f),
-                    Err(e) => Inbound::Undecodable(e.0),
-                },
+                WsEvent::Message {
+                    text,
+                    compressed,
+                    payload,
+                } => {
+                    let inflated;
+                    let payload = if compressed {
+                        let d = deflate.as_mut().expect("RSV1 is accepted only once agreed");
+                        match inflate(d, payload, max, text) {
+                            Ok(p) => inflated = p,
+                            Err(e) => return broken = Some(e),
+                        }
+                        &inflated[..]
+                    } else {
+                        payload
+                    };
+                    match codec.decode(payload) {
+                        Ok(f) => Inbound::Frame(f),
+                        Err(e) => Inbound::Undecodable(e.0),
+                    }
+                }
                 WsEvent::Ping(p) => Inbound::Ping(p.to_vec()),
                 WsEvent::Pong => Inbound::Pong,
                 WsEvent::Close(code) => Inbound::Close(code),
             })
         });
+        let result = result.and(broken.map_or(Ok(()), Err));
         for ev in inbound.drain(..) {
             self.handle(conn, ev, now);
         }
@@ -656,6 +858,11 @@ impl Shard {
             link.wake();
             return;
         }
+        if link.wire.is_http() && link.attached {
+            // An open stream or a waiting poll is the client's presence; keep it talking.
+            link.last_activity = now;
+            link.keepalive();
+        }
         let idle = now.saturating_duration_since(link.last_activity);
         if idle >= timeout {
             self.close_link(
@@ -668,7 +875,7 @@ impl Shard {
             return;
         }
         if idle >= interval {
-            link.send_control(Control::Ping, b"");
+            link.keepalive();
         }
         // Never sleep past the deadline, so an idle link closes on time.
         let deadline = link.last_activity + timeout;
@@ -802,6 +1009,17 @@ impl Shard {
     }
 
     /// A user's open links on this core, oldest first.
+    /// The open link of this device whose transport `wire` accepts.
+    fn device_link(&self, who: &Identity, wire: impl Fn(&Wire) -> bool) -> Option<ConnId> {
+        self.user_conns(who.biz_id, &who.user_id)
+            .iter()
+            .copied()
+            .find(|c| {
+                let l = &self.links[c];
+                l.who.device_id == who.device_id && wire(&l.wire)
+            })
+    }
+
     fn user_conns(&self, biz_id: u64, user_id: &str) -> &[ConnId] {
         self.users
             .get(&biz_id)
@@ -833,11 +1051,16 @@ impl Shard {
         if let Some(t) = link.liveness.take() {
             self.wheel.cancel(t);
         }
+        let detached = link.wire.is_http() && !link.attached;
         link.liveness = Some(
             self.wheel
                 .insert(now + CLOSE_LINGER, TimerEvent::Liveness(conn)),
         );
         self.unindex(conn);
+        if detached {
+            // No request holds the link, so nobody is left to tell: it ends here.
+            self.closed(conn);
+        }
     }
 
     /// A closing link takes no new pushes.

@@ -27,6 +27,10 @@ fn cfg() -> ShardConfig {
         heartbeat_timeout: 30_000 * MS,
         max_devices_per_user: 2,
         presence_events: true,
+        deflate: Some(DeflatePolicy {
+            min_bytes: 64,
+            takeover: false,
+        }),
     }
 }
 
@@ -60,6 +64,7 @@ fn upgrade(codec: Codec) -> Upgrade {
         codec,
         echo_subprotocol: true,
         origin: None,
+        extensions: None,
         head_len: 0,
     }
 }
@@ -704,4 +709,266 @@ fn presence_events_follow_opens_and_closes() {
         ]
     );
     assert!(h.shard.take_presence().is_empty());
+}
+
+#[test]
+fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
+    use crate::protocol::deflate::{Agreed, LinkDeflate};
+    let mut h = Harness::new();
+    let mut offer = upgrade(Codec::Json);
+    offer.extensions = Some("permessage-deflate; client_max_window_bits".into());
+    h.shard.open(1, who("alice", "web"), &offer, h.t0);
+    let link = h.shard.link_mut(1).unwrap();
+    let head = String::from_utf8_lossy(&link.out).into_owned();
+    assert!(head.contains(
+        "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+    ));
+    let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    link.out.drain(..end);
+    let connected = std::mem::take(&mut link.out);
+
+    // What a client would do with each server message.
+    let agreed = Agreed {
+        server_takeover: false,
+        client_takeover: false,
+    };
+    let policy = DeflatePolicy {
+        min_bytes: 0,
+        takeover: false,
+    };
+    let mut client_side = LinkDeflate::new(agreed, policy);
+    let read = |bytes: &[u8], client_side: &mut LinkDeflate| {
+        let mut cur = Cursor::new(bytes);
+        let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+        let payload = &bytes[cur.position() as usize..][..len as usize];
+        let mut plain = payload.to_vec();
+        if h.rsv1 {
+            plain.clear();
+            client_side
+                .decompress(payload, 1 << 20, &mut plain)
+                .unwrap();
+        }
+        (h.rsv1, Codec::Json.decode(&plain).unwrap())
+    };
+    // CONNECTED is long enough to be compressed (≥ 64 bytes of JSON).
+    let (zipped, f) = read(&connected, &mut client_side);
+    assert!(zipped);
+    assert_eq!(f.cmd, Cmd::Connected as i32);
+    // A short heartbeat echo is not.
+    h.send(1, 0, &cmd_frame(Cmd::Heartbeat, ""));
+    let echo = std::mem::take(&mut h.shard.link_mut(1).unwrap().out);
+    assert!(!read(&echo, &mut client_side).0);
+    // A push is compressed per link, seq included.
+    h.push("alice", None, "p-1", 1);
+    let push = std::mem::take(&mut h.shard.link_mut(1).unwrap().out);
+    let (zipped, f) = read(&push, &mut client_side);
+    assert!(zipped);
+    assert_eq!((f.key.as_str(), f.seq), ("p-1", 1));
+
+    // A compressed upstream frame from the client.
+    let mut plain = Vec::new();
+    Codec::Json.encode(&up("m1", b"a compressed hello"), &mut plain);
+    let mut wire = Vec::new();
+    client_side.compress(&plain, &mut wire);
+    let mut bytes = raw_client(0xC1, &wire);
+    h.shard.on_bytes(1, &mut bytes, h.at(2));
+    h.settle_store(2);
+    let req = h.shard.take_upstream().remove(0);
+    assert_eq!(&req.body[..], b"a compressed hello");
+    let m = &h.shard.metrics;
+    assert_eq!((m.deflated_out.get(), m.inflated_in.get()), (2, 1));
+    assert_eq!(
+        m.links_by_transport[Transport::WebSocketDeflate as usize].get(),
+        1
+    );
+
+    // Corrupt compressed data closes the link with 1002; a bomb with 1009.
+    let mut junk = raw_client(0xC1, &[0xff, 0xff, 0xff]);
+    h.shard.on_bytes(1, &mut junk, h.at(3));
+    assert!(!h.shard.link_mut(1).unwrap().is_open());
+    h.shard.open(2, who("bob", "web"), &offer, h.t0);
+    h.shard.link_mut(2).unwrap().out.clear();
+    let mut bomb = Vec::new();
+    client_side.compress(&vec![b' '; 4096], &mut bomb);
+    let mut bytes = raw_client(0xC1, &bomb);
+    h.shard.on_bytes(2, &mut bytes, h.at(3));
+    let closed_with = h.shard.link_mut(2).unwrap().close_note.clone();
+    assert_eq!(closed_with.unwrap().0, close_code::TOO_BIG);
+}
+
+#[test]
+fn without_an_offer_or_with_deflate_off_nothing_is_compressed() {
+    let mut h = Harness::new();
+    h.shard
+        .open(1, who("alice", "web"), &upgrade(Codec::Json), h.t0);
+    assert!(!String::from_utf8_lossy(&h.shard.link_mut(1).unwrap().out).contains("Extensions"));
+    let mut off = cfg();
+    off.deflate = None;
+    let mut shard = Shard::new(off, Arc::default(), 1, h.t0);
+    let mut offer = upgrade(Codec::Json);
+    offer.extensions = Some("permessage-deflate".into());
+    shard.open(1, who("alice", "web"), &offer, h.t0);
+    assert!(!String::from_utf8_lossy(&shard.link_mut(1).unwrap().out).contains("Extensions"));
+    // RSV1 from a client that was not granted deflate is a protocol error.
+    let mut bytes = raw_client(0xC1, b"x");
+    shard.on_bytes(1, &mut bytes, h.t0);
+    assert!(!shard.link_mut(1).unwrap().is_open());
+}
+
+fn http_req(route: Route, last_event_id: u64) -> HttpRequest {
+    HttpRequest {
+        route,
+        token: None,
+        origin: Some("http://demo".into()),
+        last_event_id,
+        content_length: 0,
+        head_len: 0,
+    }
+}
+
+/// The SSE events (id, data) in `out`, after any response head.
+fn sse_events(out: &[u8]) -> Vec<(Option<u64>, String)> {
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    let body = text.split_once("\r\n\r\n").map_or(&text[..], |(_, b)| b);
+    body.split("\n\n")
+        .filter(|e| e.contains("data: "))
+        .map(|e| {
+            let id = e
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(|v| v.parse().unwrap());
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (id, data.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was_lost() {
+    let mut h = Harness::new();
+    let (conn, g1) = h.shard.attach(
+        1,
+        who("alice", "web"),
+        &http_req(Route::EventStream, 0),
+        h.t0,
+    );
+    assert_eq!(conn, 1);
+    h.push("alice", None, "p-1", 1);
+    h.push("alice", None, "p-2", 2);
+    let link = h.shard.link_mut(1).unwrap();
+    let out = std::mem::take(&mut link.out);
+    assert!(out.starts_with(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+    assert!(String::from_utf8_lossy(&out).contains("Access-Control-Allow-Origin: http://demo\r\n"));
+    let events = sse_events(&out);
+    assert!(events[0].1.contains("CMD_CONNECTED"));
+    assert_eq!((events[1].0, events[2].0), (Some(1), Some(2)));
+
+    // Upstream and the ack for p-1 come by POST /send.
+    let body = br#"[{"cmd":"CMD_DOWNSTREAM_ACK","key":"p-1"},{"cmd":"UPSTREAM","key":"m1","body":"aGk="}]"#;
+    h.shard.post(&who("alice", "web"), body, h.at(3)).unwrap();
+    h.settle_store(3);
+    assert_eq!(h.shard.take_upstream().len(), 1);
+    assert_eq!(h.shard.link_mut(1).unwrap().inflight.len(), 1);
+    // Bad bodies and devices without a stream get HTTP errors, not link damage.
+    assert_eq!(
+        h.shard
+            .post(&who("alice", "web"), b"{", h.at(3))
+            .unwrap_err()
+            .0,
+        400
+    );
+    assert_eq!(
+        h.shard
+            .post(&who("alice", "tablet"), b"{}", h.at(3))
+            .unwrap_err()
+            .0,
+        409
+    );
+
+    // The stream drops; pushes wait on the link. EventStream resumes with Last-Event-ID 1.
+    h.shard.detach(1, g1, h.at(4));
+    h.push("alice", None, "p-3", 5);
+    let (again, g2) = h.shard.attach(
+        9,
+        who("alice", "web"),
+        &http_req(Route::EventStream, 1),
+        h.at(6),
+    );
+    assert_eq!((again, g2), (1, g1 + 1));
+    let events = sse_events(&std::mem::take(&mut h.shard.link_mut(1).unwrap().out));
+    let ids: Vec<Option<u64>> = events.iter().map(|e| e.0).collect();
+    // p-3 waited in the buffer; CONNECTED again; p-2 (seq 2 > 1, unacked) resent as seq 2.
+    assert_eq!(ids, [Some(3), None, Some(2)]);
+    assert!(events[1].1.contains("CMD_CONNECTED"));
+    // The superseded request's socket task ending changes nothing.
+    h.shard.detach(1, g1, h.at(7));
+    assert!(h.shard.link_mut(1).unwrap().attached);
+    assert_eq!(h.shard.metrics.http_attaches.get(), 1);
+}
+
+#[test]
+fn a_detached_link_waits_one_heartbeat_timeout_then_reports_its_pushes() {
+    let mut h = Harness::new();
+    let (_, g) = h.shard.attach(
+        1,
+        who("alice", "web"),
+        &http_req(Route::EventStream, 0),
+        h.t0,
+    );
+    h.push("alice", None, "p-1", 1);
+    h.shard.detach(1, g, h.at(2));
+    // Retransmits go on while detached; the link survives until the timeout.
+    h.shard.tick(h.at(29_000));
+    assert!(h.shard.link_mut(1).is_some());
+    h.shard.tick(h.at(40_000));
+    assert!(
+        h.shard.link_mut(1).is_none(),
+        "closed without a socket to tell"
+    );
+    let reported = h.shard.take_undelivered();
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0].key, "p-1");
+}
+
+#[test]
+fn long_poll_batches_frames_and_answers_empty_when_due() {
+    let mut h = Harness::new();
+    let (_, g) = h
+        .shard
+        .attach(1, who("alice", "old"), &http_req(Route::Poll, 0), h.t0);
+    h.push("alice", None, "p-1", 1);
+    let link = h.shard.link_mut(1).unwrap();
+    let batch = std::mem::take(&mut link.out);
+    let frames: Vec<serde_json::Value> =
+        serde_json::from_slice(&[b"[", &batch[..], b"]"].concat()).unwrap();
+    assert_eq!(frames[0]["cmd"], "CMD_CONNECTED");
+    assert_eq!(
+        (frames[1]["key"].as_str(), frames[1]["seq"].as_str()),
+        (Some("p-1"), Some("1"))
+    );
+    // Nothing more to say: the heartbeat interval makes the poll due (an empty answer).
+    h.shard.tick(h.at(12_100));
+    assert!(h.shard.link_mut(1).unwrap().poll_due);
+    h.shard.detach(1, g, h.at(12_200));
+    let (same, _) = h.shard.attach(
+        2,
+        who("alice", "old"),
+        &http_req(Route::Poll, 0),
+        h.at(13_000),
+    );
+    assert_eq!(same, 1);
+    assert!(!h.shard.link_mut(1).unwrap().poll_due);
+    // A kick ends the link; the waiting poll is answered with the close.
+    h.shard.kick(
+        &Target {
+            biz_id: 1,
+            user_id: "alice",
+            device_id: None,
+        },
+        "bye",
+        h.at(13_100),
+    );
+    let link = h.shard.link_mut(1).unwrap();
+    assert!(link.poll_due && !link.is_open());
+    assert_eq!(link.close_note.as_ref().unwrap().0, close_code::KICKED);
 }

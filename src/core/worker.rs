@@ -23,12 +23,13 @@ use crate::auth::{AuthError, Verifier};
 use crate::cluster::admission::{Admission, Refusal, Ticket};
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
-use crate::link::ConnId;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::link::push::EncodedPush;
+use crate::link::{ConnId, Wire};
 use crate::metrics::{CoreMetrics, Latencies};
 use crate::owner_core;
-use crate::protocol::handshake::{self, Reject};
+use crate::protocol::events;
+use crate::protocol::handshake::{self, Reject, Request, Route};
 
 /// Everything a worker core needs, moved onto its thread at start.
 pub struct WorkerSetup {
@@ -150,6 +151,7 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
         Err(_) => return,
     };
+    let max_body = w.shard.borrow().config().max_message_bytes;
     let read = async {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
@@ -162,10 +164,24 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
                 return Err(HandshakeEnd::Gone);
             }
             buf.extend_from_slice(&chunk[..n]);
-            match handshake::parse(&buf) {
-                Ok(Some(up)) => return Ok((up, buf)),
+            let req = match handshake::parse(&buf) {
+                Ok(Some(req)) => req,
                 Ok(None) => continue,
                 Err(r) => return Err(HandshakeEnd::Refused(r)),
+            };
+            // A POST's body is read whole before anything else happens.
+            let need = match &req {
+                Request::Http(h) if h.route == Route::Send => {
+                    if h.content_length > max_body {
+                        let r = Reject::new(413, "body larger than the message size limit");
+                        return Err(HandshakeEnd::Refused(r));
+                    }
+                    h.head_len + h.content_length
+                }
+                _ => 0,
+            };
+            if buf.len() >= need {
+                return Ok((req, buf));
             }
         }
     };
@@ -173,7 +189,7 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         glommio::timer::sleep(w.handshake_timeout).await;
         Err(HandshakeEnd::TimedOut)
     };
-    let (up, buf) = match futures_lite::future::or(read, deadline).await {
+    let (req, buf) = match futures_lite::future::or(read, deadline).await {
         Ok(v) => v,
         Err(HandshakeEnd::Gone) => return,
         Err(HandshakeEnd::TimedOut) => {
@@ -181,11 +197,16 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         }
         Err(HandshakeEnd::Refused(r)) => return reject(&w, stream, r).await,
     };
-    if let Some(origin) = &up.origin
+    if let Some(origin) = req.origin()
         && !w.allowed_origins.is_empty()
         && !w.allowed_origins.iter().any(|o| o == origin)
     {
         return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
+    }
+    if let Request::Http(h) = &req
+        && h.route == Route::Preflight
+    {
+        return answer(stream, events::preflight_response(h.origin.as_deref())).await;
     }
     // A drain may have begun while this request was read.
     let ticket = match ticket {
@@ -196,7 +217,7 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         Ok(t) => t,
         Err(r) => return reject(&w, stream, refused(r)).await,
     };
-    let who = match w.verifier.verify(up.token.as_deref()) {
+    let who = match w.verifier.verify(req.token()) {
         Ok(who) => who,
         Err(e) => {
             debug!(core = w.index, error = %e, "auth refused");
@@ -207,10 +228,14 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
             return reject(&w, stream, Reject::new(401, reason)).await;
         }
     };
-    let leftover = buf[up.head_len..].to_vec();
+    let head_len = match &req {
+        Request::WebSocket(u) => u.head_len,
+        Request::Http(h) => h.head_len,
+    };
+    let leftover = buf[head_len..].to_vec();
     let owner = owner_core(who.biz_id, &who.user_id, w.peers.len());
     if owner == w.index {
-        open_link(&w, stream, who, up, leftover, ticket);
+        open_link(&w, stream, who, req, leftover, ticket);
         return;
     }
     // The socket moves to its owner core as a plain fd; this core's stream object closes only
@@ -224,7 +249,7 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
     let msg = CoreMsg::Handoff(Box::new(Handoff {
         fd,
         who,
-        upgrade: up,
+        request: req,
         leftover,
         ticket,
     }));
@@ -264,33 +289,101 @@ async fn reject(w: &Worker, mut stream: TcpStream, r: Reject) {
     let _ = stream.close().await;
 }
 
+/// Writes a whole answer and ends the request.
+async fn answer(mut stream: TcpStream, bytes: Vec<u8>) {
+    let _ = stream.write_all(&bytes).await;
+    let _ = stream.close().await;
+}
+
 fn open_link(
     w: &Rc<Worker>,
     stream: TcpStream,
     who: crate::auth::Identity,
-    up: handshake::Upgrade,
+    req: Request,
     mut leftover: Vec<u8>,
     ticket: Ticket,
 ) {
     let conn = w.next_conn.get();
     w.next_conn.set(conn + 1);
     let now = Instant::now();
-    {
-        let mut shard = w.shard.borrow_mut();
-        shard.open(conn, who, &up, now);
-        if !leftover.is_empty() {
-            shard.on_bytes(conn, &mut leftover, now);
+    let h = match req {
+        Request::WebSocket(up) => {
+            {
+                let mut shard = w.shard.borrow_mut();
+                shard.open(conn, who, &up, now);
+                if !leftover.is_empty() {
+                    shard.on_bytes(conn, &mut leftover, now);
+                }
+            }
+            w.after_events(now);
+            glommio::spawn_local(link_task(w.clone(), conn, stream, ticket)).detach();
+            return;
         }
+        Request::Http(h) => h,
+    };
+    let origin = h.origin.clone();
+    if h.route == Route::Send {
+        let posted = w
+            .shard
+            .borrow_mut()
+            .post(&who, &leftover[..h.content_length], now);
+        w.after_events(now);
+        let origin = origin.as_deref();
+        let resp = match posted {
+            Ok(()) => events::response(202, "Accepted", "text/plain", origin, b""),
+            Err((status, reason)) => {
+                w.metrics.rejected(status);
+                let text = if status == 409 {
+                    "Conflict"
+                } else {
+                    "Bad Request"
+                };
+                events::response(status, text, "text/plain", origin, reason.as_bytes())
+            }
+        };
+        glommio::spawn_local(answer(stream, resp)).detach();
+        return;
     }
+    let (conn, generation) = w.shard.borrow_mut().attach(conn, who, &h, now);
     w.after_events(now);
-    glommio::spawn_local(link_task(w.clone(), conn, stream, ticket)).detach();
+    let task = http_link_task(w.clone(), conn, generation, stream, origin, ticket);
+    glommio::spawn_local(task).detach();
 }
 
-/// Owns one link's socket (and its admission ticket) for its whole life.
+/// Owns one WebSocket link's socket (and its admission ticket) for its whole life.
 async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream, _ticket: Ticket) {
     let mut write_shut = false;
     poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
     w.shard.borrow_mut().closed(conn);
+    w.after_events(Instant::now());
+    let _ = stream.close().await;
+}
+
+/// Serves an HTTP-transport link for one request: the event stream until it drops or another
+/// request takes over, or one poll until it is answered. The link itself lives on.
+async fn http_link_task(
+    w: Rc<Worker>,
+    conn: ConnId,
+    generation: u32,
+    mut stream: TcpStream,
+    origin: Option<String>,
+    _ticket: Ticket,
+) {
+    let mut answer = Vec::new();
+    poll_fn(|cx| {
+        w.poll_http(
+            cx,
+            conn,
+            generation,
+            &mut stream,
+            origin.as_deref(),
+            &mut answer,
+        )
+    })
+    .await;
+    w.shard
+        .borrow_mut()
+        .detach(conn, generation, Instant::now());
     w.after_events(Instant::now());
     let _ = stream.close().await;
 }
@@ -362,6 +455,62 @@ impl Worker {
         Poll::Pending
     }
 
+    /// Moves an HTTP-transport link's output to the request's socket. An event stream writes
+    /// as frames come; a poll takes everything queued as one answer (or an empty one when the
+    /// shard says the poll is due) and is done once that is written. Returns Ready when this
+    /// request is over.
+    fn poll_http(
+        self: &Rc<Self>,
+        cx: &mut Context<'_>,
+        conn: ConnId,
+        generation: u32,
+        stream: &mut TcpStream,
+        origin: Option<&str>,
+        answer: &mut Vec<u8>,
+    ) -> Poll<()> {
+        let mut shard = self.shard.borrow_mut();
+        let Some(link) = shard.link_mut(conn) else {
+            return Poll::Ready(());
+        };
+        if link.attach_gen != generation || link.finished {
+            return Poll::Ready(());
+        }
+        let poll = matches!(link.wire, Wire::LongPoll);
+        if poll && answer.is_empty() && (!link.out.is_empty() || link.poll_due || !link.is_open()) {
+            let batch = std::mem::take(&mut link.out);
+            let close = link.closing.and(link.close_note.as_ref());
+            *answer = events::poll_response(origin, &batch, close.map(|(c, r)| (*c, &**r)));
+            link.poll_due = false;
+        }
+        let open = link.is_open();
+        let out = if poll { answer } else { &mut link.out };
+        let had = !out.is_empty();
+        while !out.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, out) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    out.drain(..n);
+                }
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        if out.is_empty() && (poll && had || !open) {
+            return Poll::Ready(());
+        }
+        // The client says nothing more on this request; a read shows when it goes away.
+        let mut scratch = self.scratch.borrow_mut();
+        loop {
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+        drop(scratch);
+        link_waker(&mut shard, conn, cx);
+        Poll::Pending
+    }
+
     /// Answers what the shard queued for the store and the backend, and reports undelivered
     /// pushes.
     fn after_events(self: &Rc<Self>, now: Instant) {
@@ -423,13 +572,13 @@ impl Worker {
                 let Handoff {
                     fd,
                     who,
-                    upgrade,
+                    request,
                     leftover,
                     ticket,
                 } = *h;
                 // SAFETY: the fd is a connected TCP socket handed over whole by another core.
                 let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                open_link(self, stream, who, upgrade, leftover, ticket);
+                open_link(self, stream, who, request, leftover, ticket);
             }
             CoreMsg::Push(job) => {
                 let push = EncodedPush::tracked(&job.key, job.body, job.unsettled);

@@ -7,6 +7,7 @@ pub mod idem;
 pub mod push;
 pub mod retry;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
@@ -16,9 +17,10 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::Identity;
 use crate::core::timer_wheel::TimerId;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, CoreMetrics};
 use crate::proto::Frame;
-use crate::protocol::{Codec, ws};
+use crate::protocol::deflate::LinkDeflate;
+use crate::protocol::{Codec, events, ws};
 use bucket::TokenBucket;
 use push::EncodedPush;
 
@@ -52,9 +54,34 @@ pub struct Inflight {
     pub first_sent: Instant,
 }
 
+/// A link's compression contexts and the counters that show it is used.
+pub struct Deflating {
+    pub ctx: LinkDeflate,
+    pub metrics: Arc<CoreMetrics>,
+}
+
+/// How frames reach the client. Every transport shares the link's rules (acks, retransmits,
+/// limits); only the bytes in `out` differ.
+pub enum Wire {
+    WebSocket(Option<Box<Deflating>>),
+    /// Server-sent events (`GET /sse`); upstream arrives by `POST /send`.
+    EventStream,
+    /// Batches of frames answer `GET /poll`; upstream arrives by `POST /send`.
+    LongPoll,
+}
+
+impl Wire {
+    /// The HTTP transports outlive their sockets: a stream that drops, or a poll that was
+    /// answered, leaves the link waiting for the next request.
+    pub fn is_http(&self) -> bool {
+        !matches!(self, Wire::WebSocket(_))
+    }
+}
+
 pub struct Link {
     pub who: Arc<Identity>,
     pub codec: Codec,
+    pub wire: Wire,
     pub reader: ws::WsReader,
     pub bucket: TokenBucket,
     next_seq: u64,
@@ -73,14 +100,40 @@ pub struct Link {
     pub finished: bool,
     /// The task that owns the socket, woken when `out` grows or the link starts closing.
     pub waker: Option<Waker>,
+    /// HTTP transports: bumped by every request that takes the link over; a socket task whose
+    /// generation is older steps aside.
+    pub attach_gen: u32,
+    /// HTTP transports: a request's socket currently serves the link.
+    pub attached: bool,
+    /// HTTP transports: the last seq handed to a request's socket before it went away. Pushes
+    /// after it still wait in `out`; those up to it may have died with the socket.
+    pub seq_at_detach: u64,
+    /// Long polling: answer the waiting poll now, even with no frames.
+    pub poll_due: bool,
+    /// How the link was closed, for transports that say it in their own words.
+    pub close_note: Option<(u16, Box<str>)>,
+}
+
+thread_local! {
+    /// Encode-then-compress scratch, one per core.
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Link {
-    pub fn new(who: Arc<Identity>, codec: Codec, bucket: TokenBucket, now: Instant) -> Link {
+    pub fn new(
+        who: Arc<Identity>,
+        codec: Codec,
+        wire: Wire,
+        bucket: TokenBucket,
+        now: Instant,
+    ) -> Link {
+        let mut reader = ws::WsReader::default();
+        reader.deflate = matches!(wire, Wire::WebSocket(Some(_)));
         Link {
             who,
             codec,
-            reader: ws::WsReader::default(),
+            wire,
+            reader,
             bucket,
             next_seq: 1,
             inflight: Vec::new(),
@@ -92,6 +145,11 @@ impl Link {
             closing: None,
             finished: false,
             waker: None,
+            attach_gen: 0,
+            attached: false,
+            seq_at_detach: 0,
+            poll_due: false,
+            close_note: None,
         }
     }
 
@@ -113,33 +171,88 @@ impl Link {
         s
     }
 
+    /// The seq of the newest push sent on this link (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
     pub fn send_frame(&mut self, frame: &Frame) {
+        let codec = self.codec;
+        self.write_message(frame.seq, |out| codec.encode(frame, out));
+    }
+
+    pub fn send_push(&mut self, push: &EncodedPush, seq: u64) {
+        match &self.wire {
+            Wire::WebSocket(None) => push.write(self.codec, seq, &mut self.out),
+            _ => {
+                let codec = self.codec;
+                self.write_message(seq, |out| push.write_payload(codec, seq, out));
+            }
+        }
+        self.wake();
+    }
+
+    /// Queues one message in the link's transport: a WebSocket message (compressed when agreed
+    /// and long enough), an event with `seq` as its id, or an item of the next poll's batch.
+    fn write_message(&mut self, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let data = if self.codec.is_text() {
             Data::Text
         } else {
             Data::Binary
         };
-        let codec = self.codec;
-        ws::write_message_with(&mut self.out, OpCode::Data(data), |out| {
-            codec.encode(frame, out)
-        });
-        self.wake();
-    }
-
-    pub fn send_push(&mut self, push: &EncodedPush, seq: u64) {
-        push.write(self.codec, seq, &mut self.out);
+        match &mut self.wire {
+            Wire::WebSocket(None) => {
+                ws::write_message_with(&mut self.out, OpCode::Data(data), encode)
+            }
+            Wire::WebSocket(Some(deflate)) => PLAIN.with_borrow_mut(|plain| {
+                plain.clear();
+                encode(plain);
+                if deflate.ctx.wants(plain.len()) {
+                    let mut wire = Vec::new();
+                    deflate.ctx.compress(plain, &mut wire);
+                    deflate.metrics.deflated_out.inc();
+                    deflate
+                        .metrics
+                        .deflate_saved_bytes
+                        .add(plain.len().saturating_sub(wire.len()) as u64);
+                    ws::write_header_flagged(&mut self.out, OpCode::Data(data), true, wire.len());
+                    self.out.extend_from_slice(&wire);
+                } else {
+                    ws::write_frame(&mut self.out, OpCode::Data(data), plain);
+                }
+            }),
+            Wire::EventStream => events::write_event(&mut self.out, seq, encode),
+            Wire::LongPoll => events::write_batch_item(&mut self.out, encode),
+        }
         self.wake();
     }
 
     pub fn send_control(&mut self, ctl: Control, payload: &[u8]) {
-        ws::write_frame(&mut self.out, OpCode::Control(ctl), payload);
+        if !self.wire.is_http() {
+            ws::write_frame(&mut self.out, OpCode::Control(ctl), payload);
+            self.wake();
+        }
+    }
+
+    /// Tells a quiet client the link is alive: a ping, an SSE comment, or an empty poll answer.
+    pub fn keepalive(&mut self) {
+        match self.wire {
+            Wire::WebSocket(_) => self.send_control(Control::Ping, b""),
+            Wire::EventStream => events::write_comment(&mut self.out),
+            Wire::LongPoll => self.poll_due = true,
+        }
         self.wake();
     }
 
-    /// Starts the closing handshake: a close frame after whatever is queued.
+    /// Starts the closing handshake: a close frame (or close event) after whatever is queued.
     pub fn close(&mut self, code: u16, reason: &str, why: CloseReason) {
         if self.closing.is_none() {
-            ws::write_close(&mut self.out, code, reason);
+            match self.wire {
+                Wire::WebSocket(_) => ws::write_close(&mut self.out, code, reason),
+                Wire::EventStream => events::write_close(&mut self.out, code, reason),
+                Wire::LongPoll => self.poll_due = true,
+            }
+            self.close_note = Some((code, reason.into()));
             self.closing = Some(why);
             self.wake();
         }

@@ -72,11 +72,9 @@ impl EncodedPush {
         }
     }
 
-    /// Appends the whole WebSocket message for one link.
-    pub fn write(&self, codec: Codec, seq: u64, out: &mut Vec<u8>) {
-        let prefix = self.prefix(codec);
-        let mut suffix = [0u8; 32];
-        let n = match codec {
+    /// The per-link suffix: `seq`, and for JSON the closing brace.
+    fn suffix(codec: Codec, seq: u64, suffix: &mut [u8; 32]) -> usize {
+        match codec {
             Codec::Proto => {
                 suffix[0] = 4 << 3; // field 4, varint
                 1 + put_varint(seq, &mut suffix[1..])
@@ -92,7 +90,22 @@ impl EncodedPush {
                 }
                 n
             }
-        };
+        }
+    }
+
+    /// Appends the encoded frame for one link, without transport framing.
+    pub fn write_payload(&self, codec: Codec, seq: u64, out: &mut Vec<u8>) {
+        let mut suffix = [0u8; 32];
+        let n = Self::suffix(codec, seq, &mut suffix);
+        out.extend_from_slice(self.prefix(codec));
+        out.extend_from_slice(&suffix[..n]);
+    }
+
+    /// Appends the whole WebSocket message for one link.
+    pub fn write(&self, codec: Codec, seq: u64, out: &mut Vec<u8>) {
+        let prefix = self.prefix(codec);
+        let mut suffix = [0u8; 32];
+        let n = Self::suffix(codec, seq, &mut suffix);
         let opcode = OpCode::Data(if codec.is_text() {
             Data::Text
         } else {

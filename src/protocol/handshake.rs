@@ -1,7 +1,9 @@
-//! The HTTP/1.1 upgrade request, sans-IO: parse what the client sent, answer with the exact
-//! status a client can act on (never 500 for a client's mistake).
+//! The HTTP/1.1 request that opens a link, sans-IO: a WebSocket upgrade, or one of the HTTP
+//! transports' requests (event stream, poll, send). Parse what the client sent, answer with the
+//! exact status a client can act on (never 500 for a client's mistake).
 
 use super::codec::Codec;
+use super::deflate::Agreed;
 
 /// Upper bound for the request head; browsers send well under 2 KiB.
 pub const MAX_REQUEST_BYTES: usize = 8192;
@@ -15,8 +17,59 @@ pub struct Upgrade {
     /// Whether the client offered a subprotocol, so the answer must name the chosen one.
     pub echo_subprotocol: bool,
     pub origin: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` line, joined by commas (offers may span lines).
+    pub extensions: Option<String>,
     /// Bytes of the request head; anything after it already belongs to the WebSocket stream.
     pub head_len: usize,
+}
+
+/// Which HTTP-transport request this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /sse`: open (or resume) an event stream.
+    EventStream,
+    /// `GET /poll`: wait for the next batch of frames.
+    Poll,
+    /// `POST /send`: frames from the client.
+    Send,
+    /// `OPTIONS` on any endpoint: a CORS preflight.
+    Preflight,
+}
+
+/// A request of the HTTP transports, before authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub route: Route,
+    pub token: Option<String>,
+    pub origin: Option<String>,
+    /// `Last-Event-ID` (or `?lastEventId=`): the last push a resumed stream saw.
+    pub last_event_id: u64,
+    /// `POST /send`'s body length; the body follows the head.
+    pub content_length: usize,
+    pub head_len: usize,
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    WebSocket(Upgrade),
+    Http(HttpRequest),
+}
+
+impl Request {
+    pub fn origin(&self) -> Option<&str> {
+        match self {
+            Request::WebSocket(u) => u.origin.as_deref(),
+            Request::Http(h) => h.origin.as_deref(),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            Request::WebSocket(u) => u.token.as_deref(),
+            Request::Http(h) => h.token.as_deref(),
+        }
+    }
 }
 
 /// A refusal: the status line and text the client gets before the socket closes.
@@ -38,7 +91,7 @@ impl Reject {
 }
 
 /// Parses the request head in `buf`. `Ok(None)` means more bytes are needed.
-pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
+pub fn parse(buf: &[u8]) -> Result<Option<Request>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -55,22 +108,89 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
     if req.version != Some(1) {
         return Err(Reject::new(505, "HTTP/1.1 required"));
     }
-    if req.method != Some("GET") {
-        return Err(Reject::new(405, "use GET to open a WebSocket"));
-    }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path != "/ws" {
-        return Err(Reject::new(404, "the WebSocket endpoint is /ws"));
-    }
-
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
+    let header = |name: &str| find_header(req.headers, name);
+    let param = |name: &str| {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| percent_decode(v))
+        })
     };
+    let bearer = header("authorization").and_then(|v| {
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim().to_owned())
+    });
+    let token = bearer.or_else(|| param("token"));
+    let origin = header("origin").map(str::to_owned);
+
+    let method = req.method.unwrap_or("");
+    let route = match (method, path) {
+        ("OPTIONS", "/ws" | "/sse" | "/poll" | "/send") => Route::Preflight,
+        ("GET", "/ws") => {
+            return websocket(&req, token, origin, head_len).map(|u| Some(Request::WebSocket(u)));
+        }
+        ("GET", "/sse") => Route::EventStream,
+        ("GET", "/poll") => Route::Poll,
+        ("POST", "/send") => Route::Send,
+        (_, "/ws") => return Err(Reject::new(405, "use GET to open a WebSocket")),
+        (_, "/sse" | "/poll") => return Err(Reject::new(405, "use GET")),
+        (_, "/send") => return Err(Reject::new(405, "use POST to send frames")),
+        _ => {
+            return Err(Reject::new(
+                404,
+                "endpoints: /ws (WebSocket), /sse, /poll, /send",
+            ));
+        }
+    };
+    let content_length = match header("content-length") {
+        Some(v) => v
+            .parse()
+            .map_err(|_| Reject::new(400, "malformed Content-Length"))?,
+        None if route == Route::Send => {
+            return Err(Reject::new(411, "POST /send needs a Content-Length"));
+        }
+        None => 0,
+    };
+    if header("transfer-encoding").is_some() {
+        return Err(Reject::new(
+            411,
+            "send a Content-Length, not a chunked body",
+        ));
+    }
+    let last_event_id = header("last-event-id")
+        .map(str::to_owned)
+        .or_else(|| param("lastEventId"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Some(Request::Http(HttpRequest {
+        route,
+        token,
+        origin,
+        last_event_id,
+        content_length,
+        head_len,
+    })))
+}
+
+fn find_header<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+/// The checks RFC 6455 puts on an upgrade request.
+fn websocket(
+    req: &httparse::Request<'_, '_>,
+    token: Option<String>,
+    origin: Option<String>,
+    head_len: usize,
+) -> Result<Upgrade, Reject> {
+    let header = |name: &str| find_header(req.headers, name);
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
@@ -87,28 +207,22 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, Reject> {
     let (codec, echo_subprotocol) = Codec::negotiate(header("sec-websocket-protocol")).ok_or(
         Reject::new(400, "offer subprotocol ringway.v1.proto or ringway.v1.json"),
     )?;
+    let extensions: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .collect();
 
-    let bearer = header("authorization").and_then(|v| {
-        let (scheme, rest) = v.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_owned())
-    });
-    let token = bearer.or_else(|| {
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(percent_decode)
-    });
-
-    Ok(Some(Upgrade {
+    Ok(Upgrade {
         token,
         ws_key,
         codec,
         echo_subprotocol,
-        origin: header("origin").map(str::to_owned),
+        origin,
+        extensions: (!extensions.is_empty()).then(|| extensions.join(",")),
         head_len,
-    }))
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -134,8 +248,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The `101 Switching Protocols` answer.
-pub fn accept_response(up: &Upgrade, out: &mut Vec<u8>) {
+/// The `101 Switching Protocols` answer, naming the extension agreed on, if any.
+pub fn accept_response(up: &Upgrade, deflate: Option<&Agreed>, out: &mut Vec<u8>) {
     let accept = tungstenite::handshake::derive_accept_key(up.ws_key.as_bytes());
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
@@ -144,6 +258,10 @@ pub fn accept_response(up: &Upgrade, out: &mut Vec<u8>) {
     if up.echo_subprotocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(up.codec.subprotocol().as_bytes());
+    }
+    if let Some(agreed) = deflate {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(agreed.response().as_bytes());
     }
     out.extend_from_slice(b"\r\n\r\n");
 }
@@ -157,6 +275,9 @@ pub fn reject_response(r: &Reject) -> Vec<u8> {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -195,6 +316,56 @@ mod tests {
         )
     }
 
+    fn ws(bytes: &[u8]) -> Upgrade {
+        match parse(bytes).unwrap().unwrap() {
+            Request::WebSocket(u) => u,
+            other => panic!("not an upgrade: {other:?}"),
+        }
+    }
+
+    fn http(s: &str) -> HttpRequest {
+        match parse(s.as_bytes()).unwrap().unwrap() {
+            Request::Http(h) => h,
+            other => panic!("not an HTTP-transport request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn http_transport_routes() {
+        let sse = http(
+            "GET /sse?token=t%2E1&lastEventId=9 HTTP/1.1\r\nOrigin: http://a\r\nLast-Event-ID: 12\r\n\r\n",
+        );
+        assert_eq!(sse.route, Route::EventStream);
+        assert_eq!(sse.token.as_deref(), Some("t.1"));
+        assert_eq!(sse.origin.as_deref(), Some("http://a"));
+        assert_eq!(sse.last_event_id, 12, "the header wins over the query");
+        let poll = http("GET /poll?token=x&lastEventId=9 HTTP/1.1\r\n\r\n");
+        assert_eq!((poll.route, poll.last_event_id), (Route::Poll, 9));
+        let head = "POST /send HTTP/1.1\r\nAuthorization: Bearer b\r\nContent-Length: 5\r\n\r\n";
+        let send = http(&format!("{head}hello"));
+        assert_eq!(send.route, Route::Send);
+        assert_eq!(send.token.as_deref(), Some("b"));
+        assert_eq!((send.content_length, send.head_len), (5, head.len()));
+        assert_eq!(
+            http("OPTIONS /send HTTP/1.1\r\n\r\n").route,
+            Route::Preflight
+        );
+        let status = |s: &str| parse(s.as_bytes()).unwrap_err().status;
+        assert_eq!(status("POST /send HTTP/1.1\r\n\r\n"), 411);
+        assert_eq!(
+            status(
+                "POST /send HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+            ),
+            411
+        );
+        assert_eq!(
+            status("POST /send HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            400
+        );
+        assert_eq!(status("GET /send HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("POST /sse HTTP/1.1\r\n\r\n"), 405);
+    }
+
     #[test]
     fn header_token_and_codec() {
         let r = req(
@@ -203,23 +374,44 @@ mod tests {
         );
         let mut bytes = r.clone().into_bytes();
         bytes.extend_from_slice(b"\x81\x80");
-        let up = parse(&bytes).unwrap().unwrap();
+        let up = ws(&bytes);
         assert_eq!(up.token.as_deref(), Some("abc.def"));
         assert_eq!((up.codec, up.echo_subprotocol), (Codec::Proto, true));
         assert_eq!(up.origin.as_deref(), Some("https://a.example"));
         assert_eq!(up.head_len, r.len());
+        assert_eq!(up.extensions, None);
         let mut out = Vec::new();
-        accept_response(&up, &mut out);
+        accept_response(&up, None, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(text.contains("Sec-WebSocket-Protocol: ringway.v1.proto\r\n"));
     }
 
     #[test]
+    fn extension_offers_on_several_lines() {
+        let r = req(
+            "/ws",
+            "Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        );
+        let up = ws(r.as_bytes());
+        assert_eq!(
+            up.extensions.as_deref(),
+            Some("x-foo,permessage-deflate; client_max_window_bits")
+        );
+        let agreed = Agreed {
+            server_takeover: false,
+            client_takeover: false,
+        };
+        let mut out = Vec::new();
+        accept_response(&up, Some(&agreed), &mut out);
+        assert!(String::from_utf8(out).unwrap().contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n"
+        ));
+    }
+
+    #[test]
     fn query_token_default_codec() {
-        let up = parse(req("/ws?x=1&token=a%2Eb", "").as_bytes())
-            .unwrap()
-            .unwrap();
+        let up = ws(req("/ws?x=1&token=a%2Eb", "").as_bytes());
         assert_eq!(up.token.as_deref(), Some("a.b"));
         assert_eq!((up.codec, up.echo_subprotocol), (Codec::Json, false));
     }

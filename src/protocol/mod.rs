@@ -1,6 +1,8 @@
 //! The client wire contract, pure: WebSocket framing, the upgrade request, frame codecs.
 
 pub mod codec;
+pub mod deflate;
+pub mod events;
 pub mod handshake;
 pub mod json;
 pub mod ws;

@@ -14,10 +14,12 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 /// One thing the peer said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent<'a> {
-    /// A complete data message. `text` tells the opcode; the payload of a text message is
-    /// already checked to be UTF-8.
+    /// A complete data message. `text` tells the opcode; the payload of an uncompressed text
+    /// message is already checked to be UTF-8. A `compressed` one (permessage-deflate) is
+    /// checked by whoever inflates it.
     Message {
         text: bool,
+        compressed: bool,
         payload: &'a [u8],
     },
     Ping(&'a [u8]),
@@ -57,8 +59,10 @@ impl WsError {
 pub struct WsReader {
     /// Bytes of a frame that has not fully arrived yet.
     partial: Vec<u8>,
-    /// A fragmented data message being assembled: (is text, payload so far).
-    fragments: Option<(bool, Vec<u8>)>,
+    /// A fragmented data message being assembled: (is text, is compressed, payload so far).
+    fragments: Option<(bool, bool, Vec<u8>)>,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    pub deflate: bool,
 }
 
 impl WsReader {
@@ -111,7 +115,7 @@ impl WsReader {
                     return Err(WsError::Protocol("control frames must be final and short"));
                 }
             } else {
-                let already = self.fragments.as_ref().map_or(0, |(_, f)| f.len());
+                let already = self.fragments.as_ref().map_or(0, |(_, _, f)| f.len());
                 if len > max_message.saturating_sub(already) as u64 {
                     return Err(WsError::TooLarge);
                 }
@@ -133,7 +137,9 @@ impl WsReader {
         payload: &mut [u8],
         on_event: &mut impl FnMut(WsEvent<'_>),
     ) -> Result<(), WsError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RSV1 is deflate's flag, allowed only on the first frame of a data message.
+        let first_of_message = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv2 || header.rsv3 || header.rsv1 && !(self.deflate && first_of_message) {
             return Err(WsError::Protocol(
                 "reserved bits set without a negotiated extension",
             ));
@@ -155,14 +161,14 @@ impl WsReader {
                 }
             }
             OpCode::Data(Data::Continue) => {
-                let Some((text, mut msg)) = self.fragments.take() else {
+                let Some((text, compressed, mut msg)) = self.fragments.take() else {
                     return Err(WsError::Protocol("continuation without a message"));
                 };
                 msg.extend_from_slice(payload);
                 if header.is_final {
-                    deliver(text, &msg, on_event)?;
+                    deliver(text, compressed, &msg, on_event)?;
                 } else {
-                    self.fragments = Some((text, msg));
+                    self.fragments = Some((text, compressed, msg));
                 }
             }
             OpCode::Data(data @ (Data::Text | Data::Binary)) => {
@@ -170,10 +176,11 @@ impl WsReader {
                     return Err(WsError::Protocol("new message inside a fragmented one"));
                 }
                 let text = data == Data::Text;
+                let compressed = header.rsv1;
                 if header.is_final {
-                    deliver(text, payload, on_event)?;
+                    deliver(text, compressed, payload, on_event)?;
                 } else {
-                    self.fragments = Some((text, payload.to_vec()));
+                    self.fragments = Some((text, compressed, payload.to_vec()));
                 }
             }
             OpCode::Data(Data::Reserved(_)) => return Err(WsError::Protocol("reserved opcode")),
@@ -184,13 +191,18 @@ impl WsReader {
 
 fn deliver(
     text: bool,
+    compressed: bool,
     payload: &[u8],
     on_event: &mut impl FnMut(WsEvent<'_>),
 ) -> Result<(), WsError> {
-    if text && std::str::from_utf8(payload).is_err() {
+    if text && !compressed && std::str::from_utf8(payload).is_err() {
         return Err(WsError::BadUtf8);
     }
-    on_event(WsEvent::Message { text, payload });
+    on_event(WsEvent::Message {
+        text,
+        compressed,
+        payload,
+    });
     Ok(())
 }
 
@@ -236,8 +248,14 @@ pub fn header_len(len: usize) -> usize {
 
 /// Appends an unmasked, final server frame header.
 pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
+    write_header_flagged(out, opcode, false, len);
+}
+
+/// Appends an unmasked, final server frame header; `compressed` sets RSV1 (permessage-deflate).
+pub fn write_header_flagged(out: &mut Vec<u8>, opcode: OpCode, compressed: bool, len: usize) {
     let header = FrameHeader {
         opcode,
+        rsv1: compressed,
         ..FrameHeader::default()
     };
     header
@@ -317,6 +335,7 @@ mod tests {
     #[derive(Debug, PartialEq)]
     enum Got {
         Msg(bool, Vec<u8>),
+        Zipped(bool, Vec<u8>),
         Ping(Vec<u8>),
         Pong,
         Close(Option<u16>),
@@ -326,7 +345,14 @@ mod tests {
         let mut got = Vec::new();
         reader.feed(&mut bytes.to_vec(), max, |ev| {
             got.push(match ev {
-                WsEvent::Message { text, payload } => Got::Msg(text, payload.to_vec()),
+                WsEvent::Message {
+                    text,
+                    compressed,
+                    payload,
+                } => match compressed {
+                    false => Got::Msg(text, payload.to_vec()),
+                    true => Got::Zipped(text, payload.to_vec()),
+                },
                 WsEvent::Ping(p) => Got::Ping(p.to_vec()),
                 WsEvent::Pong => Got::Pong,
                 WsEvent::Close(c) => Got::Close(c),
@@ -431,6 +457,42 @@ mod tests {
             feed_all(&mut WsReader::default(), &bad_text, 100),
             Err(WsError::BadUtf8)
         );
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_when_agreed() {
+        let deflate = || WsReader {
+            deflate: true,
+            ..WsReader::default()
+        };
+        // RSV1 on the first fragment covers the whole message; text is not checked as UTF-8
+        // before it is inflated.
+        let mut bytes = client_frame(0x41, &[0xf2, 0x48]);
+        bytes.extend(client_frame(0x80, &[0xcd]));
+        bytes.extend(client_frame(0x82, b"plain"));
+        let got = feed_all(&mut deflate(), &bytes, 100).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Got::Zipped(true, vec![0xf2, 0x48, 0xcd]),
+                Got::Msg(false, b"plain".to_vec())
+            ]
+        );
+        for bad in [
+            client_frame(0xC1, b"a"),                                      // not agreed
+            [client_frame(0x01, b"a"), client_frame(0xC0, b"b")].concat(), // on a continuation
+            client_frame(0xC9, b""),                                       // on a control frame
+        ] {
+            let mut reader = if bad[0] == 0xC1 {
+                WsReader::default()
+            } else {
+                deflate()
+            };
+            assert!(matches!(
+                feed_all(&mut reader, &bad, 100),
+                Err(WsError::Protocol(_))
+            ));
+        }
     }
 
     #[test]
