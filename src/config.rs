@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// the core's shared context, and clients are told to do the same.
     #[arg(long, env = "RINGWAY_DEFLATE_TAKEOVER")]
     pub deflate_takeover: bool,
+    /// Let the admin server mint client tokens for its demo page (POST /demo/token). For
+    /// trying ringway out only: anyone who reaches the admin port can then sign in as anyone.
+    #[arg(long, env = "RINGWAY_DEMO")]
+    pub demo: bool,
     /// Bytes queued for a client that does not read; beyond it the link is closed with 4002.
     #[arg(long, env = "RINGWAY_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,

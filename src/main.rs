@@ -19,6 +19,7 @@ use ringway::cluster::rebalance::{ScaleEvent, ScaleSetup, on_scale_event};
 use ringway::cluster::registry::{EtcdConfig, Registry};
 use ringway::cluster::routing::{Mode, PushRouter, hand_off};
 use ringway::config::{Cli, Command, PushRouting, ServeArgs};
+use ringway::control::demo::DemoSetup;
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
 use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Subscription};
 use ringway::control::redis_idem::RedisIdem;
@@ -306,6 +307,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 topic: (!args.etcd.is_empty()).then(|| args.scale_topic.clone()),
                 command: args.scale_up_cmd.clone(),
                 wait: Duration::from_millis(args.scale_up_wait_ms),
+            },
+            demo: DemoSetup {
+                ws_port: args.listen.port(),
+                mint_secret: match (&source, args.demo) {
+                    (KeySource::Secret(s), true) => Some(s.clone()),
+                    _ => None,
+                },
             },
             republish: routing.is_some(),
         },

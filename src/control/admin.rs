@@ -34,6 +34,7 @@ pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
         .route("/v1/redirect", post(redirect))
         .route("/admin/drain", post(drain))
         .route("/admin/rebalance", post(rebalance))
+        .merge(super::demo::routes())
         .with_state(node);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin server stopped");

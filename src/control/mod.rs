@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod demo;
 pub mod grpc_backend;
 pub mod kafka;
 pub mod redis_idem;
@@ -47,6 +48,7 @@ pub struct NodeState {
     /// Set by `POST /admin/drain`.
     pub drain_requested: Notify,
     pub scale: ScaleSetup,
+    pub demo: demo::DemoSetup,
     /// While draining with cluster routing: pushes that found no link here, kept to be put
     /// back on the push topic once the node is empty.
     held: Mutex<Option<Vec<Undelivered>>>,
@@ -72,6 +74,7 @@ pub struct NodeSetup {
     pub kafka: Option<Arc<KafkaOut>>,
     pub drain_rate: u32,
     pub scale: ScaleSetup,
+    pub demo: demo::DemoSetup,
     /// Put a draining node's undelivered pushes back on the push topic (cluster routing).
     pub republish: bool,
 }
@@ -93,6 +96,7 @@ impl NodeState {
             drain_rate: s.drain_rate.max(1),
             drain_requested: Notify::new(),
             scale: s.scale,
+            demo: s.demo,
             held: Mutex::new(None),
             republish: s.republish,
             node_topic: NodeTopic::default(),

@@ -1,0 +1,93 @@
+//! The browser side of ringway, served by the admin server: the JavaScript client SDK
+//! (`/sdk/ringway.js`) and a demo page (`/demo/`) that signs in, chats, shows pushes and
+//! connection state, and charts the node's own metrics. The files are compiled into the binary
+//! so a node needs nothing beside it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::NodeState;
+use crate::auth::{self, Identity};
+
+/// What the demo page needs from the node.
+#[derive(Debug, Clone, Default)]
+pub struct DemoSetup {
+    /// The client port, so the page knows where to connect.
+    pub ws_port: u16,
+    /// Set with `--demo` (and an HS256 secret): the page may mint tokens for anyone.
+    pub mint_secret: Option<Vec<u8>>,
+}
+
+const SDK: &str = include_str!("../../web/ringway.js");
+const PAGE: &str = include_str!("../../web/demo/index.html");
+const PAGE_JS: &str = include_str!("../../web/demo/demo.js");
+
+pub fn routes() -> Router<Arc<NodeState>> {
+    Router::new()
+        .route("/sdk/ringway.js", get(|| file("text/javascript", SDK)))
+        .route("/demo", get(|| file("text/html; charset=utf-8", PAGE)))
+        .route("/demo/", get(|| file("text/html; charset=utf-8", PAGE)))
+        .route("/demo/demo.js", get(|| file("text/javascript", PAGE_JS)))
+        .route("/demo/config", get(config))
+        .route("/demo/token", post(token))
+}
+
+async fn file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn config(State(node): State<Arc<NodeState>>) -> Response {
+    axum::Json(json!({
+        "ws_port": node.demo.ws_port,
+        "node_id": node.node_id,
+        "can_mint": node.demo.mint_secret.is_some(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    biz_id: u64,
+    user_id: String,
+    #[serde(default)]
+    device_id: Option<String>,
+}
+
+/// Mints a one-hour token for the demo page's sign-in form.
+async fn token(State(node): State<Arc<NodeState>>, body: axum::body::Bytes) -> Response {
+    let Some(secret) = &node.demo.mint_secret else {
+        let msg = "token minting is off: start the node with --demo (and an HS256 secret)";
+        return (StatusCode::FORBIDDEN, axum::Json(json!({ "error": msg }))).into_response();
+    };
+    let req: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("expected {{biz_id, user_id, device_id?}}: {e}");
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+        }
+    };
+    if req.user_id.is_empty() {
+        let msg = "user_id must not be empty";
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": msg }))).into_response();
+    }
+    let who = Identity {
+        biz_id: req.biz_id,
+        user_id: req.user_id,
+        device_id: req.device_id.unwrap_or_else(|| "default".into()),
+    };
+    axum::Json(json!({ "token": auth::mint_hs256(secret, &who, 3600) })).into_response()
+}
