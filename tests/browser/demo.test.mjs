@@ -32,8 +32,9 @@ function freePort() {
 
 /// One gateway node; `start` waits until its admin port answers.
 class Node {
-  constructor(id) {
+  constructor(id, extra = []) {
     this.id = id;
+    this.extra = extra;
   }
   async init() {
     this.ws = await freePort();
@@ -55,6 +56,7 @@ class Node {
         "--workers", "1",
         "--pin-cores", "false",
         "--demo",
+        ...this.extra,
       ],
       { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } },
     );
@@ -256,48 +258,71 @@ test("long polling: chat and pushes", async () => {
   await page.close();
 });
 
-test("permessage-deflate with a non-browser client", async () => {
-  const token = (await (await fetch(`${a.adminUrl}/demo/token`, {
+/// A Node client (the `ws` package) on `node`; returns the socket, the agreed extension header
+/// and a way to wait for a frame.
+async function wsClient(node, user) {
+  const r = await fetch(`${node.adminUrl}/demo/token`, {
     method: "POST",
-    body: JSON.stringify({ biz_id: 1, user_id: "dave" }),
-  })).json()).token;
-  const before = {
-    out: await a.metric("ringway_deflated_out_total"),
-    in: await a.metric("ringway_inflated_in_total"),
-  };
-  const ws = new WebSocket(`ws://127.0.0.1:${a.ws}/ws?token=${token}`, ["ringway.v1.json"], {
+    body: JSON.stringify({ biz_id: 1, user_id: user }),
+  });
+  const { token } = await r.json();
+  const ws = new WebSocket(`ws://127.0.0.1:${node.ws}/ws?token=${token}`, ["ringway.v1.json"], {
     perMessageDeflate: { threshold: 0 },
   });
   let agreed = "";
   ws.once("upgrade", (res) => (agreed = res.headers["sec-websocket-extensions"] || ""));
   const frames = [];
-  const waitFor = (pred) =>
-    new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error("timed out")), 10000);
-      const check = () => {
-        const f = frames.find(pred);
-        if (f) {
-          clearTimeout(t);
-          resolve(f);
-        } else setTimeout(check, 10);
-      };
-      check();
-    });
   ws.on("message", (d) => frames.push(JSON.parse(d.toString())));
   await new Promise((r, j) => {
     ws.once("open", r);
     ws.once("error", j);
   });
-  assert.equal(ws.extensions, "permessage-deflate");
-  assert.equal(agreed, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+  const waitFor = (pred) =>
+    eventually(() => frames.some(pred)).then(() => frames.find(pred));
   await waitFor((f) => f.cmd === "CMD_CONNECTED");
+  return { ws, agreed, waitFor };
+}
+
+/// Two big upstream messages and two big pushes through a deflate link.
+async function bigBothWays(node, user, { ws, waitFor }) {
   const body = Buffer.from("y".repeat(5000)).toString("base64");
-  ws.send(JSON.stringify({ cmd: "CMD_UPSTREAM", key: "d-1", body }));
-  await waitFor((f) => f.cmd === "CMD_UPSTREAM_ACK" && f.key === "d-1");
-  await a.push("dave", "d-push", "z".repeat(3000));
-  const push = await waitFor((f) => f.cmd === "CMD_DOWNSTREAM");
-  assert.equal(Buffer.from(push.body, "base64").toString().length, 3000);
-  assert.ok((await a.metric("ringway_deflated_out_total")) > before.out);
-  assert.ok((await a.metric("ringway_inflated_in_total")) > before.in);
-  ws.close();
+  for (const key of ["d-1", "d-2"]) {
+    ws.send(JSON.stringify({ cmd: "CMD_UPSTREAM", key, body }));
+    await waitFor((f) => f.cmd === "CMD_UPSTREAM_ACK" && f.key === key);
+  }
+  for (const key of ["dp-1", "dp-2"]) {
+    await node.push(user, key, "z".repeat(3000));
+    const push = await waitFor((f) => f.cmd === "CMD_DOWNSTREAM" && f.key === key);
+    assert.equal(Buffer.from(push.body, "base64").toString(), "z".repeat(3000));
+  }
+}
+
+test("permessage-deflate with a non-browser client", async () => {
+  const before = {
+    out: await a.metric("ringway_deflated_out_total"),
+    in: await a.metric("ringway_inflated_in_total"),
+  };
+  const client = await wsClient(a, "dave");
+  assert.equal(client.ws.extensions, "permessage-deflate");
+  assert.equal(client.agreed, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+  await bigBothWays(a, "dave", client);
+  assert.ok((await a.metric("ringway_deflated_out_total")) >= before.out + 2);
+  assert.ok((await a.metric("ringway_inflated_in_total")) >= before.in + 2);
+  client.ws.close();
+});
+
+test("permessage-deflate with context takeover (--deflate-takeover)", async () => {
+  const c = await new Node("node-c", ["--deflate-takeover"]).init();
+  await c.start();
+  try {
+    const client = await wsClient(c, "frank");
+    // Both sides keep their window: the second of two equal messages refers to the first.
+    assert.equal(client.agreed, "permessage-deflate");
+    await bigBothWays(c, "frank", client);
+    assert.equal(await c.metric("ringway_inflated_in_total"), 2);
+    assert.ok((await c.metric("ringway_deflated_out_total")) >= 2);
+    client.ws.close();
+  } finally {
+    await c.stop();
+  }
 });
