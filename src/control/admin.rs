@@ -12,13 +12,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
-use super::{NodeState, router};
+use super::{NodeState, push_api, router};
 use crate::cluster::rebalance::{AlertPayload, on_alert};
 use crate::core::inbox::PushJob;
 use crate::metrics;
@@ -147,12 +146,8 @@ async fn rebalance(
     }
 }
 
-/// Checks the admin token and parses the JSON body, or answers why not.
-fn request<T: DeserializeOwned>(
-    node: &NodeState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
+/// Checks the admin token and that the node still takes work, or answers why not.
+fn admit(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(token) = &node.admin_token {
         check_token(token, headers)?;
     }
@@ -162,39 +157,18 @@ fn request<T: DeserializeOwned>(
             "node is shutting down",
         ));
     }
+    Ok(())
+}
+
+/// [`admit`], then the JSON body.
+fn request<T: DeserializeOwned>(
+    node: &NodeState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    admit(node, headers)?;
     serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
-}
-
-/// `biz_id` as a number or, as proto3 JSON writes 64-bit integers, a string.
-fn biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        Num(u64),
-        Str(String),
-    }
-    match N::deserialize(d)? {
-        N::Num(n) => Ok(n),
-        N::Str(s) => s.parse().map_err(serde::de::Error::custom),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PushRequest {
-    #[serde(deserialize_with = "biz_id")]
-    biz_id: u64,
-    #[serde(default)]
-    user_id: Option<String>,
-    #[serde(default)]
-    user_ids: Vec<String>,
-    #[serde(default)]
-    device_id: Option<String>,
-    key: String,
-    /// Standard base64.
-    #[serde(default)]
-    body: String,
 }
 
 async fn push(
@@ -202,39 +176,16 @@ async fn push(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: PushRequest = request(&node, &headers, &body)?;
-    if req.key.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "key is required (clients dedup and ack by it)",
-        ));
-    }
-    let mut users = req.user_ids;
-    users.extend(req.user_id);
-    users.retain(|u| !u.is_empty());
-    if users.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "name a receiver: user_id or user_ids",
-        ));
-    }
-    let payload = base64::engine::general_purpose::STANDARD
-        .decode(req.body.as_bytes())
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("body must be standard base64: {e}"),
-            )
-        })?;
-    let device = req.device_id.filter(|d| !d.is_empty());
+    admit(&node, &headers)?;
+    let req = push_api::parse(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let routed = router::push(
         &node,
         PushJob {
             biz_id: req.biz_id,
-            user_ids: users,
-            device_id: device,
+            user_ids: req.user_ids,
+            device_id: req.device_id,
             key: req.key.clone(),
-            body: payload.into(),
+            body: req.body.into(),
             report_offline: true,
             unsettled: None,
             accepted_at: std::time::Instant::now(),
@@ -264,7 +215,7 @@ async fn push(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KickRequest {
-    #[serde(deserialize_with = "biz_id")]
+    #[serde(deserialize_with = "push_api::biz_id")]
     biz_id: u64,
     user_id: String,
     #[serde(default)]
@@ -313,7 +264,7 @@ struct RedirectRequest {
 }
 
 fn opt_biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    biz_id(d).map(Some)
+    push_api::biz_id(d).map(Some)
 }
 
 async fn redirect(
