@@ -11,6 +11,7 @@ use crate::control::routes::{Target, parse_route};
 use crate::core::shard::ShardConfig;
 use crate::link::idem::IdemTtl;
 use crate::link::retry::RetryPolicy;
+use crate::protocol::body_crypt::BodyKeys;
 use crate::protocol::deflate::DeflatePolicy;
 
 #[derive(Parser, Debug)]
@@ -112,6 +113,16 @@ pub struct ServeArgs {
     /// the core's shared context, and clients are told to do the same.
     #[arg(long, env = "RINGWAY_DEFLATE_TAKEOVER")]
     pub deflate_takeover: bool,
+    /// Seal message bodies of a biz between its clients and the gateway with AES-256-GCM:
+    /// `BIZ=KEY`, KEY 32 bytes in base64 (repeatable; env: comma-separated). Clients send and
+    /// receive `body` as a 12-byte nonce + ciphertext + tag; backends see plain bodies.
+    #[arg(
+        long = "body-key",
+        env = "RINGWAY_BODY_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub body_keys: Vec<String>,
     /// Let the admin server mint client tokens for its demo page (POST /demo/token). For
     /// trying ringway out only: anyone who reaches the admin port can then sign in as anyone.
     #[arg(long, env = "RINGWAY_DEMO")]
@@ -314,8 +325,8 @@ impl ServeArgs {
         !self.etcd.is_empty() && self.redis.is_some()
     }
 
-    pub fn shard_config(&self, node_id: &str) -> ShardConfig {
-        ShardConfig {
+    pub fn shard_config(&self, node_id: &str) -> Result<ShardConfig, String> {
+        Ok(ShardConfig {
             node_id: node_id.to_owned(),
             max_message_bytes: self.max_message_bytes,
             max_outbound_bytes: self.max_outbound_bytes,
@@ -334,7 +345,8 @@ impl ServeArgs {
                 min_bytes: self.deflate_min_bytes,
                 takeover: self.deflate_takeover,
             }),
-        }
+            body_keys: BodyKeys::parse(&self.body_keys)?,
+        })
     }
 
     pub fn idem_ttl(&self) -> IdemTtl {

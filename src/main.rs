@@ -218,11 +218,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .collect(),
     );
 
+    let shard_config = args.shard_config(&node_id)?;
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let setup = worker::WorkerSetup {
             index: i,
             listener,
-            shard: args.shard_config(&node_id),
+            shard: shard_config.clone(),
             verifier: verifier.clone(),
             allowed_origins: Arc::clone(&origins),
             echo: args.echo,

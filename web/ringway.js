@@ -150,10 +150,10 @@ export const protoCodec = {
 
 /// A downstream message, as the app sees it.
 class Message {
-  constructor(frame) {
+  constructor(frame, body) {
     this.key = frame.key;
     this.seq = Number(frame.seq || 0);
-    this.body = fromBase64(frame.body);
+    this.body = body;
   }
   text() {
     return fromUtf8.decode(this.body);
@@ -170,6 +170,7 @@ export class RingwayClient {
       backoffBaseMs: 500,
       backoffMaxMs: 30000,
       dedupKeys: 2048,
+      bodyKey: null, // base64 AES-256 key when the gateway runs with --body-key for this biz
       ...opts,
     };
     this.url = this.opts.url.replace(/\/+$/, "");
@@ -261,14 +262,38 @@ export class RingwayClient {
 
   /// Sends an UPSTREAM message; resolves with the backend's reply (Uint8Array) once acked.
   /// The key makes retries safe: the gateway forwards a key once and re-acks duplicates.
-  send(body, { key } = {}) {
+  async send(body, { key } = {}) {
     key = key || `${Date.now().toString(36)}-${(this.nextKey++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-    const frame = { cmd: CMD.UPSTREAM, key, body: toBase64(bytesOf(body)) };
+    // Sealed once: every resend of this key carries the same bytes.
+    const frame = { cmd: CMD.UPSTREAM, key, body: toBase64(await this.sealBody(bytesOf(body))) };
     return new Promise((resolve, reject) => {
       const p = { frame, resolve, reject, attempts: 0, timer: null };
       this.pending.set(key, p);
       this.transmit(p);
     });
+  }
+
+  /// Body encryption (AES-256-GCM, a 12-byte nonce first), as the gateway's --body-key does.
+  cipherKey() {
+    this.keyPromise ||= crypto.subtle.importKey("raw", fromBase64(this.opts.bodyKey), "AES-GCM", false, ["encrypt", "decrypt"]);
+    return this.keyPromise;
+  }
+
+  async sealBody(bytes) {
+    if (!this.opts.bodyKey || !bytes.length) return bytes;
+    const iv = crypto.getRandomValues(new Uint8Array(12));
+    const sealed = new Uint8Array(await crypto.subtle.encrypt({ name: "AES-GCM", iv }, await this.cipherKey(), bytes));
+    const out = new Uint8Array(12 + sealed.length);
+    out.set(iv);
+    out.set(sealed, 12);
+    return out;
+  }
+
+  async openBody(b64) {
+    const bytes = fromBase64(b64);
+    if (!this.opts.bodyKey || !bytes.length) return bytes;
+    const plain = await crypto.subtle.decrypt({ name: "AES-GCM", iv: bytes.subarray(0, 12) }, await this.cipherKey(), bytes.subarray(12));
+    return new Uint8Array(plain);
   }
 
   transmit(p) {
@@ -305,7 +330,7 @@ export class RingwayClient {
         if (p) {
           clearTimeout(p.timer);
           this.pending.delete(f.key);
-          p.resolve(fromBase64(f.body));
+          this.openBody(f.body).then(p.resolve, p.reject);
         }
         this.emit("ack", { key: f.key });
         break;
@@ -321,7 +346,10 @@ export class RingwayClient {
         if (this.seen.size > this.opts.dedupKeys) {
           this.seen.delete(this.seen.keys().next().value);
         }
-        this.emit("message", new Message(f));
+        this.openBody(f.body).then(
+          (body) => this.emit("message", new Message(f, body)),
+          () => this.emit("error", new Error(`push ${f.key}: body does not decrypt with bodyKey`)),
+        );
         break;
       }
       case CMD.RATE_LIMITED: {

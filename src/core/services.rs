@@ -15,7 +15,6 @@ use crate::auth::Identity;
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
 use crate::link::idem::{Claim, IdemStore};
-use crate::link::push::EncodedPush;
 
 /// What a node does with upstream messages while its shared idempotency store is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,7 +178,7 @@ impl Services {
             true => {
                 shard.on_upstream_result(&req, Ok(Bytes::new()), now);
                 if backend.echo {
-                    let push = EncodedPush::new(&req.key, req.body.clone());
+                    let push = shard.encode_push(req.who.biz_id, &req.key, req.body.clone(), None);
                     let user = [req.who.user_id.clone()];
                     shard.push(
                         req.who.biz_id,

@@ -20,12 +20,14 @@ use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
 use crate::link::idem::{Claim, IdemUpdate};
 use crate::link::push::EncodedPush;
+use crate::link::push::Unsettled;
 use crate::link::retry::RetryPolicy;
 use crate::link::{ConnId, Deflating, Inflight, Link, Wire, close_code};
 use crate::metrics::{
     CloseReason, CoreMetrics, DropReason, Latencies, Transport, UndeliveredReason,
 };
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
+use crate::protocol::body_crypt::BodyKeys;
 use crate::protocol::deflate::{self, DeflatePolicy};
 use crate::protocol::handshake::{self, HttpRequest, Route};
 use crate::protocol::ws::{WsError, WsEvent};
@@ -46,6 +48,8 @@ pub struct ShardConfig {
     pub presence_events: bool,
     /// permessage-deflate, when offered; `None` declines every offer.
     pub deflate: Option<DeflatePolicy>,
+    /// Bizs whose bodies travel sealed between clients and the gateway.
+    pub body_keys: BodyKeys,
 }
 
 impl ShardConfig {
@@ -184,6 +188,19 @@ impl Shard {
 
     pub fn config(&self) -> &ShardConfig {
         &self.cfg
+    }
+
+    /// A push from a backend, encoded once for every device of this core (its body sealed
+    /// here when the biz encrypts bodies).
+    pub fn encode_push(
+        &self,
+        biz_id: u64,
+        key: &str,
+        body: Bytes,
+        unsettled: Option<Arc<Unsettled>>,
+    ) -> Rc<EncodedPush> {
+        let wire = self.cfg.body_keys.seal(biz_id, body.clone());
+        EncodedPush::tracked(key, body, wire, unsettled)
     }
 
     pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
@@ -587,11 +604,17 @@ impl Shard {
             self.metrics.frame_out(Cmd::RateLimited);
             return;
         }
+        let Ok(body) = self.cfg.body_keys.open(link.who.biz_id, f.body) else {
+            self.metrics.dropped(DropReason::BadFrame);
+            let reason = "body does not decrypt with this biz's key".to_owned();
+            self.reply_error(conn, &f.key, Code::BadFrame, reason);
+            return;
+        };
         self.claims.push(UpstreamRequest {
             conn,
             who: link.who.clone(),
             key: f.key,
-            body: f.body,
+            body,
             received_at: now,
         });
     }
@@ -660,7 +683,7 @@ impl Shard {
             let frame = Frame {
                 cmd: Cmd::UpstreamAck as i32,
                 key,
-                body,
+                body: self.cfg.body_keys.seal(link.who.biz_id, body),
                 ..Default::default()
             };
             link.send_frame(&frame);

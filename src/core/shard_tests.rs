@@ -31,6 +31,7 @@ fn cfg() -> ShardConfig {
             min_bytes: 64,
             takeover: false,
         }),
+        body_keys: BodyKeys::default(),
     }
 }
 
@@ -971,4 +972,70 @@ fn long_poll_batches_frames_and_answers_empty_when_due() {
     let link = h.shard.link_mut(1).unwrap();
     assert!(link.poll_due && !link.is_open());
     assert_eq!(link.close_note.as_ref().unwrap().0, close_code::KICKED);
+}
+
+#[test]
+fn sealed_bizs_get_bodies_opened_upstream_and_sealed_once_downstream() {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let mut c = cfg();
+    c.body_keys = BodyKeys::parse(&[format!("1={key}")]).unwrap();
+    let client_keys = c.body_keys.clone();
+    let mut h = Harness::new();
+    h.shard = Shard::new(c, Arc::default(), 7, h.t0);
+    h.open(1, "alice", "phone", Codec::Proto);
+
+    // Upstream: the backend gets the plain body; the ack's body comes back sealed.
+    let sealed = client_keys.seal(1, Bytes::from_static(b"secret"));
+    h.send(
+        1,
+        0,
+        &Frame {
+            body: sealed,
+            ..up("m1", b"")
+        },
+    );
+    let req = h.answer_upstream(1, Ok(Bytes::from_static(b"reply")));
+    assert_eq!(&req.body[..], b"secret");
+    let ack = h.frames(1).remove(0);
+    assert_eq!(client_keys.open(1, ack.body).unwrap(), &b"reply"[..]);
+    // A body that does not open is refused, not forwarded.
+    h.send(
+        1,
+        2,
+        &Frame {
+            body: Bytes::from_static(b"0123456789abcdefghijklmnopqrstuvwxyz"),
+            ..up("m2", b"")
+        },
+    );
+    let err = h.frames(1).remove(0);
+    assert_eq!(
+        (err.cmd, err.code),
+        (Cmd::Error as i32, Code::BadFrame as i32)
+    );
+    assert!(h.shard.take_upstream().is_empty());
+
+    // Downstream: sealed once; the retransmit carries the very same bytes.
+    let push = h
+        .shard
+        .encode_push(1, "p-1", Bytes::from_static(b"pushed"), None);
+    h.shard.push(
+        1,
+        &["alice".to_owned()],
+        None,
+        &push,
+        true,
+        h.at(3),
+        h.at(3),
+    );
+    let first = h.frames(1).remove(0);
+    assert_eq!(
+        client_keys.open(1, first.body.clone()).unwrap(),
+        &b"pushed"[..]
+    );
+    h.shard.tick(h.at(1200));
+    let again = h.frames(1).remove(0);
+    assert_eq!((again.seq, &again.body), (first.seq, &first.body));
+    // Reports carry the plain body, for whoever resends it.
+    assert_eq!(push.body(), &Bytes::from_static(b"pushed"));
 }

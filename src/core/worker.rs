@@ -24,7 +24,6 @@ use crate::cluster::admission::{Admission, Refusal, Ticket};
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
-use crate::link::push::EncodedPush;
 use crate::link::{ConnId, Wire};
 use crate::metrics::{CoreMetrics, Latencies};
 use crate::owner_core;
@@ -581,9 +580,10 @@ impl Worker {
                 open_link(self, stream, who, request, leftover, ticket);
             }
             CoreMsg::Push(job) => {
-                let push = EncodedPush::tracked(&job.key, job.body, job.unsettled);
+                let mut shard = self.shard.borrow_mut();
+                let push = shard.encode_push(job.biz_id, &job.key, job.body, job.unsettled);
                 let device = job.device_id.as_deref();
-                self.shard.borrow_mut().push(
+                shard.push(
                     job.biz_id,
                     &job.user_ids,
                     device,

@@ -23,7 +23,11 @@ pub struct Unsettled;
 
 pub struct EncodedPush {
     pub key: Rc<str>,
+    /// The body as the backend sent it, for undelivered reports.
     body: Bytes,
+    /// The body as frames carry it: sealed once here when the biz encrypts bodies, so a
+    /// retransmit sends the same bytes and never encrypts again.
+    wire_body: Bytes,
     proto: OnceCell<Box<[u8]>>,
     json: OnceCell<Box<[u8]>>,
     /// Released when the last link holding this push acks it or reports it.
@@ -32,14 +36,20 @@ pub struct EncodedPush {
 
 impl EncodedPush {
     pub fn new(key: &str, body: Bytes) -> Rc<Self> {
-        Self::tracked(key, body, None)
+        Self::tracked(key, body.clone(), body, None)
     }
 
-    /// A push whose settlement the source waits for.
-    pub fn tracked(key: &str, body: Bytes, unsettled: Option<Arc<Unsettled>>) -> Rc<Self> {
+    /// A push whose settlement the source waits for; `wire_body` is what clients receive.
+    pub fn tracked(
+        key: &str,
+        body: Bytes,
+        wire_body: Bytes,
+        unsettled: Option<Arc<Unsettled>>,
+    ) -> Rc<Self> {
         Rc::new(EncodedPush {
             key: key.into(),
             body,
+            wire_body,
             proto: OnceCell::new(),
             json: OnceCell::new(),
             _unsettled: unsettled,
@@ -54,7 +64,7 @@ impl EncodedPush {
         let frame = || Frame {
             cmd: Cmd::Downstream as i32,
             key: self.key.to_string(),
-            body: self.body.clone(),
+            body: self.wire_body.clone(),
             ..Default::default()
         };
         match codec {

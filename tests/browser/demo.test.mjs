@@ -258,6 +258,38 @@ test("long polling: chat and pushes", async () => {
   await page.close();
 });
 
+test("body encryption: the SDK seals with WebCrypto, the gateway opens and seals once", async () => {
+  const key = Buffer.alloc(32, 5).toString("base64");
+  const d = await new Node("node-d", ["--body-key", `1=${key}`, "--echo"]).init();
+  await d.start();
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${d.adminUrl}/demo/`);
+    const result = await page.evaluate(
+      async ({ port, key }) => {
+        const { RingwayClient } = await import("/sdk/ringway.js");
+        const r = await fetch("/demo/token", { method: "POST", body: JSON.stringify({ biz_id: 1, user_id: "gina" }) });
+        const { token } = await r.json();
+        const c = new RingwayClient({ url: `ws://127.0.0.1:${port}`, token, bodyKey: key });
+        const echoed = new Promise((resolve) => c.on("message", (m) => resolve(m.text())));
+        c.connect();
+        await new Promise((resolve) => c.on("connected", resolve));
+        // The loopback backend (--echo) pushes back the body it received: plain only if the
+        // gateway opened it, and readable here only if the gateway sealed the push.
+        await c.send("top secret");
+        const text = await echoed;
+        c.close();
+        return text;
+      },
+      { port: d.ws, key },
+    );
+    assert.equal(result, "top secret");
+    await page.close();
+  } finally {
+    await d.stop();
+  }
+});
+
 /// A Node client (the `ws` package) on `node`; returns the socket, the agreed extension header
 /// and a way to wait for a frame.
 async function wsClient(node, user) {
