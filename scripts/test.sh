@@ -14,3 +14,5 @@ cargo test --workspace --locked "$@"
 # The demo page in headless Chromium, and permessage-deflate with a Node client, against the
 # binary `cargo test` just built.
 (cd tests/browser && node --test --test-concurrency=1)
+# A short fuzz run of every target (longer runs: scripts/fuzz.sh 3600).
+scripts/fuzz.sh --if-available 10

@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod metrics;
 pub mod protocol;
