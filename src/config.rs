@@ -39,6 +39,13 @@ pub struct ServeArgs {
     /// Client WebSocket address; every worker core binds it with SO_REUSEPORT.
     #[arg(long, env = "RINGWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// PEM certificate chain for `wss://` (and https for the HTTP transports) on --listen.
+    /// Reloaded with its key on SIGHUP; links already open keep their session.
+    #[arg(long, env = "RINGWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "RINGWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Admin HTTP address: /metrics, /healthz, /readyz, /v1/push, /v1/kick, /v1/redirect.
     /// Keep it on loopback or a private network.
     #[arg(long, env = "RINGWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]

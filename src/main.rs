@@ -25,6 +25,7 @@ use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Subscription};
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::routes::{LiveRoutes, LocalBizs};
 use ringway::control::services::Remote;
+use ringway::control::tls::TlsFiles;
 use ringway::control::{self, NodeSetup, NodeState};
 use ringway::core::{inbox, worker};
 use ringway::metrics::CoreMetrics;
@@ -219,11 +220,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     );
 
     let shard_config = args.shard_config(&node_id)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(TlsFiles::load(cert, key)?)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let setup = worker::WorkerSetup {
             index: i,
             listener,
             shard: shard_config.clone(),
+            tls: tls.clone(),
             verifier: verifier.clone(),
             allowed_origins: Arc::clone(&origins),
             echo: args.echo,
@@ -347,6 +354,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         if let Some(registry) = registry {
             tokio::spawn(registry.run(node.clone()));
+        }
+        if let Some(files) = tls.clone() {
+            tokio::spawn(control::reload_tls_on_hangup(node.clone(), files));
         }
         if let (Some(cfg), Some(out)) = (kafka, kafka_out) {
             let mode = match routing {

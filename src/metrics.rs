@@ -237,6 +237,9 @@ pub struct NodeCounters {
     pub location_errors: Counter,
     /// Unacked pushes of a draining node put back on the push topic.
     pub pushes_republished: Counter,
+    /// TLS certificate reloads (SIGHUP) that took, and those that failed (the old one stays).
+    pub tls_reloads: Counter,
+    pub tls_reload_errors: Counter,
     /// Pushes read from a departed node's topic and routed again.
     pub pushes_adopted: Counter,
     /// Links moved by drain and rebalance batches (asked of the cores).
@@ -247,6 +250,16 @@ pub struct NodeCounters {
 type NodePick = fn(&NodeCounters) -> u64;
 
 const NODE_COUNTERS: &[(&str, &str, NodePick)] = &[
+    (
+        "ringway_tls_reloads_total",
+        "TLS certificate reloads on SIGHUP that took effect.",
+        |n| n.tls_reloads.get(),
+    ),
+    (
+        "ringway_tls_reload_errors_total",
+        "TLS certificate reloads that failed (the previous certificate stays).",
+        |n| n.tls_reload_errors.get(),
+    ),
     (
         "ringway_idem_store_errors_total",
         "Failed round trips to the shared idempotency store (Redis).",

@@ -12,6 +12,7 @@ pub mod redis_idem;
 pub mod router;
 pub mod routes;
 pub mod services;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -215,6 +216,24 @@ pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_
         _ = node.drain_requested.notified() => info!("drain requested"),
     }
     crate::cluster::drain::drain(node, shutdown_timeout).await;
+}
+
+/// Reloads the TLS certificate on every SIGHUP.
+pub async fn reload_tls_on_hangup(node: Arc<NodeState>, files: Arc<tls::TlsFiles>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    while hup.recv().await.is_some() {
+        match files.reload() {
+            Ok(()) => {
+                node.counters.tls_reloads.inc();
+                info!("SIGHUP: TLS certificate reloaded");
+            }
+            Err(e) => {
+                node.counters.tls_reload_errors.inc();
+                warn!(error = %e, "SIGHUP: TLS reload failed; serving the previous certificate");
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

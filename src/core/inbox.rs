@@ -41,6 +41,8 @@ pub enum CoreMsg {
 
 pub struct Handoff {
     pub fd: OwnedFd,
+    /// The TLS session, mid-stream: it moves with its socket.
+    pub tls: Option<Box<rustls::ServerConnection>>,
     pub who: Identity,
     pub request: Request,
     /// Bytes the client sent after its request head: WebSocket frames, or a `POST /send`

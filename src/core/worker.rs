@@ -16,6 +16,7 @@ use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, warn};
 
 use super::batcher::Batcher;
+use super::conn::Conn;
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::services::{Backend, Services, StoreDownPolicy};
 use super::shard::{Shard, ShardConfig, Target};
@@ -23,6 +24,7 @@ use crate::auth::{AuthError, Verifier};
 use crate::cluster::admission::{Admission, Refusal, Ticket};
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
+use crate::control::tls::TlsFiles;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::link::{ConnId, Wire};
 use crate::metrics::{CoreMetrics, Latencies};
@@ -51,6 +53,8 @@ pub struct WorkerSetup {
     pub report_to_kafka: bool,
     pub handshake_timeout: Duration,
     pub admission: Arc<Admission>,
+    /// Certificate for TLS on the client port, when configured.
+    pub tls: Option<Arc<TlsFiles>>,
     pub peers: Vec<CoreHandle>,
     pub inbox: Inbox,
     pub metrics: Arc<CoreMetrics>,
@@ -73,6 +77,7 @@ struct Worker {
     services: RefCell<Services>,
     handshake_timeout: Duration,
     admission: Arc<Admission>,
+    tls: Option<Arc<TlsFiles>>,
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
@@ -108,6 +113,7 @@ pub async fn run(setup: WorkerSetup) {
         }),
         handshake_timeout: setup.handshake_timeout,
         admission: setup.admission,
+        tls: setup.tls,
         peers: setup.peers,
         metrics: setup.metrics,
         next_conn: Cell::new(1),
@@ -144,11 +150,22 @@ enum HandshakeEnd {
 /// Reads and checks the upgrade request, then opens the link here or on its owner core.
 /// The admission ticket is taken first and travels with the socket for the link's whole life;
 /// a refused client still gets its request read, so the 503 reaches it instead of a reset.
-async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let ticket = match stream.peer_addr() {
+async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let ticket = match tcp.peer_addr() {
         Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
         Err(_) => return,
+    };
+    // Under TLS the handshake runs inside the first reads, within the same deadline.
+    let mut stream = match &w.tls {
+        None => Conn::Plain(tcp),
+        Some(files) => match rustls::ServerConnection::new(files.current()) {
+            Ok(session) => Conn::tls(tcp, session),
+            Err(e) => {
+                warn!(core = w.index, error = %e, "cannot start a TLS session");
+                return;
+            }
+        },
     };
     let max_body = w.shard.borrow().config().max_message_bytes;
     let read = async {
@@ -245,8 +262,10 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
         return reject(&w, stream, Reject::new(503, "out of file descriptors")).await;
     }
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+    let (_, tls) = stream.into_parts();
     let msg = CoreMsg::Handoff(Box::new(Handoff {
         fd,
+        tls,
         who,
         request: req,
         leftover,
@@ -254,14 +273,28 @@ async fn handshake(w: Rc<Worker>, mut stream: TcpStream) {
     }));
     match w.peers[owner].send(msg) {
         Ok(()) => w.metrics.handoffs.inc(),
-        Err(_) => {
+        Err(msg) => {
+            // The message came back with the socket and its session: answer on them.
+            let CoreMsg::Handoff(h) = msg else {
+                unreachable!("the handoff we sent")
+            };
             let r = Reject {
                 status: 503,
                 reason: "owner core overloaded",
                 retry_after_s: Some(1),
             };
-            reject(&w, stream, r).await
+            reject(&w, received(h.fd, h.tls), r).await
         }
+    }
+}
+
+/// A socket handed over by another core, with its TLS session if it has one.
+fn received(fd: OwnedFd, tls: Option<Box<rustls::ServerConnection>>) -> Conn {
+    // SAFETY: the fd is a connected TCP socket handed over whole by another core.
+    let tcp = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    match tls {
+        Some(session) => Conn::tls(tcp, *session),
+        None => Conn::Plain(tcp),
     }
 }
 
@@ -282,21 +315,21 @@ fn refused(r: Refusal) -> Reject {
     }
 }
 
-async fn reject(w: &Worker, mut stream: TcpStream, r: Reject) {
+async fn reject(w: &Worker, mut stream: Conn, r: Reject) {
     w.metrics.rejected(r.status);
     let _ = stream.write_all(&handshake::reject_response(&r)).await;
     let _ = stream.close().await;
 }
 
 /// Writes a whole answer and ends the request.
-async fn answer(mut stream: TcpStream, bytes: Vec<u8>) {
+async fn answer(mut stream: Conn, bytes: Vec<u8>) {
     let _ = stream.write_all(&bytes).await;
     let _ = stream.close().await;
 }
 
 fn open_link(
     w: &Rc<Worker>,
-    stream: TcpStream,
+    stream: Conn,
     who: crate::auth::Identity,
     req: Request,
     mut leftover: Vec<u8>,
@@ -350,7 +383,7 @@ fn open_link(
 }
 
 /// Owns one WebSocket link's socket (and its admission ticket) for its whole life.
-async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: TcpStream, _ticket: Ticket) {
+async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: Conn, _ticket: Ticket) {
     let mut write_shut = false;
     poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
     w.shard.borrow_mut().closed(conn);
@@ -364,7 +397,7 @@ async fn http_link_task(
     w: Rc<Worker>,
     conn: ConnId,
     generation: u32,
-    mut stream: TcpStream,
+    mut stream: Conn,
     origin: Option<String>,
     _ticket: Ticket,
 ) {
@@ -398,7 +431,7 @@ impl Worker {
         self: &Rc<Self>,
         cx: &mut Context<'_>,
         conn: ConnId,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         write_shut: &mut bool,
     ) -> Poll<()> {
         for _ in 0..READ_BUDGET {
@@ -418,12 +451,15 @@ impl Worker {
                     Poll::Pending => break,
                 }
             }
+            // TLS records the socket did not take yet (a no-op on plain TCP).
+            if let Poll::Ready(Err(_)) = Pin::new(&mut *stream).poll_flush(cx) {
+                return Poll::Ready(());
+            }
             let mut written_push = None;
             if link.out.is_empty() {
                 written_push = link.push_queued_at.take();
                 if link.closing.is_some() && !*write_shut {
-                    // SAFETY: shutdown(2) on the socket this task owns.
-                    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+                    stream.shutdown_write();
                     *write_shut = true;
                 }
                 if link.out.capacity() > 4096 {
@@ -463,7 +499,7 @@ impl Worker {
         cx: &mut Context<'_>,
         conn: ConnId,
         generation: u32,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         origin: Option<&str>,
         answer: &mut Vec<u8>,
     ) -> Poll<()> {
@@ -492,6 +528,12 @@ impl Worker {
                 Poll::Ready(_) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
+        }
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            // Not done before the socket has every byte (TLS keeps some itself).
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => {}
         }
         if out.is_empty() && (poll && had || !open) {
             return Poll::Ready(());
@@ -570,14 +612,13 @@ impl Worker {
             CoreMsg::Handoff(h) => {
                 let Handoff {
                     fd,
+                    tls,
                     who,
                     request,
                     leftover,
                     ticket,
                 } = *h;
-                // SAFETY: the fd is a connected TCP socket handed over whole by another core.
-                let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                open_link(self, stream, who, request, leftover, ticket);
+                open_link(self, received(fd, tls), who, request, leftover, ticket);
             }
             CoreMsg::Push(job) => {
                 let mut shard = self.shard.borrow_mut();
