@@ -389,6 +389,8 @@ pub fn frame(cmd: Cmd, key: &str, body: &[u8]) -> Frame {
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// With an append-only file here, fsynced on every write, data survives a SIGKILL.
+    aof_dir: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -396,18 +398,46 @@ impl Redis {
         let mut r = Redis {
             child: None,
             port: free_port().port(),
+            aof_dir: None,
         };
         r.restart();
         r
+    }
+
+    /// From now on (re)starts keep their data on disk, as a production Redis holding
+    /// idempotency keys must.
+    pub fn make_durable(&mut self) {
+        let dir = std::env::temp_dir().join(format!(
+            "ringway-redis-{}-{}",
+            std::process::id(),
+            self.port
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        self.aof_dir = Some(dir);
+        self.restart();
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts the server on the same port, empty, and waits until it answers PING.
+    /// (Re)starts the server on the same port (SIGKILLing a running one), empty unless durable,
+    /// and waits until it answers PING.
     pub fn restart(&mut self) {
         self.stop();
+        let persistence: Vec<String> = match &self.aof_dir {
+            None => ["--appendonly", "no"].map(String::from).to_vec(),
+            Some(dir) => [
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
         let child = Command::new("redis-server")
             .args([
                 "--bind",
@@ -416,9 +446,8 @@ impl Redis {
                 &self.port.to_string(),
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(&persistence)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/services.sh install)");
@@ -444,6 +473,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -561,6 +593,11 @@ impl Broker {
     /// Starts the broker and creates `topics` with one partition each.
     pub fn start(topics: &[&str]) -> Broker {
         let port = free_port().port();
+        let child = Broker::spawn(port, topics);
+        Broker { child, port }
+    }
+
+    fn spawn(port: u16, topics: &[&str]) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
             .args([
@@ -574,7 +611,6 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu (scripts/services.sh install)");
-        let broker = Broker { child, port };
         wait_until("tansu listening", Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
@@ -587,7 +623,7 @@ impl Broker {
                 .success();
             assert!(ok, "creating topic {t}");
         }
-        broker
+        child
     }
 
     pub fn addr(&self) -> String {
