@@ -45,6 +45,18 @@ impl CertFiles {
     }
 }
 
+impl CertFiles {
+    /// A gateway serving TLS with these files.
+    fn gateway(&self) -> Gateway {
+        Gateway::start(&[
+            "--tls-cert",
+            self.cert.to_str().unwrap(),
+            "--tls-key",
+            self.key.to_str().unwrap(),
+        ])
+    }
+}
+
 impl Drop for CertFiles {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.cert);
@@ -97,12 +109,7 @@ fn next_frame(ws: &mut tungstenite::WebSocket<Tls>) -> Frame {
 fn wss_links_work_and_sighup_swaps_the_certificate() {
     let files = CertFiles::new("swap");
     let first = files.issue();
-    let gw = Gateway::start(&[
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-    ]);
+    let gw = files.gateway();
 
     let mut a = wss(&gw, &first, "alice");
     assert_eq!(next_frame(&mut a).cmd, Cmd::Connected as i32);
@@ -169,12 +176,7 @@ fn wss_links_work_and_sighup_swaps_the_certificate() {
 fn event_stream_over_tls() {
     let files = CertFiles::new("sse");
     let cert = files.issue();
-    let gw = Gateway::start(&[
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-    ]);
+    let gw = files.gateway();
     let mut s = tls_to(&gw, &cert).unwrap();
     let token = gw.token("sse", "web");
     write!(s, "GET /sse?token={token} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
