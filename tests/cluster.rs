@@ -310,12 +310,12 @@ impl Audit {
                 *m.entry(r.reason.clone()).or_default() += 1;
                 m
             });
-        println!(
+        common::report(&format!(
             "audit: sent {}, delivered {delivered}, reported undelivered {reported} {reasons:?}, duplicates {duplicates}, redirects {}, reconnects {}",
             keys.len(),
             self.seen.redirects.load(Relaxed),
             self.seen.reconnects.load(Relaxed),
-        );
+        ));
         assert_eq!(delivered + reported, keys.len());
         (delivered, reported, duplicates)
     }
@@ -737,12 +737,12 @@ fn chaos_redis_etcd_and_a_node_killed_in_turn_under_traffic() {
         .iter()
         .filter(|k| receipts.get(*k) != Some(&1))
         .collect();
-    println!(
+    common::report(&format!(
         "chaos upstream: sent {sent} (resends included), acked {}, backend receipts {}, acked keys not received exactly once {}",
         acked.len(),
         receipts.values().sum::<u32>(),
         twice.len()
-    );
+    ));
     assert!(
         twice.is_empty(),
         "acked but not forwarded exactly once: {twice:?}"

@@ -45,6 +45,13 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
+/// Prints an audit's counts where the suite's log shows them even when the test passes (the
+/// test harness captures `println!` of passing tests; this writes to the real stderr).
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Polls `check` until it is true; panics with `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
