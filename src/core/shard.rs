@@ -129,6 +129,8 @@ pub struct Shard {
     /// (who, online) for each link opened or closed, when `presence_events` is on.
     presence: Vec<(Arc<Identity>, bool)>,
     inbound: Vec<Inbound>,
+    /// Scratch for inflating compressed messages, reused across links and messages.
+    inflated: Vec<u8>,
 }
 
 /// The first frame of every link, and of every resumed event stream.
@@ -147,20 +149,25 @@ fn connected_frame(cfg: &ShardConfig, link: &Link) -> Frame {
     }
 }
 
-/// A compressed message, inflated and, for text, checked to be UTF-8.
-fn inflate(d: &mut Deflating, payload: &[u8], max: usize, text: bool) -> Result<Vec<u8>, WsError> {
-    let mut plain = Vec::new();
-    d.ctx
-        .decompress(payload, max, &mut plain)
-        .map_err(|e| match e {
-            deflate::InflateError::TooLarge => WsError::TooLarge,
-            deflate::InflateError::Corrupt => WsError::Protocol("corrupt compressed message"),
-        })?;
-    if text && std::str::from_utf8(&plain).is_err() {
+/// A compressed message, inflated into `plain` (the core's scratch) and, for text, checked to
+/// be UTF-8.
+fn inflate(
+    d: &mut Deflating,
+    payload: &[u8],
+    max: usize,
+    text: bool,
+    plain: &mut Vec<u8>,
+) -> Result<(), WsError> {
+    plain.clear();
+    d.ctx.decompress(payload, max, plain).map_err(|e| match e {
+        deflate::InflateError::TooLarge => WsError::TooLarge,
+        deflate::InflateError::Corrupt => WsError::Protocol("corrupt compressed message"),
+    })?;
+    if text && std::str::from_utf8(plain).is_err() {
         return Err(WsError::BadUtf8);
     }
     d.metrics.inflated_in.inc();
-    Ok(plain)
+    Ok(())
 }
 
 const TICK: Duration = Duration::from_millis(10);
@@ -183,6 +190,7 @@ impl Shard {
             undelivered: Vec::new(),
             presence: Vec::new(),
             inbound: Vec::new(),
+            inflated: Vec::new(),
         }
     }
 
@@ -469,6 +477,7 @@ impl Shard {
         };
         let mut broken = None;
         let mut inbound = std::mem::take(&mut self.inbound);
+        let mut inflated = std::mem::take(&mut self.inflated);
         let result = link.reader.feed(input, max, |ev| {
             if broken.is_some() {
                 return;
@@ -479,12 +488,10 @@ impl Shard {
                     compressed,
                     payload,
                 } => {
-                    let inflated;
                     let payload = if compressed {
                         let d = deflate.as_mut().expect("RSV1 is accepted only once agreed");
-                        match inflate(d, payload, max, text) {
-                            Ok(p) => inflated = p,
-                            Err(e) => return broken = Some(e),
+                        if let Err(e) = inflate(d, payload, max, text, &mut inflated) {
+                            return broken = Some(e);
                         }
                         &inflated[..]
                     } else {
@@ -500,6 +507,7 @@ impl Shard {
                 WsEvent::Close(code) => Inbound::Close(code),
             })
         });
+        self.inflated = inflated;
         let result = result.and(broken.map_or(Ok(()), Err));
         for ev in inbound.drain(..) {
             self.handle(conn, ev, now);

@@ -182,14 +182,15 @@ impl Link {
     }
 
     pub fn send_push(&mut self, push: &EncodedPush, seq: u64) {
+        let codec = self.codec;
         match &self.wire {
-            Wire::WebSocket(None) => push.write(self.codec, seq, &mut self.out),
-            _ => {
-                let codec = self.codec;
-                self.write_message(seq, |out| push.write_payload(codec, seq, out));
+            // The common case: the shared prefix copied once, with its exact header.
+            Wire::WebSocket(None) => {
+                push.write(codec, seq, &mut self.out);
+                self.wake();
             }
+            _ => self.write_message(seq, |out| push.write_payload(codec, seq, out)),
         }
-        self.wake();
     }
 
     /// Queues one message in the link's transport: a WebSocket message (compressed when agreed
@@ -200,25 +201,26 @@ impl Link {
         } else {
             Data::Binary
         };
+        let opcode = OpCode::Data(data);
         match &mut self.wire {
             Wire::WebSocket(None) => {
-                ws::write_message_with(&mut self.out, OpCode::Data(data), encode)
+                ws::write_message_with(&mut self.out, opcode, false, encode);
             }
+            // Encoded into the core's scratch, then compressed straight into `out`: no buffer
+            // per message.
             Wire::WebSocket(Some(deflate)) => PLAIN.with_borrow_mut(|plain| {
                 plain.clear();
                 encode(plain);
                 if deflate.ctx.wants(plain.len()) {
-                    let mut wire = Vec::new();
-                    deflate.ctx.compress(plain, &mut wire);
+                    let ctx = &mut deflate.ctx;
+                    let len = ws::write_message_with(&mut self.out, opcode, true, |out| {
+                        ctx.compress(plain, out)
+                    });
                     deflate.metrics.deflated_out.inc();
-                    deflate
-                        .metrics
-                        .deflate_saved_bytes
-                        .add(plain.len().saturating_sub(wire.len()) as u64);
-                    ws::write_header_flagged(&mut self.out, OpCode::Data(data), true, wire.len());
-                    self.out.extend_from_slice(&wire);
+                    let saved = plain.len().saturating_sub(len) as u64;
+                    deflate.metrics.deflate_saved_bytes.add(saved);
                 } else {
-                    ws::write_frame(&mut self.out, OpCode::Data(data), plain);
+                    ws::write_frame(&mut self.out, opcode, plain);
                 }
             }),
             Wire::EventStream => events::write_event(&mut self.out, seq, encode),

@@ -248,14 +248,8 @@ pub fn header_len(len: usize) -> usize {
 
 /// Appends an unmasked, final server frame header.
 pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
-    write_header_flagged(out, opcode, false, len);
-}
-
-/// Appends an unmasked, final server frame header; `compressed` sets RSV1 (permessage-deflate).
-pub fn write_header_flagged(out: &mut Vec<u8>, opcode: OpCode, compressed: bool, len: usize) {
     let header = FrameHeader {
         opcode,
-        rsv1: compressed,
         ..FrameHeader::default()
     };
     header
@@ -265,8 +259,14 @@ pub fn write_header_flagged(out: &mut Vec<u8>, opcode: OpCode, compressed: bool,
 
 /// Appends a whole server frame whose payload `encode` writes straight into `out`, so a frame
 /// costs no buffer of its own: the payload goes after a gap as long as the longest header,
-/// then moves back to meet its actual header.
-pub fn write_message_with(out: &mut Vec<u8>, opcode: OpCode, encode: impl FnOnce(&mut Vec<u8>)) {
+/// then moves back to meet its actual header. `compressed` sets RSV1 (permessage-deflate).
+/// Returns the payload's length.
+pub fn write_message_with(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    compressed: bool,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> usize {
     const GAP: usize = 10;
     let start = out.len();
     out.resize(start + GAP, 0);
@@ -277,6 +277,7 @@ pub fn write_message_with(out: &mut Vec<u8>, opcode: OpCode, encode: impl FnOnce
         let mut w = &mut header[..];
         FrameHeader {
             opcode,
+            rsv1: compressed,
             ..FrameHeader::default()
         }
         .format(len as u64, &mut w)
@@ -287,6 +288,7 @@ pub fn write_message_with(out: &mut Vec<u8>, opcode: OpCode, encode: impl FnOnce
     out.copy_within(start + GAP.., start + h);
     out[start..start + h].copy_from_slice(&header[..h]);
     out.truncate(out.len() - unused);
+    len
 }
 
 /// Appends a whole server frame.
@@ -515,9 +517,10 @@ mod tests {
             let mut copied = b"before".to_vec();
             write_frame(&mut copied, OpCode::Data(Data::Binary), &payload);
             let mut in_place = b"before".to_vec();
-            write_message_with(&mut in_place, OpCode::Data(Data::Binary), |out| {
+            let len = write_message_with(&mut in_place, OpCode::Data(Data::Binary), false, |out| {
                 out.extend_from_slice(&payload)
             });
+            assert_eq!(len, payload.len());
             assert_eq!(copied, in_place, "len {len}");
         }
     }
