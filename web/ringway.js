@@ -315,9 +315,9 @@ export class RingwayClient {
     switch (f.cmd) {
       case CMD.CONNECTED: {
         const c = f.connected || {};
-        this.heartbeatMs = c.heartbeatIntervalMs || c.heartbeat_interval_ms || 30000;
+        this.heartbeatMs = c.heartbeatIntervalMs || 30000;
         this.attempt = 0;
-        this.setState("open", { transport: this.transportKind, linkId: c.linkId || c.link_id, nodeId: c.nodeId || c.node_id });
+        this.setState("open", { transport: this.transportKind, linkId: c.linkId, nodeId: c.nodeId });
         this.emit("connected", c);
         this.startHeartbeat();
         for (const p of this.pending.values()) this.transmit(p);

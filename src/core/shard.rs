@@ -23,9 +23,7 @@ use crate::link::push::EncodedPush;
 use crate::link::push::Unsettled;
 use crate::link::retry::RetryPolicy;
 use crate::link::{ConnId, Deflating, Inflight, Link, Wire, close_code};
-use crate::metrics::{
-    CloseReason, CoreMetrics, DropReason, Latencies, Transport, UndeliveredReason,
-};
+use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
 use crate::protocol::body_crypt::BodyKeys;
 use crate::protocol::deflate::{self, DeflatePolicy};
@@ -249,25 +247,21 @@ impl Shard {
     /// A WebSocket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
     /// make room in the user's device slots.
     pub fn open(&mut self, conn: ConnId, who: Identity, up: &handshake::Upgrade, now: Instant) {
-        let agreed = self
-            .cfg
-            .deflate
-            .zip(up.extensions.as_deref())
-            .and_then(|(policy, offers)| Some((policy, deflate::negotiate(offers, policy)?)));
-        let wire = Wire::WebSocket(agreed.map(|(policy, agreed)| {
-            Box::new(Deflating {
-                ctx: deflate::LinkDeflate::new(agreed, policy),
-                metrics: self.metrics.clone(),
-            })
-        }));
-        let transport = if agreed.is_some() {
-            Transport::WebSocketDeflate
-        } else {
-            Transport::WebSocket
-        };
+        let deflate =
+            self.cfg
+                .deflate
+                .zip(up.extensions.as_deref())
+                .and_then(|(policy, offers)| {
+                    let agreed = deflate::negotiate(offers, policy)?;
+                    Some(Box::new(Deflating {
+                        ctx: deflate::LinkDeflate::new(agreed, policy),
+                        metrics: self.metrics.clone(),
+                    }))
+                });
         let mut head = Vec::new();
-        handshake::accept_response(up, agreed.map(|a| a.1).as_ref(), &mut head);
-        self.install(conn, Arc::new(who), up.codec, wire, transport, head, now);
+        handshake::accept_response(up, deflate.as_ref().map(|d| &d.ctx.agreed), &mut head);
+        let wire = Wire::WebSocket(deflate);
+        self.install(conn, Arc::new(who), up.codec, wire, head, now);
     }
 
     /// A request of the HTTP transports opens a link, or takes over the one the same device
@@ -289,16 +283,12 @@ impl Shard {
             )
         });
         let Some(existing) = existing else {
-            let (wire, transport, head) = if poll {
-                (Wire::LongPoll, Transport::LongPoll, Vec::new())
+            let (wire, head) = if poll {
+                (Wire::LongPoll, Vec::new())
             } else {
-                (
-                    Wire::EventStream,
-                    Transport::EventStream,
-                    events::stream_head(origin),
-                )
+                (Wire::EventStream, events::stream_head(origin))
             };
-            self.install(conn, Arc::new(who), Codec::Json, wire, transport, head, now);
+            self.install(conn, Arc::new(who), Codec::Json, wire, head, now);
             let link = self.links.get_mut(&conn).expect("just installed");
             link.attached = true;
             return (conn, link.attach_gen);
@@ -383,14 +373,12 @@ impl Shard {
 
     /// Makes room in the user's device slots, then adds the link with its transport's opening
     /// bytes and CONNECTED.
-    #[allow(clippy::too_many_arguments)]
     fn install(
         &mut self,
         conn: ConnId,
         who: Arc<Identity>,
         codec: Codec,
         wire: Wire,
-        transport: Transport,
         head: Vec<u8>,
         now: Instant,
     ) {
@@ -420,6 +408,7 @@ impl Shard {
         }
 
         let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
+        let transport = wire.transport();
         let mut link = Link::new(who.clone(), codec, wire, bucket, now);
         link.out = head;
         let connected = connected_frame(&self.cfg, &link);
@@ -1039,7 +1028,6 @@ impl Shard {
         }
     }
 
-    /// A user's open links on this core, oldest first.
     /// The open link of this device whose transport `wire` accepts.
     fn device_link(&self, who: &Identity, wire: impl Fn(&Wire) -> bool) -> Option<ConnId> {
         self.user_conns(who.biz_id, &who.user_id)
@@ -1051,6 +1039,7 @@ impl Shard {
             })
     }
 
+    /// A user's open links on this core, oldest first.
     fn user_conns(&self, biz_id: u64, user_id: &str) -> &[ConnId] {
         self.users
             .get(&biz_id)

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::link::idem::{IdemStore, IdemTtl, MemoryIdemStore};
+use crate::metrics::Transport;
 use crate::protocol::Codec;
 use crate::protocol::handshake::Upgrade;
 use prost::Message;

@@ -244,11 +244,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
             return reject(&w, stream, Reject::new(401, reason)).await;
         }
     };
-    let head_len = match &req {
-        Request::WebSocket(u) => u.head_len,
-        Request::Http(h) => h.head_len,
-    };
-    let leftover = buf[head_len..].to_vec();
+    let leftover = buf[req.head_len()..].to_vec();
     let owner = owner_core(who.biz_id, &who.user_id, w.peers.len());
     if owner == w.index {
         open_link(&w, stream, who, req, leftover, ticket);
@@ -362,15 +358,10 @@ fn open_link(
         w.after_events(now);
         let origin = origin.as_deref();
         let resp = match posted {
-            Ok(()) => events::response(202, "Accepted", "text/plain", origin, b""),
+            Ok(()) => events::response(202, "text/plain", origin, b""),
             Err((status, reason)) => {
                 w.metrics.rejected(status);
-                let text = if status == 409 {
-                    "Conflict"
-                } else {
-                    "Bad Request"
-                };
-                events::response(status, text, "text/plain", origin, reason.as_bytes())
+                events::response(status, "text/plain", origin, reason.as_bytes())
             }
         };
         glommio::spawn_local(answer(stream, resp)).detach();

@@ -17,7 +17,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::Identity;
 use crate::core::timer_wheel::TimerId;
-use crate::metrics::{CloseReason, CoreMetrics};
+use crate::metrics::{CloseReason, CoreMetrics, Transport};
 use crate::proto::Frame;
 use crate::protocol::deflate::LinkDeflate;
 use crate::protocol::{Codec, events, ws};
@@ -75,6 +75,16 @@ impl Wire {
     /// answered, leaves the link waiting for the next request.
     pub fn is_http(&self) -> bool {
         !matches!(self, Wire::WebSocket(_))
+    }
+
+    /// The label links are counted under.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Wire::WebSocket(None) => Transport::WebSocket,
+            Wire::WebSocket(Some(_)) => Transport::WebSocketDeflate,
+            Wire::EventStream => Transport::EventStream,
+            Wire::LongPoll => Transport::LongPoll,
+        }
     }
 }
 

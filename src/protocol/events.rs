@@ -5,6 +5,8 @@
 //! transport. Downstream frames keep their acks: a client acks by `POST /send`, exactly as it
 //! would on a WebSocket.
 
+use super::handshake::status_text;
+
 /// What the `retry:` field tells EventSource to wait before it reconnects.
 pub const SSE_RETRY_MS: u32 = 2000;
 
@@ -83,19 +85,14 @@ pub fn poll_response(origin: Option<&str>, batch: &[u8], close: Option<(u16, &st
         write_close_json(&mut body, code, reason);
     }
     body.push(b'}');
-    response(200, "OK", "application/json", origin, &body)
+    response(200, "application/json", origin, &body)
 }
 
 /// A complete answer that ends the request (its connection closes after it).
-pub fn response(
-    status: u16,
-    status_text: &str,
-    content_type: &str,
-    origin: Option<&str>,
-    body: &[u8],
-) -> Vec<u8> {
+pub fn response(status: u16, content_type: &str, origin: Option<&str>, body: &[u8]) -> Vec<u8> {
     let mut h = format!(
-        "HTTP/1.1 {status} {status_text}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        status_text(status),
         body.len()
     );
     cors(&mut h, origin);

@@ -70,6 +70,14 @@ impl Request {
             Request::Http(h) => h.token.as_deref(),
         }
     }
+
+    /// Bytes of the request head; what follows belongs to the link (frames, a POST body).
+    pub fn head_len(&self) -> usize {
+        match self {
+            Request::WebSocket(u) => u.head_len,
+            Request::Http(h) => h.head_len,
+        }
+    }
 }
 
 /// A refusal: the status line and text the client gets before the socket closes.
@@ -266,9 +274,12 @@ pub fn accept_response(up: &Upgrade, deflate: Option<&Agreed>, out: &mut Vec<u8>
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-/// A complete HTTP error response; the connection is closed after it.
-pub fn reject_response(r: &Reject) -> Vec<u8> {
-    let status_text = match r.status {
+/// The reason phrase of the statuses the gateway answers with.
+pub fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -284,7 +295,12 @@ pub fn reject_response(r: &Reject) -> Vec<u8> {
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Error",
-    };
+    }
+}
+
+/// A complete HTTP error response; the connection is closed after it.
+pub fn reject_response(r: &Reject) -> Vec<u8> {
+    let status_text = status_text(r.status);
     let mut extra = String::new();
     if r.status == 426 {
         extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
