@@ -730,10 +730,7 @@ fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
     let connected = std::mem::take(&mut link.out);
 
     // What a client would do with each server message.
-    let agreed = Agreed {
-        server_takeover: false,
-        client_takeover: false,
-    };
+    let agreed = Agreed::default();
     let policy = DeflatePolicy {
         min_bytes: 0,
         takeover: false,

@@ -414,10 +414,7 @@ mod tests {
             up.extensions.as_deref(),
             Some("x-foo,permessage-deflate; client_max_window_bits")
         );
-        let agreed = Agreed {
-            server_takeover: false,
-            client_takeover: false,
-        };
+        let agreed = Agreed::default();
         let mut out = Vec::new();
         accept_response(&up, Some(&agreed), &mut out);
         assert!(String::from_utf8(out).unwrap().contains(
