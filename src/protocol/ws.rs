@@ -54,13 +54,24 @@ impl WsError {
     }
 }
 
+/// A data message whose first frames have arrived.
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    compressed: bool,
+    payload: Vec<u8>,
+    /// Uncompressed text: how much of `payload` is known to start valid UTF-8, so a bad
+    /// sequence fails the link at the fragment that brings it, not at the message's end.
+    checked: usize,
+}
+
 /// Incremental reader of client frames.
 #[derive(Debug, Default)]
 pub struct WsReader {
     /// Bytes of a frame that has not fully arrived yet.
     partial: Vec<u8>,
-    /// A fragmented data message being assembled: (is text, is compressed, payload so far).
-    fragments: Option<(bool, bool, Vec<u8>)>,
+    /// A fragmented data message being assembled.
+    fragments: Option<Fragments>,
     /// permessage-deflate was agreed: RSV1 marks a compressed message.
     pub deflate: bool,
 }
@@ -115,7 +126,7 @@ impl WsReader {
                     return Err(WsError::Protocol("control frames must be final and short"));
                 }
             } else {
-                let already = self.fragments.as_ref().map_or(0, |(_, _, f)| f.len());
+                let already = self.fragments.as_ref().map_or(0, |f| f.payload.len());
                 if len > max_message.saturating_sub(already) as u64 {
                     return Err(WsError::TooLarge);
                 }
@@ -161,14 +172,21 @@ impl WsReader {
                 }
             }
             OpCode::Data(Data::Continue) => {
-                let Some((text, compressed, mut msg)) = self.fragments.take() else {
+                let Some(mut msg) = self.fragments.take() else {
                     return Err(WsError::Protocol("continuation without a message"));
                 };
-                msg.extend_from_slice(payload);
+                msg.payload.extend_from_slice(payload);
                 if header.is_final {
-                    deliver(text, compressed, &msg, on_event)?;
+                    deliver(
+                        msg.text,
+                        msg.compressed,
+                        &msg.payload,
+                        msg.checked,
+                        on_event,
+                    )?;
                 } else {
-                    self.fragments = Some((text, compressed, msg));
+                    msg.check_utf8()?;
+                    self.fragments = Some(msg);
                 }
             }
             OpCode::Data(data @ (Data::Text | Data::Binary)) => {
@@ -178,9 +196,16 @@ impl WsReader {
                 let text = data == Data::Text;
                 let compressed = header.rsv1;
                 if header.is_final {
-                    deliver(text, compressed, payload, on_event)?;
+                    deliver(text, compressed, payload, 0, on_event)?;
                 } else {
-                    self.fragments = Some((text, compressed, payload.to_vec()));
+                    let mut msg = Fragments {
+                        text,
+                        compressed,
+                        payload: payload.to_vec(),
+                        checked: 0,
+                    };
+                    msg.check_utf8()?;
+                    self.fragments = Some(msg);
                 }
             }
             OpCode::Data(Data::Reserved(_)) => return Err(WsError::Protocol("reserved opcode")),
@@ -189,13 +214,35 @@ impl WsReader {
     }
 }
 
+impl Fragments {
+    fn check_utf8(&mut self) -> Result<(), WsError> {
+        if self.text && !self.compressed {
+            self.checked = utf8_prefix(&self.payload, self.checked)?;
+        }
+        Ok(())
+    }
+}
+
+/// How much of `bytes` is valid UTF-8 so far, given that `bytes[..from]` was: a sequence cut
+/// off at the end may still be completed by the next fragment; any other error is final.
+fn utf8_prefix(bytes: &[u8], from: usize) -> Result<usize, WsError> {
+    match std::str::from_utf8(&bytes[from..]) {
+        Ok(_) => Ok(bytes.len()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
+        Err(_) => Err(WsError::BadUtf8),
+    }
+}
+
+/// Hands a whole message on; `checked` bytes of an uncompressed text message were validated
+/// as its fragments came.
 fn deliver(
     text: bool,
     compressed: bool,
     payload: &[u8],
+    checked: usize,
     on_event: &mut impl FnMut(WsEvent<'_>),
 ) -> Result<(), WsError> {
-    if text && !compressed && std::str::from_utf8(payload).is_err() {
+    if text && !compressed && utf8_prefix(payload, checked)? != payload.len() {
         return Err(WsError::BadUtf8);
     }
     on_event(WsEvent::Message {
@@ -402,6 +449,28 @@ mod tests {
         assert_eq!(
             got,
             vec![Got::Ping(vec![]), Got::Msg(true, b"hello".to_vec())]
+        );
+    }
+
+    #[test]
+    fn text_fragments_fail_at_the_first_bad_sequence() {
+        // "κ" is CE BA: a fragment may end inside a sequence and the next one complete it.
+        let mut split = client_frame(0x01, &[b'a', 0xCE]);
+        split.extend(client_frame(0x80, &[0xBA]));
+        let got = feed_all(&mut WsReader::default(), &split, 100).unwrap();
+        assert_eq!(got, vec![Got::Msg(true, "aκ".as_bytes().to_vec())]);
+        // A sequence that can never become valid fails before the message's last frame.
+        let mut reader = WsReader::default();
+        let first = client_frame(0x01, "κ".as_bytes());
+        assert_eq!(feed_all(&mut reader, &first, 100), Ok(vec![]));
+        let bad = client_frame(0x00, &[0xCE, b'x']);
+        assert_eq!(feed_all(&mut reader, &bad, 100), Err(WsError::BadUtf8));
+        // A message that ends cut off is refused at its end.
+        let mut cut = client_frame(0x01, b"a");
+        cut.extend(client_frame(0x80, &[0xCE]));
+        assert_eq!(
+            feed_all(&mut WsReader::default(), &cut, 100),
+            Err(WsError::BadUtf8)
         );
     }
 
