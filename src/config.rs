@@ -134,6 +134,12 @@ pub struct ServeArgs {
     /// trying ringway out only: anyone who reaches the admin port can then sign in as anyone.
     #[arg(long, env = "RINGWAY_DEMO")]
     pub demo: bool,
+    /// Conformance mode: every WebSocket data message is answered with itself (same opcode,
+    /// compressed again when deflate was agreed) instead of being read as a frame, so a
+    /// WebSocket test suite such as Autobahn's (`scripts/autobahn.sh`) exercises the real
+    /// socket, framing, deflate and closing code. Not for production: no frame is read.
+    #[arg(long, env = "RINGWAY_WS_ECHO")]
+    pub ws_echo: bool,
     /// Bytes queued for a client that does not read; beyond it the link is closed with 4002.
     #[arg(long, env = "RINGWAY_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,
@@ -353,6 +359,7 @@ impl ServeArgs {
                 takeover: self.deflate_takeover,
             }),
             body_keys: BodyKeys::parse(&self.body_keys)?,
+            ws_echo: self.ws_echo,
         })
     }
 

@@ -48,6 +48,8 @@ pub struct ShardConfig {
     pub deflate: Option<DeflatePolicy>,
     /// Bizs whose bodies travel sealed between clients and the gateway.
     pub body_keys: BodyKeys,
+    /// Conformance mode (`--ws-echo`): data messages come back as they are.
+    pub ws_echo: bool,
 }
 
 impl ShardConfig {
@@ -105,6 +107,8 @@ enum TimerEvent {
 enum Inbound {
     Frame(Frame),
     Undecodable(String),
+    /// `--ws-echo`: a data message to send back unread.
+    Echo(bool, Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     Close(Option<u16>),
@@ -411,9 +415,12 @@ impl Shard {
         let transport = wire.transport();
         let mut link = Link::new(who.clone(), codec, wire, bucket, now);
         link.out = head;
-        let connected = connected_frame(&self.cfg, &link);
-        link.send_frame(&connected);
-        self.metrics.frame_out(Cmd::Connected);
+        // A conformance suite expects nothing before its first echo.
+        if !self.cfg.ws_echo {
+            let connected = connected_frame(&self.cfg, &link);
+            link.send_frame(&connected);
+            self.metrics.frame_out(Cmd::Connected);
+        }
         let jitter = self.jitter();
         link.liveness = Some(self.wheel.insert(
             now + self.cfg.heartbeat_interval().mul_f64(jitter),
@@ -460,6 +467,7 @@ impl Shard {
         }
         link.last_activity = now;
         let codec = link.codec;
+        let echo = self.cfg.ws_echo;
         let mut deflate = match &mut link.wire {
             Wire::WebSocket(Some(d)) => Some(d),
             _ => None,
@@ -486,6 +494,9 @@ impl Shard {
                     } else {
                         payload
                     };
+                    if echo {
+                        return inbound.push(Inbound::Echo(text, payload.to_vec()));
+                    }
                     match codec.decode(payload) {
                         Ok(f) => Inbound::Frame(f),
                         Err(e) => Inbound::Undecodable(e.0),
@@ -543,6 +554,7 @@ impl Shard {
         match ev {
             Inbound::Ping(p) => link.send_control(Control::Pong, &p),
             Inbound::Pong => {}
+            Inbound::Echo(text, payload) => link.send_data(text, &payload),
             Inbound::Close(code) => {
                 let code = code.unwrap_or(close_code::NORMAL);
                 self.close_link(conn, code, "", CloseReason::ClientClosed, now);

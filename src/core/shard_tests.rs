@@ -5,6 +5,7 @@ use crate::link::idem::{IdemStore, IdemTtl, MemoryIdemStore};
 use crate::metrics::Transport;
 use crate::protocol::Codec;
 use crate::protocol::handshake::Upgrade;
+use crate::protocol::ws;
 use prost::Message;
 use std::io::Cursor;
 use tungstenite::protocol::frame::FrameHeader;
@@ -33,6 +34,7 @@ fn cfg() -> ShardConfig {
             takeover: false,
         }),
         body_keys: BodyKeys::default(),
+        ws_echo: false,
     }
 }
 
@@ -812,6 +814,26 @@ fn without_an_offer_or_with_deflate_off_nothing_is_compressed() {
     let mut bytes = raw_client(0xC1, b"x");
     shard.on_bytes(1, &mut bytes, h.t0);
     assert!(!shard.link_mut(1).unwrap().is_open());
+}
+
+#[test]
+fn conformance_mode_echoes_data_messages_and_sends_nothing_first() {
+    let mut h = Harness::new();
+    let mut echo = cfg();
+    echo.ws_echo = true;
+    h.shard = Shard::new(echo, Arc::default(), 1, h.t0);
+    assert!(h.open_raw(1, "ab", "suite", Codec::Json).is_empty());
+    let mut bytes = raw_client(0x81, "héllo".as_bytes());
+    bytes.extend(raw_client(0x02, &[0, 1]));
+    bytes.extend(raw_client(0x80, &[2]));
+    bytes.extend(raw_client(0x89, b"p"));
+    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    let mut expected = Vec::new();
+    ws::write_frame(&mut expected, OpCode::Data(Data::Text), "héllo".as_bytes());
+    ws::write_frame(&mut expected, OpCode::Data(Data::Binary), &[0, 1, 2]);
+    ws::write_frame(&mut expected, OpCode::Control(Control::Pong), b"p");
+    assert_eq!(h.shard.link_mut(1).unwrap().out, expected);
+    assert!(h.shard.metrics.frames_in.iter().all(|c| c.get() == 0));
 }
 
 fn http_req(route: Route, last_event_id: u64) -> HttpRequest {

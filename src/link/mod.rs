@@ -188,7 +188,12 @@ impl Link {
 
     pub fn send_frame(&mut self, frame: &Frame) {
         let codec = self.codec;
-        self.write_message(frame.seq, |out| codec.encode(frame, out));
+        self.write_message(frame.seq, codec.is_text(), |out| codec.encode(frame, out));
+    }
+
+    /// Sends `payload` as one data message of the given kind (`--ws-echo`).
+    pub fn send_data(&mut self, text: bool, payload: &[u8]) {
+        self.write_message(0, text, |out| out.extend_from_slice(payload));
     }
 
     pub fn send_push(&mut self, push: &EncodedPush, seq: u64) {
@@ -199,19 +204,16 @@ impl Link {
                 push.write(codec, seq, &mut self.out);
                 self.wake();
             }
-            _ => self.write_message(seq, |out| push.write_payload(codec, seq, out)),
+            _ => self.write_message(seq, codec.is_text(), |out| {
+                push.write_payload(codec, seq, out)
+            }),
         }
     }
 
     /// Queues one message in the link's transport: a WebSocket message (compressed when agreed
     /// and long enough), an event with `seq` as its id, or an item of the next poll's batch.
-    fn write_message(&mut self, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
-        let data = if self.codec.is_text() {
-            Data::Text
-        } else {
-            Data::Binary
-        };
-        let opcode = OpCode::Data(data);
+    fn write_message(&mut self, seq: u64, text: bool, encode: impl FnOnce(&mut Vec<u8>)) {
+        let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
         match &mut self.wire {
             Wire::WebSocket(None) => {
                 ws::write_message_with(&mut self.out, opcode, false, encode);
