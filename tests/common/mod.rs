@@ -590,30 +590,64 @@ fn tansu_bin() -> std::path::PathBuf {
     found.map(Into::into).unwrap_or_else(|| "tansu".into())
 }
 
-/// A real Kafka-protocol broker (Tansu, in-memory storage) on a free loopback port.
+/// A real Kafka-protocol broker (Tansu) on a free loopback port: in-memory, or durable with its
+/// logs and group offsets in an S3 endpoint (moto) that outlives a killed broker.
 pub struct Broker {
     child: Child,
     pub port: u16,
+    store: Option<ObjectStore>,
 }
 
 impl Broker {
     /// Starts the broker and creates `topics` with one partition each.
     pub fn start(topics: &[&str]) -> Broker {
         let port = free_port().port();
-        let child = Broker::spawn(port, topics);
-        Broker { child, port }
+        let child = Broker::spawn(port, topics, None);
+        Broker {
+            child,
+            port,
+            store: None,
+        }
     }
 
-    fn spawn(port: u16, topics: &[&str]) -> Child {
+    /// Like [`Broker::start`], but what the broker stores survives [`Broker::restart`].
+    pub fn start_durable(topics: &[&str]) -> Broker {
+        let port = free_port().port();
+        let store = ObjectStore::start();
+        let child = Broker::spawn(port, topics, Some(&store));
+        Broker {
+            child,
+            port,
+            store: Some(store),
+        }
+    }
+
+    /// SIGKILL, then the broker comes back on the same port with what it had stored.
+    pub fn restart(&mut self) {
+        let store = self
+            .store
+            .as_ref()
+            .expect("only a durable broker keeps its data");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Broker::spawn(self.port, &[], Some(store));
+    }
+
+    fn spawn(port: u16, topics: &[&str], store: Option<&ObjectStore>) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+        let mut cmd = Command::new(tansu_bin());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ]);
+        if let Some(store) = store {
+            cmd.args(["--storage-engine", "s3://tansu/"])
+                .envs(store.env());
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -648,10 +682,13 @@ impl Broker {
         p.flush(Duration::from_secs(10)).unwrap();
     }
 
+    /// A consumer of `topic` from its start, in a group of its own.
     fn reader(&self, topic: &str) -> BaseConsumer {
+        static READERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = READERS.fetch_add(1, Relaxed);
         let reader: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.addr())
-            .set("group.id", format!("reader-{topic}"))
+            .set("group.id", format!("reader-{topic}-{n}"))
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .create()
@@ -710,12 +747,19 @@ pub struct Collector {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Collector {
-    fn drop(&mut self) {
+impl Collector {
+    /// Stops reading and closes the consumer; the records read so far stay.
+    pub fn stop(&mut self) {
         self.stop.store(true, Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -732,6 +776,62 @@ pub fn push(user: &str, key: &str, body: &[u8]) -> Vec<u8> {
 }
 
 impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's S3 server on a free loopback port with one bucket, `tansu` (scripts/services.sh
+/// installs moto).
+struct ObjectStore {
+    child: Child,
+    port: u16,
+}
+
+impl ObjectStore {
+    fn start() -> ObjectStore {
+        let port = free_port().port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (scripts/services.sh install)");
+        let store = ObjectStore { child, port };
+        wait_until("moto S3 bucket created", Duration::from_secs(30), || {
+            store.create_bucket()
+        });
+        store
+    }
+
+    /// `PUT /tansu`: S3's CreateBucket, answered 200 once the server is up.
+    fn create_bucket(&self) -> bool {
+        ureq::put(&format!("http://127.0.0.1:{}/tansu", self.port))
+            .send_empty()
+            .is_ok()
+    }
+
+    fn env(&self) -> [(&'static str, String); 6] {
+        [
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "ringway".into()),
+            ("AWS_SECRET_ACCESS_KEY", "ringway".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for ObjectStore {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
