@@ -65,6 +65,16 @@ struct Fragments {
     checked: usize,
 }
 
+/// A text frame still arriving: its payload so far is unmasked and checked as it comes, so bad
+/// UTF-8 fails the link before the frame's last byte (which may never come).
+#[derive(Debug, Default)]
+struct Arriving {
+    unmasked: usize,
+    /// Bytes of this frame's payload known to be valid UTF-8 so far; counted only when the
+    /// frame starts on a character boundary of its message.
+    checked: usize,
+}
+
 /// Incremental reader of client frames.
 #[derive(Debug, Default)]
 pub struct WsReader {
@@ -72,6 +82,10 @@ pub struct WsReader {
     partial: Vec<u8>,
     /// A fragmented data message being assembled.
     fragments: Option<Fragments>,
+    /// The frame at the start of `partial`, as far as it was read before the rest arrived.
+    arriving: Arriving,
+    /// Set by the first error: where a bad frame ends is unknown, so nothing after it is read.
+    failed: Option<WsError>,
     /// permessage-deflate was agreed: RSV1 marks a compressed message.
     pub deflate: bool,
 }
@@ -86,17 +100,30 @@ impl WsReader {
         max_message: usize,
         mut on_event: impl FnMut(WsEvent<'_>),
     ) -> Result<(), WsError> {
-        if self.partial.is_empty() {
-            let used = self.parse(input, max_message, &mut on_event)?;
-            if used < input.len() {
-                self.partial.extend_from_slice(&input[used..]);
-            }
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let result = if self.partial.is_empty() {
+            self.parse(input, max_message, &mut on_event).map(|used| {
+                if used < input.len() {
+                    self.partial.extend_from_slice(&input[used..]);
+                }
+            })
         } else {
             self.partial.extend_from_slice(input);
             let mut buf = std::mem::take(&mut self.partial);
-            let used = self.parse(&mut buf, max_message, &mut on_event)?;
-            buf.drain(..used);
-            self.partial = buf;
+            self.parse(&mut buf, max_message, &mut on_event)
+                .map(|used| {
+                    buf.drain(..used);
+                    self.partial = buf;
+                })
+        };
+        if let Err(e) = result {
+            *self = WsReader {
+                failed: Some(e),
+                ..WsReader::default()
+            };
+            return Err(e);
         }
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             // Give the memory back: a link that sent one big message keeps no big buffer.
@@ -132,20 +159,44 @@ impl WsReader {
                 }
             }
             let len = len as usize;
-            if buf.len() - pos - header_len < len {
+            let start = pos + header_len;
+            if buf.len() - start < len {
+                self.check_arriving(&header, &mut buf[start..])?;
                 return Ok(pos);
             }
-            let start = pos + header_len;
             let payload = &mut buf[start..start + len];
             pos = start + len;
-            self.frame(&header, payload, on_event)?;
+            let arriving = std::mem::take(&mut self.arriving);
+            self.frame(&header, payload, arriving, on_event)?;
         }
     }
 
+    /// Unmasks and checks what has arrived of an uncompressed text frame that starts on a
+    /// character boundary; `so_far` is its payload up to the end of the input.
+    fn check_arriving(&mut self, header: &FrameHeader, so_far: &mut [u8]) -> Result<(), WsError> {
+        let at_boundary = match (header.opcode, &self.fragments) {
+            (OpCode::Data(Data::Text), None) => !header.rsv1,
+            (OpCode::Data(Data::Continue), Some(f)) => {
+                f.text && !f.compressed && f.checked == f.payload.len()
+            }
+            _ => false,
+        };
+        let Some(mask) = header.mask.filter(|_| at_boundary) else {
+            return Ok(());
+        };
+        let a = &mut self.arriving;
+        unmask_from(so_far, mask, a.unmasked);
+        a.unmasked = so_far.len();
+        a.checked = utf8_prefix(so_far, a.checked)?;
+        Ok(())
+    }
+
+    /// Handles one whole frame; `arriving` tells how much of it was read while incomplete.
     fn frame(
         &mut self,
         header: &FrameHeader,
         payload: &mut [u8],
+        arriving: Arriving,
         on_event: &mut impl FnMut(WsEvent<'_>),
     ) -> Result<(), WsError> {
         // RSV1 is deflate's flag, allowed only on the first frame of a data message.
@@ -158,7 +209,7 @@ impl WsReader {
         let Some(mask) = header.mask else {
             return Err(WsError::Protocol("client frames must be masked"));
         };
-        unmask(payload, mask);
+        unmask_from(payload, mask, arriving.unmasked);
         match header.opcode {
             OpCode::Control(ctl) => {
                 if !header.is_final || payload.len() > 125 {
@@ -175,6 +226,10 @@ impl WsReader {
                 let Some(mut msg) = self.fragments.take() else {
                     return Err(WsError::Protocol("continuation without a message"));
                 };
+                if arriving.checked > 0 {
+                    // This frame started on a boundary: its checked bytes extend the message's.
+                    msg.checked = msg.payload.len() + arriving.checked;
+                }
                 msg.payload.extend_from_slice(payload);
                 if header.is_final {
                     deliver(
@@ -196,13 +251,13 @@ impl WsReader {
                 let text = data == Data::Text;
                 let compressed = header.rsv1;
                 if header.is_final {
-                    deliver(text, compressed, payload, 0, on_event)?;
+                    deliver(text, compressed, payload, arriving.checked, on_event)?;
                 } else {
                     let mut msg = Fragments {
                         text,
                         compressed,
                         payload: payload.to_vec(),
-                        checked: 0,
+                        checked: arriving.checked,
                     };
                     msg.check_utf8()?;
                     self.fragments = Some(msg);
@@ -268,6 +323,12 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
             Ok(Some(code))
         }
     }
+}
+
+/// Unmasks `payload[from..]`, the bytes before `from` being unmasked already.
+fn unmask_from(payload: &mut [u8], mask: [u8; 4], from: usize) {
+    let rotated = std::array::from_fn(|i| mask[(from + i) & 3]);
+    unmask(&mut payload[from..], rotated);
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
@@ -465,6 +526,37 @@ mod tests {
         assert_eq!(feed_all(&mut reader, &first, 100), Ok(vec![]));
         let bad = client_frame(0x00, &[0xCE, b'x']);
         assert_eq!(feed_all(&mut reader, &bad, 100), Err(WsError::BadUtf8));
+        // Inside one frame that arrives in pieces, too: the rest of it never has to come.
+        let mut reader = WsReader::default();
+        let mut whole = client_frame(0x81, &[b'o', b'k', 0xCE, 0xBA, 0xFF, b'z', b'z']);
+        let (start, rest) = whole.split_at_mut(9);
+        assert_eq!(feed_all(&mut reader, start, 100), Ok(vec![]));
+        assert_eq!(
+            reader.feed(&mut rest[..2], 100, |_| ()),
+            Err(WsError::BadUtf8)
+        );
+        // Nothing after a failure is read: where the bad frame ends is not trusted.
+        let mut close = client_frame(0x88, &[0x03, 0xe8]);
+        assert_eq!(
+            reader.feed(&mut rest[2..], 100, |_| ()),
+            Err(WsError::BadUtf8)
+        );
+        assert_eq!(reader.feed(&mut close, 100, |_| ()), Err(WsError::BadUtf8));
+        // A continuation frame arriving in pieces, split inside a character, reads right.
+        let mut reader = WsReader::default();
+        let mut bytes = client_frame(0x01, b"a");
+        bytes.extend(client_frame(0x80, "κλμ".as_bytes()));
+        let mut got = Vec::new();
+        for chunk in bytes.chunks_mut(3) {
+            reader
+                .feed(chunk, 100, |ev| {
+                    if let WsEvent::Message { payload, .. } = ev {
+                        got.push(payload.to_vec())
+                    }
+                })
+                .unwrap();
+        }
+        assert_eq!(got, vec!["aκλμ".as_bytes().to_vec()]);
         // A message that ends cut off is refused at its end.
         let mut cut = client_frame(0x01, b"a");
         cut.extend(client_frame(0x80, &[0xCE]));
