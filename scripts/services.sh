@@ -30,6 +30,9 @@ install() {
   # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
   command -v chromium >/dev/null || missing+=(chromium)
   command -v node >/dev/null || missing+=(nodejs npm)
+  # scripts/autobahn.sh unpacks Python 2.7 from Debian 11's packages.
+  command -v curl >/dev/null || missing+=(curl)
+  command -v xz >/dev/null || missing+=(xz-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
     as_root apt-get update -qq
