@@ -327,6 +327,10 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
 
 /// Unmasks `payload[from..]`, the bytes before `from` being unmasked already.
 fn unmask_from(payload: &mut [u8], mask: [u8; 4], from: usize) {
+    if from == 0 {
+        // Nearly every frame arrives whole.
+        return unmask(payload, mask);
+    }
     let rotated = std::array::from_fn(|i| mask[(from + i) & 3]);
     unmask(&mut payload[from..], rotated);
 }
