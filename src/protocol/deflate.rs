@@ -39,7 +39,7 @@ pub struct Agreed {
 
 impl Agreed {
     fn window_bits(&self) -> u8 {
-        self.server_window_bits.unwrap_or(*WINDOW_BITS.end())
+        self.server_window_bits.unwrap_or(MAX_WINDOW_BITS)
     }
 
     /// The `Sec-WebSocket-Extensions` value of the 101 answer.
@@ -80,12 +80,17 @@ pub fn negotiate(offers: &str, policy: DeflatePolicy) -> Option<Agreed> {
             if seen.contains(&name) {
                 return None;
             }
-            let bits =
-                |v: &str, lowest: u8| v.parse::<u8>().ok().filter(|b| (lowest..=15).contains(b));
+            let bits = |v: &str, lowest: u8| {
+                v.parse::<u8>()
+                    .ok()
+                    .filter(|b| (lowest..=MAX_WINDOW_BITS).contains(b))
+            };
             match (name.as_str(), value) {
                 ("server_no_context_takeover", None) => server_no = true,
                 ("client_no_context_takeover", None) => client_no = true,
-                ("server_max_window_bits", Some(v)) => server_window_bits = Some(bits(v, 9)?),
+                ("server_max_window_bits", Some(v)) => {
+                    server_window_bits = Some(bits(v, MIN_WINDOW_BITS)?)
+                }
                 // Any client window inflates with ours (15 bits).
                 ("client_max_window_bits", None) => {}
                 ("client_max_window_bits", Some(v)) => _ = bits(v, 8)?,
@@ -117,13 +122,15 @@ pub struct LinkDeflate {
     decompress: Option<Decompress>,
 }
 
-/// Window sizes a client may ask the gateway to compress with.
-const WINDOW_BITS: std::ops::RangeInclusive<u8> = 9..=15;
+/// Window sizes a client may ask the gateway to compress with (zlib's raw deflate takes no less
+/// than 9 bits; 15 is deflate's whole 32 KiB window).
+const MIN_WINDOW_BITS: u8 = 9;
+const MAX_WINDOW_BITS: u8 = 15;
 
 /// The core's shared contexts for messages that stand alone; reset after every use. One
 /// compressor per window size a client asked for, made when first needed.
 struct Shared {
-    compress: [Option<Compress>; 7],
+    compress: [Option<Compress>; (MAX_WINDOW_BITS - MIN_WINDOW_BITS + 1) as usize],
     decompress: Decompress,
 }
 
@@ -167,7 +174,7 @@ impl LinkDeflate {
             Some(c) => deflate_into(c, input, out),
             None => SHARED.with_borrow_mut(|shared| {
                 let bits = self.agreed.window_bits();
-                let slot = usize::from(bits - WINDOW_BITS.start());
+                let slot = usize::from(bits - MIN_WINDOW_BITS);
                 let c = shared.compress[slot].get_or_insert_with(|| new_compress(bits));
                 deflate_into(c, input, out);
                 c.reset();
