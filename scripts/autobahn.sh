@@ -93,8 +93,11 @@ esac
 cargo build --release --locked -q --bin ringway
 out=target/autobahn
 rm -rf "$out" && mkdir -p "$out"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-admin=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port=$(free_port)
+admin=$(free_port)
 secret=autobahn-conformance-secret
 # Room for the suite's largest messages (16 MiB in 9.x) both ways.
 target/release/ringway serve --jwt-secret "$secret" --listen "127.0.0.1:$port" \

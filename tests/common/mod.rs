@@ -601,25 +601,18 @@ pub struct Broker {
 impl Broker {
     /// Starts the broker and creates `topics` with one partition each.
     pub fn start(topics: &[&str]) -> Broker {
-        let port = free_port().port();
-        let child = Broker::spawn(port, topics, None);
-        Broker {
-            child,
-            port,
-            store: None,
-        }
+        Broker::launch(topics, None)
     }
 
     /// Like [`Broker::start`], but what the broker stores survives [`Broker::restart`].
     pub fn start_durable(topics: &[&str]) -> Broker {
+        Broker::launch(topics, Some(ObjectStore::start()))
+    }
+
+    fn launch(topics: &[&str], store: Option<ObjectStore>) -> Broker {
         let port = free_port().port();
-        let store = ObjectStore::start();
-        let child = Broker::spawn(port, topics, Some(&store));
-        Broker {
-            child,
-            port,
-            store: Some(store),
-        }
+        let child = Broker::spawn(port, topics, store.as_ref());
+        Broker { child, port, store }
     }
 
     /// SIGKILL, then the broker comes back on the same port with what it had stored.
