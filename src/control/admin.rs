@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -35,6 +36,11 @@ pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
         .route("/admin/rebalance", post(rebalance))
         .merge(super::demo::routes())
         .with_state(node);
+    // Answers are small: without NODELAY, Nagle holds a response's last segment until the
+    // client's delayed ACK, which stalls a sender that waits for each answer.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin server stopped");
     }
