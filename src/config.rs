@@ -242,6 +242,15 @@ pub struct ServeArgs {
     /// tail latency down when a core is busy (glommio's default is 100 ms).
     #[arg(long, env = "RINGWAY_PREEMPT_MS", default_value_t = 1)]
     pub preempt_ms: u64,
+    /// Submission entries of each io_uring ring a worker core opens (three per core; the
+    /// completion queue is twice this). The kernel sizes a ring's table of armed polls from it,
+    /// at most 256 buckets from 4,096 up, and every link waiting for input holds one poll: with
+    /// glommio's default of 128 the table has 8 buckets, and each of the thousands of timer
+    /// cancels per second glommio issues walks a bucket of a few hundred links. Costs about
+    /// 3 MB of memory per core at 4,096.
+    #[arg(long, env = "RINGWAY_RING_DEPTH", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(32..=32_768))]
+    pub ring_depth: u32,
 
     // --- cluster ---
     /// Links this node takes at most (also advertised in etcd). The admission ramp grows up to

@@ -257,6 +257,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         LocalExecutorBuilder::new(placement)
             .name(&format!("ringway-w{i}"))
             .preempt_timer(Duration::from_millis(args.preempt_ms.max(1)))
+            .ring_depth(args.ring_depth as usize)
             .spawn(move || worker::run(setup))
             .map_err(|e| format!("starting worker {i}: {e}"))?;
     }
