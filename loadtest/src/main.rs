@@ -317,6 +317,7 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         .map(|i| format!("{}{i}", a.common.user_prefix))
         .collect();
     let counts = Arc::new(push::Counts {
+        listening: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
         progress: progress.clone(),
@@ -339,6 +340,11 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         .into_iter()
         .map(|l| tokio::spawn(push::receive(l, receiving_until, counts.clone())))
         .collect();
+    // Every receiver is polled once before the first push, so the schedule's first pushes do
+    // not wait behind thousands of tasks starting on the load generator's own core.
+    while counts.listening.load(Relaxed) < receivers.len() as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
     let mut admin = push::Admin::connect(&a.admin).await?;
     let (accepted, refused) = push::send(

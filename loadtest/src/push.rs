@@ -101,6 +101,8 @@ impl Admin {
 }
 
 pub struct Counts {
+    /// Receivers that have started reading; pushes start once every link has one.
+    pub listening: AtomicU64,
     pub duplicates: AtomicU64,
     pub latency_us: Mutex<Histogram<u64>>,
     /// Deliveries go to `events`.
@@ -112,6 +114,7 @@ pub struct Counts {
 pub async fn receive(mut link: Link, until: Instant, counts: Arc<Counts>) {
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut seen = std::collections::HashSet::new();
+    counts.listening.fetch_add(1, Relaxed);
     loop {
         let left = until.saturating_duration_since(Instant::now());
         let Ok(Some((key, latency_ns))) = tokio::time::timeout(left, next_push(&mut link)).await
@@ -197,13 +200,15 @@ impl Api {
         })
     }
 
-    /// Sends one push; true if the server (or broker) took it.
+    /// Sends one push stamped `stamp_ns` (its send time on the wall clock, ns); true if the server
+    /// (or broker) took it.
     async fn deliver(
         &self,
         admin: &mut Admin,
         key: &str,
         to: &[&String],
         size: usize,
+        stamp_ns: u64,
     ) -> Result<bool, String> {
         if let Api::Kafka {
             producer,
@@ -211,7 +216,7 @@ impl Api {
             biz,
         } = self
         {
-            let mut body = now_ns().to_le_bytes().to_vec();
+            let mut body = stamp_ns.to_le_bytes().to_vec();
             body.resize(size.max(8), b'x');
             let push = ringway::proto::PushMessage {
                 biz_id: *biz,
@@ -226,17 +231,23 @@ impl Api {
                 .payload(&payload);
             return Ok(producer.send(record, Duration::from_secs(5)).await.is_ok());
         }
-        let (path, body, accepted) = self.request(key, to, size);
+        let (path, body, accepted) = self.request(key, to, size, stamp_ns);
         Ok(admin.post(&path, &body).await? == accepted)
     }
 
     /// The request path (with query) and body for one push of `body_len` bytes.
-    fn request(&self, key: &str, to: &[&String], body_len: usize) -> (String, String, u16) {
+    fn request(
+        &self,
+        key: &str,
+        to: &[&String],
+        body_len: usize,
+        stamp_ns: u64,
+    ) -> (String, String, u16) {
         match self {
             Api::Kafka { .. } => unreachable!("Kafka pushes are produced, not posted"),
             Api::Ringway { biz } => {
                 use base64::Engine;
-                let mut body = now_ns().to_le_bytes().to_vec();
+                let mut body = stamp_ns.to_le_bytes().to_vec();
                 body.resize(body_len.max(8), b'x');
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
                 let json =
@@ -248,7 +259,7 @@ impl Api {
                 key: app_key,
                 secret,
             } => {
-                let mut data = format!("{key} {} ", now_ns());
+                let mut data = format!("{key} {stamp_ns} ");
                 let pad = body_len.saturating_sub(data.len());
                 data.extend(std::iter::repeat_n('x', pad));
                 let json = serde_json::json!({"name": "push", "channels": to, "data": data});
@@ -296,6 +307,7 @@ pub async fn send(
     let start = Instant::now();
     let (mut ok, mut refused) = (0u64, 0u64);
     let mut next_user = 0;
+    let mut answered = start;
     for n in 0u64.. {
         let due = start + gap.mul_f64(n as f64);
         // A server slower than the rate falls behind: stop at the end of the window all the same.
@@ -307,7 +319,18 @@ pub async fn send(
             .map(|i| &users[(next_user + i) % users.len()])
             .collect();
         next_user = (next_user + to.len()) % users.len();
-        if api.deliver(admin, &format!("p{n}"), &to, size).await? {
+        // A push held up by the server's late answer to the one before is stamped with the time
+        // it was due: that wait is part of its latency too (coordinated omission). One that is
+        // only as late as this task's own timer is stamped with the time it leaves.
+        let stamp = now_ns().saturating_sub(match answered > due {
+            true => due.elapsed().as_nanos() as u64,
+            false => 0,
+        });
+        let took = api
+            .deliver(admin, &format!("p{n}"), &to, size, stamp)
+            .await?;
+        answered = Instant::now();
+        if took {
             ok += 1;
         } else {
             refused += 1;
