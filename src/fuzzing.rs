@@ -47,7 +47,7 @@ pub fn upgrade_request(data: &[u8]) {
         Ok(None) => {}
         Err(r) => {
             assert!((400..600).contains(&r.status));
-            let _ = handshake::reject_response(&r);
+            let _ = handshake::reject_response(&r, None);
         }
     }
 }

@@ -578,6 +578,13 @@ fn http_transport_mistakes_get_clear_statuses() {
     assert_eq!(code, 413);
     let (code, _) = raw_http(gw.ws, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(code, 401);
+    // From a page, the refusal carries CORS headers, or its script could not read the 401.
+    let (code, head) = raw_http(
+        gw.ws,
+        "GET /sse HTTP/1.1\r\nOrigin: http://o.example\r\n\r\n",
+    );
+    assert_eq!(code, 401);
+    assert!(head.contains("Access-Control-Allow-Origin: http://o.example\r\n"));
     let (code, head) = raw_http(
         gw.ws,
         "OPTIONS /send HTTP/1.1\r\nOrigin: http://o.example\r\n\r\n",

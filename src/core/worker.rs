@@ -209,15 +209,15 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
         Ok(v) => v,
         Err(HandshakeEnd::Gone) => return,
         Err(HandshakeEnd::TimedOut) => {
-            return reject(&w, stream, Reject::new(408, "handshake timed out")).await;
+            return reject(&w, stream, Reject::new(408, "handshake timed out"), None).await;
         }
-        Err(HandshakeEnd::Refused(r)) => return reject(&w, stream, r).await,
+        Err(HandshakeEnd::Refused(r)) => return reject(&w, stream, r, None).await,
     };
     if let Some(origin) = req.origin()
         && !w.allowed_origins.is_empty()
         && !w.allowed_origins.iter().any(|o| o == origin)
     {
-        return reject(&w, stream, Reject::new(403, "origin not allowed")).await;
+        return reject(&w, stream, Reject::new(403, "origin not allowed"), None).await;
     }
     if let Request::Http(h) = &req
         && h.route == Route::Preflight
@@ -231,7 +231,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
     };
     let ticket = match ticket {
         Ok(t) => t,
-        Err(r) => return reject(&w, stream, refused(r)).await,
+        Err(r) => return reject(&w, stream, refused(r), browser_origin(&req)).await,
     };
     let who = match w.verifier.verify(req.token()) {
         Ok(who) => who,
@@ -241,7 +241,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
                 AuthError::Missing => "missing token",
                 AuthError::Invalid(_) => "invalid or expired token",
             };
-            return reject(&w, stream, Reject::new(401, reason)).await;
+            return reject(&w, stream, Reject::new(401, reason), browser_origin(&req)).await;
         }
     };
     let leftover = buf[req.head_len()..].to_vec();
@@ -255,7 +255,8 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
     // SAFETY: dup of a valid open socket; the new fd is owned by the OwnedFd.
     let dup = unsafe { libc::dup(stream.as_raw_fd()) };
     if dup < 0 {
-        return reject(&w, stream, Reject::new(503, "out of file descriptors")).await;
+        let r = Reject::new(503, "out of file descriptors");
+        return reject(&w, stream, r, browser_origin(&req)).await;
     }
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
     let (_, tls) = stream.into_parts();
@@ -279,7 +280,8 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
                 reason: "owner core overloaded",
                 retry_after_s: Some(1),
             };
-            reject(&w, received(h.fd, h.tls), r).await
+            let origin = browser_origin(&h.request).map(str::to_owned);
+            reject(&w, received(h.fd, h.tls), r, origin.as_deref()).await
         }
     }
 }
@@ -311,10 +313,23 @@ fn refused(r: Refusal) -> Reject {
     }
 }
 
-async fn reject(w: &Worker, mut stream: Conn, r: Reject) {
+/// Answers a refused request; `origin` (from [`browser_origin`]) adds CORS headers.
+async fn reject(w: &Worker, mut stream: Conn, r: Reject, origin: Option<&str>) {
     w.metrics.rejected(r.status);
-    let _ = stream.write_all(&handshake::reject_response(&r)).await;
+    let _ = stream
+        .write_all(&handshake::reject_response(&r, origin))
+        .await;
     let _ = stream.close().await;
+}
+
+/// The origin a refusal must name for the page's script to read it: set on the HTTP
+/// transports' requests (past the origin check), not on WebSocket upgrades, whose refusals a
+/// browser never shows to the page.
+fn browser_origin(req: &Request) -> Option<&str> {
+    match req {
+        Request::Http(h) => h.origin.as_deref(),
+        Request::WebSocket(_) => None,
+    }
 }
 
 /// Writes a whole answer and ends the request.

@@ -54,7 +54,7 @@ pub fn write_batch_item(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
 
 /// Lets a page on another origin (the demo page on the admin port, say) read the answer. The
 /// origin has already passed the allowlist, so it is echoed back.
-fn cors(out: &mut String, origin: Option<&str>) {
+pub(crate) fn cors(out: &mut String, origin: Option<&str>) {
     if let Some(o) = origin {
         out.push_str("Access-Control-Allow-Origin: ");
         out.push_str(o);

@@ -299,9 +299,16 @@ pub fn status_text(status: u16) -> &'static str {
 }
 
 /// A complete HTTP error response; the connection is closed after it.
-pub fn reject_response(r: &Reject) -> Vec<u8> {
+/// The answer to a refused request. `origin` is set for a browser's request on an HTTP
+/// transport from an allowed origin: without CORS headers its script could not read the status
+/// (401, 429, 503) or the `Retry-After` it needs to back off.
+pub fn reject_response(r: &Reject, origin: Option<&str>) -> Vec<u8> {
     let status_text = status_text(r.status);
     let mut extra = String::new();
+    super::events::cors(&mut extra, origin);
+    if origin.is_some() && r.retry_after_s.is_some() {
+        extra.push_str("Access-Control-Expose-Headers: Retry-After\r\n");
+    }
     if r.status == 426 {
         extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
     }
@@ -454,14 +461,28 @@ mod tests {
         assert_eq!(status(&req("/ws", "Sec-WebSocket-Protocol: mqtt\r\n")), 400);
         let big = format!("GET /ws HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_BYTES));
         assert_eq!(status(&big), 431);
-        let resp = String::from_utf8(reject_response(&Reject {
+        let draining = Reject {
             status: 503,
             reason: "draining",
             retry_after_s: Some(3),
-        }))
-        .unwrap();
+        };
+        let resp = String::from_utf8(reject_response(&draining, None)).unwrap();
         assert!(resp.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(resp.contains("Retry-After: 3\r\n"));
+        assert!(!resp.contains("Access-Control"));
+        // A browser's script sees the status and the back-off only with CORS headers.
+        let resp = reject_response(&draining, Some("https://app.example"));
+        let resp = String::from_utf8(resp).unwrap();
+        assert!(resp.contains("Access-Control-Allow-Origin: https://app.example\r\n"));
+        assert!(resp.contains("Access-Control-Expose-Headers: Retry-After\r\n"));
+        let resp = reject_response(
+            &Reject::new(401, "missing token"),
+            Some("https://a.example"),
+        );
+        let resp = String::from_utf8(resp).unwrap();
+        assert!(resp.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
+        assert!(!resp.contains("Expose-Headers"));
+        assert!(resp.ends_with("\r\n\r\nmissing token\n"));
     }
 
     #[test]
