@@ -589,27 +589,21 @@ impl Worker {
     }
 
     /// Runs `f` on the services and the shard after `wait` (without one, once the other ready
-    /// tasks have run), then settles what it queued. glommio may poll a new task at once, so
-    /// the task always sleeps or yields before it borrows anything.
+    /// tasks have run), then settles what it queued.
     fn defer(
         self: &Rc<Self>,
         wait: Option<Duration>,
         f: impl FnOnce(&mut Services, &mut Shard, Instant) + 'static,
     ) {
         let w = self.clone();
-        glommio::spawn_local(async move {
-            match wait {
-                Some(d) => glommio::timer::sleep(d).await,
-                None => futures_lite::future::yield_now().await,
-            }
+        spawn_after(wait, move || {
             let now = Instant::now();
             {
                 let mut shard = w.shard.borrow_mut();
                 f(&mut w.services.borrow_mut(), &mut shard, now);
             }
             w.after_events(now);
-        })
-        .detach();
+        });
     }
 
     fn handle(self: &Rc<Self>, msg: CoreMsg, acceptor: &mut Option<glommio::Task<()>>) {
@@ -688,6 +682,21 @@ impl Worker {
     }
 }
 
+/// Runs `task` after `wait`, and never before the caller's current poll has returned: glommio
+/// polls a new task at once, and a sleep already due (a batch deadline that passed while the
+/// core was busy) is ready on that first poll, so the task would borrow what its spawner still
+/// holds and abort the node. A yield comes first, whatever the wait.
+fn spawn_after(wait: Option<Duration>, task: impl FnOnce() + 'static) {
+    glommio::spawn_local(async move {
+        futures_lite::future::yield_now().await;
+        if let Some(d) = wait {
+            glommio::timer::sleep(d).await;
+        }
+        task();
+    })
+    .detach();
+}
+
 fn link_waker(shard: &mut Shard, conn: ConnId, cx: &Context<'_>) {
     if let Some(link) = shard.link_mut(conn) {
         match &link.waker {
@@ -750,5 +759,34 @@ async fn timer_loop(w: Rc<Worker>) {
             }
         }
         w.after_events(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+
+    #[test]
+    fn deferred_work_waits_for_its_spawner_even_when_already_due() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let state = Rc::new(RefCell::new(Vec::new()));
+                for wait in [Some(Duration::ZERO), None, Some(Duration::from_millis(1))] {
+                    let held = state.borrow_mut();
+                    let s = state.clone();
+                    spawn_after(wait, move || s.borrow_mut().push(wait));
+                    drop(held);
+                }
+                // Without the yield the first spawn would already have panicked above.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while state.borrow().len() < 3 && Instant::now() < deadline {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                assert_eq!(state.borrow().len(), 3);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
