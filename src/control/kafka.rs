@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -323,12 +323,15 @@ pub async fn consume<F: Future<Output = ()>>(
         .map_err(|e| format!("subscribing to {}: {e}", sub.topic))?;
     info!(topic = %sub.topic, group = %sub.group, "consuming");
     let mut unsettled: BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>> = BTreeMap::new();
+    let mut errors = Throttle::new(Duration::from_secs(10));
     while keep_going() {
         store_settled(&consumer, &sub.topic, &mut unsettled);
         let msg = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
             Err(_) => continue,
             Ok(Err(e)) => {
-                warn!(error = %e, topic = %sub.topic, "kafka consume error");
+                if let Some(held) = errors.pass(Instant::now()) {
+                    warn!(error = %e, topic = %sub.topic, also = held, "kafka consume error");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -366,4 +369,54 @@ pub async fn consume<F: Future<Output = ()>>(
         warn!(topic = %sub.topic, "kafka consumer did not close within 5 s; left behind");
     }
     Ok(())
+}
+
+/// Lets one of a run of repeated events through per period. librdkafka reports a consume
+/// error every poll while the broker is down (ten a second); the log gets the first at once,
+/// then one per period with how many were held back since the last.
+struct Throttle {
+    every: Duration,
+    next: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            next: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(n)` when this event should be logged, `n` being those held back before it.
+    fn pass(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.held += 1;
+            return None;
+        }
+        self.next = Some(now + self.every);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_passes_the_first_then_one_per_period_with_the_count_held() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = Throttle::new(10 * s);
+        assert_eq!(t.pass(t0), Some(0));
+        for i in 1..100 {
+            assert_eq!(t.pass(t0 + Duration::from_millis(i * 100 - 1)), None);
+        }
+        assert_eq!(t.pass(t0 + 10 * s), Some(99));
+        assert_eq!(t.pass(t0 + 11 * s), None);
+        // After a quiet spell the next error is logged at once, with the one held before it.
+        assert_eq!(t.pass(t0 + 60 * s), Some(1));
+        assert_eq!(t.pass(t0 + 75 * s), Some(0));
+    }
 }
