@@ -11,12 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::NodeState;
 use super::grpc_backend::to_request;
@@ -40,7 +40,7 @@ pub struct KafkaConfig {
 
 /// The gateway's output streams.
 pub struct KafkaOut {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietLogs>,
     cfg: KafkaConfig,
 }
 
@@ -50,7 +50,7 @@ impl KafkaOut {
             .set("bootstrap.servers", &cfg.brokers)
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "5")
-            .create()
+            .create_with_context(QuietLogs::default())
             .map_err(|e| format!("--kafka {}: {e}", cfg.brokers))?;
         Ok(KafkaOut {
             producer,
@@ -224,7 +224,7 @@ impl KafkaOut {
 
 /// Stores, per partition, the offset of the last record before the first unsettled one.
 fn store_settled(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<QuietLogs>,
     topic: &str,
     unsettled: &mut BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>>,
 ) {
@@ -263,9 +263,9 @@ pub fn decode_push(node: &NodeState, bytes: &[u8]) -> Option<PushMessage> {
 /// Creates topics this node reads or writes that may not exist yet (its own push topic, the
 /// scale-event topic). An existing topic is fine.
 pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<QuietLogs> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .create()
+        .create_with_context(QuietLogs::default())
         .map_err(|e| format!("--kafka {brokers}: {e}"))?;
     let new: Vec<NewTopic> = topics
         .iter()
@@ -305,7 +305,7 @@ pub async fn consume<F: Future<Output = ()>>(
     keep_going: impl Fn() -> bool,
     mut handle: impl FnMut(Vec<u8>, Arc<Unsettled>) -> F,
 ) -> Result<(), String> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<QuietLogs> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &sub.group)
         .set("enable.auto.commit", "true")
@@ -316,7 +316,7 @@ pub async fn consume<F: Future<Output = ()>>(
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "30000")
         .set("topic.metadata.refresh.interval.ms", "2000")
-        .create()
+        .create_with_context(QuietLogs::default())
         .map_err(|e| format!("--kafka {brokers}: {e}"))?;
     consumer
         .subscribe(&[&sub.topic])
@@ -370,6 +370,57 @@ pub async fn consume<F: Future<Output = ()>>(
     }
     Ok(())
 }
+
+/// Every Kafka client's context: librdkafka's own warnings and client errors, one line per 10 s
+/// each with how many were held back. While a broker is down each client reports every retry
+/// (ten a second); a node has up to five clients.
+struct QuietLogs {
+    logs: std::sync::Mutex<Throttle>,
+    errors: std::sync::Mutex<Throttle>,
+}
+
+impl Default for QuietLogs {
+    fn default() -> Self {
+        QuietLogs {
+            logs: std::sync::Mutex::new(Throttle::new(Duration::from_secs(10))),
+            errors: std::sync::Mutex::new(Throttle::new(Duration::from_secs(10))),
+        }
+    }
+}
+
+impl QuietLogs {
+    fn pass(gate: &std::sync::Mutex<Throttle>) -> Option<u64> {
+        gate.lock().map_or(Some(0), |mut t| t.pass(Instant::now()))
+    }
+}
+
+impl ClientContext for QuietLogs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel::*;
+        match level {
+            Notice | Info => info!(target: "librdkafka", "{fac} {message}"),
+            Debug => debug!(target: "librdkafka", "{fac} {message}"),
+            Warning => {
+                if let Some(held) = Self::pass(&self.logs) {
+                    warn!(target: "librdkafka", also = held, "{fac} {message}");
+                }
+            }
+            Emerg | Alert | Critical | Error => {
+                if let Some(held) = Self::pass(&self.logs) {
+                    error!(target: "librdkafka", also = held, "{fac} {message}");
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(held) = Self::pass(&self.errors) {
+            warn!(target: "librdkafka", also = held, "client error: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for QuietLogs {}
 
 /// Lets one of a run of repeated events through per period. librdkafka reports a consume
 /// error every poll while the broker is down (ten a second); the log gets the first at once,
