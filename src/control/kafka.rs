@@ -422,9 +422,8 @@ impl ClientContext for QuietLogs {
 
 impl ConsumerContext for QuietLogs {}
 
-/// Lets one of a run of repeated events through per period. librdkafka reports a consume
-/// error every poll while the broker is down (ten a second); the log gets the first at once,
-/// then one per period with how many were held back since the last.
+/// Lets one of a run of repeated events through per period: the first at once, then one per
+/// period with how many were held back since the last.
 struct Throttle {
     every: Duration,
     next: Option<Instant>,

@@ -280,8 +280,8 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
                 reason: "owner core overloaded",
                 retry_after_s: Some(1),
             };
-            let origin = browser_origin(&h.request).map(str::to_owned);
-            reject(&w, received(h.fd, h.tls), r, origin.as_deref()).await
+            let h = *h;
+            reject(&w, received(h.fd, h.tls), r, browser_origin(&h.request)).await
         }
     }
 }

@@ -298,8 +298,7 @@ pub fn status_text(status: u16) -> &'static str {
     }
 }
 
-/// A complete HTTP error response; the connection is closed after it.
-/// The answer to a refused request. `origin` is set for a browser's request on an HTTP
+/// The complete answer to a refused request; the connection is closed after it. `origin` is set for a browser's request on an HTTP
 /// transport from an allowed origin: without CORS headers its script could not read the status
 /// (401, 429, 503) or the `Retry-After` it needs to back off.
 pub fn reject_response(r: &Reject, origin: Option<&str>) -> Vec<u8> {
