@@ -216,13 +216,11 @@ impl Api {
             biz,
         } = self
         {
-            let mut body = stamp_ns.to_le_bytes().to_vec();
-            body.resize(size.max(8), b'x');
             let push = ringway::proto::PushMessage {
                 biz_id: *biz,
                 user_ids: to.iter().map(|u| u.to_string()).collect(),
                 key: key.to_owned(),
-                body: body.into(),
+                body: stamped_body(stamp_ns, size).into(),
                 ..Default::default()
             };
             let payload = prost::Message::encode_to_vec(&push);
@@ -247,8 +245,7 @@ impl Api {
             Api::Kafka { .. } => unreachable!("Kafka pushes are produced, not posted"),
             Api::Ringway { biz } => {
                 use base64::Engine;
-                let mut body = stamp_ns.to_le_bytes().to_vec();
-                body.resize(body_len.max(8), b'x');
+                let body = stamped_body(stamp_ns, body_len);
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
                 let json =
                     serde_json::json!({"biz_id": biz, "user_ids": to, "key": key, "body": b64});
@@ -273,6 +270,14 @@ impl Api {
             }
         }
     }
+}
+
+/// A push body of `len` bytes (at least 8) that starts with its send time, read back by
+/// [`next_push`].
+fn stamped_body(stamp_ns: u64, len: usize) -> Vec<u8> {
+    let mut body = stamp_ns.to_le_bytes().to_vec();
+    body.resize(len.max(8), b'x');
+    body
 }
 
 /// The signed query of a Pusher REST call: the auth parameters in key order, then
@@ -322,10 +327,12 @@ pub async fn send(
         // A push held up by the server's late answer to the one before is stamped with the time
         // it was due: that wait is part of its latency too (coordinated omission). One that is
         // only as late as this task's own timer is stamped with the time it leaves.
-        let stamp = now_ns().saturating_sub(match answered > due {
-            true => due.elapsed().as_nanos() as u64,
-            false => 0,
-        });
+        let held_up = if answered > due {
+            due.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        let stamp = now_ns().saturating_sub(held_up.as_nanos() as u64);
         let took = api
             .deliver(admin, &format!("p{n}"), &to, size, stamp)
             .await?;
