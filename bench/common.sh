@@ -11,6 +11,8 @@ ADMIN=127.0.0.1:19090
 OUT=bench/out
 mkdir -p "$OUT"
 
+# A fresh machine lacks protoc, which the etcd client's build needs.
+scripts/services.sh build-deps
 cargo build --release --locked -p ringway -p ringway-load
 ulimit -n 20000
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), $(date -u +%F)"
