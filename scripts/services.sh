@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run_dir=.ringway-run
+well_known=/usr/include/google/protobuf/descriptor.proto
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -25,8 +26,10 @@ install() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v etcd >/dev/null || missing+=(etcd-server)
-  # etcd-client generates its gRPC code with protoc at build time.
+  # etcd-client generates its gRPC code with protoc at build time, importing protobuf's
+  # well-known types (libprotobuf-dev ships them; protoc alone does not).
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  [ -f "$well_known" ] || missing+=(libprotobuf-dev)
   # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
   command -v chromium >/dev/null || missing+=(chromium)
   command -v node >/dev/null || missing+=(nodejs npm)
@@ -51,10 +54,10 @@ install() {
 }
 
 build_deps() {
-  command -v protoc >/dev/null && return
-  command -v apt-get >/dev/null || { echo "install protoc (protobuf-compiler) with your package manager" >&2; exit 1; }
+  command -v protoc >/dev/null && [ -f "$well_known" ] && return
+  command -v apt-get >/dev/null || { echo "install protoc and protobuf's .proto files (protobuf-compiler, libprotobuf-dev) with your package manager" >&2; exit 1; }
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev
 }
 
 # Services run under setsid, so they outlive the shell that started them.
