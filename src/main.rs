@@ -225,6 +225,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
+    control::watchdog::install_wakeup_signal().map_err(|e| format!("wake-up signal: {e}"))?;
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let setup = worker::WorkerSetup {
             index: i,

@@ -128,6 +128,8 @@ pub struct CoreMetrics {
     pub undelivered: [Counter; UndeliveredReason::COUNT],
     pub dropped: [Counter; DropReason::COUNT],
     pub inbox_depth: AtomicU64,
+    /// Times the watchdog found the core asleep past its own timer and woke it.
+    pub stall_wakeups: Counter,
     /// Claims answered by the core's local store because the shared one was unreachable.
     pub idem_fallbacks: Counter,
     /// Keys the core's in-memory store forgot early because it was full (copied from the
@@ -478,6 +480,13 @@ pub fn render(
         "gauge",
         "Messages waiting in each core's inbox.",
         per_core(|c| c.inbox_depth.load(Relaxed)),
+    );
+    family(
+        &mut s,
+        "ringway_core_stall_wakeups_total",
+        "counter",
+        "Times a core's executor slept past its own timer with work queued and the watchdog woke it.",
+        per_core(|c| c.stall_wakeups.get()),
     );
     for (name, help, pick) in COUNTERS {
         family(&mut s, name, "counter", help, unlabeled(sum(pick)));

@@ -13,6 +13,7 @@ pub mod router;
 pub mod routes;
 pub mod services;
 pub mod tls;
+pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -211,6 +212,7 @@ impl NodeState {
 /// returns once it is empty (or at the timeout).
 pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_timeout: Duration) {
     tokio::spawn(admin::serve(node.clone(), admin));
+    tokio::spawn(watchdog::run(node.clone()));
     tokio::select! {
         _ = wait_for_signal() => info!("signal: draining"),
         _ = node.drain_requested.notified() => info!("drain requested"),

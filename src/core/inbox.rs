@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -85,6 +85,10 @@ pub struct PushJob {
 struct Doorbell {
     writer: StdUnixStream,
     sleeping: AtomicBool,
+    /// Beats of the core's timer loop, for `control::watchdog`.
+    pulse: AtomicU64,
+    /// The core's OS thread id (0 until the core starts), for the watchdog's wake-up signal.
+    thread: AtomicI32,
 }
 
 /// The sending side; cheap to clone, usable from any thread.
@@ -109,6 +113,8 @@ pub fn channel(capacity: usize) -> std::io::Result<(CoreHandle, Inbox)> {
     let bell = Arc::new(Doorbell {
         writer,
         sleeping: AtomicBool::new(false),
+        pulse: AtomicU64::new(0),
+        thread: AtomicI32::new(0),
     });
     Ok((
         CoreHandle {
@@ -135,6 +141,24 @@ impl CoreHandle {
             let _ = (&self.bell.writer).write(&[1]);
         }
         Ok(())
+    }
+
+    /// Called on the core's own thread once, before it serves anything.
+    pub fn adopt_current_thread(&self) {
+        self.bell.thread.store(unsafe { libc::gettid() }, Relaxed);
+    }
+
+    /// The core's timer loop says it ran.
+    pub fn beat(&self) {
+        self.bell.pulse.fetch_add(1, Relaxed);
+    }
+
+    pub fn pulse(&self) -> u64 {
+        self.bell.pulse.load(Relaxed)
+    }
+
+    pub fn thread(&self) -> Option<i32> {
+        Some(self.bell.thread.load(Relaxed)).filter(|&t| t != 0)
     }
 }
 

@@ -84,6 +84,7 @@ struct Worker {
 }
 
 pub async fn run(setup: WorkerSetup) {
+    setup.peers[setup.index].adopt_current_thread();
     let now = Instant::now();
     let w = Rc::new(Worker {
         index: setup.index,
@@ -743,6 +744,7 @@ async fn timer_loop(w: Rc<Worker>) {
     let mut last_publish = Instant::now();
     loop {
         glommio::timer::sleep(tick).await;
+        w.peers[w.index].beat();
         let now = Instant::now();
         {
             let mut shard = w.shard.borrow_mut();
