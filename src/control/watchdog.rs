@@ -9,8 +9,8 @@
 //! shared the server's CPU: stalls of seconds, inboxes filling, pushes reported undelivered
 //! once the clients gave up. (glommio's own fix, a park only when no queue is runnable, is
 //! not in a crates.io release.) Each core's timer loop beats a pulse; a core whose pulse
-//! stands still for `STALL` is sent `SIGURG`, whose empty handler makes `io_uring_enter`
-//! return `EINTR`, and the executor's next pass runs what was queued.
+//! stands still for `STALL` while its thread sleeps is sent `SIGURG`, whose empty handler
+//! makes `io_uring_enter` return `EINTR`, and the executor's next pass runs what was queued.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +51,8 @@ pub async fn run(node: Arc<NodeState>) {
         every.tick().await;
         let pulses: Vec<u64> = node.cores.iter().map(|c| c.pulse()).collect();
         for (core, checks) in stalls.check(&pulses) {
-            let Some(thread) = node.cores[core].thread() else {
+            // A core that is running (a long burst of work, or starved of CPU) is not stalled.
+            let Some(thread) = node.cores[core].thread().filter(|&t| asleep(t)) else {
                 continue;
             };
             node.metrics[core].stall_wakeups.inc();
@@ -61,6 +62,18 @@ pub async fn run(node: Arc<NodeState>) {
             unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, SIGNAL) };
         }
     }
+}
+
+/// Whether the thread sleeps in the kernel now (state `S` in its `/proc` stat line).
+fn asleep(thread: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{thread}/stat"))
+        .is_ok_and(|stat| state(&stat) == Some('S'))
+}
+
+/// The state letter of a `/proc/.../stat` line: the first field after the command name, which
+/// is in parentheses and may itself hold spaces and parentheses.
+fn state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Which cores' pulses stood still for `patience` checks in a row (again every `patience`
@@ -97,6 +110,13 @@ impl Stalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_state_after_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(state("4242 (ringway-w0-1) S 1 4242"), Some('S'));
+        assert_eq!(state("7 (a) b (c)) R 1 7"), Some('R'));
+        assert_eq!(state("garbage"), None);
+    }
 
     #[test]
     fn a_still_pulse_is_reported_after_patience_and_again_while_it_stays_still() {
