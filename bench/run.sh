@@ -8,5 +8,5 @@ bench/install-peers.sh
 bench/single-node.sh 15000 10
 bench/grpc-upstream.sh 200 10
 bench/echo-vs-baseline.sh 100 10 proto 5
-bench/push-vs-sockudo.sh 2000 2000 50 10   # saturating
+bench/push-vs-sockudo.sh 2000 2000 50 10 8 # saturating: 8 senders keep both servers busy
 bench/push-vs-sockudo.sh 2000 500 50 10    # below both servers' capacity

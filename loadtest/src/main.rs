@@ -201,6 +201,11 @@ struct PushArgs {
     /// Body bytes per push (at least 8: the send time).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// Connections posting pushes at once, each taking every N-th push of the schedule. One
+    /// waits for each answer, so a server that answers late gets fewer pushes; several keep
+    /// pushes coming to it at the rate asked for.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     duration: Duration,
     #[arg(long)]
@@ -346,17 +351,20 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
-    let mut admin = push::Admin::connect(&a.admin).await?;
-    let (accepted, refused) = push::send(
-        &mut admin,
-        &api,
-        &users,
-        a.fanout,
-        a.rate,
-        a.size,
-        sending_until,
-    )
-    .await?;
+    let mut admins = Vec::new();
+    for _ in 0..a.senders.max(1) {
+        admins.push(push::Admin::connect(&a.admin).await?);
+    }
+    let step = admins.len() as u64;
+    let window = (Instant::now(), sending_until);
+    let shares = admins.iter_mut().zip(0..).map(|(admin, first)| {
+        let share = push::Share { first, step };
+        push::send(admin, &api, &users, a.fanout, a.rate, a.size, window, share)
+    });
+    let (accepted, refused) = futures_util::future::try_join_all(shares)
+        .await?
+        .into_iter()
+        .fold((0, 0), |(ok, no), (o, n)| (ok + o, no + n));
     let sent_secs = started.elapsed().as_secs_f64();
     let server_cores_busy = match (a.server_pid, cpu_before) {
         (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / sent_secs),
@@ -434,7 +442,11 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
             let mut admin = push::Admin::connect(&a.admin).await?;
             let (api, rate) = (push::Api::Ringway { biz: a.common.biz }, a.push_rate);
             sender = Some(tokio::spawn(async move {
-                push::send(&mut admin, &api, &users, 1, rate, 16, deadline).await
+                let (window, all) = (
+                    (Instant::now(), deadline),
+                    push::Share { first: 0, step: 1 },
+                );
+                push::send(&mut admin, &api, &users, 1, rate, 16, window, all).await
             }));
         }
     }

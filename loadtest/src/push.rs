@@ -297,8 +297,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Posts pushes at `rate` per second until `until`, each to `fanout` consecutive users
-/// (round robin over `users`). Returns (pushes accepted, pushes refused).
+/// The pushes of one sender: every `step`-th push of the schedule from `first` on.
+#[derive(Clone, Copy)]
+pub struct Share {
+    pub first: u64,
+    pub step: u64,
+}
+
+/// Posts this sender's share of `rate` pushes per second (started at `start`) until `until`,
+/// push `n` going to `fanout` consecutive users from `n * fanout` (round robin over `users`).
+/// Returns (pushes accepted, pushes refused).
+#[allow(clippy::too_many_arguments)]
 pub async fn send(
     admin: &mut Admin,
     api: &Api,
@@ -306,24 +315,23 @@ pub async fn send(
     fanout: usize,
     rate: u32,
     size: usize,
-    until: Instant,
+    (start, until): (Instant, Instant),
+    share: Share,
 ) -> Result<(u64, u64), String> {
     let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let start = Instant::now();
+    let fanout = fanout.min(users.len());
     let (mut ok, mut refused) = (0u64, 0u64);
-    let mut next_user = 0;
     let mut answered = start;
-    for n in 0u64.. {
+    for n in (share.first..).step_by(share.step.max(1) as usize) {
         let due = start + gap.mul_f64(n as f64);
         // A server slower than the rate falls behind: stop at the end of the window all the same.
         if due >= until || Instant::now() >= until {
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        let to: Vec<&String> = (0..fanout.min(users.len()))
-            .map(|i| &users[(next_user + i) % users.len()])
+        let to: Vec<&String> = (0..fanout)
+            .map(|i| &users[(n as usize * fanout + i) % users.len()])
             .collect();
-        next_user = (next_user + to.len()) % users.len();
         // A push held up by the server's late answer to the one before is stamped with the time
         // it was due: that wait is part of its latency too (coordinated omission). One that is
         // only as late as this task's own timer is stamped with the time it leaves.
