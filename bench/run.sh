@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Reproduces every figure in bench/RESULTS.md on this machine: installs the peers, then runs each
+# Reproduces the figures in bench/RESULTS.md on this machine: installs the peers, then runs each
 # benchmark with the server on CPU $SERVER_CPU (default 0) and the load on CPU $LOAD_CPU (1).
-# Output and JSON summaries (plus latency plots as SVG) go to bench/out/.
+# Output and JSON summaries (plus latency plots as SVG) go to bench/out/. Takes ~25 minutes
+# (the churn soak alone is ten). Entries of RESULTS.md that compare old builds or settings
+# (tried, not kept) name their own commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench/install-peers.sh
 bench/single-node.sh 15000 10
 bench/grpc-upstream.sh 200 10
-bench/echo-vs-baseline.sh 100 10 proto 5
+bench/echo-vs-baseline.sh 100 10 proto 3
 bench/push-vs-sockudo.sh 2000 2000 50 10 8 # saturating: 8 senders keep both servers busy
-bench/push-vs-sockudo.sh 2000 500 50 10    # below both servers' capacity
+bench/push-vs-sockudo.sh 2000 300 50 10    # below both servers' capacity
+bench/push-vs-sockudo.sh 10000 300 50 10   # 10,000 links
+scripts/services.sh install                # Node's ws package for the deflate bench
+bench/deflate-savings.sh
+bench/soak.sh 10 2000
