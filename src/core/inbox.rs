@@ -3,7 +3,8 @@
 //! Any thread may send (the control thread, other cores). Senders only `try_send`, never block,
 //! and ring the doorbell only when the core has said it is about to sleep, so a busy core drains
 //! batches with no wake-up cost. The doorbell is a socketpair: its read end is an ordinary
-//! glommio stream, so waiting on it is one io_uring poll.
+//! glommio stream, so waiting on it is one io_uring poll. Beside it sit the core's pulse and
+//! thread id, by which `control::watchdog` tells a parked core from a working one.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -145,6 +146,7 @@ impl CoreHandle {
 
     /// Called on the core's own thread once, before it serves anything.
     pub fn adopt_current_thread(&self) {
+        // SAFETY: gettid(2) takes nothing and cannot fail.
         self.bell.thread.store(unsafe { libc::gettid() }, Relaxed);
     }
 
