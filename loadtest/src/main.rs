@@ -204,8 +204,8 @@ struct PushArgs {
     /// Connections posting pushes at once, each taking every N-th push of the schedule. One
     /// waits for each answer, so a server that answers late gets fewer pushes; several keep
     /// pushes coming to it at the rate asked for.
-    #[arg(long, default_value_t = 1)]
-    senders: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    senders: u64,
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     duration: Duration,
     #[arg(long)]
@@ -352,15 +352,14 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     }
     let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
     let mut admins = Vec::new();
-    for _ in 0..a.senders.max(1) {
+    for _ in 0..a.senders {
         admins.push(push::Admin::connect(&a.admin).await?);
     }
-    let step = admins.len() as u64;
-    let window = (Instant::now(), sending_until);
-    let shares = admins.iter_mut().zip(0..).map(|(admin, first)| {
-        let share = push::Share { first, step };
-        push::send(admin, &api, &users, a.fanout, a.rate, a.size, window, share)
-    });
+    let schedule = push::Schedule::all(a.rate, Instant::now(), sending_until);
+    let shares = admins
+        .iter_mut()
+        .zip(schedule.split(a.senders))
+        .map(|(admin, share)| push::send(admin, &api, &users, a.fanout, a.size, share));
     let (accepted, refused) = futures_util::future::try_join_all(shares)
         .await?
         .into_iter()
@@ -442,11 +441,8 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
             let mut admin = push::Admin::connect(&a.admin).await?;
             let (api, rate) = (push::Api::Ringway { biz: a.common.biz }, a.push_rate);
             sender = Some(tokio::spawn(async move {
-                let (window, all) = (
-                    (Instant::now(), deadline),
-                    push::Share { first: 0, step: 1 },
-                );
-                push::send(&mut admin, &api, &users, 1, rate, 16, window, all).await
+                let schedule = push::Schedule::all(rate, Instant::now(), deadline);
+                push::send(&mut admin, &api, &users, 1, 16, schedule).await
             }));
         }
     }

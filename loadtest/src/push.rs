@@ -297,32 +297,60 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The pushes of one sender: every `step`-th push of the schedule from `first` on.
+/// When one sender posts: push `n` of a `rate`-per-second schedule that runs from `start` to
+/// `until` is due at `start + n / rate`, and this sender takes every `step`-th from `first` on.
 #[derive(Clone, Copy)]
-pub struct Share {
+pub struct Schedule {
+    pub rate: u32,
+    pub start: Instant,
+    pub until: Instant,
     pub first: u64,
     pub step: u64,
 }
 
-/// Posts this sender's share of `rate` pushes per second (started at `start`) until `until`,
-/// push `n` going to `fanout` consecutive users from `n * fanout` (round robin over `users`).
-/// Returns (pushes accepted, pushes refused).
-#[allow(clippy::too_many_arguments)]
+impl Schedule {
+    pub fn all(rate: u32, start: Instant, until: Instant) -> Schedule {
+        Schedule {
+            rate,
+            start,
+            until,
+            first: 0,
+            step: 1,
+        }
+    }
+
+    /// The schedule dealt out to `senders` (at least one), one share each.
+    pub fn split(self, senders: u64) -> impl Iterator<Item = Schedule> {
+        (0..senders).map(move |first| Schedule {
+            first,
+            step: senders,
+            ..self
+        })
+    }
+}
+
+/// Posts the pushes of `schedule`, push `n` going to `fanout` consecutive users from
+/// `n * fanout` (round robin over `users`). Returns (pushes accepted, pushes refused).
 pub async fn send(
     admin: &mut Admin,
     api: &Api,
     users: &[String],
     fanout: usize,
-    rate: u32,
     size: usize,
-    (start, until): (Instant, Instant),
-    share: Share,
+    schedule: Schedule,
 ) -> Result<(u64, u64), String> {
+    let Schedule {
+        rate,
+        start,
+        until,
+        first,
+        step,
+    } = schedule;
     let gap = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let fanout = fanout.min(users.len());
     let (mut ok, mut refused) = (0u64, 0u64);
     let mut answered = start;
-    for n in (share.first..).step_by(share.step.max(1) as usize) {
+    for n in (first..).step_by(step as usize) {
         let due = start + gap.mul_f64(n as f64);
         // A server slower than the rate falls behind: stop at the end of the window all the same.
         if due >= until || Instant::now() >= until {
