@@ -10,11 +10,14 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use rustls::ServerConnection;
+
+use super::readiness::{Readiness, Watch};
 
 /// Plaintext rustls holds for the socket before `poll_write` says "later".
 const TLS_BUFFER: usize = 64 * 1024;
@@ -22,18 +25,67 @@ const TLS_BUFFER: usize = 64 * 1024;
 const TLS_READ: usize = 16 * 1024 + 512;
 
 pub enum Conn {
-    Plain(TcpStream),
+    Plain(Socket),
     Tls(Box<TlsConn>),
 }
 
-pub struct TlsConn {
+/// A client's TCP socket on the core that serves it: written through glommio, read through the
+/// core's epoll set ([`Readiness`]).
+pub struct Socket {
+    // Declared first so it drops first: the socket leaves the epoll set while its fd is open.
+    watch: Watch,
     tcp: TcpStream,
+}
+
+impl Socket {
+    pub fn new(tcp: TcpStream, readiness: &Rc<Readiness>) -> io::Result<Socket> {
+        let watch = readiness.watch(tcp.as_raw_fd())?;
+        Ok(Socket { watch, tcp })
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.watch.poll_recv(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_close(cx)
+    }
+}
+
+pub struct TlsConn {
+    tcp: Socket,
     tls: ServerConnection,
     unsent: Vec<u8>,
 }
 
 impl Conn {
-    pub fn tls(tcp: TcpStream, mut tls: ServerConnection) -> Conn {
+    pub fn tls(tcp: Socket, mut tls: ServerConnection) -> Conn {
         tls.set_buffer_limit(Some(TLS_BUFFER));
         Conn::Tls(Box::new(TlsConn {
             tcp,
@@ -42,18 +94,12 @@ impl Conn {
         }))
     }
 
-    fn tcp(&self) -> &TcpStream {
+    /// The TLS session, if any, to move to another core with a duplicate of the socket; the
+    /// socket itself closes here.
+    pub fn into_tls(self) -> Option<Box<ServerConnection>> {
         match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(t) => &t.tcp,
-        }
-    }
-
-    /// The socket and, under TLS, its session, to move to another core.
-    pub fn into_parts(self) -> (TcpStream, Option<Box<ServerConnection>>) {
-        match self {
-            Conn::Plain(s) => (s, None),
-            Conn::Tls(t) => (t.tcp, Some(Box::new(t.tls))),
+            Conn::Plain(_) => None,
+            Conn::Tls(t) => Some(Box::new(t.tls)),
         }
     }
 
@@ -78,7 +124,10 @@ impl Conn {
 
 impl AsRawFd for Conn {
     fn as_raw_fd(&self) -> RawFd {
-        self.tcp().as_raw_fd()
+        match self {
+            Conn::Plain(s) => s.as_raw_fd(),
+            Conn::Tls(t) => t.tcp.as_raw_fd(),
+        }
     }
 }
 

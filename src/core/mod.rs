@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod conn;
 pub mod inbox;
+pub mod readiness;
 pub mod services;
 pub mod shard;
 pub mod timer_wheel;

@@ -16,8 +16,9 @@ use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, warn};
 
 use super::batcher::Batcher;
-use super::conn::Conn;
+use super::conn::{Conn, Socket};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
+use super::readiness::Readiness;
 use super::services::{Backend, Services, StoreDownPolicy};
 use super::shard::{Shard, ShardConfig, Target};
 use crate::auth::{AuthError, Verifier};
@@ -81,10 +82,12 @@ struct Worker {
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
+    readiness: Rc<Readiness>,
 }
 
 pub async fn run(setup: WorkerSetup) {
     setup.peers[setup.index].adopt_current_thread();
+    let readiness = Readiness::new().expect("a worker core needs an epoll set");
     let now = Instant::now();
     let w = Rc::new(Worker {
         index: setup.index,
@@ -118,9 +121,11 @@ pub async fn run(setup: WorkerSetup) {
         peers: setup.peers,
         metrics: setup.metrics,
         next_conn: Cell::new(1),
+        readiness: readiness.clone(),
     });
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
+    glommio::spawn_local(readiness.run()).detach();
     let acceptor = glommio::spawn_local(accept_loop(w.clone(), listener));
     glommio::spawn_local(timer_loop(w.clone())).detach();
     inbox_loop(w.clone(), setup.inbox, acceptor).await;
@@ -156,6 +161,13 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
     let ticket = match tcp.peer_addr() {
         Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
         Err(_) => return,
+    };
+    let tcp = match Socket::new(tcp, &w.readiness) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(core = w.index, error = %e, "cannot watch a new socket");
+            return;
+        }
     };
     // Under TLS the handshake runs inside the first reads, within the same deadline.
     let mut stream = match &w.tls {
@@ -260,7 +272,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
         return reject(&w, stream, r, browser_origin(&req)).await;
     }
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-    let (_, tls) = stream.into_parts();
+    let tls = stream.into_tls();
     let msg = CoreMsg::Handoff(Box::new(Handoff {
         fd,
         tls,
@@ -282,19 +294,29 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
                 retry_after_s: Some(1),
             };
             let h = *h;
-            reject(&w, received(h.fd, h.tls), r, browser_origin(&h.request)).await
+            if let Some(stream) = received(&w, h.fd, h.tls) {
+                reject(&w, stream, r, browser_origin(&h.request)).await
+            }
         }
     }
 }
 
-/// A socket handed over by another core, with its TLS session if it has one.
-fn received(fd: OwnedFd, tls: Option<Box<rustls::ServerConnection>>) -> Conn {
+/// A socket handed over by another core, with its TLS session if it has one. Fails only when
+/// this core's epoll set cannot take the socket (out of kernel memory); the socket then closes.
+fn received(w: &Worker, fd: OwnedFd, tls: Option<Box<rustls::ServerConnection>>) -> Option<Conn> {
     // SAFETY: the fd is a connected TCP socket handed over whole by another core.
     let tcp = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    match tls {
+    let tcp = match Socket::new(tcp, &w.readiness) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(core = w.index, error = %e, "cannot watch a handed-over socket");
+            return None;
+        }
+    };
+    Some(match tls {
         Some(session) => Conn::tls(tcp, *session),
         None => Conn::Plain(tcp),
-    }
+    })
 }
 
 /// The answer to an upgrade the admission gate refused.
@@ -619,7 +641,9 @@ impl Worker {
                     leftover,
                     ticket,
                 } = *h;
-                open_link(self, received(fd, tls), who, request, leftover, ticket);
+                if let Some(stream) = received(self, fd, tls) {
+                    open_link(self, stream, who, request, leftover, ticket);
+                }
             }
             CoreMsg::Push(job) => {
                 let mut shard = self.shard.borrow_mut();
