@@ -11,7 +11,7 @@
 //!
 //! Writes stay with glommio: a `send` that does not fit is rare and arms its own poll.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,12 +31,20 @@ pub struct Readiness {
     epoll: OwnedFd,
     /// The task waiting for each socket to become readable, by fd.
     waiting: RefCell<Vec<Option<Waker>>>,
+    /// How many times the set was read. An event for a socket nobody waits on is dropped, so a
+    /// reader may trust an earlier short read only while this has not moved.
+    looks: Cell<u64>,
 }
 
 /// One socket's place in the epoll set, for as long as the socket is open on this core.
 /// Dropping it leaves the set; it must drop before its fd closes (see [`Watch::drop`]).
 pub struct Watch {
     fd: RawFd,
+    /// A short read notes the set's look count here: while the count has not moved, the socket
+    /// is known to be empty (anything newer has its event still in the set) and the next read
+    /// waits without asking the kernel. Saves the `recv` that would only say `EAGAIN`, once per
+    /// message in a request-reply exchange.
+    drained_until: Cell<Option<u64>>,
     readiness: Rc<Readiness>,
 }
 
@@ -51,6 +59,7 @@ impl Readiness {
             // SAFETY: just created, owned by nobody else.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             waiting: RefCell::new(Vec::new()),
+            looks: Cell::new(0),
         }))
     }
 
@@ -69,6 +78,7 @@ impl Readiness {
         }
         Ok(Watch {
             fd,
+            drained_until: Cell::new(None),
             readiness: self.clone(),
         })
     }
@@ -87,6 +97,7 @@ impl Readiness {
                 )
             };
             if n > 0 {
+                self.looks.set(self.looks.get() + 1);
                 for event in &events[..n as usize] {
                     let waker = self
                         .waiting
@@ -135,24 +146,17 @@ impl Watch {
     /// Reads what the socket holds; with nothing there, waits for the epoll set to say more
     /// arrived.
     pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        loop {
-            // SAFETY: recv(2) into a valid buffer of buf.len() bytes on our open socket.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return Poll::Ready(Ok(n as usize));
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => break,
-                _ => return Poll::Ready(Err(e)),
+        let looks = self.readiness.looks.get();
+        if self.drained_until.get() != Some(looks) {
+            match self.recv(buf) {
+                Ok(n) => {
+                    if n > 0 && n < buf.len() {
+                        self.drained_until.set(Some(looks));
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
         let mut waiting = self.readiness.waiting.borrow_mut();
@@ -165,6 +169,27 @@ impl Watch {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: recv(2) into a valid buffer of buf.len() bytes on our open socket.
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 }
 
@@ -200,62 +225,117 @@ mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream as StdUnixStream;
 
-    fn on_a_core(
-        test: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
-    ) {
+    /// Runs `test` on a glommio core with the set's dispatcher and returns what it returns.
+    /// Checks belong outside: a task that panics leaves the executor running the dispatcher
+    /// forever, so a failed check would hang instead of failing.
+    fn on_a_core<T: Send + 'static>(
+        test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = T>>> + Send + 'static,
+    ) -> T {
         LocalExecutorBuilder::default()
-            .spawn(test)
+            .spawn(|| async {
+                let readiness = Readiness::new().unwrap();
+                glommio::spawn_local(readiness.clone().run()).detach();
+                test(readiness).await
+            })
             .unwrap()
             .join()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A watched socket and its peer.
+    fn pair(readiness: &Rc<Readiness>) -> (Watch, StdUnixStream, StdUnixStream) {
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (readiness.watch(ours.as_raw_fd()).unwrap(), ours, theirs)
+    }
+
+    /// One read, or `None` if nothing woke the reader within five seconds.
+    async fn read(watch: &Watch, buf: &mut [u8]) -> Option<usize> {
+        let got = poll_fn(|cx| watch.poll_recv(cx, buf));
+        let deadline = async {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            None
+        };
+        // The deadline first: once due, it wins even though the read would now succeed.
+        futures_lite::future::or(deadline, async { got.await.ok() }).await
     }
 
     #[test]
     fn a_waiting_reader_wakes_for_bytes_sent_after_it_slept_and_for_eof() {
-        on_a_core(|| {
-            Box::pin(async {
-                let readiness = Readiness::new().unwrap();
-                glommio::spawn_local(readiness.clone().run()).detach();
-                let (ours, mut theirs) = StdUnixStream::pair().unwrap();
-                ours.set_nonblocking(true).unwrap();
-                let watch = readiness.watch(ours.as_raw_fd()).unwrap();
+        let (polls, bytes, eof) = on_a_core(|readiness| {
+            Box::pin(async move {
+                let (watch, _ours, mut theirs) = pair(&readiness);
+                // Writes once the reader found nothing and the dispatcher parked.
+                let writer = glommio::spawn_local(async move {
+                    for _ in 0..3 {
+                        futures_lite::future::yield_now().await;
+                    }
+                    theirs.write_all(b"hello").unwrap();
+                    theirs
+                });
                 let mut buf = [0u8; 16];
                 let mut polls = 0;
-                let mut read = std::pin::pin!(poll_fn(|cx| {
+                let got = poll_fn(|cx| {
                     polls += 1;
                     watch.poll_recv(cx, &mut buf)
-                }));
-                assert!(futures_lite::future::poll_once(&mut read).await.is_none());
-                // The dispatcher finds the set empty and parks on the epoll fd.
-                futures_lite::future::yield_now().await;
-                theirs.write_all(b"hello").unwrap();
-                let woken = futures_lite::future::or(async { Some((&mut read).await) }, async {
+                });
+                let deadline = async {
                     glommio::timer::sleep(Duration::from_secs(5)).await;
                     None
-                });
-                assert_eq!(woken.await.expect("the reader was never woken").unwrap(), 5);
-                assert_eq!(polls, 2, "one empty read, one after the wake-up");
-                assert_eq!(&buf[..5], b"hello");
-                drop(theirs);
-                let eof = poll_fn(|cx| watch.poll_recv(cx, &mut buf)).await.unwrap();
-                assert_eq!(eof, 0);
+                };
+                let n = futures_lite::future::or(deadline, async { got.await.ok() }).await;
+                let bytes = n.map(|n| buf[..n].to_vec());
+                drop(writer.await);
+                let eof = read(&watch, &mut buf).await;
+                (polls, bytes, eof)
             })
         });
+        assert_eq!(
+            bytes.as_deref(),
+            Some(&b"hello"[..]),
+            "woken with the bytes"
+        );
+        assert_eq!(polls, 2, "one empty read, one after the wake-up");
+        assert_eq!(eof, Some(0));
+    }
+
+    #[test]
+    fn bytes_after_a_short_read_arrive_whether_or_not_the_set_was_looked_at_in_between() {
+        let reads = on_a_core(|readiness| {
+            Box::pin(async move {
+                let (watch, _ours, mut theirs) = pair(&readiness);
+                let mut buf = [0u8; 16];
+                theirs.write_all(b"a").unwrap();
+                let short = read(&watch, &mut buf).await;
+                // Straight after the short read: the next read waits on the set, which has
+                // the new bytes' event.
+                theirs.write_all(b"bc").unwrap();
+                let next = read(&watch, &mut buf).await;
+                // The set looks (and drops the event: nobody waits) between a short read and
+                // the next one, which must then ask the kernel.
+                theirs.write_all(b"def").unwrap();
+                for _ in 0..3 {
+                    futures_lite::future::yield_now().await;
+                }
+                let after_look = read(&watch, &mut buf).await;
+                [short, next, after_look]
+            })
+        });
+        assert_eq!(reads, [Some(1), Some(2), Some(3)]);
     }
 
     #[test]
     fn a_dropped_watch_leaves_the_set_so_the_socket_can_be_watched_again() {
-        on_a_core(|| {
-            Box::pin(async {
-                let readiness = Readiness::new().unwrap();
-                let (ours, _theirs) = StdUnixStream::pair().unwrap();
-                let fd = ours.as_raw_fd();
-                let first = readiness.watch(fd).unwrap();
-                let twice = readiness.watch(fd).err().map(|e| e.raw_os_error());
-                assert_eq!(twice, Some(Some(libc::EEXIST)));
+        let (twice, again) = on_a_core(|readiness| {
+            Box::pin(async move {
+                let (first, ours, _theirs) = pair(&readiness);
+                let twice = readiness.watch(ours.as_raw_fd()).err();
                 drop(first);
-                assert!(readiness.watch(fd).is_ok());
+                let again = readiness.watch(ours.as_raw_fd()).map(drop);
+                (twice.and_then(|e| e.raw_os_error()), again.is_ok())
             })
         });
+        assert_eq!(twice, Some(libc::EEXIST));
+        assert!(again);
     }
 }
