@@ -155,9 +155,10 @@ pub struct ServeArgs {
     /// How long an upstream reply is kept to re-ack duplicates.
     #[arg(long, env = "RINGWAY_IDEM_TTL_MS", default_value_t = 600_000)]
     pub idem_ttl_ms: u64,
-    /// Keys each core's in-memory idempotency store holds at most (about 280 bytes each with the
-    /// map's and queues' slack, so ~550 MB per core at the default); past it the oldest replies
-    /// are forgotten early (ringway_idem_evictions_total).
+    /// Keys each core's in-memory idempotency store holds at most: ~230 bytes each once full
+    /// (~460 MB per core at the default), ~280 while keys younger than the pending TTL still have
+    /// their pending row too. Past it the oldest replies are forgotten early
+    /// (ringway_idem_evictions_total).
     #[arg(long, env = "RINGWAY_IDEM_MAX_ENTRIES", default_value_t = 2_000_000)]
     pub idem_max_entries: usize,
     /// How long an upstream key stays claimed while its backend call is outstanding.
