@@ -162,13 +162,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
         Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
         Err(_) => return,
     };
-    let tcp = match Socket::new(tcp, &w.readiness) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(core = w.index, error = %e, "cannot watch a new socket");
-            return;
-        }
-    };
+    let Some(tcp) = w.watch(tcp) else { return };
     // Under TLS the handshake runs inside the first reads, within the same deadline.
     let mut stream = match &w.tls {
         None => Conn::Plain(tcp),
@@ -301,18 +295,11 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
     }
 }
 
-/// A socket handed over by another core, with its TLS session if it has one. Fails only when
-/// this core's epoll set cannot take the socket (out of kernel memory); the socket then closes.
+/// A socket handed over by another core, with its TLS session if it has one; `None` as for
+/// [`Worker::watch`].
 fn received(w: &Worker, fd: OwnedFd, tls: Option<Box<rustls::ServerConnection>>) -> Option<Conn> {
     // SAFETY: the fd is a connected TCP socket handed over whole by another core.
-    let tcp = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    let tcp = match Socket::new(tcp, &w.readiness) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(core = w.index, error = %e, "cannot watch a handed-over socket");
-            return None;
-        }
-    };
+    let tcp = w.watch(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })?;
     Some(match tls {
         Some(session) => Conn::tls(tcp, *session),
         None => Conn::Plain(tcp),
@@ -450,6 +437,14 @@ async fn http_link_task(
 }
 
 impl Worker {
+    /// Puts a client's socket in this core's epoll set. Fails only when the set cannot take it
+    /// (out of kernel memory): the socket then closes, with a warning.
+    fn watch(&self, tcp: TcpStream) -> Option<Socket> {
+        Socket::new(tcp, &self.readiness)
+            .inspect_err(|e| warn!(core = self.index, error = %e, "cannot watch a socket"))
+            .ok()
+    }
+
     /// Flushes what the shard queued for the link, then reads what the client sent. Returns
     /// Ready when the link is over.
     ///
