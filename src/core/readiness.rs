@@ -63,8 +63,8 @@ impl Readiness {
         }))
     }
 
-    /// Adds `fd` to the set. Edge-triggered: a reader learns of new bytes only after it has
-    /// read until `EAGAIN`, which [`Watch::poll_recv`] does before it waits.
+    /// Adds `fd` to the set. Edge-triggered: an event says only that new bytes arrived, so a
+    /// reader waits only once it knows the socket empty ([`Watch::poll_recv`]).
     pub fn watch(self: &Rc<Self>, fd: RawFd) -> io::Result<Watch> {
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -249,15 +249,18 @@ mod tests {
         (readiness.watch(ours.as_raw_fd()).unwrap(), ours, theirs)
     }
 
-    /// One read, or `None` if nothing woke the reader within five seconds.
-    async fn read(watch: &Watch, buf: &mut [u8]) -> Option<usize> {
-        let got = poll_fn(|cx| watch.poll_recv(cx, buf));
+    /// A read's result, or `None` if nothing woke the reader within five seconds.
+    async fn in_time(read: impl Future<Output = io::Result<usize>>) -> Option<usize> {
         let deadline = async {
             glommio::timer::sleep(Duration::from_secs(5)).await;
             None
         };
         // The deadline first: once due, it wins even though the read would now succeed.
-        futures_lite::future::or(deadline, async { got.await.ok() }).await
+        futures_lite::future::or(deadline, async { read.await.ok() }).await
+    }
+
+    async fn read(watch: &Watch, buf: &mut [u8]) -> Option<usize> {
+        in_time(poll_fn(|cx| watch.poll_recv(cx, buf))).await
     }
 
     #[test]
@@ -275,15 +278,11 @@ mod tests {
                 });
                 let mut buf = [0u8; 16];
                 let mut polls = 0;
-                let got = poll_fn(|cx| {
+                let n = in_time(poll_fn(|cx| {
                     polls += 1;
                     watch.poll_recv(cx, &mut buf)
-                });
-                let deadline = async {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    None
-                };
-                let n = futures_lite::future::or(deadline, async { got.await.ok() }).await;
+                }))
+                .await;
                 let bytes = n.map(|n| buf[..n].to_vec());
                 drop(writer.await);
                 let eof = read(&watch, &mut buf).await;
