@@ -109,6 +109,11 @@ pub struct ServeArgs {
     /// Largest client message; bigger ones get ERROR(CODE_TOO_LARGE) and close 1009.
     #[arg(long, env = "RINGWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
+    /// Longest UPSTREAM key (bytes). A longer one gets ERROR(CODE_TOO_LARGE) without the key
+    /// and is not processed; the link stays open. Keys are kept for the dedup window
+    /// (--idem-ttl-ms), so this bounds what each one costs.
+    #[arg(long, env = "RINGWAY_MAX_KEY_BYTES", default_value_t = 128)]
+    pub max_key_bytes: usize,
     /// Accept permessage-deflate (RFC 7692) when a client offers it (browsers always do).
     #[arg(long, env = "RINGWAY_DEFLATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub deflate: bool,
@@ -140,9 +145,16 @@ pub struct ServeArgs {
     /// socket, framing, deflate and closing code. Not for production: no frame is read.
     #[arg(long, env = "RINGWAY_WS_ECHO")]
     pub ws_echo: bool,
-    /// Bytes queued for a client that does not read; beyond it the link is closed with 4002.
+    /// Bytes queued for one link before it counts as backlogged. A link over it whose socket
+    /// took no byte for --slow-consumer-ms is closed with 4002; one that keeps reading is never
+    /// closed for a burst or a large message. A push whose JSON frame would not fit under it is
+    /// refused up front (413 from /v1/push). The kernel's send buffer comes on top.
     #[arg(long, env = "RINGWAY_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
     pub max_outbound_bytes: usize,
+    /// How long a link over --max-outbound-bytes may go without its socket taking a byte
+    /// before it is closed as a slow consumer (4002; its unacked pushes are reported).
+    #[arg(long, env = "RINGWAY_SLOW_CONSUMER_MS", default_value_t = 5_000)]
+    pub slow_consumer_ms: u64,
     /// Devices one user may have connected; a new one signs out the oldest.
     #[arg(long, env = "RINGWAY_MAX_DEVICES_PER_USER", default_value_t = 5)]
     pub max_devices_per_user: usize,
@@ -161,6 +173,11 @@ pub struct ServeArgs {
     /// (ringway_idem_evictions_total).
     #[arg(long, env = "RINGWAY_IDEM_MAX_ENTRIES", default_value_t = 2_000_000)]
     pub idem_max_entries: usize,
+    /// Bytes each core's in-memory idempotency store holds at most: keys, stored backend
+    /// replies and ~200 bytes of bookkeeping per key. Past it the oldest replies are forgotten
+    /// early, as past --idem-max-entries, so large replies cannot exhaust memory.
+    #[arg(long, env = "RINGWAY_IDEM_MAX_BYTES", default_value_t = 512 << 20)]
+    pub idem_max_bytes: usize,
     /// How long an upstream key stays claimed while its backend call is outstanding.
     #[arg(long, env = "RINGWAY_IDEM_PENDING_TTL_MS", default_value_t = 30_000)]
     pub idem_pending_ttl_ms: u64,
@@ -353,7 +370,9 @@ impl ServeArgs {
         Ok(ShardConfig {
             node_id: node_id.to_owned(),
             max_message_bytes: self.max_message_bytes,
+            max_key_bytes: self.max_key_bytes.max(1),
             max_outbound_bytes: self.max_outbound_bytes,
+            slow_consumer: Duration::from_millis(self.slow_consumer_ms.max(1)),
             link_rate: self.link_rate,
             link_burst: self.link_burst,
             retry: RetryPolicy {
@@ -379,6 +398,7 @@ impl ServeArgs {
             pending: Duration::from_millis(self.idem_pending_ttl_ms),
             done: Duration::from_millis(self.idem_ttl_ms),
             max_entries: self.idem_max_entries,
+            max_bytes: self.idem_max_bytes,
         }
     }
 }

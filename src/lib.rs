@@ -39,3 +39,23 @@ pub fn owner_core(biz_id: u64, user_id: &str, workers: usize) -> usize {
     }
     (h % workers.max(1) as u64) as usize
 }
+
+/// A push's receivers as a set: each user once, in first-named order, empty names dropped. A
+/// user named twice (a group's member list with a repeat) gets the push once.
+pub fn distinct_receivers(users: Vec<String>) -> Vec<String> {
+    let mut seen: std::collections::HashSet<String, foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(users.len(), Default::default());
+    users
+        .into_iter()
+        .filter(|u| !u.is_empty() && seen.insert(u.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn receivers_are_named_once_in_order() {
+        let users = ["b", "a", "b", "", "a", "c"].map(String::from).to_vec();
+        assert_eq!(super::distinct_receivers(users), ["b", "a", "c"]);
+    }
+}

@@ -73,6 +73,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    // SIGHUP's default action ends the process; until the control thread's handler takes over,
+    // a hangup is ignored rather than fatal. (A handler, unlike SIG_IGN, is not inherited by
+    // the commands the node runs.)
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let source = match (&args.jwt_secret, &args.jwt_public_key) {
         (Some(s), _) => KeySource::Secret(s.as_bytes().to_vec()),
         (None, Some(path)) => KeySource::PublicKeyPem(
@@ -118,6 +123,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 .unwrap_or_else(|_| "ringway".into())
         });
 
+    refuse_if_taken(args.listen)?;
     let listeners = (0..workers)
         .map(|_| bind_reuseport(args.listen))
         .collect::<Result<Vec<_>, _>>()
@@ -325,6 +331,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                     _ => None,
                 },
             },
+            max_outbound_bytes: args.max_outbound_bytes,
             republish: routing.is_some(),
         },
     ));
@@ -357,9 +364,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         if let Some(registry) = registry {
             tokio::spawn(registry.run(node.clone()));
         }
-        if let Some(files) = tls.clone() {
-            tokio::spawn(control::reload_tls_on_hangup(node.clone(), files));
-        }
+        tokio::spawn(control::reload_on_hangup(node.clone(), tls.clone()));
         if let (Some(cfg), Some(out)) = (kafka, kafka_out) {
             let mode = match routing {
                 None => Mode::Local,
@@ -495,6 +500,21 @@ fn spawn_consumer(
             tracing::error!(error = %e, "push consumer stopped");
         }
     });
+}
+
+/// SO_REUSEPORT is for this node's own cores: a second process on the same address would take
+/// a share of the upgrades unseen. A socket bound without it fails while anyone listens there.
+fn refuse_if_taken(addr: SocketAddr) -> Result<(), String> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .and_then(|s| s.set_reuse_address(true).map(|()| s))
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr}: another process already listens there (is another ringway running?)"
+        )),
+        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+    }
 }
 
 /// One listening socket per worker core on the same address: the kernel spreads new

@@ -88,11 +88,15 @@ labels! {
         MissingKey = "missing_key",
         UnsupportedCmd = "unsupported_cmd",
         StoreUnavailable = "store_unavailable",
+        KeyTooLarge = "key_too_large",
     }
 }
 
 /// HTTP statuses the upgrade path answers with, for `ringway_handshake_rejected_total`.
-pub const REJECT_STATUSES: [u16; 12] = [400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 505, 500];
+/// The last one, 500, stands for any status not listed (none is answered today).
+pub const REJECT_STATUSES: [u16; 15] = [
+    400, 401, 403, 404, 405, 408, 409, 411, 413, 426, 429, 431, 503, 505, 500,
+];
 
 const CMDS: usize = 11;
 

@@ -48,6 +48,7 @@ impl PushRouter {
         if !push.user_id.is_empty() {
             users.push(std::mem::take(&mut push.user_id));
         }
+        let users = crate::distinct_receivers(users);
         match &self.mode {
             Mode::Local => hand_off(&self.node, &push, users, true, unsettled).await,
             Mode::Located(loc) => self.located(loc, push, users, unsettled).await,

@@ -184,6 +184,16 @@ async fn push(
 ) -> Result<Response, ApiError> {
     admit(&node, &headers)?;
     let req = push_api::parse(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let frame = crate::link::push::largest_frame_bytes(&req.key, req.body.len());
+    if frame > node.max_outbound_bytes {
+        let max = node.max_outbound_bytes;
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the push's frame ({frame} bytes as JSON) exceeds --max-outbound-bytes ({max})"
+            ),
+        ));
+    }
     let routed = router::push(
         &node,
         PushJob {

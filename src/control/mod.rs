@@ -52,6 +52,8 @@ pub struct NodeState {
     pub drain_requested: Notify,
     pub scale: ScaleSetup,
     pub demo: demo::DemoSetup,
+    /// `--max-outbound-bytes`: a push whose frame would not fit is refused (413).
+    pub max_outbound_bytes: usize,
     /// While draining with cluster routing: pushes that found no link here, kept to be put
     /// back on the push topic once the node is empty.
     held: Mutex<Option<Vec<Undelivered>>>,
@@ -78,6 +80,7 @@ pub struct NodeSetup {
     pub drain_rate: u32,
     pub scale: ScaleSetup,
     pub demo: demo::DemoSetup,
+    pub max_outbound_bytes: usize,
     /// Put a draining node's undelivered pushes back on the push topic (cluster routing).
     pub republish: bool,
 }
@@ -100,6 +103,7 @@ impl NodeState {
             drain_requested: Notify::new(),
             scale: s.scale,
             demo: s.demo,
+            max_outbound_bytes: s.max_outbound_bytes,
             held: Mutex::new(None),
             republish: s.republish,
             node_topic: NodeTopic::default(),
@@ -220,11 +224,16 @@ pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_
     crate::cluster::drain::drain(node, shutdown_timeout).await;
 }
 
-/// Reloads the TLS certificate on every SIGHUP.
-pub async fn reload_tls_on_hangup(node: Arc<NodeState>, files: Arc<tls::TlsFiles>) {
+/// SIGHUP reloads what can be reloaded (the TLS certificate) and never stops the node: a
+/// logrotate or a habitual `systemctl reload` must not drop every user.
+pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<tls::TlsFiles>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     while hup.recv().await.is_some() {
+        let Some(files) = &tls else {
+            info!("SIGHUP: nothing to reload (no --tls-cert); still serving");
+            continue;
+        };
         match files.reload() {
             Ok(()) => {
                 node.counters.tls_reloads.inc();

@@ -39,7 +39,7 @@ pub fn parse(body: &[u8]) -> Result<ValidPush, String> {
     }
     let mut users = req.user_ids;
     users.extend(req.user_id);
-    users.retain(|u| !u.is_empty());
+    let users = crate::distinct_receivers(users);
     if users.is_empty() {
         return Err("name a receiver: user_id or user_ids".into());
     }
@@ -75,9 +75,10 @@ mod tests {
 
     #[test]
     fn accepts_and_refuses_with_reasons() {
-        let ok =
-            parse(br#"{"biz_id":"7","user_id":"a","user_ids":["b",""],"key":"k","body":"aGk="}"#)
-                .unwrap();
+        let ok = parse(
+            br#"{"biz_id":"7","user_id":"a","user_ids":["b","","a","b"],"key":"k","body":"aGk="}"#,
+        )
+        .unwrap();
         assert_eq!(ok.user_ids, ["b", "a"]);
         assert_eq!((ok.biz_id, &ok.body[..]), (7, &b"hi"[..]));
         let why = |b: &str| parse(b.as_bytes()).unwrap_err();

@@ -20,6 +20,7 @@ use fred::prelude::*;
 use fred::types::{Expiration, SetOptions};
 use tracing::{info, warn};
 
+use crate::auth::Identity;
 use crate::core::shard::UpstreamRequest;
 use crate::link::idem::{Claim, IdemTtl, IdemUpdate};
 
@@ -36,8 +37,10 @@ pub struct RedisIdem {
     next_token: AtomicU64,
 }
 
-fn key(biz_id: u64, key: &str) -> String {
-    format!("idem:{biz_id}:{key}")
+/// `idem:{BIZ:USER}:KEY`: scoped to the sender, and hash-tagged by user so Redis Cluster keeps
+/// one user's keys on one slot.
+fn key(who: &Identity, key: &str) -> String {
+    format!("idem:{{{}:{}}}:{key}", who.biz_id, who.user_id)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -85,7 +88,7 @@ impl RedisIdem {
             .map(|r| {
                 let n = self.next_token.fetch_add(1, Relaxed);
                 let token = format!("{}{:016x}{n:016x}", PENDING as char, self.nonce);
-                (key(r.who.biz_id, &r.key), token.into_bytes())
+                (key(&r.who, &r.key), token.into_bytes())
             })
             .collect();
         let result = self.try_claim(&claims).await;
@@ -121,19 +124,15 @@ impl RedisIdem {
         let pipe = self.client.pipeline();
         for u in updates {
             match u {
-                IdemUpdate::Complete {
-                    biz_id,
-                    key: k,
-                    reply,
-                } => {
+                IdemUpdate::Complete { who, key: k, reply } => {
                     let mut v = Vec::with_capacity(1 + reply.len());
                     v.push(DONE);
                     v.extend_from_slice(&reply);
                     let px = Some(Expiration::PX(millis(self.ttl.done)));
-                    let _: () = pipe.set(key(biz_id, &k), v, px, None, false).await?;
+                    let _: () = pipe.set(key(&who, &k), v, px, None, false).await?;
                 }
-                IdemUpdate::Release { biz_id, key: k } => {
-                    let _: () = pipe.del(key(biz_id, &k)).await?;
+                IdemUpdate::Release { who, key: k } => {
+                    let _: () = pipe.del(key(&who, &k)).await?;
                 }
             }
         }
@@ -192,6 +191,16 @@ fn decode_claim(v: Value) -> Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_scoped_and_hash_tagged_by_user() {
+        let who = Identity {
+            biz_id: 7,
+            user_id: "alice".into(),
+            device_id: "phone".into(),
+        };
+        assert_eq!(key(&who, "m1"), "idem:{7:alice}:m1");
+    }
 
     #[test]
     fn claim_answers_decode() {

@@ -126,7 +126,7 @@ impl Services {
     fn claim(&mut self, shard: &mut Shard, claims: Vec<UpstreamRequest>, now: Instant) {
         if self.shared_store.is_none() {
             for req in claims {
-                let claim = self.local.claim(req.who.biz_id, &req.key, now);
+                let claim = self.local.claim(&req.who, &req.key, now);
                 shard.on_claim(req, claim, now);
             }
             return;
@@ -245,7 +245,7 @@ impl Services {
                 (Some(claim), _) => shard.on_claim(req, claim, now),
                 (None, StoreDownPolicy::Local) => {
                     shard.metrics.idem_fallbacks.inc();
-                    let claim = self.local.claim(req.who.biz_id, &req.key, now);
+                    let claim = self.local.claim(&req.who, &req.key, now);
                     shard.on_claim(req, claim, now);
                 }
                 (None, StoreDownPolicy::Refuse) => shard.on_claim_refused(req),

@@ -36,7 +36,12 @@ use crate::protocol::{Codec, events, json};
 pub struct ShardConfig {
     pub node_id: String,
     pub max_message_bytes: usize,
+    /// Longest upstream key: keys are stored for the dedup window, so their size is memory.
+    pub max_key_bytes: usize,
     pub max_outbound_bytes: usize,
+    /// A link over `max_outbound_bytes` is closed as a slow consumer only once its socket has
+    /// taken no byte for this long: a client that keeps reading survives a burst.
+    pub slow_consumer: Duration,
     pub link_rate: u32,
     pub link_burst: u32,
     pub retry: RetryPolicy,
@@ -102,6 +107,8 @@ pub struct Target<'a> {
 enum TimerEvent {
     Liveness(ConnId),
     Retransmit(ConnId, u64),
+    /// A link over its outbound cap: did its socket take anything since the check was armed?
+    Backlog(ConnId),
 }
 
 enum Inbound {
@@ -313,8 +320,7 @@ impl Shard {
         let generation = link.attach_gen;
         if !poll {
             // A new response: its head first, then whatever waited while no stream was open.
-            let waiting = std::mem::replace(&mut link.out, events::stream_head(origin));
-            link.out.extend_from_slice(&waiting);
+            link.set_head(events::stream_head(origin));
             let connected = connected_frame(&self.cfg, link);
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);
@@ -414,7 +420,7 @@ impl Shard {
         let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
         let transport = wire.transport();
         let mut link = Link::new(who.clone(), codec, wire, bucket, now);
-        link.out = head;
+        link.set_head(head);
         // A conformance suite expects nothing before its first echo.
         if !self.cfg.ws_echo {
             let connected = connected_frame(&self.cfg, &link);
@@ -600,6 +606,14 @@ impl Shard {
             self.reply_error(conn, "", Code::MissingKey, "UPSTREAM needs a key".into());
             return;
         }
+        if f.key.len() > self.cfg.max_key_bytes {
+            // Not echoed back: the key is what was too large.
+            self.metrics.dropped(DropReason::KeyTooLarge);
+            let max = self.cfg.max_key_bytes;
+            let reason = format!("keys are limited to {max} bytes");
+            self.reply_error(conn, "", Code::TooLarge, reason);
+            return;
+        }
         if let Err(wait) = link.bucket.try_take(now) {
             self.metrics.dropped(DropReason::RateLimited);
             let frame = Frame {
@@ -660,12 +674,12 @@ impl Shard {
         result: Result<Bytes, BackendError>,
         now: Instant,
     ) {
-        let biz_id = req.who.biz_id;
+        let who = req.who.clone();
         let key = req.key.clone();
         match result {
             Ok(reply) => {
                 self.idem_updates.push(IdemUpdate::Complete {
-                    biz_id,
+                    who,
                     key,
                     reply: reply.clone(),
                 });
@@ -675,7 +689,7 @@ impl Shard {
                 self.send_ack(req.conn, req.key.clone(), reply);
             }
             Err(e) => {
-                self.idem_updates.push(IdemUpdate::Release { biz_id, key });
+                self.idem_updates.push(IdemUpdate::Release { who, key });
                 self.metrics.upstream_failed.inc();
                 let (code, reason) = match e {
                     BackendError::Unavailable(r) => (Code::BackendUnavailable, r),
@@ -834,6 +848,7 @@ impl Shard {
             match ev {
                 TimerEvent::Retransmit(conn, seq) => self.retransmit(conn, seq, now),
                 TimerEvent::Liveness(conn) => self.liveness(conn, now),
+                TimerEvent::Backlog(conn) => self.backlog(conn, now),
             }
         }
     }
@@ -845,7 +860,7 @@ impl Shard {
     fn retransmit(&mut self, conn: ConnId, seq: u64, now: Instant) {
         let max = self.cfg.retry.max_attempts;
         let unit: f64 = self.rng.random();
-        let Some(link) = self.links.get_mut(&conn) else {
+        let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) else {
             return;
         };
         let Some(i) = link.inflight.iter().position(|f| f.seq == seq) else {
@@ -922,25 +937,49 @@ impl Shard {
         0.8 + 0.4 * self.rng.random::<f64>()
     }
 
-    /// A link whose queued output passed the cap is not reading: close it instead of buffering
-    /// without bound. Its unacked pushes are reported when it is removed.
+    /// A link whose queued output passed the cap may have stopped reading: look again after
+    /// `slow_consumer`. Queuing never closes a link by itself.
     fn check_backlog(&mut self, conn: ConnId, now: Instant) {
         let cap = self.cfg.max_outbound_bytes;
         if let Some(link) = self.links.get_mut(&conn)
             && link.is_open()
+            && link.backlog.is_none()
             && link.out.len() > cap
         {
-            // What is queued is what the client failed to read: drop it, keep the close.
-            link.out = Vec::new();
-            let reason = "slow consumer: outbound queue full";
-            self.close_link(
-                conn,
-                close_code::SLOW_CONSUMER,
-                reason,
-                CloseReason::SlowConsumer,
-                now,
-            );
+            let timer = self
+                .wheel
+                .insert(now + self.cfg.slow_consumer, TimerEvent::Backlog(conn));
+            link.backlog = Some((link.written_total, timer));
         }
+    }
+
+    /// The backlog check is due: a link still over the cap whose socket took no byte since it
+    /// was armed is a slow consumer, closed after the last message it began to receive (what
+    /// it never started is dropped; its unacked pushes are reported when it is removed).
+    fn backlog(&mut self, conn: ConnId, now: Instant) {
+        let cap = self.cfg.max_outbound_bytes;
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        let Some((seen, _)) = link.backlog.take() else {
+            return;
+        };
+        if !link.is_open() || link.out.len() <= cap {
+            return;
+        }
+        if link.written_total != seen {
+            // Still reading, just behind: look again later.
+            return self.check_backlog(conn, now);
+        }
+        link.discard_unsent();
+        let reason = "slow consumer: outbound queue full";
+        self.close_link(
+            conn,
+            close_code::SLOW_CONSUMER,
+            reason,
+            CloseReason::SlowConsumer,
+            now,
+        );
     }
 
     /// Operator or re-login kick: KICKED, then close.
@@ -1083,6 +1122,14 @@ impl Shard {
         if let Some(t) = link.liveness.take() {
             self.wheel.cancel(t);
         }
+        // Nothing follows the close frame: no retransmit during the linger. The pushes stay
+        // in flight until the link is removed, which reports them.
+        for f in &link.inflight {
+            self.wheel.cancel(f.timer);
+        }
+        if let Some((_, t)) = link.backlog.take() {
+            self.wheel.cancel(t);
+        }
         let detached = link.wire.is_http() && !link.attached;
         link.liveness = Some(
             self.wheel
@@ -1131,6 +1178,9 @@ impl Shard {
             self.metrics.closed(CloseReason::Disconnected);
         }
         if let Some(t) = link.liveness {
+            self.wheel.cancel(t);
+        }
+        if let Some((_, t)) = link.backlog {
             self.wheel.cancel(t);
         }
         let reason = if link.closing == Some(CloseReason::SlowConsumer) {

@@ -17,7 +17,9 @@ fn cfg() -> ShardConfig {
     ShardConfig {
         node_id: "n1".into(),
         max_message_bytes: 1024,
+        max_key_bytes: 16,
         max_outbound_bytes: 4096,
+        slow_consumer: 2000 * MS,
         link_rate: 10,
         link_burst: 2,
         retry: RetryPolicy {
@@ -117,6 +119,7 @@ impl Harness {
             pending: Duration::from_secs(30),
             done: Duration::from_secs(600),
             max_entries: 1_000_000,
+            max_bytes: usize::MAX,
         };
         Harness {
             shard: Shard::new(cfg(), Arc::default(), 7, t0),
@@ -158,7 +161,7 @@ impl Harness {
     /// Lets the store answer the shard's claims and apply its updates.
     fn settle_store(&mut self, ms: u64) {
         for req in self.shard.take_claims() {
-            let claim = self.store.claim(req.who.biz_id, &req.key, self.at(ms));
+            let claim = self.store.claim(&req.who, &req.key, self.at(ms));
             self.shard.on_claim(req, claim, self.at(ms));
         }
         for u in self.shard.take_idem_updates() {
@@ -170,7 +173,7 @@ impl Harness {
     fn drain(&mut self, conn: ConnId) -> Vec<Out> {
         let link = self.shard.link_mut(conn).unwrap();
         let codec = link.codec;
-        let bytes = std::mem::take(&mut link.out);
+        let bytes = link.take_out();
         let mut cur = Cursor::new(&bytes[..]);
         let mut out = Vec::new();
         while (cur.position() as usize) < bytes.len() {
@@ -286,6 +289,46 @@ fn upstream_is_forwarded_once_and_duplicates_are_reacked() {
         (1, 1)
     );
     assert_eq!(m.dropped[DropReason::DuplicatePending as usize].get(), 1);
+}
+
+#[test]
+fn equal_keys_of_two_users_are_two_messages() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "bob", "phone", Codec::Json);
+    h.send(1, 0, &up("m1", b"from alice"));
+    h.answer_upstream(1, Ok(Bytes::from_static(b"alice's reply")));
+    h.frames(1);
+    h.send(2, 2, &up("m1", b"from bob"));
+    let req = h.answer_upstream(3, Ok(Bytes::from_static(b"bob's reply")));
+    assert_eq!(
+        &req.body[..],
+        b"from bob",
+        "bob's message reached the backend"
+    );
+    let ack = h.frames(2).remove(0);
+    assert_eq!(&ack.body[..], b"bob's reply");
+}
+
+#[test]
+fn a_key_over_the_limit_is_refused_without_echoing_it_and_the_link_stays() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    let long = "k".repeat(17);
+    h.send(1, 0, &up(&long, b"x"));
+    assert!(h.shard.take_claims().is_empty() && h.shard.take_upstream().is_empty());
+    let f = h.frames(1).remove(0);
+    assert_eq!(
+        (f.cmd, f.code, f.key.as_str()),
+        (Cmd::Error as i32, Code::TooLarge as i32, "")
+    );
+    assert!(f.reason.contains("16 bytes"), "{}", f.reason);
+    let m = &h.shard.metrics;
+    assert_eq!(m.dropped[DropReason::KeyTooLarge as usize].get(), 1);
+    assert!(h.shard.link_mut(1).unwrap().is_open());
+    h.send(1, 1, &up(&long[..16], b"x"));
+    h.answer_upstream(2, Ok(Bytes::new()));
+    assert_eq!(h.frames(1)[0].cmd, Cmd::UpstreamAck as i32);
 }
 
 #[test]
@@ -537,17 +580,30 @@ fn idle_links_are_pinged_then_closed_on_time() {
     );
 }
 
+/// Pushes to alice until her link's queue is over the 4 KiB cap; returns how many.
+fn fill_past_cap(h: &mut Harness, ms: u64) -> usize {
+    let mut sent = 0;
+    while h.shard.link_mut(1).unwrap().out.len() <= 4096 {
+        h.push("alice", None, &format!("p{sent}"), ms);
+        sent += 1;
+        assert!(sent < 1000, "the cap never tripped");
+    }
+    sent
+}
+
 #[test]
 fn slow_consumer_is_cut_off_and_its_pushes_reported() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Proto);
-    // Nobody drains the link's output; pushes pile up until the 4 KiB cap.
-    let mut sent = 0;
-    while h.shard.link_mut(1).unwrap().is_open() {
-        h.push("alice", None, &format!("p{sent}"), 0);
-        sent += 1;
-        assert!(sent < 1000, "the cap never tripped");
-    }
+    // Nobody drains the link's output: over the cap it stays open until the socket has taken
+    // nothing for the slow-consumer time.
+    let sent = fill_past_cap(&mut h, 0);
+    h.shard.tick(h.at(1990));
+    assert!(
+        h.shard.link_mut(1).unwrap().is_open(),
+        "over the cap alone is no reason"
+    );
+    h.shard.tick(h.at(2010));
     let link = h.shard.link_mut(1).unwrap();
     assert_eq!(link.closing, Some(CloseReason::SlowConsumer));
     assert!(
@@ -574,6 +630,80 @@ fn slow_consumer_is_cut_off_and_its_pushes_reported() {
         h.shard.metrics.links_closed[CloseReason::SlowConsumer as usize].get(),
         1
     );
+}
+
+#[test]
+fn a_client_that_keeps_reading_is_never_a_slow_consumer() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    fill_past_cap(&mut h, 0);
+    // Every second the socket takes a little of the queue, which stays over the cap.
+    for s in 1..=10u64 {
+        h.shard.link_mut(1).unwrap().written(10);
+        h.push("alice", None, &format!("more{s}"), s * 1000);
+        h.shard.tick(h.at(s * 1000 + 5));
+        assert!(h.shard.link_mut(1).unwrap().is_open(), "closed at {s} s");
+    }
+    assert!(h.shard.link_mut(1).unwrap().out.len() > 4096);
+    // It stops reading: closed once a whole check window passes without a byte taken (the
+    // window that was open at its last read does not count).
+    h.shard.tick(h.at(14_000));
+    assert!(h.shard.link_mut(1).unwrap().is_open());
+    h.shard.tick(h.at(16_100));
+    assert_eq!(
+        h.shard.link_mut(1).unwrap().closing,
+        Some(CloseReason::SlowConsumer)
+    );
+}
+
+#[test]
+fn the_slow_consumer_close_follows_the_last_whole_frame_and_nothing_follows_it() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    fill_past_cap(&mut h, 0);
+    // The socket took 1.5 pushes' worth: the wire holds half a frame.
+    let link = h.shard.link_mut(1).unwrap();
+    let one = ws::frame_len(&link.out);
+    let wire: Vec<u8> = link.out[..one + one / 2].to_vec();
+    link.written(one + one / 2);
+    let written = link.written_total;
+    // That write came after the check was armed: closed at the check after.
+    h.shard.tick(h.at(2010));
+    h.shard.tick(h.at(4100));
+    assert!(!h.shard.link_mut(1).unwrap().is_open());
+    // Retransmits were due before the close; later ones may not write past it.
+    let resent = h.shard.metrics.push_retransmits.get();
+    h.shard.tick(h.at(60_000));
+    assert_eq!(h.shard.metrics.push_retransmits.get(), resent);
+    let link = h.shard.link_mut(1).unwrap();
+    assert_eq!(link.written_total, written);
+    let mut all = wire;
+    all.extend_from_slice(&link.out);
+    link.out = all;
+    let out = h.drain(1);
+    assert_eq!(out.len(), 3, "two pushes, then the close: {out:?}");
+    assert!(matches!(&out[1], Out::Frame(f) if f.key == "p1"));
+    assert_eq!(out[2], Out::Close(close_code::SLOW_CONSUMER));
+}
+
+#[test]
+fn no_retransmit_follows_any_close() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.push("alice", None, "p1", 0);
+    h.shard.kick(
+        &Target {
+            biz_id: 1,
+            user_id: "alice",
+            device_id: None,
+        },
+        "bye",
+        h.at(1),
+    );
+    h.shard.tick(h.at(1500));
+    let out = h.drain(1);
+    assert_eq!(out.last(), Some(&Out::Close(close_code::KICKED)));
+    assert_eq!(h.shard.metrics.push_retransmits.get(), 0);
 }
 
 #[test]

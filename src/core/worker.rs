@@ -259,8 +259,10 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
     }
     // The socket moves to its owner core as a plain fd; this core's stream object closes only
     // its own duplicate.
-    // SAFETY: dup of a valid open socket; the new fd is owned by the OwnedFd.
-    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    // Close-on-exec like every socket we open: a `--scale-up-cmd` child must not inherit
+    // clients' sockets.
+    // SAFETY: duplicates a valid open socket; the new fd is owned by the OwnedFd.
+    let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
         let r = Reject::new(503, "out of file descriptors");
         return reject(&w, stream, r, browser_origin(&req)).await;
@@ -468,9 +470,7 @@ impl Worker {
             }
             while !link.out.is_empty() {
                 match Pin::new(&mut *stream).poll_write(cx, &link.out) {
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        link.out.drain(..n);
-                    }
+                    Poll::Ready(Ok(n)) if n > 0 => link.written(n),
                     Poll::Ready(_) => return Poll::Ready(()),
                     Poll::Pending => break,
                 }
@@ -536,23 +536,30 @@ impl Worker {
         }
         let poll = matches!(link.wire, Wire::LongPoll);
         if poll && answer.is_empty() && (!link.out.is_empty() || link.poll_due || !link.is_open()) {
-            let batch = std::mem::take(&mut link.out);
+            let batch = link.take_out();
             let close = link.closing.and(link.close_note.as_ref());
             *answer = events::poll_response(origin, &batch, close.map(|(c, r)| (*c, &**r)));
             link.poll_due = false;
         }
         let open = link.is_open();
-        let out = if poll { answer } else { &mut link.out };
-        let had = !out.is_empty();
-        while !out.is_empty() {
+        let had = if poll {
+            !answer.is_empty()
+        } else {
+            !link.out.is_empty()
+        };
+        loop {
+            let out = if poll { &answer[..] } else { &link.out[..] };
+            if out.is_empty() {
+                break;
+            }
             match Pin::new(&mut *stream).poll_write(cx, out) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    out.drain(..n);
-                }
+                Poll::Ready(Ok(n)) if n > 0 && poll => drop(answer.drain(..n)),
+                Poll::Ready(Ok(n)) if n > 0 => link.written(n),
                 Poll::Ready(_) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
         }
+        let out = if poll { &answer[..] } else { &link.out[..] };
         match Pin::new(&mut *stream).poll_flush(cx) {
             Poll::Ready(Err(_)) => return Poll::Ready(()),
             // Not done before the socket has every byte (TLS keeps some itself).

@@ -8,11 +8,13 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::FastMap;
+use crate::auth::Identity;
 
 /// What claiming a key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,24 +37,28 @@ pub struct IdemTtl {
     /// are forgotten early, so a traffic peak shortens the dedup window instead of exhausting
     /// memory.
     pub max_entries: usize,
+    /// Most bytes (keys, replies and bookkeeping) one store holds, with the same eviction
+    /// order: large backend replies must not exhaust memory either.
+    pub max_bytes: usize,
 }
 
-/// What the shard asks of the store once the backend has answered.
+/// What the shard asks of the store once the backend has answered. Keys are scoped to the
+/// sender: two users' equal keys never meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdemUpdate {
     /// Accepted: keep the reply for re-acks.
     Complete {
-        biz_id: u64,
+        who: Arc<Identity>,
         key: String,
         reply: Bytes,
     },
     /// Failed for good: forget the claim so the client's retry is forwarded.
-    Release { biz_id: u64, key: String },
+    Release { who: Arc<Identity>, key: String },
 }
 
 /// A claim store that answers at once.
 pub trait IdemStore {
-    fn claim(&mut self, biz_id: u64, key: &str, now: Instant) -> Claim;
+    fn claim(&mut self, who: &Identity, key: &str, now: Instant) -> Claim;
     fn update(&mut self, update: IdemUpdate, now: Instant);
     /// Keys forgotten before their TTL because the store was full.
     fn evicted(&self) -> u64 {
@@ -62,19 +68,31 @@ pub trait IdemStore {
 
 type Entry = (Option<Bytes>, Instant);
 
+/// What one stored key costs beyond its text and reply: the map slot, the expiry row, the
+/// shared string's header and the allocator's rounding (measured: ~230 B per short key).
+const ENTRY_OVERHEAD: usize = 200;
+
 /// The embedded mode's store. It lives on the owner core, which every retry of a user's message
-/// reaches, so it needs no locks. Keys are nested by biz so a lookup borrows the message key, and
-/// each stored key is one shared string for both the map and its expiry queue.
+/// reaches, so it needs no locks. Keys are nested by biz; within a biz a key is
+/// `user \0 key` (user ids hold no control characters, so the pair is unambiguous), built in a
+/// reused scratch string for lookups, and each stored key is one shared string for both the map
+/// and its expiry queue.
 #[derive(Debug)]
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
     entries: FastMap<u64, FastMap<Rc<str>, Entry>>,
     len: usize,
+    bytes: usize,
     evicted: u64,
+    scratch: String,
     /// Expiry order, one queue per TTL so each stays sorted while time moves forward. Stale
     /// rows (a key re-set later) are skipped when popped.
     pending_expiry: VecDeque<(Instant, u64, Rc<str>)>,
     done_expiry: VecDeque<(Instant, u64, Rc<str>)>,
+}
+
+fn cost(key: &str, reply: Option<&Bytes>) -> usize {
+    ENTRY_OVERHEAD + key.len() + reply.map_or(0, Bytes::len)
 }
 
 impl MemoryIdemStore {
@@ -83,26 +101,25 @@ impl MemoryIdemStore {
             ttl,
             entries: FastMap::default(),
             len: 0,
+            bytes: 0,
             evicted: 0,
+            scratch: String::new(),
             pending_expiry: VecDeque::new(),
             done_expiry: VecDeque::new(),
         }
     }
 
-    fn get(&self, biz: u64, key: &str) -> Option<&Entry> {
-        self.entries.get(&biz)?.get(key)
+    /// The scoped key of `who`'s `key`, in the scratch string.
+    fn scoped(&mut self, who: &Identity, key: &str) -> &str {
+        self.scratch.clear();
+        self.scratch.push_str(&who.user_id);
+        self.scratch.push('\0');
+        self.scratch.push_str(key);
+        &self.scratch
     }
 
-    fn claim_key(&mut self, biz: u64, key: &str, now: Instant) -> Claim {
-        self.expire(now);
-        match self.get(biz, key) {
-            Some((Some(reply), _)) => Claim::Done(reply.clone()),
-            Some((None, _)) => Claim::Pending,
-            None => {
-                self.set(biz, Rc::from(key), None, now + self.ttl.pending);
-                Claim::Fresh
-            }
-        }
+    fn get(&self, biz: u64, key: &str) -> Option<&Entry> {
+        self.entries.get(&biz)?.get(key)
     }
 
     pub fn len(&self) -> usize {
@@ -113,8 +130,15 @@ impl MemoryIdemStore {
         self.len == 0
     }
 
+    /// Bytes held, as counted against `max_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn evict_over_cap(&mut self) {
-        while self.len > self.ttl.max_entries.max(1) {
+        while self.len > self.ttl.max_entries.max(1)
+            || (self.bytes > self.ttl.max_bytes && self.len > 0)
+        {
             let queue = if self.done_expiry.is_empty() {
                 &mut self.pending_expiry
             } else {
@@ -137,22 +161,24 @@ impl MemoryIdemStore {
             &mut self.pending_expiry
         };
         queue.push_back((expires, biz, key.clone()));
-        if self
+        self.bytes += cost(&key, reply.as_ref());
+        match self
             .entries
             .entry(biz)
             .or_default()
-            .insert(key, (reply, expires))
-            .is_none()
+            .insert(key.clone(), (reply, expires))
         {
-            self.len += 1;
-            self.evict_over_cap();
+            Some((old, _)) => self.bytes -= cost(&key, old.as_ref()),
+            None => self.len += 1,
         }
+        self.evict_over_cap();
     }
 
     fn remove(&mut self, biz: u64, key: &str) {
         if let Some(keys) = self.entries.get_mut(&biz) {
-            if keys.remove(key).is_some() {
+            if let Some((reply, _)) = keys.remove(key) {
                 self.len -= 1;
+                self.bytes -= cost(key, reply.as_ref());
             }
             if keys.is_empty() {
                 self.entries.remove(&biz);
@@ -181,8 +207,19 @@ impl MemoryIdemStore {
 }
 
 impl IdemStore for MemoryIdemStore {
-    fn claim(&mut self, biz_id: u64, key: &str, now: Instant) -> Claim {
-        self.claim_key(biz_id, key, now)
+    fn claim(&mut self, who: &Identity, key: &str, now: Instant) -> Claim {
+        self.expire(now);
+        let biz = who.biz_id;
+        self.scoped(who, key);
+        match self.get(biz, &self.scratch) {
+            Some((Some(reply), _)) => Claim::Done(reply.clone()),
+            Some((None, _)) => Claim::Pending,
+            None => {
+                let key = Rc::from(self.scratch.as_str());
+                self.set(biz, key, None, now + self.ttl.pending);
+                Claim::Fresh
+            }
+        }
     }
 
     fn evicted(&self) -> u64 {
@@ -191,10 +228,16 @@ impl IdemStore for MemoryIdemStore {
 
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
-            IdemUpdate::Complete { biz_id, key, reply } => {
-                self.set(biz_id, Rc::from(key), Some(reply), now + self.ttl.done)
+            IdemUpdate::Complete { who, key, reply } => {
+                let scoped = Rc::from(self.scoped(&who, &key));
+                self.set(who.biz_id, scoped, Some(reply), now + self.ttl.done)
             }
-            IdemUpdate::Release { biz_id, key } => self.remove(biz_id, &key),
+            IdemUpdate::Release { who, key } => {
+                self.scoped(&who, &key);
+                let scoped = std::mem::take(&mut self.scratch);
+                self.remove(who.biz_id, &scoped);
+                self.scratch = scoped;
+            }
         }
     }
 }
@@ -203,112 +246,150 @@ impl IdemStore for MemoryIdemStore {
 mod tests {
     use super::*;
 
-    fn store() -> MemoryIdemStore {
-        MemoryIdemStore::new(IdemTtl {
+    fn ttl(max_entries: usize, max_bytes: usize) -> IdemTtl {
+        IdemTtl {
             pending: Duration::from_secs(10),
             done: Duration::from_secs(100),
-            max_entries: 1000,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn store() -> MemoryIdemStore {
+        MemoryIdemStore::new(ttl(1000, usize::MAX))
+    }
+
+    fn user(biz_id: u64, user_id: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            biz_id,
+            user_id: user_id.into(),
+            device_id: "default".into(),
         })
+    }
+
+    fn complete(who: &Arc<Identity>, key: &str, reply: &'static [u8]) -> IdemUpdate {
+        IdemUpdate::Complete {
+            who: who.clone(),
+            key: key.into(),
+            reply: Bytes::from_static(reply),
+        }
     }
 
     #[test]
     fn fresh_pending_done_reack() {
         let t0 = Instant::now();
         let mut s = store();
-        assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
-        assert_eq!(s.claim(1, "k", t0), Claim::Pending);
-        assert_eq!(s.claim(2, "k", t0), Claim::Fresh, "keys are per biz");
-        s.update(
-            IdemUpdate::Complete {
-                biz_id: 1,
-                key: "k".into(),
-                reply: Bytes::from_static(b"r"),
-            },
-            t0,
+        let a = user(1, "a");
+        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        assert_eq!(s.claim(&a, "k", t0), Claim::Pending);
+        assert_eq!(
+            s.claim(&user(2, "a"), "k", t0),
+            Claim::Fresh,
+            "keys are per biz"
         );
-        assert_eq!(s.claim(1, "k", t0), Claim::Done(Bytes::from_static(b"r")));
+        s.update(complete(&a, "k", b"r"), t0);
+        assert_eq!(s.claim(&a, "k", t0), Claim::Done(Bytes::from_static(b"r")));
+    }
+
+    #[test]
+    fn two_users_equal_keys_never_meet() {
+        let t0 = Instant::now();
+        let mut s = store();
+        let (a, b) = (user(1, "a"), user(1, "b"));
+        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        s.update(complete(&a, "k", b"a's reply"), t0);
+        assert_eq!(
+            s.claim(&b, "k", t0),
+            Claim::Fresh,
+            "b's message reaches the backend"
+        );
+        // A user id and key that concatenate alike stay apart too.
+        assert_eq!(s.claim(&user(1, "ab"), "c", t0), Claim::Fresh);
+        assert_eq!(s.claim(&user(1, "a"), "bc", t0), Claim::Fresh);
     }
 
     #[test]
     fn release_lets_a_retry_through() {
         let t0 = Instant::now();
         let mut s = store();
-        assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
-        s.update(
-            IdemUpdate::Release {
-                biz_id: 1,
-                key: "k".into(),
-            },
-            t0,
-        );
-        assert_eq!(s.claim(1, "k", t0), Claim::Fresh);
+        let a = user(1, "a");
+        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        let release = IdemUpdate::Release {
+            who: a.clone(),
+            key: "k".into(),
+        };
+        s.update(release, t0);
+        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        assert_eq!((s.len(), s.bytes()), (1, ENTRY_OVERHEAD + 3));
     }
 
     #[test]
     fn expiry_follows_the_latest_state() {
         let t0 = Instant::now();
         let mut s = store();
-        s.claim(1, "k", t0);
+        let a = user(1, "a");
+        s.claim(&a, "k", t0);
         // Completed at t0+5: the pending row expiring at t0+10 must not remove it.
-        s.update(
-            IdemUpdate::Complete {
-                biz_id: 1,
-                key: "k".into(),
-                reply: Bytes::new(),
-            },
-            t0 + Duration::from_secs(5),
-        );
+        s.update(complete(&a, "k", b""), t0 + Duration::from_secs(5));
         assert_eq!(
-            s.claim(1, "k", t0 + Duration::from_secs(11)),
+            s.claim(&a, "k", t0 + Duration::from_secs(11)),
             Claim::Done(Bytes::new())
         );
         // A stuck pending claim, made after the reply, expires first so the client can retry.
-        s.claim(1, "stuck", t0 + Duration::from_secs(20));
+        s.claim(&a, "stuck", t0 + Duration::from_secs(20));
         assert_eq!(
-            s.claim(1, "stuck", t0 + Duration::from_secs(30)),
+            s.claim(&a, "stuck", t0 + Duration::from_secs(30)),
             Claim::Fresh
         );
         assert_eq!(
-            s.claim(1, "k", t0 + Duration::from_secs(104)),
+            s.claim(&a, "k", t0 + Duration::from_secs(104)),
             Claim::Done(Bytes::new())
         );
-        assert_eq!(s.claim(1, "k", t0 + Duration::from_secs(106)), Claim::Fresh);
+        assert_eq!(
+            s.claim(&a, "k", t0 + Duration::from_secs(106)),
+            Claim::Fresh
+        );
     }
-}
-
-#[cfg(test)]
-mod cap_tests {
-    use super::*;
 
     #[test]
     fn a_full_store_forgets_the_oldest_replies_first() {
         let t0 = Instant::now();
-        let ttl = IdemTtl {
-            pending: Duration::from_secs(10),
-            done: Duration::from_secs(100),
-            max_entries: 3,
-        };
-        let mut s = MemoryIdemStore::new(ttl);
+        let mut s = MemoryIdemStore::new(ttl(3, usize::MAX));
+        let a = user(1, "a");
         for k in ["a", "b"] {
-            s.claim(1, k, t0);
-            s.update(
-                IdemUpdate::Complete {
-                    biz_id: 1,
-                    key: k.into(),
-                    reply: Bytes::new(),
-                },
-                t0,
-            );
+            s.claim(&a, k, t0);
+            s.update(complete(&a, k, b""), t0);
         }
-        s.claim(1, "c", t0); // pending
-        s.claim(1, "d", t0); // over the cap: "a", the oldest reply, goes
+        s.claim(&a, "c", t0); // pending
+        s.claim(&a, "d", t0); // over the cap: "a", the oldest reply, goes
         assert_eq!((s.len(), s.evicted()), (3, 1));
-        assert_eq!(s.claim(1, "a", t0), Claim::Fresh, "forgotten early");
+        assert_eq!(s.claim(&a, "a", t0), Claim::Fresh, "forgotten early");
         assert_eq!(
-            s.claim(1, "c", t0),
+            s.claim(&a, "c", t0),
             Claim::Pending,
             "pending claims outlive replies"
         );
         assert!(s.len() <= 3);
+    }
+
+    #[test]
+    fn large_replies_are_bounded_in_bytes() {
+        let t0 = Instant::now();
+        let cap = 3 * (ENTRY_OVERHEAD + 1_000);
+        let mut s = MemoryIdemStore::new(ttl(1_000_000, cap));
+        let a = user(1, "a");
+        static REPLY: [u8; 990] = [7; 990];
+        for i in 0..100 {
+            let k = format!("k{i:04}");
+            s.claim(&a, &k, t0);
+            s.update(complete(&a, &k, &REPLY), t0);
+            assert!(s.bytes() <= cap, "{} bytes held after {i}", s.bytes());
+        }
+        assert!(s.len() >= 2, "the newest replies stay");
+        assert!(s.evicted() >= 97);
+        assert_eq!(
+            s.claim(&a, "k0099", t0),
+            Claim::Done(Bytes::from_static(&REPLY))
+        );
     }
 }

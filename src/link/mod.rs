@@ -99,8 +99,19 @@ pub struct Link {
     pub last_activity: Instant,
     pub connected_at: Instant,
     pub liveness: Option<TimerId>,
-    /// Bytes waiting for the socket. Empty (and unallocated) on an idle link.
+    /// Bytes waiting for the socket. Empty (and unallocated) on an idle link. The shell reports
+    /// what the socket took with [`Link::written`], never by editing it.
     pub out: Vec<u8>,
+    /// How many bytes at the front of `out` must still go out whole: the rest of a message the
+    /// socket took only part of, or the transport's opening head. Whatever is discarded (a slow
+    /// consumer's queue), these stay, so the close that follows starts on a message boundary.
+    unbroken: usize,
+    /// Bytes the socket took over the link's life: a queue over the cap with this unchanged
+    /// for `--slow-consumer-ms` is a client that stopped reading.
+    pub written_total: u64,
+    /// Set while `out` is over the outbound cap: `written_total` when the check was armed, and
+    /// the timer that looks again.
+    pub backlog: Option<(u64, TimerId)>,
     /// When the oldest push still in `out` was queued.
     pub push_queued_at: Option<Instant>,
     /// Set once the link is closing: the shell flushes `out`, then closes the socket.
@@ -151,6 +162,9 @@ impl Link {
             connected_at: now,
             liveness: None,
             out: Vec::new(),
+            unbroken: 0,
+            written_total: 0,
+            backlog: None,
             push_queued_at: None,
             closing: None,
             finished: false,
@@ -161,6 +175,60 @@ impl Link {
             poll_due: false,
             close_note: None,
         }
+    }
+
+    /// Queues the transport's opening bytes (an HTTP response head) before anything else. They
+    /// go out whole, like a message.
+    pub fn set_head(&mut self, head: Vec<u8>) {
+        let waiting = std::mem::replace(&mut self.out, head);
+        self.unbroken = self.out.len();
+        self.out.extend_from_slice(&waiting);
+    }
+
+    /// The socket took the first `n` bytes of `out`.
+    pub fn written(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.written_total += n as u64;
+        if n >= self.out.len() {
+            self.out.clear();
+            self.unbroken = 0;
+            return;
+        }
+        // Past what had to go whole, walk messages until the one the write stopped inside.
+        let mut end = self.unbroken;
+        while end < n {
+            end += self.message_len(end);
+        }
+        self.out.drain(..n);
+        self.unbroken = end - n;
+    }
+
+    /// Everything queued, handed to one request at once (a long poll's answer).
+    pub fn take_out(&mut self) -> Vec<u8> {
+        self.unbroken = 0;
+        std::mem::take(&mut self.out)
+    }
+
+    /// Drops what the client has not started to receive; a message begun on the wire is kept
+    /// whole, so whatever follows still parses.
+    pub fn discard_unsent(&mut self) {
+        self.out.truncate(self.unbroken);
+    }
+
+    /// The length of the message that starts `at` bytes into `out`.
+    fn message_len(&self, at: usize) -> usize {
+        let rest = &self.out[at..];
+        let len = match self.wire {
+            Wire::WebSocket(_) => ws::frame_len(rest),
+            Wire::EventStream => rest
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map_or(rest.len(), |p| p + 2),
+            Wire::LongPoll => rest.len(),
+        };
+        len.clamp(1, rest.len().max(1))
     }
 
     pub fn link_id(&self) -> String {

@@ -129,6 +129,24 @@ impl EncodedPush {
     }
 }
 
+/// The most bytes one DOWNSTREAM of this key and body can queue on a link: its JSON frame (the
+/// larger codec) with a sealed body and the longest `seq`, plus transport framing. A push over
+/// the outbound cap is refused before it is accepted, never left to close a reading link.
+pub fn largest_frame_bytes(key: &str, body_len: usize) -> usize {
+    let mut head = Vec::new();
+    let frame = Frame {
+        cmd: Cmd::Downstream as i32,
+        key: key.to_owned(),
+        seq: u64::MAX,
+        ..Default::default()
+    };
+    json::encode_frame(&frame, &mut head);
+    let sealed = body_len + crate::protocol::body_crypt::SEAL_OVERHEAD;
+    /// `,"body":""`, a WebSocket header or an SSE event's `id:` and `data:` lines.
+    const FRAMING: usize = 64;
+    head.len() + sealed.div_ceil(3) * 4 + FRAMING
+}
+
 fn put_varint(mut v: u64, out: &mut [u8]) -> usize {
     let mut i = 0;
     while v >= 0x80 {
@@ -145,6 +163,20 @@ mod tests {
     use super::*;
     use std::io::Cursor;
     use tungstenite::protocol::frame::FrameHeader;
+
+    #[test]
+    fn the_largest_frame_bound_holds() {
+        let body = Bytes::from(vec![0xff; 1000]);
+        let push = EncodedPush::new("k\"ey", body);
+        let mut out = Vec::new();
+        push.write(Codec::Json, u64::MAX, &mut out);
+        let bound = largest_frame_bytes("k\"ey", 1000);
+        assert!(
+            out.len() <= bound && bound < out.len() + 128,
+            "{} vs {bound}",
+            out.len()
+        );
+    }
 
     #[test]
     fn same_frame_as_a_full_encode() {

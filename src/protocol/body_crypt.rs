@@ -16,6 +16,8 @@ use crate::FastMap;
 
 const NONCE: usize = 12;
 const TAG: usize = 16;
+/// What sealing adds to a body.
+pub const SEAL_OVERHEAD: usize = NONCE + TAG;
 
 /// The keys of the bizs whose bodies are sealed.
 #[derive(Clone, Default)]

@@ -410,6 +410,25 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// The whole length (header and payload) of the frame that starts `buf`; `buf.len()` when its
+/// header is cut short.
+pub fn frame_len(buf: &[u8]) -> usize {
+    let Some(&b1) = buf.get(1) else {
+        return buf.len();
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let (head, payload) = match b1 & 0x7f {
+        126 if buf.len() >= 4 => (4, u64::from(u16::from_be_bytes([buf[2], buf[3]]))),
+        127 if buf.len() >= 10 => (
+            10,
+            u64::from_be_bytes(buf[2..10].try_into().expect("eight bytes")),
+        ),
+        126 | 127 => return buf.len(),
+        n => (2, u64::from(n)),
+    };
+    usize::try_from(payload).map_or(usize::MAX, |p| p.saturating_add(head + mask))
+}
+
 /// Appends a close frame with a status code and a reason cut to fit a control frame.
 pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     let mut cut = reason.len().min(123);

@@ -1,0 +1,253 @@
+//! The seams where messages leaked or strangers got in: each test drives the real binary the
+//! way a careless client, an attacker or a habitual operator would.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Gateway, Got, frame};
+use ringway::proto::{Cmd, Code, Frame};
+use ringway::protocol::Codec;
+use serde_json::json;
+
+fn b64(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(body)
+}
+
+/// A WebSocket client over a raw socket that reads only when told to, with a small receive
+/// buffer so the gateway's queue is what fills up.
+fn raw_upgrade(addr: SocketAddr, token: &str) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    write!(
+        s,
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ringway.v1.proto\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// One server frame: opcode and payload.
+#[derive(Debug)]
+struct RawFrame {
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// Splits a server's byte stream into frames; panics on a frame cut short (the stream is
+/// corrupt for any client).
+fn parse_frames(mut bytes: &[u8]) -> Vec<RawFrame> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 2, "a frame header cut short");
+        assert_eq!(bytes[1] & 0x80, 0, "server frames are never masked");
+        let (head, len) = match bytes[1] & 0x7f {
+            126 => (4, u16::from_be_bytes([bytes[2], bytes[3]]) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+            ),
+            n => (2, n as usize),
+        };
+        assert!(
+            bytes.len() >= head + len,
+            "frame of {len} bytes cut short at {}: {} frames before it",
+            bytes.len() - head,
+            out.len()
+        );
+        out.push(RawFrame {
+            opcode: bytes[0] & 0x0f,
+            payload: bytes[head..head + len].to_vec(),
+        });
+        bytes = &bytes[head + len..];
+    }
+    out
+}
+
+#[test]
+fn a_slow_consumer_gets_whole_frames_then_the_close_and_nothing_after() {
+    let gw = Gateway::start(&[
+        "--max-outbound-bytes",
+        "65536",
+        "--slow-consumer-ms",
+        "300",
+        "--push-retry-initial-ms",
+        "100",
+    ]);
+    let mut s = raw_upgrade(gw.ws, &gw.token("slow", "phone"));
+    let body = b64(&[7u8; 8 * 1024]);
+    let closed = "ringway_links_closed_total{reason=\"slow_consumer\"}";
+    let mut pushes = 0;
+    while gw.metric(closed) == 0.0 {
+        let push =
+            json!({"biz_id": 1, "user_id": "slow", "key": format!("p{pushes}"), "body": body});
+        let (status, _) = gw.post("/v1/push", push);
+        if status != 202 {
+            break; // the link is gone: the user is offline now
+        }
+        pushes += 1;
+        assert!(pushes < 5_000, "never closed as a slow consumer");
+    }
+    // Retransmits would be due during the close linger; none may follow the close frame.
+    std::thread::sleep(Duration::from_millis(400));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let frames = parse_frames(&bytes);
+    let close = frames
+        .iter()
+        .position(|f| f.opcode == 0x8)
+        .expect("a close frame");
+    assert_eq!(close, frames.len() - 1, "frames after the close");
+    let code = u16::from_be_bytes([frames[close].payload[0], frames[close].payload[1]]);
+    assert_eq!(code, 4002);
+    common::report(&format!(
+        "slow consumer: {pushes} pushes posted, {} whole frames then close 4002",
+        frames.len() - 1
+    ));
+}
+
+#[test]
+fn a_reading_client_survives_a_large_push_and_a_burst_and_too_large_is_413() {
+    let gw = Gateway::start(&["--slow-consumer-ms", "300"]);
+    let mut c = gw.connect("reader", "phone", Codec::Json);
+    // 700 KB of body is ~933 KB as JSON: under the 1 MiB cap, queued whole at once.
+    let (status, _) = gw.post(
+        "/v1/push",
+        json!({"biz_id": 1, "user_id": "reader", "key": "big", "body": b64(&vec![1u8; 700_000])}),
+    );
+    assert_eq!(status, 202);
+    let f = c.frame();
+    assert_eq!((f.key.as_str(), f.body.len()), ("big", 700_000));
+    // Over the cap as JSON: refused up front, never accepted and then fatal to the link.
+    let (status, resp) = gw.post(
+        "/v1/push",
+        json!({"biz_id": 1, "user_id": "reader", "key": "huge", "body": b64(&vec![1u8; 900_000])}),
+    );
+    assert_eq!(status, 413, "{resp}");
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-outbound-bytes")
+    );
+    // 50 pushes of 20 KB queued before the client reads a byte.
+    for i in 0..50 {
+        let push = json!({"biz_id": 1, "user_id": "reader", "key": format!("b{i}"), "body": b64(&[2u8; 20_000])});
+        assert_eq!(gw.post("/v1/push", push).0, 202);
+    }
+    let keys: Vec<String> = (0..50).map(|_| c.frame().key).collect();
+    assert_eq!(keys, (0..50).map(|i| format!("b{i}")).collect::<Vec<_>>());
+    c.set_timeout(Duration::from_millis(500));
+    assert!(matches!(c.recv(), Got::Quiet), "the link stays open");
+    assert_eq!(
+        gw.metric("ringway_links_closed_total{reason=\"slow_consumer\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_user_named_three_times_gets_the_push_once() {
+    let gw = Gateway::start(&[]);
+    let mut c = gw.connect("dup", "phone", Codec::Proto);
+    let (status, resp) = gw.post(
+        "/v1/push",
+        json!({"biz_id": 1, "user_ids": ["dup", "dup", "dup"], "key": "g1", "body": ""}),
+    );
+    assert_eq!((status, resp["accepted"].as_u64()), (202, Some(1)));
+    let f = c.frame();
+    assert_eq!((f.key.as_str(), f.seq), ("g1", 1));
+    c.set_timeout(Duration::from_millis(300));
+    assert!(matches!(c.recv(), Got::Quiet), "no second copy");
+}
+
+#[test]
+fn equal_upstream_keys_of_two_users_both_reach_the_backend() {
+    let gw = Gateway::start(&[]);
+    let mut a = gw.connect("alice", "phone", Codec::Proto);
+    let mut b = gw.connect("bob", "phone", Codec::Proto);
+    a.send(&frame(Cmd::Upstream, "same-key", b"from alice"));
+    assert_eq!(a.frame().cmd, Cmd::UpstreamAck as i32);
+    b.send(&frame(Cmd::Upstream, "same-key", b"from bob"));
+    assert_eq!(b.frame().cmd, Cmd::UpstreamAck as i32);
+    assert_eq!(gw.metric("ringway_upstream_forwarded_total"), 2.0);
+    assert_eq!(gw.metric("ringway_upstream_reacked_total"), 0.0);
+}
+
+#[test]
+fn a_key_over_the_limit_gets_too_large_and_the_link_stays() {
+    let gw = Gateway::start(&["--max-key-bytes", "32"]);
+    let mut c = gw.connect("alice", "phone", Codec::Json);
+    c.send(&frame(Cmd::Upstream, &"k".repeat(60_000), b"x"));
+    let e = c.frame();
+    assert_eq!(
+        (e.cmd, e.code, e.key.as_str()),
+        (Cmd::Error as i32, Code::TooLarge as i32, "")
+    );
+    c.send(&frame(Cmd::Upstream, &"k".repeat(32), b"x"));
+    assert_eq!(c.frame().cmd, Cmd::UpstreamAck as i32);
+    assert_eq!(
+        gw.metric("ringway_dropped_total{reason=\"key_too_large\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn sighup_without_tls_keeps_the_node_and_its_links() {
+    let mut gw = Gateway::start(&[]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    for _ in 0..3 {
+        gw.signal(libc::SIGHUP);
+    }
+    c.send(&frame(Cmd::Heartbeat, "hb", b""));
+    let f: Frame = c.frame();
+    assert_eq!(
+        f.cmd,
+        Cmd::Heartbeat as i32,
+        "the link outlived the hangups"
+    );
+    gw.push("alice", "after-hup", b"x");
+    assert_eq!(c.frame().key, "after-hup");
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_second_node_on_the_same_listen_address_fails_to_start() {
+    let gw = Gateway::start(&[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["serve", "--listen", &gw.ws.to_string()])
+        .args(["--admin-listen", &common::free_port().to_string()])
+        .args(["--jwt-secret", common::SECRET, "--workers", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another process already listens"), "{err}");
+    // The first node serves every upgrade alone.
+    for i in 0..20 {
+        let _ = gw.connect("alice", &format!("d{i}"), Codec::Proto);
+    }
+    assert_eq!(
+        gw.metric("ringway_handshake_rejected_total{status=\"401\"}"),
+        0.0
+    );
+}
