@@ -314,6 +314,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         NodeSetup {
             node_id: node_id.clone(),
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            admin_origins: args.admin_allowed_origins.clone(),
+            admin_idle: Duration::from_millis(args.admin_idle_timeout_ms.max(1)),
             admission,
             routes: routes.clone(),
             registry: registry.clone(),

@@ -250,12 +250,19 @@ pub struct NodeCounters {
     pub pushes_adopted: Counter,
     /// Links moved by drain and rebalance batches (asked of the cores).
     pub links_moved: Counter,
+    /// Admin API requests refused for their Origin (a web page tried to drive the API).
+    pub admin_refused_origins: Counter,
 }
 
 /// Node counters shown as plain counters.
 type NodePick = fn(&NodeCounters) -> u64;
 
 const NODE_COUNTERS: &[(&str, &str, NodePick)] = &[
+    (
+        "ringway_admin_refused_origins_total",
+        "Admin API requests refused (403) because their Origin is not allowed.",
+        |n| n.admin_refused_origins.get(),
+    ),
     (
         "ringway_tls_reloads_total",
         "TLS certificate reloads on SIGHUP that took effect.",

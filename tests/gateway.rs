@@ -370,10 +370,11 @@ fn idle_links_are_closed_and_heartbeats_keep_them_open() {
 
 #[test]
 fn slow_consumer_is_closed_counted_and_its_pushes_reported() {
-    let gw = Gateway::start(&["--max-outbound-bytes", "65536"]);
+    let gw = Gateway::start(&["--max-outbound-bytes", "65536", "--slow-consumer-ms", "200"]);
     let slow = gw.connect("alice", "phone", Codec::Proto);
     let mut fine = gw.connect("bob", "phone", Codec::Proto);
-    let body = vec![7u8; 48 * 1024];
+    // Its JSON frame (~44 KB) fits under the cap; a larger push would be refused with 413.
+    let body = vec![7u8; 32 * 1024];
     let mut n = 0;
     // alice never reads: kernel buffers fill, then the gateway's queue passes the cap.
     while gw.metric("ringway_links_closed_total{reason=\"slow_consumer\"}") == 0.0 {

@@ -251,3 +251,71 @@ fn a_second_node_on_the_same_listen_address_fails_to_start() {
         0.0
     );
 }
+
+/// A POST as a browser page would send it: CORS-simple, with the page's Origin.
+fn post_from_page(gw: &Gateway, origin: &str, path: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(gw.admin).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        gw.admin,
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer[9..12].parse().unwrap()
+}
+
+#[test]
+fn no_web_page_can_drive_the_admin_api() {
+    let gw = Gateway::start(&["--admin-allowed-origins", "https://ops.example"]);
+    let mut c = gw.connect("alice", "phone", Codec::Proto);
+    let redirect = r#"{"nodes":[{"id":"evil","ip":"203.0.113.9","port":443}]}"#;
+    let push = r#"{"biz_id":1,"user_id":"alice","key":"p1","body":""}"#;
+    let kick = r#"{"biz_id":1,"user_id":"alice"}"#;
+    for (path, body) in [
+        ("/v1/redirect", redirect),
+        ("/v1/push", push),
+        ("/v1/kick", kick),
+    ] {
+        assert_eq!(post_from_page(&gw, "https://evil.example", path, body), 403);
+    }
+    c.set_timeout(Duration::from_millis(300));
+    assert!(matches!(c.recv(), Got::Quiet), "nothing reached the link");
+    assert_eq!(gw.metric("ringway_admin_refused_origins_total"), 3.0);
+    // The admin server's own page (the demo) and a listed origin pass; curl sends no Origin.
+    let own = format!("http://{}", gw.admin);
+    assert_eq!(post_from_page(&gw, &own, "/v1/push", push), 202);
+    assert_eq!(c.frame().key, "p1");
+    let push2 = push.replace("p1", "p2");
+    assert_eq!(
+        post_from_page(&gw, "https://ops.example", "/v1/push", &push2),
+        202
+    );
+    assert_eq!(c.frame().key, "p2");
+    gw.push("alice", "p3", b"");
+    assert_eq!(c.frame().key, "p3");
+}
+
+#[test]
+fn idle_admin_connections_are_closed() {
+    let gw = Gateway::start(&["--admin-idle-timeout-ms", "300"]);
+    let mut idle = TcpStream::connect(gw.admin).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(idle.read(&mut buf).unwrap(), 0, "closed without a request");
+    // After one answered request, a kept-alive connection is closed once idle too.
+    let mut kept = TcpStream::connect(gw.admin).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(kept, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    loop {
+        match kept.read(&mut buf).unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+}

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,7 +13,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -25,6 +25,7 @@ use crate::metrics;
 use crate::proto::Node;
 
 pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
+    let idle = node.admin_idle;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -35,15 +36,71 @@ pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
         .route("/admin/drain", post(drain))
         .route("/admin/rebalance", post(rebalance))
         .merge(super::demo::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            same_site,
+        ))
         .with_state(node);
-    // Answers are small: without NODELAY, Nagle holds a response's last segment until the
-    // client's delayed ACK, which stalls a sender that waits for each answer.
-    let listener = listener.tap_io(|tcp| {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A stranger must not hold the fds the client port shares. hyper's header timeout also
+    // runs while a kept-alive connection waits for its next request: it is the idle timeout
+    // too.
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Answers are small: without NODELAY, Nagle holds a response's last segment until the
+        // client's delayed ACK, which stalls a sender that waits for each answer.
         let _ = tcp.set_nodelay(true);
-    });
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "admin server stopped");
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        tokio::spawn(conn);
     }
+}
+
+/// Whether a request that names `origin` may use the admin API: the admin server's own
+/// origin (its host:port is the request's `Host`) or one the operator listed.
+fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| Some(a) == host)
+}
+
+/// Refuses requests from web pages other than the admin server's own: a browser sends
+/// `Origin` on every cross-site POST (even a CORS-simple `text/plain` one it will not let the
+/// page read), so this is what keeps a page from driving the API.
+async fn same_site(
+    State(node): State<Arc<NodeState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(o, host, &node.admin_origins));
+        if !ok {
+            node.counters.admin_refused_origins.inc();
+            return error(
+                StatusCode::FORBIDDEN,
+                "this origin may not use the admin API (--admin-allowed-origins)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
@@ -106,7 +163,14 @@ fn check_token(token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token) {
+    // Constant time: how much of a guess matched must not show in the answer's timing.
+    let matches = given.is_some_and(|g| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            g.as_bytes(),
+            token.as_bytes(),
+        ))
+    });
+    if matches {
         Ok(())
     } else {
         Err(error(
@@ -322,4 +386,22 @@ async fn redirect(
         ));
     }
     accepted(json!({ "queued": true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn only_the_admin_servers_own_origin_and_listed_ones_pass() {
+        let host = Some("127.0.0.1:9090");
+        assert!(origin_allowed("http://127.0.0.1:9090", host, &[]));
+        assert!(origin_allowed("https://127.0.0.1:9090", host, &[]));
+        assert!(!origin_allowed("https://evil.example", host, &[]));
+        assert!(!origin_allowed("http://127.0.0.1:9091", host, &[]));
+        assert!(!origin_allowed("null", host, &[]));
+        assert!(!origin_allowed("http://127.0.0.1:9090", None, &[]));
+        let listed = ["https://ops.example".to_owned()];
+        assert!(origin_allowed("https://ops.example", host, &listed));
+    }
 }

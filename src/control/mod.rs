@@ -40,6 +40,10 @@ pub struct NodeState {
     pub draining: AtomicBool,
     pub counters: NodeCounters,
     pub admin_token: Option<String>,
+    /// Origins (besides the admin server's own) whose pages may call the admin API.
+    pub admin_origins: Vec<String>,
+    /// Header and idle timeout of admin connections.
+    pub admin_idle: Duration,
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
     /// The fleet as etcd shows it (empty without --etcd).
@@ -73,6 +77,8 @@ struct NodeTopic {
 pub struct NodeSetup {
     pub node_id: String,
     pub admin_token: Option<String>,
+    pub admin_origins: Vec<String>,
+    pub admin_idle: Duration,
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
     pub registry: Option<Arc<Registry>>,
@@ -94,6 +100,8 @@ impl NodeState {
             draining: AtomicBool::new(false),
             counters: NodeCounters::default(),
             admin_token: s.admin_token,
+            admin_origins: s.admin_origins,
+            admin_idle: s.admin_idle,
             admission: s.admission,
             routes: s.routes,
             fleet: RwLock::default(),
