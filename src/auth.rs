@@ -72,6 +72,17 @@ impl std::fmt::Display for AuthError {
 
 const MAX_ID_LEN: usize = 128;
 
+/// What a user or device id may be: 1..=128 bytes, no `:` (link ids join ids with it) and no
+/// control characters (ids reach logs and terminals). Shared by tokens and the push API.
+pub fn check_id(name: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > MAX_ID_LEN || v.contains(':') || v.chars().any(char::is_control) {
+        return Err(format!(
+            "{name} must be 1..={MAX_ID_LEN} bytes without ':' or control characters"
+        ));
+    }
+    Ok(())
+}
+
 impl Verifier {
     pub fn new(
         source: &KeySource,
@@ -98,6 +109,8 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.set_required_spec_claims(&["exp"]);
         validation.leeway = 30;
+        // A token minted for later is not valid yet.
+        validation.validate_nbf = true;
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".into());
@@ -122,11 +135,7 @@ impl Verifier {
             .filter(|d| !d.is_empty())
             .unwrap_or_else(|| "default".into());
         for (name, v) in [("user_id", &c.user_id), ("device_id", &device_id)] {
-            if v.is_empty() || v.len() > MAX_ID_LEN || v.contains(':') {
-                return Err(AuthError::Invalid(format!(
-                    "{name} must be 1..={MAX_ID_LEN} bytes without ':'"
-                )));
-            }
+            check_id(name, v).map_err(AuthError::Invalid)?;
         }
         Ok(Identity {
             biz_id: c.biz_id,
@@ -236,6 +245,24 @@ mod tests {
         assert!(invalid(&hs(
             serde_json::json!({"biz_id": 1, "user_id": "a:b", "exp": far(), "iss": "ringway"})
         )));
+        assert!(
+            invalid(&hs(
+                serde_json::json!({"biz_id": 1, "user_id": "a\nb\u{1b}", "exp": far(), "iss": "ringway"})
+            )),
+            "control characters in ids"
+        );
+        assert!(
+            invalid(&hs(
+                serde_json::json!({"biz_id": 1, "user_id": "a", "exp": far(), "nbf": far() - 600, "iss": "ringway"})
+            )),
+            "not valid before nbf"
+        );
+        assert!(
+            !invalid(&hs(
+                serde_json::json!({"biz_id": 1, "user_id": "a", "exp": far(), "nbf": 1, "iss": "ringway"})
+            )),
+            "an nbf in the past is fine"
+        );
         let other = mint_hs256(b"another-secret-of-16", &alice(), 60);
         assert!(invalid(&other), "wrong secret");
         // alg=none and HS384 are refused: the algorithm is pinned.

@@ -574,7 +574,7 @@ fn http_transport_mistakes_get_clear_statuses() {
     assert_eq!(code, 411);
     let (code, _) = raw_http(
         gw.ws,
-        &format!("POST /send?token={token} HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+        &format!("POST /send?token={token} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"),
     );
     assert_eq!(code, 413);
     let (code, _) = raw_http(gw.ws, "GET /sse HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -582,13 +582,13 @@ fn http_transport_mistakes_get_clear_statuses() {
     // From a page, the refusal carries CORS headers, or its script could not read the 401.
     let (code, head) = raw_http(
         gw.ws,
-        "GET /sse HTTP/1.1\r\nOrigin: http://o.example\r\n\r\n",
+        "GET /sse HTTP/1.1\r\nHost: x\r\nOrigin: http://o.example\r\n\r\n",
     );
     assert_eq!(code, 401);
     assert!(head.contains("Access-Control-Allow-Origin: http://o.example\r\n"));
     let (code, head) = raw_http(
         gw.ws,
-        "OPTIONS /send HTTP/1.1\r\nOrigin: http://o.example\r\n\r\n",
+        "OPTIONS /send HTTP/1.1\r\nHost: x\r\nOrigin: http://o.example\r\n\r\n",
     );
     assert_eq!(code, 204);
     assert!(head.contains("Access-Control-Allow-Origin: http://o.example\r\n"));

@@ -319,3 +319,80 @@ fn idle_admin_connections_are_closed() {
     }
     assert!(got.starts_with(b"HTTP/1.1 200"));
 }
+
+#[test]
+fn undelivered_pushes_are_logged_as_a_tally_with_client_values_escaped() {
+    let log = std::env::temp_dir().join(format!("ringway-seams-{}.log", std::process::id()));
+    let (ws, admin) = (common::free_port(), common::free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args([
+            "serve",
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .args([
+            "--jwt-secret",
+            common::SECRET,
+            "--workers",
+            "2",
+            "--pin-cores",
+            "false",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let metric = |s: &str| common::metric_at(admin, s);
+    common::wait_until("the node answers", Duration::from_secs(20), || {
+        metric("ringway_links").is_some()
+    });
+    let post = |body: serde_json::Value| {
+        ureq::post(format!("http://{admin}/v1/push"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body.to_string())
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let users: Vec<String> = (0..2_000).map(|i| format!("offline-{i}")).collect();
+    assert_eq!(
+        post(json!({"biz_id": 1, "user_ids": users, "key": "k", "body": ""})),
+        202
+    );
+    let forged_key = "k\nINFO ringway: FORGED line \u{1b}[2J";
+    assert_eq!(
+        post(json!({"biz_id": 1, "user_id": "x", "key": forged_key, "body": ""})),
+        202
+    );
+    // An id with control characters cannot exist: refused.
+    assert_eq!(
+        post(json!({"biz_id": 1, "user_id": "a\nb", "key": "k", "body": ""})),
+        400
+    );
+    common::wait_until("every report counted", Duration::from_secs(10), || {
+        metric("ringway_undelivered_total{reason=\"offline\"}") == Some(2_001.0)
+    });
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_until("the tally is logged", Duration::from_secs(10), || {
+        text().matches("undelivered pushes").count() >= 2
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text();
+    let _ = std::fs::remove_file(&log);
+    let lines = text.matches("undelivered pushes").count();
+    assert!(lines <= 4, "{lines} lines for 2,001 reports:\n{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("INFO ringway: FORGED")),
+        "a client's key forged a log line:\n{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw escape byte reached the log"
+    );
+}

@@ -281,7 +281,7 @@ async fn push(
     } else {
         // Refused here and reported: the caller decides whether to retry.
         node.counters.push_api_rejected.add(rejected as u64);
-        warn!(biz_id = req.biz_id, key = %req.key, users = rejected, reason = "overloaded", "undelivered push");
+        warn!(biz_id = req.biz_id, key = ?req.key, users = rejected, reason = "overloaded", "undelivered push");
         let body = json!({ "accepted": routed.accepted, "rejected": rejected });
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     };

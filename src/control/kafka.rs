@@ -85,7 +85,7 @@ impl KafkaOut {
         match send.await {
             Ok(_) => true,
             Err((e, _)) => {
-                warn!(error = %e, key = %record.key, "could not write an undelivered report to kafka");
+                warn!(error = %e, key = ?record.key, "could not write an undelivered report to kafka");
                 false
             }
         }

@@ -43,6 +43,12 @@ pub fn parse(body: &[u8]) -> Result<ValidPush, String> {
     if users.is_empty() {
         return Err("name a receiver: user_id or user_ids".into());
     }
+    for u in &users {
+        crate::auth::check_id("user_id", u)?;
+    }
+    if let Some(d) = req.device_id.as_deref().filter(|d| !d.is_empty()) {
+        crate::auth::check_id("device_id", d)?;
+    }
     let payload = base64::engine::general_purpose::STANDARD
         .decode(req.body.as_bytes())
         .map_err(|e| format!("body must be standard base64: {e}"))?;
@@ -87,5 +93,7 @@ mod tests {
         assert!(why(r#"{"biz_id":1,"user_id":"a","key":"k","body":"!"}"#).starts_with("body must"));
         assert!(why(r#"{"biz_id":1,"user_id":"a","key":"k","x":1}"#).starts_with("bad JSON"));
         assert!(why(r#"{"biz_id":"-1","user_id":"a","key":"k"}"#).starts_with("bad JSON"));
+        let forged = r#"{"biz_id":1,"user_id":"a\n\u001b[31mINFO forged","key":"k"}"#;
+        assert!(why(forged).starts_with("user_id must be"));
     }
 }

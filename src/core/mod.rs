@@ -7,5 +7,6 @@ pub mod inbox;
 pub mod readiness;
 pub mod services;
 pub mod shard;
+pub mod tally;
 pub mod timer_wheel;
 pub mod worker;

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::batcher::{Added, Batcher};
 use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
+use super::tally::Tally;
 use crate::auth::Identity;
 use crate::control::routes::LocalBizs;
 use crate::control::services::ServiceCall;
@@ -54,6 +55,8 @@ pub struct Services {
     /// Undelivered pushes also go to the Kafka undelivered topic (they are always logged and
     /// counted).
     pub report_to_kafka: bool,
+    /// Undelivered pushes since the last log line.
+    pub tally: Tally,
 }
 
 impl Services {
@@ -69,19 +72,28 @@ impl Services {
 
     /// Reports pushes that reached no device: a log line each (no body), and the Kafka topic
     /// when configured.
-    pub fn report(&self, undelivered: Vec<Undelivered>) {
+    pub fn report(&mut self, undelivered: Vec<Undelivered>) {
         for u in &undelivered {
-            info!(
-                biz_id = u.biz_id,
-                user_id = %u.user_id,
-                device_id = u.device_id.as_deref().unwrap_or("*"),
-                key = %u.key,
-                reason = u.reason.label(),
-                "undelivered push"
-            );
+            self.tally.add(u);
         }
         if self.report_to_kafka && !self.send(ServiceCall::Undelivered(undelivered)) {
             warn!("control thread saturated: undelivered reports only logged");
+        }
+    }
+
+    /// Logs the undelivered pushes counted since the last call: one line per reason, with the
+    /// first push as an example (client-supplied values escaped).
+    pub fn log_tally(&mut self) {
+        for (reason, l) in self.tally.flush() {
+            info!(
+                core = self.core,
+                reason = reason.label(),
+                count = l.count,
+                example_biz_id = l.biz_id,
+                example_user_id = ?l.user_id,
+                example_key = ?l.key,
+                "undelivered pushes"
+            );
         }
     }
 

@@ -114,6 +114,7 @@ pub async fn run(setup: WorkerSetup) {
             pending_claims: Vec::new(),
             claim_flush_queued: false,
             report_to_kafka: setup.report_to_kafka,
+            tally: Default::default(),
         }),
         handshake_timeout: setup.handshake_timeout,
         admission: setup.admission,
@@ -609,7 +610,7 @@ impl Worker {
         }
         let undelivered = shard.take_undelivered();
         if !undelivered.is_empty() {
-            self.services.borrow().report(undelivered);
+            self.services.borrow_mut().report(undelivered);
         }
     }
 
@@ -779,6 +780,7 @@ async fn timer_loop(w: Rc<Worker>) {
             }
             if now.duration_since(last_publish) >= Duration::from_secs(1) {
                 shard.publish_latencies();
+                w.services.borrow_mut().log_tally();
                 let evicted = w.services.borrow().local.evicted();
                 w.metrics
                     .idem_evictions

@@ -116,6 +116,21 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Reject> {
     if req.version != Some(1) {
         return Err(Reject::new(505, "HTTP/1.1 required"));
     }
+    // RFC 7230: exactly one Host, and one Content-Length value; a request that disagrees with
+    // itself is refused rather than guessed at (request smuggling starts there).
+    if count_headers(req.headers, "host") != 1 {
+        return Err(Reject::new(400, "HTTP/1.1 needs exactly one Host header"));
+    }
+    let mut lengths = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value.trim_ascii());
+    if let Some(first) = lengths.next()
+        && lengths.any(|v| v != first)
+    {
+        return Err(Reject::new(400, "conflicting Content-Length headers"));
+    }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let header = |name: &str| find_header(req.headers, name);
@@ -183,12 +198,27 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Reject> {
     })))
 }
 
+fn count_headers(headers: &[httparse::Header<'_>], name: &str) -> usize {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .count()
+}
+
 fn find_header<'h>(headers: &[httparse::Header<'h>], name: &str) -> Option<&'h str> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(str::trim)
+}
+
+fn is_nonce(key: &str) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|raw| raw.len() == 16)
 }
 
 /// The checks RFC 6455 puts on an upgrade request.
@@ -208,8 +238,9 @@ fn websocket(
     if header("sec-websocket-version") != Some("13") {
         return Err(Reject::new(426, "WebSocket version 13 required"));
     }
+    // RFC 6455 4.1: the key is 16 random bytes in base64.
     let ws_key = match header("sec-websocket-key") {
-        Some(k) if k.len() == 24 => k.to_owned(),
+        Some(k) if is_nonce(k) => k.to_owned(),
         _ => return Err(Reject::new(400, "missing or malformed Sec-WebSocket-Key")),
     };
     let (codec, echo_subprotocol) = Codec::negotiate(header("sec-websocket-protocol")).ok_or(
@@ -355,37 +386,60 @@ mod tests {
     #[test]
     fn http_transport_routes() {
         let sse = http(
-            "GET /sse?token=t%2E1&lastEventId=9 HTTP/1.1\r\nOrigin: http://a\r\nLast-Event-ID: 12\r\n\r\n",
+            "GET /sse?token=t%2E1&lastEventId=9 HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\nLast-Event-ID: 12\r\n\r\n",
         );
         assert_eq!(sse.route, Route::EventStream);
         assert_eq!(sse.token.as_deref(), Some("t.1"));
         assert_eq!(sse.origin.as_deref(), Some("http://a"));
         assert_eq!(sse.last_event_id, 12, "the header wins over the query");
-        let poll = http("GET /poll?token=x&lastEventId=9 HTTP/1.1\r\n\r\n");
+        let poll = http("GET /poll?token=x&lastEventId=9 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!((poll.route, poll.last_event_id), (Route::Poll, 9));
-        let head = "POST /send HTTP/1.1\r\nAuthorization: Bearer b\r\nContent-Length: 5\r\n\r\n";
+        let head = "POST /send HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer b\r\nContent-Length: 5\r\n\r\n";
         let send = http(&format!("{head}hello"));
         assert_eq!(send.route, Route::Send);
         assert_eq!(send.token.as_deref(), Some("b"));
         assert_eq!((send.content_length, send.head_len), (5, head.len()));
         assert_eq!(
-            http("OPTIONS /send HTTP/1.1\r\n\r\n").route,
+            http("OPTIONS /send HTTP/1.1\r\nHost: x\r\n\r\n").route,
             Route::Preflight
         );
         let status = |s: &str| parse(s.as_bytes()).unwrap_err().status;
-        assert_eq!(status("POST /send HTTP/1.1\r\n\r\n"), 411);
+        assert_eq!(status("POST /send HTTP/1.1\r\nHost: x\r\n\r\n"), 411);
         assert_eq!(
             status(
-                "POST /send HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+                "POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
             ),
             411
         );
         assert_eq!(
-            status("POST /send HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            status("POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n"),
             400
         );
-        assert_eq!(status("GET /send HTTP/1.1\r\n\r\n"), 405);
-        assert_eq!(status("POST /sse HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status("GET /send HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status("POST /sse HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+    }
+
+    #[test]
+    fn requests_that_disagree_with_themselves_are_refused() {
+        let status = |s: &str| parse(s.as_bytes()).unwrap_err().status;
+        let no_host = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(status(no_host), 400);
+        assert_eq!(
+            status("GET /sse HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400
+        );
+        let two_lengths =
+            "POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n";
+        assert_eq!(status(two_lengths), 400);
+        let same_twice =
+            "POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello";
+        assert!(parse(same_twice.as_bytes()).is_ok());
+        let bad_key =
+            req("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "not-base64-but-24-chars!");
+        assert_eq!(status(&bad_key), 400);
+        let short_nonce =
+            req("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ");
+        assert_eq!(status(&short_nonce), 400);
     }
 
     #[test]
@@ -458,7 +512,10 @@ mod tests {
             400
         );
         assert_eq!(status(&req("/ws", "Sec-WebSocket-Protocol: mqtt\r\n")), 400);
-        let big = format!("GET /ws HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST_BYTES));
+        let big = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nX: {}",
+            "a".repeat(MAX_REQUEST_BYTES)
+        );
         assert_eq!(status(&big), 431);
         let draining = Reject {
             status: 503,

@@ -1,0 +1,80 @@
+//! Undelivered pushes, logged as a tally: one line per reason and interval with a count and
+//! one example, so a push to 250,000 offline users is one line, not 250,000 (the metrics and
+//! the Kafka reports still carry every one).
+
+use crate::metrics::UndeliveredReason;
+
+use super::shard::Undelivered;
+
+/// One reason's count since the last flush, and the newest push that had it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub count: u64,
+    pub biz_id: u64,
+    pub user_id: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    lines: [Line; UndeliveredReason::COUNT],
+}
+
+impl Tally {
+    pub fn add(&mut self, u: &Undelivered) {
+        let line = &mut self.lines[u.reason as usize];
+        line.count += 1;
+        if line.count == 1 {
+            line.biz_id = u.biz_id;
+            line.user_id.clone_from(&u.user_id);
+            line.key.clone_from(&u.key);
+        }
+    }
+
+    /// The lines to log now (reasons seen since the last call), leaving the tally empty.
+    pub fn flush(&mut self) -> impl Iterator<Item = (UndeliveredReason, Line)> + '_ {
+        UndeliveredReason::ALL
+            .iter()
+            .zip(self.lines.iter_mut())
+            .filter(|(_, l)| l.count > 0)
+            .map(|(r, l)| (*r, std::mem::take(l)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn offline(user: &str) -> Undelivered {
+        Undelivered {
+            biz_id: 1,
+            user_id: user.into(),
+            device_id: None,
+            key: "k".into(),
+            body: Bytes::new(),
+            reason: UndeliveredReason::Offline,
+        }
+    }
+
+    #[test]
+    fn many_reports_are_one_line_per_reason_and_flush() {
+        let mut t = Tally::default();
+        for i in 0..250_000 {
+            t.add(&offline(&format!("u{i}")));
+        }
+        t.add(&Undelivered {
+            reason: UndeliveredReason::SlowConsumer,
+            ..offline("slow")
+        });
+        let lines: Vec<_> = t.flush().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            (lines[0].0, lines[0].1.count),
+            (UndeliveredReason::Offline, 250_000)
+        );
+        assert_eq!(lines[0].1.user_id, "u0", "the first one is the example");
+        assert_eq!(lines[1].1.count, 1);
+        assert_eq!(t.flush().count(), 0, "empty after a flush");
+    }
+}
