@@ -296,7 +296,9 @@ pub struct ServeArgs {
     pub admit_step: u64,
     #[arg(long, env = "RINGWAY_ADMIT_INTERVAL_MS", default_value_t = 1_000)]
     pub admit_interval_ms: u64,
-    /// Open links one client address may hold (0 = no cap); past it, upgrades get 429. Mind
+    /// TCP connections one client address may hold, counted from accept (a link is one; a
+    /// handshake in progress is one too); IPv6 addresses count per /64. A connection over it is
+    /// closed at accept without reading a byte (ringway_per_ip_closed_total). 0 = no cap. Mind
     /// NATs and load generators on one address.
     #[arg(long, env = "RINGWAY_MAX_LINKS_PER_IP", default_value_t = 0)]
     pub max_links_per_ip: u32,

@@ -118,6 +118,8 @@ pub struct CoreMetrics {
     pub links_closed: [Counter; CloseReason::COUNT],
     pub handshake_rejected: [Counter; REJECT_STATUSES.len()],
     pub handoffs: Counter,
+    /// Connections closed at accept, unread, because their address was at --max-links-per-ip.
+    pub per_ip_closed: Counter,
     pub frames_in: [Counter; CMDS],
     pub frames_out: [Counter; CMDS],
     pub upstream_forwarded: Counter,
@@ -372,6 +374,11 @@ const COUNTERS: &[(&str, &str, Pick)] = &[
     ("ringway_links_opened_total", "Links accepted.", |c| {
         c.links_opened.get()
     }),
+    (
+        "ringway_per_ip_closed_total",
+        "Connections closed at accept without reading a byte: their address (IPv6: its /64) held --max-links-per-ip connections.",
+        |c| c.per_ip_closed.get(),
+    ),
     (
         "ringway_socket_handoffs_total",
         "Sockets moved from the accepting core to the owner core.",

@@ -99,6 +99,7 @@ impl Admission {
     }
 
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Ticket, Refusal> {
+        let ip = cap_key(ip);
         if self.is_closed() {
             return Err(Refusal::Closed);
         }
@@ -149,6 +150,18 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (t ^ u64::from(std::process::id()) << 32) | 1
+}
+
+/// The address a per-address cap counts: IPv4 as it is, IPv6 by its /64 (one host or one
+/// customer is given a whole /64, so counting single addresses would cap nothing).
+fn cap_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
 }
 
 impl Drop for Ticket {
@@ -230,6 +243,24 @@ mod tests {
         assert_eq!(gate.held(), 5);
         drop(more);
         assert_eq!(gate.held(), 2);
+    }
+
+    #[test]
+    fn ipv6_is_capped_per_64() {
+        let t0 = Instant::now();
+        let gate = Arc::new(Admission::new(ramp(), 2, t0));
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = gate.try_admit(v6("2001:db8:1:2::1"), t0).unwrap();
+        let _b = gate.try_admit(v6("2001:db8:1:2:ffff::9"), t0).unwrap();
+        assert_eq!(
+            gate.try_admit(v6("2001:db8:1:2::77"), t0).err(),
+            Some(Refusal::PerIp),
+            "same /64"
+        );
+        assert!(
+            gate.try_admit(v6("2001:db8:1:3::1"), t0).is_ok(),
+            "next /64"
+        );
     }
 
     #[test]

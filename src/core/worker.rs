@@ -136,7 +136,17 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(handshake(w.clone(), stream)).detach();
+                // The ticket counts the connection from here on; one over the per-address cap
+                // is closed now, unread, so a flood from one address holds no fds.
+                let ticket = match stream.peer_addr() {
+                    Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
+                    Err(_) => continue,
+                };
+                if matches!(ticket, Err(Refusal::PerIp)) {
+                    w.metrics.per_ip_closed.inc();
+                    continue;
+                }
+                glommio::spawn_local(handshake(w.clone(), stream, ticket)).detach();
             }
             Err(e) => {
                 // Out of fds or memory: back off instead of spinning; existing links go on.
@@ -157,12 +167,8 @@ enum HandshakeEnd {
 /// Reads and checks the upgrade request, then opens the link here or on its owner core.
 /// The admission ticket is taken first and travels with the socket for the link's whole life;
 /// a refused client still gets its request read, so the 503 reaches it instead of a reset.
-async fn handshake(w: Rc<Worker>, tcp: TcpStream) {
+async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal>) {
     let _ = tcp.set_nodelay(true);
-    let ticket = match tcp.peer_addr() {
-        Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
-        Err(_) => return,
-    };
     let Some(tcp) = w.watch(tcp) else { return };
     // Under TLS the handshake runs inside the first reads, within the same deadline.
     let mut stream = match &w.tls {
@@ -322,7 +328,8 @@ fn refused(r: Refusal) -> Reject {
             reason: "node at its admission limit",
             retry_after_s: Some(retry_after_s),
         },
-        Refusal::PerIp => Reject::new(429, "too many links from this address"),
+        // Closed at accept, before any request is read: never answered.
+        Refusal::PerIp => Reject::new(429, "too many connections from this address"),
     }
 }
 
