@@ -245,6 +245,14 @@ pub struct ServeArgs {
     /// reports to --undelivered-topic.
     #[arg(long, env = "RINGWAY_KAFKA")]
     pub kafka: Option<String>,
+    /// Longest a Kafka consumer's fetch waits for records (librdkafka fetch.wait.max.ms; its
+    /// default 500 ms puts that much on every Kafka push when traffic is light).
+    #[arg(long, env = "RINGWAY_KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    pub kafka_fetch_wait_ms: u32,
+    /// How long produced records wait to share a batch (librdkafka linger.ms): undelivered
+    /// reports, forwards, Kafka upstream routes.
+    #[arg(long, env = "RINGWAY_KAFKA_LINGER_MS", default_value_t = 1)]
+    pub kafka_linger_ms: u32,
     /// Consumer group of the push consumer.
     #[arg(long, env = "RINGWAY_KAFKA_GROUP", default_value = "ringway")]
     pub kafka_group: String,

@@ -158,6 +158,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
+    kafka::set_latency(kafka::Latency {
+        fetch_wait_ms: args.kafka_fetch_wait_ms,
+        linger_ms: args.kafka_linger_ms,
+    });
     let kafka = args.kafka.as_ref().map(|brokers| KafkaConfig {
         brokers: brokers.clone(),
         group: args.kafka_group.clone(),
