@@ -248,7 +248,11 @@ mod tests {
     #[test]
     fn ipv6_is_capped_per_64() {
         let t0 = Instant::now();
-        let gate = Arc::new(Admission::new(ramp(), 2, t0));
+        let open = Ramp {
+            initial: 10,
+            ..ramp()
+        };
+        let gate = Arc::new(Admission::new(open, 2, t0));
         let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
         let _a = gate.try_admit(v6("2001:db8:1:2::1"), t0).unwrap();
         let _b = gate.try_admit(v6("2001:db8:1:2:ffff::9"), t0).unwrap();
