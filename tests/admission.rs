@@ -146,9 +146,11 @@ fn a_flood_from_one_address_holds_no_fds() {
     wait_until("every connect accepted", Duration::from_secs(20), || {
         gw.metric("ringway_per_ip_closed_total") >= 2_950.0
     });
-    let held = fds() - before;
+    // The 50 admitted connections wait out their handshake; the rest were closed unread. (The
+    // node's own fds move by a few meanwhile: metrics requests, epoll duplicates.)
+    let held = fds().saturating_sub(before);
     assert!(
-        held <= 60,
+        held <= 80,
         "{held} fds held for 3,000 connects capped at 50"
     );
     drop(flood);
