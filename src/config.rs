@@ -245,8 +245,11 @@ pub struct ServeArgs {
     /// reports to --undelivered-topic.
     #[arg(long, env = "RINGWAY_KAFKA")]
     pub kafka: Option<String>,
-    /// Longest a Kafka consumer's fetch waits for records (librdkafka fetch.wait.max.ms; its
-    /// default 500 ms puts that much on every Kafka push when traffic is light).
+    /// Longest a Kafka consumer's fetch waits for records (librdkafka fetch.wait.max.ms). A
+    /// broker that holds a fetch for its whole wait (Tansu does) adds up to this much to every
+    /// Kafka push, so librdkafka's default 500 ms is too slow for chat; but each consumer then
+    /// sends up to 1000/this fetches a second while its topic is idle, so raise it for a broker
+    /// whose fetches are expensive (one that reads object storage on each).
     #[arg(long, env = "RINGWAY_KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
     pub kafka_fetch_wait_ms: u32,
     /// How long produced records wait to share a batch (librdkafka linger.ms): undelivered

@@ -693,7 +693,18 @@ fn chaos_redis_etcd_broker_and_a_node_killed_in_turn_under_traffic() {
     let backend = Backend::start(&[]);
     let mut f = Fleet::with_broker(Broker::start_durable(&[PUSH, UNDELIVERED]));
     f.redis.make_durable();
-    let extra = ["--backend", &backend.url(), "--redis-unavailable", "refuse"];
+    // The durable broker serves every fetch from its S3 store, here a Python mock: at the
+    // default 10 ms fetch wait the nodes' six consumers send it ~600 fetches/s, which saturate
+    // the mock and stall the fleet's pushes (seen: every push after the Redis restart stuck).
+    // librdkafka's own 500 ms keeps it at ~12/s.
+    let extra = [
+        "--backend",
+        &backend.url(),
+        "--redis-unavailable",
+        "refuse",
+        "--kafka-fetch-wait-ms",
+        "500",
+    ];
     f.add_node(0, &extra);
     f.add_node(1, &extra);
     f.wait_fleet(2);

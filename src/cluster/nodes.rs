@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::proto::{Node, NodeState};
+use crate::protocol::json;
 
-/// A node as registered under `{prefix}/nodes/{id}`. JSON, so operators can read it with
-/// `etcdctl get --prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A node as registered under `{prefix}/nodes/{id}`: the wire contract's `Node` in the
+/// canonical proto3 JSON mapping ([`NodeRecord::to_json`]), so a client that decodes the record
+/// as the documented `Node` reads it, and operators can read it with `etcdctl get --prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
     pub id: String,
     pub ip: String,
@@ -19,9 +19,7 @@ pub struct NodeRecord {
     pub capacity: u64,
     /// Open links.
     pub load: u64,
-    #[serde(default)]
     pub labels: Vec<String>,
-    #[serde(default)]
     pub location: String,
     pub state: RecordState,
     /// Milliseconds since the epoch at first registration: later nodes are the "new" ones of a
@@ -29,8 +27,7 @@ pub struct NodeRecord {
     pub started_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordState {
     Active,
     Draining,
@@ -56,7 +53,36 @@ impl NodeRecord {
                 RecordState::Active => NodeState::Serving,
                 RecordState::Draining => NodeState::Draining,
             } as i32,
+            started_ms: self.started_ms,
         }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        json::encode_node(&self.to_proto(), &mut out);
+        out
+    }
+
+    /// Reads a record; one whose state is neither serving nor draining is not a live node's.
+    pub fn from_json(bytes: &[u8]) -> Result<NodeRecord, String> {
+        let n = json::decode_node(bytes).map_err(|e| e.0)?;
+        let state = match NodeState::try_from(n.state) {
+            Ok(NodeState::Serving) => RecordState::Active,
+            Ok(NodeState::Draining) => RecordState::Draining,
+            _ => return Err(format!("state {} is not a live node's", n.state)),
+        };
+        Ok(NodeRecord {
+            port: u16::try_from(n.port).map_err(|_| format!("port {} out of range", n.port))?,
+            id: n.id,
+            ip: n.ip,
+            weight: n.weight,
+            capacity: n.capacity,
+            load: n.load,
+            labels: n.labels,
+            location: n.location,
+            state,
+            started_ms: n.started_ms,
+        })
     }
 }
 
@@ -136,6 +162,26 @@ mod tests {
         Fleet {
             nodes: recs.into_iter().map(|r| (r.id.clone(), r)).collect(),
         }
+    }
+
+    #[test]
+    fn the_record_is_node_in_proto3_json_and_reads_back() {
+        let mut r = rec("gw-1", 3, 1000, RecordState::Draining, 1_700_000_000_000);
+        r.labels = vec!["rack-a".into()];
+        let json = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"gw-1","ip":"127.0.0.1","port":8080,"capacity":"1000","load":"3","labels":["rack-a"],"state":"NODE_STATE_DRAINING","startedMs":"1700000000000"}"#
+        );
+        assert_eq!(NodeRecord::from_json(json.as_bytes()).unwrap(), r);
+        // Any proto3 JSON writer's spelling is read too.
+        let other = r#"{"id":"gw-2","ip":"10.0.0.2","port":8080,"weight":100,"capacity":10,"load":0,"state":"NODE_STATE_SERVING","started_ms":5}"#;
+        assert_eq!(
+            NodeRecord::from_json(other.as_bytes()).unwrap().state,
+            RecordState::Active
+        );
+        let starting = r#"{"id":"gw-3","state":"NODE_STATE_STARTING"}"#;
+        assert!(NodeRecord::from_json(starting.as_bytes()).is_err());
     }
 
     #[test]

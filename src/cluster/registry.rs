@@ -120,7 +120,7 @@ impl Registry {
         };
         let key = self.node_key(&self.cfg.record.id);
         let mut written = self.current_record(node);
-        let put = |r: &NodeRecord| serde_json::to_vec(r).expect("a record serializes");
+        let put = NodeRecord::to_json;
         if let Err(e) = client
             .put(
                 key.as_str(),
@@ -245,7 +245,7 @@ impl View {
             return;
         };
         if let Some(id) = rest.strip_prefix("/nodes/") {
-            match serde_json::from_slice::<NodeRecord>(value) {
+            match NodeRecord::from_json(value) {
                 Ok(r) => {
                     self.fleet.nodes.insert(id.to_owned(), r);
                 }
@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn the_view_follows_node_and_route_keys_and_ignores_the_rest() {
         let mut v = View::default();
-        let rec = r#"{"id":"n1","ip":"10.0.0.1","port":8080,"weight":100,"capacity":10,"load":3,"state":"active","started_ms":5}"#;
+        let rec = r#"{"id":"n1","ip":"10.0.0.1","port":8080,"weight":100,"capacity":"10","load":"3","state":"NODE_STATE_SERVING","startedMs":"5"}"#;
         v.put("/rw", b"/rw/nodes/n1", rec.as_bytes());
         v.put("/rw", b"/rw/nodes/n2", b"not json");
         v.put("/rw", b"/rw/routes/7", b"kafka:up7");

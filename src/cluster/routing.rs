@@ -172,6 +172,8 @@ impl PushRouter {
             key: push.key.clone(),
             body: push.body.clone(),
             reason,
+            // The consumer holds the push until this returns, after the report is written.
+            hold: None,
         };
         self.node.report(&self.kafka, report).await;
     }

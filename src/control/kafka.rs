@@ -87,16 +87,16 @@ impl KafkaOut {
 
     /// Reports one undelivered push, keyed by user so a user's reports stay in order; false if
     /// Kafka did not take it.
-    pub async fn report(&self, u: Undelivered) -> bool {
+    pub async fn report(&self, u: &Undelivered) -> bool {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let record = UndeliveredPush {
             biz_id: u.biz_id,
-            user_id: u.user_id,
-            device_id: u.device_id.unwrap_or_default(),
-            key: u.key,
-            body: u.body,
+            user_id: u.user_id.clone(),
+            device_id: u.device_id.clone().unwrap_or_default(),
+            key: u.key.clone(),
+            body: u.body.clone(),
             reason: u.reason.label().to_owned(),
             node_id: self.cfg.node_id.clone(),
             at_ms,
@@ -264,10 +264,19 @@ fn store_settled(
             last = Some(*offset);
             queue.pop_front();
         }
-        if let Some(offset) = last
-            && let Err(e) = consumer.store_offset(topic, *partition, offset)
-        {
-            warn!(error = %e, topic, partition, "could not store an offset");
+        match last.map(|offset| consumer.store_offset(topic, *partition, offset)) {
+            None | Some(Ok(())) => {}
+            // The partition is no longer assigned to this consumer (a rebalance moved it, or
+            // the consumer is leaving its group during a drain). Nothing is lost: its new
+            // owner reads on from the last committed offset, so these records come again
+            // (duplicates the client dedups by key), never not at all.
+            Some(Err(KafkaError::StoreOffset(RDKafkaErrorCode::State))) => {
+                debug!(
+                    topic,
+                    partition, "partition revoked: its settled offsets are left to its new owner"
+                );
+            }
+            Some(Err(e)) => warn!(error = %e, topic, partition, "could not store an offset"),
         }
     }
 }

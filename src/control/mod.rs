@@ -168,12 +168,23 @@ impl NodeState {
         n
     }
 
-    /// Writes an undelivered report to Kafka and counts whether Kafka took it.
+    /// Writes an undelivered report to Kafka and counts whether Kafka took it. A report that
+    /// holds its push unsettled (a push read from Kafka) is retried until Kafka takes it: only
+    /// then may the push's offset be committed, so a crash or a broker outage re-reads the push
+    /// rather than losing its report.
     pub async fn report(&self, kafka: &KafkaOut, u: Undelivered) {
-        if kafka.report(u).await {
-            self.counters.kafka_reports.inc();
-        } else {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            if kafka.report(&u).await {
+                self.counters.kafka_reports.inc();
+                return;
+            }
             self.counters.kafka_report_errors.inc();
+            if u.hold.is_none() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -93,6 +93,9 @@ pub struct Undelivered {
     /// The push's body, so whoever reads the report can store or resend it.
     pub body: Bytes,
     pub reason: UndeliveredReason,
+    /// Keeps the push unsettled (its Kafka offset uncommitted) until the report is written: a
+    /// crash in between re-reads the push instead of losing the report.
+    pub hold: Option<Arc<Unsettled>>,
 }
 
 /// Which links a push, kick or redirect is for.
@@ -837,6 +840,7 @@ impl Shard {
             key: push.key.to_string(),
             body: push.body().clone(),
             reason,
+            hold: push.hold(),
         });
     }
 

@@ -707,6 +707,31 @@ fn no_retransmit_follows_any_close() {
 }
 
 #[test]
+fn a_report_keeps_its_push_unsettled_until_the_report_itself_is_gone() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    let token = Arc::new(Unsettled);
+    let source = Arc::downgrade(&token);
+    let p = h
+        .shard
+        .encode_push(1, "p1", Bytes::from_static(b"x"), Some(token));
+    let users = ["alice".to_owned(), "nobody".to_owned()];
+    h.shard.push(1, &users, None, &p, true, h.at(0), h.at(0));
+    drop(p);
+    // alice's link closes with the push unacked: two reports, and the push is settled by
+    // neither link nor shard, only once the reports are written.
+    h.shard.closed(1);
+    let reports = h.shard.take_undelivered();
+    assert_eq!(reports.len(), 2);
+    assert!(
+        source.strong_count() > 0,
+        "settled before its reports were written"
+    );
+    drop(reports);
+    assert_eq!(source.strong_count(), 0);
+}
+
+#[test]
 fn close_reports_unacked_pushes_and_frees_all_timers() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);

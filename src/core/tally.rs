@@ -54,6 +54,7 @@ mod tests {
             key: "k".into(),
             body: Bytes::new(),
             reason: UndeliveredReason::Offline,
+            hold: None,
         }
     }
 

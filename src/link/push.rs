@@ -18,7 +18,9 @@ use crate::protocol::{Codec, json, ws};
 /// Held by every copy of a push that is not settled yet. A push is settled once every device it
 /// was sent to acked it or it was reported undelivered; then the last copy drops and the
 /// source, which keeps only a `Weak`, may commit its offset. A crash before that leaves the
-/// offset uncommitted, so the push is read again rather than lost.
+/// offset uncommitted, so the push is read again rather than lost. An undelivered report holds
+/// one too, until Kafka has taken the report.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Unsettled;
 
 pub struct EncodedPush {
@@ -31,7 +33,7 @@ pub struct EncodedPush {
     proto: OnceCell<Box<[u8]>>,
     json: OnceCell<Box<[u8]>>,
     /// Released when the last link holding this push acks it or reports it.
-    _unsettled: Option<Arc<Unsettled>>,
+    unsettled: Option<Arc<Unsettled>>,
 }
 
 impl EncodedPush {
@@ -52,12 +54,18 @@ impl EncodedPush {
             wire_body,
             proto: OnceCell::new(),
             json: OnceCell::new(),
-            _unsettled: unsettled,
+            unsettled,
         })
     }
 
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// A hold on the push's source for a report about it: the source may not settle the push
+    /// before the report is written.
+    pub fn hold(&self) -> Option<Arc<Unsettled>> {
+        self.unsettled.clone()
     }
 
     fn prefix(&self, codec: Codec) -> &[u8] {

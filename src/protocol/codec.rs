@@ -116,6 +116,7 @@ mod tests {
                     labels: vec!["a".into(), "b".into()],
                     location: "rack-1".into(),
                     state: NodeState::Serving as i32,
+                    started_ms: 1_700_000_000_000,
                 }],
                 ..Default::default()
             },

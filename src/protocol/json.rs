@@ -43,19 +43,15 @@ pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
             .nodes
             .unwrap_or_default()
             .into_iter()
-            .map(|n| Node {
-                id: n.id.unwrap_or_default(),
-                ip: n.ip.unwrap_or_default(),
-                port: n.port,
-                weight: n.weight,
-                capacity: n.capacity,
-                load: n.load,
-                labels: n.labels.unwrap_or_default(),
-                location: n.location.unwrap_or_default(),
-                state: n.state,
-            })
+            .map(JsonNode::into_node)
             .collect(),
     })
+}
+
+/// One `Node` in the canonical mapping (the etcd record is one).
+pub fn decode_node(payload: &[u8]) -> Result<Node, DecodeError> {
+    let n: JsonNode = serde_json::from_slice(payload).map_err(|e| DecodeError(e.to_string()))?;
+    Ok(n.into_node())
 }
 
 pub fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
@@ -120,7 +116,7 @@ fn encode_connected(c: &Connected, out: &mut Vec<u8>) {
     w.close();
 }
 
-fn encode_node(n: &Node, out: &mut Vec<u8>) {
+pub fn encode_node(n: &Node, out: &mut Vec<u8>) {
     let mut w = ObjectWriter::open(out);
     for (name, v) in [("id", &n.id), ("ip", &n.ip)] {
         if !v.is_empty() {
@@ -157,6 +153,9 @@ fn encode_node(n: &Node, out: &mut Vec<u8>) {
         w.enum_field("state", n.state, |v| {
             NodeState::try_from(v).ok().map(|s| s.as_str_name())
         });
+    }
+    if n.started_ms != 0 {
+        w.u64_field("startedMs", n.started_ms);
     }
     w.close();
 }
@@ -324,6 +323,25 @@ struct JsonNode {
     location: Option<String>,
     #[serde(default, deserialize_with = "node_state")]
     state: i32,
+    #[serde(default, rename = "startedMs", alias = "started_ms", deserialize_with = "uint")]
+    started_ms: u64,
+}
+
+impl JsonNode {
+    fn into_node(self) -> Node {
+        Node {
+            id: self.id.unwrap_or_default(),
+            ip: self.ip.unwrap_or_default(),
+            port: self.port,
+            weight: self.weight,
+            capacity: self.capacity,
+            load: self.load,
+            labels: self.labels.unwrap_or_default(),
+            location: self.location.unwrap_or_default(),
+            state: self.state,
+            started_ms: self.started_ms,
+        }
+    }
 }
 
 /// Visits an enum given by name (with or without its prefix), by number, or as `null`.
