@@ -17,11 +17,11 @@ use ringway::cluster::nodes::{NodeRecord, RecordState};
 use ringway::cluster::orphans::adopt_orphans;
 use ringway::cluster::rebalance::{ScaleEvent, ScaleSetup, on_scale_event};
 use ringway::cluster::registry::{EtcdConfig, Registry};
-use ringway::cluster::routing::{Mode, PushRouter, hand_off};
+use ringway::cluster::routing::{Mode, PushRouter, hand_off, push_topic_share};
 use ringway::config::{Cli, Command, PushRouting, ServeArgs};
 use ringway::control::demo::DemoSetup;
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
-use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Subscription};
+use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::routes::{LiveRoutes, LocalBizs};
 use ringway::control::services::Remote;
@@ -420,6 +420,11 @@ async fn start_consumers(
         } else {
             cfg.group.clone()
         },
+        membership: if located {
+            push_topic_share(node.clone())
+        } else {
+            Membership::Group
+        },
     };
     spawn_consumer(node, &cfg.brokers, push_sub, router.clone(), |n| {
         !n.is_draining()
@@ -434,6 +439,7 @@ async fn start_consumers(
         let sub = Subscription {
             topic: node_topic,
             group: format!("{}.node.{}", cfg.group, node.node_id),
+            membership: Membership::All,
         };
         let (n, brokers) = (node.clone(), cfg.brokers.clone());
         tokio::spawn(async move {
@@ -464,6 +470,7 @@ async fn start_consumers(
         let sub = Subscription {
             topic,
             group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),
+            membership: Membership::Group,
         };
         let (n, brokers) = (node.clone(), cfg.brokers.clone());
         tokio::spawn(async move {

@@ -97,6 +97,14 @@ impl Fleet {
         .to_vec()
     }
 
+    /// Starts node `i` again under its id (new ports), as `systemctl restart ringway@i` would.
+    fn restart_node(&mut self, i: usize, extra: &[&str]) {
+        let mut args = self.node_args(i);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes[i] = Some(Gateway::start(&args));
+    }
+
     fn node(&self, i: usize) -> &Gateway {
         self.nodes[i].as_ref().expect("node is running")
     }
@@ -142,7 +150,7 @@ impl Fleet {
                 "-p",
                 &self.redis.port.to_string(),
                 "EXISTS",
-                &format!("loc:1:{user}"),
+                &format!("loc:{{1:{user}}}"),
             ])
             .output()
             .expect("redis-cli");
@@ -463,6 +471,87 @@ fn steady_pushes(
         std::thread::sleep(every);
     }
     keys
+}
+
+/// The most common deploy there is: every node in turn drained, down for a few seconds, and
+/// started again under the same `--node-id`, while pushes flow. Audited push by push.
+#[test]
+fn a_rolling_restart_under_the_same_ids_loses_no_push() {
+    let extra = ["--drain-rate", "50"];
+    let mut f = Fleet::start(3, &extra);
+    let users: Vec<String> = (0..12).map(|i| format!("r{i}")).collect();
+    let audit = f.audited_on(1, &users);
+    let mut keys = Vec::new();
+    let mut produce_for = |f: &Fleet, d: Duration| {
+        let until = Instant::now() + d;
+        common::report(&format!("rolling restart: pushes from m{}", keys.len()));
+        while Instant::now() < until {
+            let key = format!("m{}", keys.len());
+            let user = &users[keys.len() % users.len()];
+            f.broker.produce(PUSH, &push(user, &key, b"rolling"));
+            keys.push(key);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    produce_for(&f, Duration::from_secs(2));
+    for i in 0..3 {
+        let mut gw = f.nodes[i].take().unwrap();
+        common::report(&format!("rolling restart: {} drains", node_id(i)));
+        gw.signal(libc::SIGTERM);
+        assert!(gw.wait_exit(Duration::from_secs(30)).success());
+        drop(gw);
+        produce_for(&f, Duration::from_secs(3)); // down, as during a package upgrade
+        f.restart_node(i, &extra);
+        f.wait_fleet(3);
+        common::report(&format!("rolling restart: {} is back", node_id(i)));
+        produce_for(&f, Duration::from_secs(3));
+    }
+    let all_seen = || {
+        let reported: BTreeSet<String> = f.reports().into_iter().map(|r| r.key).collect();
+        keys.iter()
+            .all(|k| audit.received(k) || reported.contains(k))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_seen() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !all_seen() {
+        let reported: BTreeSet<String> = f.reports().into_iter().map(|r| r.key).collect();
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !audit.received(k) && !reported.contains(*k))
+            .collect();
+        common::report(&format!(
+            "rolling restart: missing {missing:?}; reports seen {}",
+            reported.len()
+        ));
+        // What each node did, for the failure's record.
+        for (i, gw) in f.nodes.iter().enumerate() {
+            let gw = gw.as_ref().unwrap();
+            let m = |s: &str| gw.metric(s);
+            common::report(&format!(
+                "rolling restart: {}: links {} kafka_pushes {} forwarded {} adopted {} sent {} unroutable {} offline {} closed {} reports {} report_errors {} location_errors {}",
+                node_id(i),
+                m("ringway_links"),
+                m("ringway_kafka_pushes_total"),
+                m("ringway_pushes_forwarded_total"),
+                m("ringway_pushes_adopted_total"),
+                m("ringway_pushes_sent_total"),
+                m("ringway_pushes_unroutable_total"),
+                m("ringway_undelivered_total{reason=\"offline\"}"),
+                m("ringway_undelivered_total{reason=\"link_closed\"}"),
+                m("ringway_kafka_undelivered_reports_total"),
+                m("ringway_kafka_undelivered_report_errors_total"),
+                m("ringway_location_errors_total"),
+            ));
+        }
+    }
+    let (delivered, reported, duplicates) = audit.settle(&f, &keys, Duration::from_secs(60));
+    common::report(&format!(
+        "rolling restart: {} pushes, {delivered} delivered, {reported} reported, {duplicates} duplicates",
+        keys.len()
+    ));
+    assert!(delivered > 0);
 }
 
 #[test]

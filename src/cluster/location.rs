@@ -1,4 +1,5 @@
-//! Where users are connected, in Redis: `loc:{biz}:{user}` is a hash of device → node id.
+//! Where users are connected, in Redis: `loc:{BIZ:USER}` is a hash of device → node id (the
+//! braces are a Redis Cluster hash tag: one user's keys share a slot).
 //!
 //! Each node writes its own devices as they come online (HSET + PEXPIRE), refreshes them at a
 //! third of the TTL, and removes a device when its last link here closes, but only if the
@@ -30,7 +31,7 @@ const FORGET_IF_MINE: &str = "local me = ARGV[#ARGV] \
 const REFRESH_CHUNK: usize = 512;
 
 pub fn key(biz_id: u64, user_id: &str) -> String {
-    format!("loc:{biz_id}:{user_id}")
+    format!("loc:{{{biz_id}:{user_id}}}")
 }
 
 type Device = (u64, String, String);
@@ -181,6 +182,11 @@ mod tests {
 
     fn dev(user: &str, device: &str) -> Device {
         (1, user.into(), device.into())
+    }
+
+    #[test]
+    fn keys_are_hash_tagged_by_user() {
+        assert_eq!(key(7, "alice"), "loc:{7:alice}");
     }
 
     #[test]

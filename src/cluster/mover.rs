@@ -16,7 +16,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Redirects up to `count` links (all with `None`) at `rate` links/s until done, the node is
 /// empty or `deadline` passes; `targets` is asked afresh for every batch, since loads change
 /// as links arrive. A batch with no target closes its links with 1001 and a retry hint.
-/// Returns how many links were asked to move.
+/// Returns how many links were asked to move: a core whose inbox was full took no share, and
+/// its links are asked again at the next tick.
 pub async fn move_links(
     node: &NodeState,
     count: Option<u64>,
@@ -44,16 +45,55 @@ pub async fn move_links(
         } else {
             rng.random_range(0..TICK.as_millis() as u32)
         };
-        for core in &node.cores {
-            let _ = core.send(CoreMsg::Redirect(Box::new(Redirect {
-                target: None,
-                limit: Some(share),
-                nodes: nodes.clone(),
-                retry_after_ms,
-            })));
-        }
-        moved += batch;
-        node.counters.links_moved.add(batch);
+        let taken = node
+            .cores
+            .iter()
+            .filter(|core| {
+                let msg = CoreMsg::Redirect(Box::new(Redirect {
+                    target: None,
+                    limit: Some(share),
+                    nodes: nodes.clone(),
+                    retry_after_ms,
+                }));
+                core.send(msg).is_ok()
+            })
+            .count() as u64;
+        let asked = batch.min(share as u64 * taken);
+        moved += asked;
+        node.counters.links_moved.add(asked);
         tokio::time::sleep(TICK).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::inbox;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[tokio::test]
+    async fn a_core_whose_inbox_is_full_moves_nothing_and_is_not_counted() {
+        let (a, _a_inbox) = inbox::channel(16).unwrap();
+        let (b, _b_inbox) = inbox::channel(1).unwrap();
+        assert!(b.send(CoreMsg::Shutdown).is_ok(), "b's inbox is now full");
+        let node = NodeState::for_tests(vec![a, b]);
+        node.metrics[0].links.store(5, Relaxed);
+        node.metrics[1].links.store(5, Relaxed);
+        // One tick of 10 links/s asks for one link, a share of one per core.
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let moved = move_links(&node, Some(1), 10, Vec::new, deadline).await;
+        assert_eq!(moved, 1, "only core a took its share");
+        assert_eq!(node.counters.links_moved.get(), 1);
+        let (c, _c_inbox) = inbox::channel(1).unwrap();
+        assert!(c.send(CoreMsg::Shutdown).is_ok());
+        let full = NodeState::for_tests(vec![c]);
+        full.metrics[0].links.store(5, Relaxed);
+        let deadline = Instant::now() + Duration::from_millis(250);
+        assert_eq!(move_links(&full, Some(3), 10, Vec::new, deadline).await, 0);
+        assert_eq!(
+            full.counters.links_moved.get(),
+            0,
+            "none asked, none counted"
+        );
     }
 }

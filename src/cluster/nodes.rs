@@ -93,6 +93,26 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The partitions of a topic the fleet shares that `me` reads: partition p goes to the
+    /// serving node at p mod n in id order. Every node computes the same split from the same
+    /// view; a node that is not serving (draining, not registered yet) reads none.
+    pub fn share(&self, me: &str, partitions: &[i32]) -> Vec<i32> {
+        let serving: Vec<&str> = self
+            .nodes
+            .values()
+            .filter(|r| r.state == RecordState::Active)
+            .map(|r| r.id.as_str())
+            .collect();
+        let Some(i) = serving.iter().position(|id| *id == me) else {
+            return Vec::new();
+        };
+        partitions
+            .iter()
+            .copied()
+            .filter(|p| p.unsigned_abs() as usize % serving.len() == i)
+            .collect()
+    }
+
     pub fn is_live(&self, id: &str) -> bool {
         self.nodes.contains_key(id)
     }
@@ -162,6 +182,28 @@ mod tests {
         Fleet {
             nodes: recs.into_iter().map(|r| (r.id.clone(), r)).collect(),
         }
+    }
+
+    #[test]
+    fn serving_nodes_split_a_shared_topic_and_every_partition_has_one_reader() {
+        let parts: Vec<i32> = (0..5).collect();
+        let f = fleet(vec![
+            rec("a", 0, 10, RecordState::Active, 1),
+            rec("b", 0, 10, RecordState::Draining, 1),
+            rec("c", 0, 10, RecordState::Active, 1),
+        ]);
+        assert_eq!(f.share("a", &parts), [0, 2, 4]);
+        assert_eq!(f.share("c", &parts), [1, 3]);
+        assert!(
+            f.share("b", &parts).is_empty(),
+            "a draining node reads nothing"
+        );
+        assert!(
+            f.share("new", &parts).is_empty(),
+            "nor one not registered yet"
+        );
+        let alone = fleet(vec![rec("a", 0, 10, RecordState::Active, 1)]);
+        assert_eq!(alone.share("a", &[0]), [0]);
     }
 
     #[test]

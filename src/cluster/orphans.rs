@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::routing::PushRouter;
-use crate::control::kafka::{self, Subscription};
+use crate::control::kafka::{self, Membership, Subscription};
 
 /// How long an adopted topic must stay quiet before it is let go (a consumer group join on a
 /// slow broker takes seconds).
@@ -54,6 +54,7 @@ async fn adopt(router: Arc<PushRouter>, brokers: String, group: String, gone: St
     let sub = Subscription {
         topic: router.kafka.node_topic(&gone),
         group: format!("{group}.node.{gone}"),
+        membership: Membership::All,
     };
     info!(node = %gone, topic = %sub.topic, "a node left the fleet: routing what is left in its topic");
     let t0 = Instant::now();

@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::location::Locations;
 use crate::FastMap;
-use crate::control::kafka::KafkaOut;
+use crate::control::kafka::{KafkaOut, Membership};
 use crate::control::{NodeState, router};
 use crate::core::inbox::PushJob;
 use crate::core::shard::Undelivered;
@@ -177,6 +177,15 @@ impl PushRouter {
         };
         self.node.report(&self.kafka, report).await;
     }
+}
+
+/// How a node reads the push topic in located routing: the partitions the fleet's etcd view
+/// gives it (see [`Membership::Share`]).
+pub fn push_topic_share(node: Arc<NodeState>) -> Membership {
+    Membership::Share(Box::new(move |partitions| {
+        let fleet = node.fleet.read().expect("fleet lock");
+        fleet.share(&node.node_id, partitions)
+    }))
 }
 
 /// The device a push names, if any (empty means every device).

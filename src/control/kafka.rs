@@ -13,9 +13,12 @@ use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use super::NodeState;
@@ -281,6 +284,87 @@ fn store_settled(
     }
 }
 
+/// Moves the consumer to reading `mine`: what was settled of the partitions it gives up is
+/// committed first, so their next reader starts there; those it keeps go on from where they
+/// are, new ones from the committed offset.
+fn reassign(
+    consumer: &StreamConsumer<QuietLogs>,
+    topic: &str,
+    mine: &[i32],
+    unsettled: &mut BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>>,
+) -> Result<(), String> {
+    match consumer.commit_consumer_state(CommitMode::Async) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => warn!(error = %e, topic, "could not commit before a reassignment"),
+    }
+    let positions = consumer.position().unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    for p in mine {
+        let at = positions
+            .find_partition(topic, *p)
+            .map(|e| e.offset())
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(Offset::Stored);
+        tpl.add_partition_offset(topic, *p, at)
+            .map_err(|e| format!("assigning {topic}/{p}: {e}"))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("assigning {topic}: {e}"))?;
+    // Records of a partition given up are the next reader's now: their offsets are not ours
+    // to store.
+    unsettled.retain(|p, _| mine.contains(p));
+    info!(topic, partitions = ?mine, "reading partitions");
+    Ok(())
+}
+
+/// The partitions of `topic`, asked until the broker answers (`None` if told to stop first).
+/// librdkafka's metadata call blocks, so it runs on a blocking thread with a consumer of its
+/// own.
+async fn partitions_of(
+    brokers: &str,
+    topic: &str,
+    keep_going: &impl Fn() -> bool,
+) -> Option<Vec<i32>> {
+    let mut errors = Throttle::new(Duration::from_secs(10));
+    while keep_going() {
+        let (brokers, t) = (brokers.to_owned(), topic.to_owned());
+        let asked = tokio::task::spawn_blocking(move || {
+            let probe: BaseConsumer<QuietLogs> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create_with_context(QuietLogs::default())
+                .map_err(|e| e.to_string())?;
+            let md = probe
+                .fetch_metadata(Some(&t), Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            let parts: Vec<i32> = md
+                .topics()
+                .iter()
+                .filter(|mt| mt.name() == t && mt.error().is_none())
+                .flat_map(|mt| mt.partitions().iter().map(|p| p.id()))
+                .collect();
+            if parts.is_empty() {
+                Err(format!("topic {t} has no partitions yet"))
+            } else {
+                Ok(parts)
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match asked {
+            Ok(parts) => return Some(parts),
+            Err(e) => {
+                if let Some(held) = errors.pass(Instant::now()) {
+                    warn!(error = %e, topic, also = held, "cannot read a topic's partitions yet");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    None
+}
+
 /// Decodes a push record; an undecodable one is counted and logged, since retrying cannot fix it.
 pub fn decode_push(node: &NodeState, bytes: &[u8]) -> Option<PushMessage> {
     match PushMessage::decode(bytes) {
@@ -327,7 +411,31 @@ pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), Strin
 pub struct Subscription {
     pub topic: String,
     pub group: String,
+    pub membership: Membership,
 }
+
+/// How a consumer gets its partitions.
+pub enum Membership {
+    /// Join `group`: the broker balances the partitions among its members.
+    Group,
+    /// Read every partition by assignment; the group only keeps the committed offsets. For a
+    /// node's own topic, which has one reader at a time by design (the node, or the node
+    /// adopting it while it is gone). As a group member, a node coming back under its id
+    /// waited behind the adopter's membership: Tansu never assigned it the partition again,
+    /// and the pushes routed to it stayed in its topic. Assigned, it reads on from the
+    /// committed offset at once.
+    All,
+    /// Read by assignment the partitions this picks from the topic's, asked again every pass:
+    /// the fleet shares the push topic by its etcd view rather than by a consumer group. In
+    /// the rolling restart test Tansu's group coordinator left a departed member's partition
+    /// unassigned until the next join, and under churn kept failing every SyncGroup for
+    /// minutes, so no node read the push topic. A partition changing hands starts at the
+    /// group's committed offset: duplicates are possible, losses are not.
+    Share(PickPartitions),
+}
+
+/// Given a topic's partitions, the ones to read now.
+pub type PickPartitions = Box<dyn Fn(&[i32]) -> Vec<i32> + Send + Sync>;
 
 /// Consumes `sub` while `keep_going` holds, calling `handle` for each record in order with a
 /// token the record's pushes hold until they are settled. A record's offset is stored for
@@ -341,7 +449,8 @@ pub async fn consume<F: Future<Output = ()>>(
     keep_going: impl Fn() -> bool,
     mut handle: impl FnMut(Vec<u8>, Arc<Unsettled>) -> F,
 ) -> Result<(), String> {
-    let consumer: StreamConsumer<QuietLogs> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", &sub.group)
         .set("enable.auto.commit", "true")
@@ -352,17 +461,42 @@ pub async fn consume<F: Future<Output = ()>>(
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "30000")
         .set("topic.metadata.refresh.interval.ms", "2000")
-        .set("fetch.wait.max.ms", latency().fetch_wait_ms.to_string())
+        .set("fetch.wait.max.ms", latency().fetch_wait_ms.to_string());
+    let consumer: StreamConsumer<QuietLogs> = config
         .create_with_context(QuietLogs::default())
         .map_err(|e| format!("--kafka {brokers}: {e}"))?;
-    consumer
-        .subscribe(&[&sub.topic])
-        .map_err(|e| format!("subscribing to {}: {e}", sub.topic))?;
-    info!(topic = %sub.topic, group = %sub.group, "consuming");
+    let partitions = match &sub.membership {
+        Membership::Group => {
+            consumer
+                .subscribe(&[&sub.topic])
+                .map_err(|e| format!("subscribing to {}: {e}", sub.topic))?;
+            info!(topic = %sub.topic, group = %sub.group, "consuming");
+            Vec::new()
+        }
+        Membership::All | Membership::Share(_) => {
+            let Some(p) = partitions_of(brokers, &sub.topic, &keep_going).await else {
+                return Ok(());
+            };
+            info!(topic = %sub.topic, group = %sub.group, partitions = ?p, "consuming by assignment");
+            p
+        }
+    };
+    let mut owned: Option<Vec<i32>> = None;
     let mut unsettled: BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>> = BTreeMap::new();
     let mut errors = Throttle::new(Duration::from_secs(10));
     while keep_going() {
         store_settled(&consumer, &sub.topic, &mut unsettled);
+        let mine = match &sub.membership {
+            Membership::Group => None,
+            Membership::All => Some(partitions.clone()),
+            Membership::Share(pick) => Some(pick(&partitions)),
+        };
+        if let Some(mine) = mine
+            && owned.as_ref() != Some(&mine)
+        {
+            reassign(&consumer, &sub.topic, &mine, &mut unsettled)?;
+            owned = Some(mine);
+        }
         let msg = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
             Err(_) => continue,
             Ok(Err(e)) => {
@@ -457,7 +591,24 @@ impl ClientContext for QuietLogs {
     }
 }
 
-impl ConsumerContext for QuietLogs {}
+/// Partition moves are logged: which node reads which partition is what an operator needs
+/// to see when pushes stop flowing after a node joins or leaves.
+impl ConsumerContext for QuietLogs {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => info!(partitions = %parts(tpl), "kafka partitions assigned"),
+            Rebalance::Revoke(tpl) => info!(partitions = %parts(tpl), "kafka partitions revoked"),
+            Rebalance::Error(e) => warn!(error = %e, "kafka rebalance failed"),
+        }
+    }
+}
 
 /// Lets one of a run of repeated events through per period: the first at once, then one per
 /// period with how many were held back since the last.

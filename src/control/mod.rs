@@ -118,6 +118,48 @@ impl NodeState {
         }
     }
 
+    /// A node with `cores` and nothing else configured (embedded, no services), for tests of
+    /// the control side's rules.
+    #[cfg(test)]
+    pub fn for_tests(cores: Vec<CoreHandle>) -> NodeState {
+        let metrics = cores.iter().map(|_| Arc::default()).collect();
+        let ramp = crate::cluster::admission::Ramp {
+            initial: 1000,
+            step: 1000,
+            interval: Duration::from_secs(1),
+            capacity: 1000,
+        };
+        let no_grpc = Box::new(|_: &str| Err("no gRPC in tests".to_owned()));
+        let (routes, _) =
+            LiveRoutes::new(routes::Target::Loopback, Vec::new(), false, no_grpc).expect("routes");
+        NodeState::new(
+            cores,
+            metrics,
+            NodeSetup {
+                node_id: "test".into(),
+                admin_token: None,
+                admin_origins: Vec::new(),
+                admin_idle: Duration::from_secs(10),
+                admission: Arc::new(Admission::new(ramp, 0, std::time::Instant::now())),
+                routes: Arc::new(routes),
+                registry: None,
+                kafka: None,
+                drain_rate: 1000,
+                scale: ScaleSetup {
+                    topic: None,
+                    command: None,
+                    wait: Duration::from_secs(1),
+                },
+                demo: demo::DemoSetup {
+                    ws_port: 0,
+                    mint_secret: None,
+                },
+                max_outbound_bytes: 1 << 20,
+                republish: false,
+            },
+        )
+    }
+
     pub fn links(&self) -> i64 {
         self.metrics.iter().map(|m| m.links.load(Relaxed)).sum()
     }

@@ -323,7 +323,12 @@ struct JsonNode {
     location: Option<String>,
     #[serde(default, deserialize_with = "node_state")]
     state: i32,
-    #[serde(default, rename = "startedMs", alias = "started_ms", deserialize_with = "uint")]
+    #[serde(
+        default,
+        rename = "startedMs",
+        alias = "started_ms",
+        deserialize_with = "uint"
+    )]
     started_ms: u64,
 }
 
