@@ -386,6 +386,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Ok::<(), String>(())
     })?;
     // Worker threads hold only links that are closed by now; the process ends here.
+    shut_every_socket();
     std::process::exit(0);
 }
 
@@ -516,17 +517,38 @@ fn spawn_consumer(
 }
 
 /// SO_REUSEPORT is for this node's own cores: a second process on the same address would take
-/// a share of the upgrades unseen. A socket bound without it fails while anyone listens there.
+/// a share of the upgrades unseen.
 fn refuse_if_taken(addr: SocketAddr) -> Result<(), String> {
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .and_then(|s| s.set_reuse_address(true).map(|()| s))
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    match probe.bind(&addr.into()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+    if control::listeners::someone_listens(addr) {
+        return Err(format!(
             "cannot listen on {addr}: another process already listens there (is another ringway running?)"
-        )),
-        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+        ));
+    }
+    Ok(())
+}
+
+/// Ends every socket of the process before it exits. The cores' sockets have requests in flight
+/// on their io_uring rings, and a ring keeps its sockets alive past the process while those are
+/// pending: the listeners stayed in LISTEN (in the port's reuseport group, never accepting
+/// again) and connections still in their handshake stayed open for as long as their clients
+/// did, so a node restarted on the port would have shared it with a dead one, and those clients
+/// never heard the node was gone. shutdown(2) ends a socket whoever still holds it.
+fn shut_every_socket() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in fds
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        // SAFETY: fstat and shutdown on an fd number of our own; a number that is not a socket
+        // (or was closed meanwhile) is skipped or makes shutdown fail harmlessly.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
     }
 }
 

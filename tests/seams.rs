@@ -396,3 +396,62 @@ fn undelivered_pushes_are_logged_as_a_tally_with_client_values_escaped() {
         "a raw escape byte reached the log"
     );
 }
+
+#[test]
+fn a_node_restarted_on_its_port_starts_while_old_connections_linger() {
+    let (ws, admin) = (common::free_port(), common::free_port());
+    let start = || {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args([
+                "serve",
+                "--listen",
+                &ws.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args([
+                "--jwt-secret",
+                common::SECRET,
+                "--workers",
+                "2",
+                "--pin-cores",
+                "false",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = child;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while common::metric_at(admin, "ringway_links").is_none() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("the node exited at start ({status}): {err}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let mut first = start();
+    // Links whose clients never answer the close: the old node's side lingers after it exits.
+    let clients: Vec<_> = (0..50)
+        .map(|i| raw_upgrade(ws, &common::token("linger", &format!("d{i}"))))
+        .collect();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert!(first.wait().unwrap().success());
+    let mut second = start();
+    let _ = second.kill();
+    let _ = second.wait();
+    drop(clients);
+}

@@ -284,6 +284,9 @@ fn store_settled(
     }
 }
 
+/// How often a consumer reading by assignment asks which partitions are its own.
+const SHARE_CHECK: Duration = Duration::from_millis(100);
+
 /// Moves the consumer to reading `mine`: what was settled of the partitions it gives up is
 /// committed first, so their next reader starts there; those it keeps go on from where they
 /// are, new ones from the committed offset.
@@ -482,20 +485,25 @@ pub async fn consume<F: Future<Output = ()>>(
         }
     };
     let mut owned: Option<Vec<i32>> = None;
+    let mut looked = Instant::now();
     let mut unsettled: BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>> = BTreeMap::new();
     let mut errors = Throttle::new(Duration::from_secs(10));
     while keep_going() {
         store_settled(&consumer, &sub.topic, &mut unsettled);
-        let mine = match &sub.membership {
-            Membership::Group => None,
-            Membership::All => Some(partitions.clone()),
-            Membership::Share(pick) => Some(pick(&partitions)),
-        };
-        if let Some(mine) = mine
-            && owned.as_ref() != Some(&mine)
-        {
-            reassign(&consumer, &sub.topic, &mine, &mut unsettled)?;
-            owned = Some(mine);
+        // The share is asked again a few times a second, not per record.
+        if owned.is_none() || looked.elapsed() >= SHARE_CHECK {
+            looked = Instant::now();
+            let mine = match &sub.membership {
+                Membership::Group => None,
+                Membership::All => Some(partitions.clone()),
+                Membership::Share(pick) => Some(pick(&partitions)),
+            };
+            if let Some(mine) = mine
+                && owned.as_ref() != Some(&mine)
+            {
+                reassign(&consumer, &sub.topic, &mine, &mut unsettled)?;
+                owned = Some(mine);
+            }
         }
         let msg = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
             Err(_) => continue,

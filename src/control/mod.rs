@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod demo;
 pub mod grpc_backend;
 pub mod kafka;
+pub mod listeners;
 pub mod push_api;
 pub mod redis_idem;
 pub mod router;
