@@ -228,3 +228,31 @@ fn mismatched_tls_flags_are_refused_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn large_messages_over_tls_arrive_whole_in_both_directions() {
+    // A message spanning many TLS records: rustls takes at most what its record buffer has
+    // free per read, so bytes read past that must wait for it, not be dropped.
+    let files = CertFiles::new("large");
+    let cert = files.issue();
+    let gw = Gateway::start(&[
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+        "--ws-echo",
+        "--max-message-bytes",
+        "1000000",
+    ]);
+    let stream = tls_to(&gw, &cert).expect("TLS handshake");
+    let url = format!("wss://{}/ws?token={}", gw.ws, gw.token("big", "d"));
+    let (mut ws, _) = tungstenite::client(url.into_client_request().unwrap(), stream).unwrap();
+    for size in [40_000usize, 131_072, 600_000] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        ws.send(Message::binary(body.clone())).unwrap();
+        match ws.read().expect("the echo") {
+            Message::Binary(b) => assert!(b[..] == body[..], "{size} bytes came back changed"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -82,6 +82,9 @@ pub struct TlsConn {
     tcp: Socket,
     tls: ServerConnection,
     unsent: Vec<u8>,
+    /// TLS bytes read from the socket that rustls had no room for yet: it takes at most what
+    /// its record buffer has free, which behind a partial record is less than one read.
+    unread: Vec<u8>,
 }
 
 impl Conn {
@@ -91,6 +94,7 @@ impl Conn {
             tcp,
             tls,
             unsent: Vec::new(),
+            unread: Vec::new(),
         }))
     }
 
@@ -202,12 +206,19 @@ impl AsyncRead for Conn {
             if let Poll::Ready(Err(e)) = t.poll_flush_tls(cx) {
                 return Poll::Ready(Err(e));
             }
-            let mut wire = [0u8; TLS_READ];
-            let n = ready!(Pin::new(&mut t.tcp).poll_read(cx, &mut wire))?;
-            if n == 0 {
-                return Poll::Ready(Ok(0));
+            if t.unread.is_empty() {
+                let mut wire = [0u8; TLS_READ];
+                let n = ready!(Pin::new(&mut t.tcp).poll_read(cx, &mut wire))?;
+                if n == 0 {
+                    return Poll::Ready(Ok(0));
+                }
+                let taken = t.tls.read_tls(&mut &wire[..n])?;
+                t.unread.extend_from_slice(&wire[taken..n]);
+            } else {
+                // What rustls left last time goes first; the socket is read once it took all.
+                let taken = t.tls.read_tls(&mut &t.unread[..])?;
+                t.unread.drain(..taken);
             }
-            t.tls.read_tls(&mut &wire[..n])?;
             if let Err(e) = t.tls.process_new_packets() {
                 // Tell the client why (a TLS alert) before giving up on it.
                 let _ = t.poll_flush_tls(cx);
