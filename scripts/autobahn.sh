@@ -3,13 +3,17 @@
 # conformance mode (--ws-echo: every data message comes back as it was sent, through the real
 # socket, framing, permessage-deflate and closing code).
 #
-#   scripts/autobahn.sh [--if-available] [quick|full|CASE...]
+#   scripts/autobahn.sh [--if-available] [--tls] [quick|full|CASE...]
 #
 #   quick  (default) every case of sections 1-7 and 10, and cases 1-9 of each permessage-deflate
 #          group (12.x, 13.x): 355 cases, about 2 minutes
 #   full   all 517 cases, 9.x (up to 16 MiB messages) and all of 12.x/13.x included: about 11
 #          minutes, the Python client being the slow side
 #   CASE   case ids or patterns as Autobahn takes them, e.g. 6.4.* 12.2.9
+#
+# --tls runs the same cases over wss://: the node gets a self-signed certificate (made here with
+# openssl) and the suite's client speaks TLS to it, so the rustls path (records split across
+# reads, TLS close_notify) is held to the same verdicts.
 #
 # Exits 1 if any case is FAILED (or the suite could not run); NON-STRICT and INFORMATIONAL
 # are listed, not failures. The report (HTML and JSON per case) lands in target/autobahn/.
@@ -22,10 +26,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if_available=0
-if [ "${1:-}" = --if-available ]; then
-  if_available=1
-  shift
-fi
+tls=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --if-available) if_available=1; shift ;;
+    --tls) tls=1; shift ;;
+    *) break ;;
+  esac
+done
 mode=${1:-quick}
 
 CACHE=${RINGWAY_AUTOBAHN_CACHE:-$HOME/.cache/ringway/autobahn}
@@ -92,7 +100,19 @@ esac
 
 cargo build --release --locked -q --bin ringway
 out=target/autobahn
+scheme=ws
+tls_args=()
+if [ "$tls" = 1 ]; then
+  out=target/autobahn-tls
+  scheme=wss
+fi
 rm -rf "$out" && mkdir -p "$out"
+if [ "$tls" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+  tls_args=(--tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+fi
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -102,7 +122,8 @@ secret=autobahn-conformance-secret
 # Room for the suite's largest messages (16 MiB in 9.x) both ways.
 target/release/ringway serve --jwt-secret "$secret" --listen "127.0.0.1:$port" \
   --admin-listen "127.0.0.1:$admin" --workers 1 --ws-echo \
-  --max-message-bytes 20000000 --max-outbound-bytes 40000000 >"$out/ringway.log" 2>&1 &
+  --max-message-bytes 20000000 --max-outbound-bytes 40000000 "${tls_args[@]}" \
+  >"$out/ringway.log" 2>&1 &
 gateway=$!
 trap 'kill $gateway 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -112,10 +133,10 @@ done
 token=$(target/release/ringway token --jwt-secret "$secret" --user autobahn)
 cat >"$out/spec.json" <<EOF
 {"outdir": "$PWD/$out/report",
- "servers": [{"agent": "ringway", "url": "ws://127.0.0.1:$port/ws?token=$token"}],
+ "servers": [{"agent": "ringway", "url": "$scheme://127.0.0.1:$port/ws?token=$token"}],
  "cases": [$cases], "exclude-cases": [$exclude], "exclude-agent-cases": {}}
 EOF
-echo "autobahn: running ${*:-quick} against ringway on 127.0.0.1:$port (log: $out/wstest.log)"
+echo "autobahn: running ${*:-quick} against ringway on $scheme://127.0.0.1:$port (log: $out/wstest.log)"
 (cd "$out" && py2 -m autobahntestsuite.wstest -m fuzzingclient -s spec.json >wstest.log 2>&1)
 
 python3 - "$out/report/index.json" <<'EOF'

@@ -13,17 +13,17 @@ use ringway::proto::{Cmd, Frame};
 use ringway::protocol::Codec;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::progress::Progress;
 use crate::{Common, Target};
 
 pub struct Link {
-    pub ws: WebSocketStream<TcpStream>,
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub codec: Codec,
     pub target: Target,
 }
@@ -43,6 +43,7 @@ pub async fn open_all(
         .next()
         .ok_or("server address resolves to nothing")?;
     let gap = Duration::from_secs_f64(1.0 / f64::from(common.connect_rate.max(1)));
+    let tls = common.tls_ca.as_deref().map(tls_config).transpose()?;
     let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mine = common.my_links();
     let mut tasks = Vec::with_capacity(mine.len());
@@ -64,6 +65,7 @@ pub async fn open_all(
             codec: common.codec,
             target: common.target,
             app_key: common.app_key.clone(),
+            tls: tls.clone(),
         };
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
@@ -110,6 +112,28 @@ struct How {
     codec: Codec,
     target: Target,
     app_key: String,
+    /// Set with --tls-ca: the links speak wss://.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client that trusts exactly the certificates in `ca` (a bench's own self-signed one).
+fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A TCP connection from `source` to `server`, without Nagle.
@@ -173,12 +197,13 @@ async fn connect_retrying(
 
 async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, ConnectError> {
     let stream = dial(server, source).await?;
+    let scheme = if how.tls.is_some() { "wss" } else { "ws" };
     let url = match how.target {
         Target::Pusher => format!(
-            "ws://{server}/app/{}?protocol=7&client=ringway-load&version=1.0",
+            "{scheme}://{server}/app/{}?protocol=7&client=ringway-load&version=1.0",
             how.app_key
         ),
-        _ => format!("ws://{server}/ws"),
+        _ => format!("{scheme}://{server}/ws"),
     };
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     let h = req.headers_mut();
@@ -198,7 +223,13 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let ws = match tokio_tungstenite::client_async_with_config(req, stream, Some(config)).await {
+    let connector = match &how.tls {
+        Some(tls) => Connector::Rustls(tls.clone()),
+        None => Connector::Plain,
+    };
+    let handshake =
+        tokio_tungstenite::client_async_tls_with_config(req, stream, Some(config), Some(connector));
+    let ws = match handshake.await {
         Ok((ws, _)) => ws,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 503 => {
             let wait = resp

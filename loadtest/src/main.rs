@@ -87,6 +87,10 @@ pub struct Common {
     pub app_id: String,
     #[arg(long, default_value = "bench-secret")]
     pub app_secret: String,
+    /// Connect over TLS (wss://), trusting the certificate authority (or the self-signed
+    /// certificate) in this PEM file: handshakes and memory then include the TLS session.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Write the summary as JSON to this file too.
     #[arg(long)]
     pub json_out: Option<std::path::PathBuf>,
