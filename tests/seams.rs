@@ -324,22 +324,7 @@ fn idle_admin_connections_are_closed() {
 fn undelivered_pushes_are_logged_as_a_tally_with_client_values_escaped() {
     let log = std::env::temp_dir().join(format!("ringway-seams-{}.log", std::process::id()));
     let (ws, admin) = (common::free_port(), common::free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args([
-            "serve",
-            "--listen",
-            &ws.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .args([
-            "--jwt-secret",
-            common::SECRET,
-            "--workers",
-            "2",
-            "--pin-cores",
-            "false",
-        ])
+    let mut child = common::serve_command(ws, admin)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -401,22 +386,7 @@ fn undelivered_pushes_are_logged_as_a_tally_with_client_values_escaped() {
 fn a_node_restarted_on_its_port_starts_while_old_connections_linger() {
     let (ws, admin) = (common::free_port(), common::free_port());
     let start = || {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args([
-                "serve",
-                "--listen",
-                &ws.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args([
-                "--jwt-secret",
-                common::SECRET,
-                "--workers",
-                "2",
-                "--pin-cores",
-                "false",
-            ])
+        let child = common::serve_command(ws, admin)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -105,35 +105,42 @@ pub fn metric_at(admin: SocketAddr, series: &str) -> Option<f64> {
         .ok()
 }
 
+/// `ringway serve` on these addresses with two unpinned cores and the test secret, for tests
+/// that run the process themselves (its output, a restart on the same port).
+pub fn serve_command(ws: SocketAddr, admin: SocketAddr) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway"));
+    cmd.args([
+        "serve",
+        "--listen",
+        &ws.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+    ])
+    .args([
+        "--jwt-secret",
+        SECRET,
+        "--workers",
+        "2",
+        "--pin-cores",
+        "false",
+    ]);
+    cmd
+}
+
 impl Gateway {
     /// Starts a two-core gateway with the test secret plus `extra` flags, and waits until it
     /// answers /healthz and accepts TCP on its client port.
     pub fn start(extra: &[&str]) -> Gateway {
         let ws = free_port();
         let admin = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringway"));
-        cmd.args([
-            "serve",
-            "--listen",
-            &ws.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .args([
-            "--jwt-secret",
-            SECRET,
-            "--workers",
-            "2",
-            "--pin-cores",
-            "false",
-        ])
-        .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("RINGWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        let mut cmd = serve_command(ws, admin);
+        cmd.args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RINGWAY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         let child = cmd.spawn().expect("start ringway");
         let http: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
