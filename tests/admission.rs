@@ -27,13 +27,22 @@ fn upgrade(addr: SocketAddr, source: &str, user: &str) -> (u16, Option<u32>, Tcp
         token(user, "d")
     );
     // A connection over the per-address cap is closed at accept: the write may find it gone.
-    let _ = s.write_all(req.as_bytes());
+    let sent = Instant::now();
+    let wrote = s.write_all(req.as_bytes());
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => break,
+            // No answer: say how it ended, for a failure's record.
+            ended => {
+                common::report(&format!(
+                    "upgrade from {source} as {user}: no answer head ({} bytes): write {wrote:?}, read {ended:?} after {} ms",
+                    head.len(),
+                    sent.elapsed().as_millis()
+                ));
+                break;
+            }
         }
     }
     let head = String::from_utf8_lossy(&head);
