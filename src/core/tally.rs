@@ -6,7 +6,7 @@ use crate::metrics::UndeliveredReason;
 
 use super::shard::Undelivered;
 
-/// One reason's count since the last flush, and the newest push that had it.
+/// One reason's count since the last flush, and the first push that had it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Line {
     pub count: u64,
