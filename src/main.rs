@@ -158,10 +158,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    kafka::set_latency(kafka::Latency {
-        fetch_wait_ms: args.kafka_fetch_wait_ms,
-        linger_ms: args.kafka_linger_ms,
-    });
     let kafka = args.kafka.as_ref().map(|brokers| KafkaConfig {
         brokers: brokers.clone(),
         group: args.kafka_group.clone(),
@@ -169,6 +165,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         undelivered_topic: args.undelivered_topic.clone(),
         presence_topic: args.presence_topic.clone(),
         node_id: node_id.clone(),
+        latency: kafka::Latency {
+            fetch_wait_ms: args.kafka_fetch_wait_ms,
+            linger_ms: args.kafka_linger_ms,
+        },
     });
     let kafka_out = match &kafka {
         Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
@@ -426,6 +426,7 @@ async fn start_consumers(
         } else {
             Membership::Group
         },
+        fetch_wait_ms: cfg.latency.fetch_wait_ms,
     };
     spawn_consumer(node, &cfg.brokers, push_sub, router.clone(), |n| {
         !n.is_draining()
@@ -441,6 +442,7 @@ async fn start_consumers(
             topic: node_topic,
             group: format!("{}.node.{}", cfg.group, node.node_id),
             membership: Membership::All,
+            fetch_wait_ms: cfg.latency.fetch_wait_ms,
         };
         let (n, brokers) = (node.clone(), cfg.brokers.clone());
         tokio::spawn(async move {
@@ -472,6 +474,7 @@ async fn start_consumers(
             topic,
             group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),
             membership: Membership::Group,
+            fetch_wait_ms: cfg.latency.fetch_wait_ms,
         };
         let (n, brokers) = (node.clone(), cfg.brokers.clone());
         tokio::spawn(async move {

@@ -55,6 +55,7 @@ async fn adopt(router: Arc<PushRouter>, brokers: String, group: String, gone: St
         topic: router.kafka.node_topic(&gone),
         group: format!("{group}.node.{gone}"),
         membership: Membership::All,
+        fetch_wait_ms: router.kafka.fetch_wait_ms(),
     };
     info!(node = %gone, topic = %sub.topic, "a node left the fleet: routing what is left in its topic");
     let t0 = Instant::now();

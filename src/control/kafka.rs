@@ -31,8 +31,8 @@ use crate::proto::{PresenceEvent, PushMessage, UndeliveredPush};
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-/// The settings that decide how long a record waits inside librdkafka, fixed once at start for
-/// every client of the process. librdkafka's defaults favour throughput: a fetch is held up to
+/// The settings that decide how long a record waits inside librdkafka (`--kafka-fetch-wait-ms`,
+/// `--kafka-linger-ms`). librdkafka's defaults favour throughput: a fetch is held up to
 /// `fetch.wait.max.ms` = 500 ms for data, which put seconds on the Kafka push path (p50 573 ms
 /// where the HTTP path took 0.4 ms). A broker with records answers at once whatever the wait,
 /// so a short wait costs only empty fetches on an idle topic.
@@ -44,20 +44,6 @@ pub struct Latency {
     pub linger_ms: u32,
 }
 
-static LATENCY: std::sync::OnceLock<Latency> = std::sync::OnceLock::new();
-
-/// Sets the latency knobs; called once before any Kafka client is made.
-pub fn set_latency(l: Latency) {
-    let _ = LATENCY.set(l);
-}
-
-fn latency() -> Latency {
-    *LATENCY.get_or_init(|| Latency {
-        fetch_wait_ms: 10,
-        linger_ms: 1,
-    })
-}
-
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -66,6 +52,7 @@ pub struct KafkaConfig {
     pub undelivered_topic: String,
     pub presence_topic: String,
     pub node_id: String,
+    pub latency: Latency,
 }
 
 /// The gateway's output streams.
@@ -79,7 +66,7 @@ impl KafkaOut {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("message.timeout.ms", "30000")
-            .set("linger.ms", latency().linger_ms.to_string())
+            .set("linger.ms", cfg.latency.linger_ms.to_string())
             .create_with_context(QuietLogs::default())
             .map_err(|e| format!("--kafka {}: {e}", cfg.brokers))?;
         Ok(KafkaOut {
@@ -178,6 +165,11 @@ impl KafkaOut {
 }
 
 impl KafkaOut {
+    /// How long this node's consumers let a fetch wait.
+    pub fn fetch_wait_ms(&self) -> u32 {
+        self.cfg.latency.fetch_wait_ms
+    }
+
     /// The topic another node reads pushes routed to it from.
     pub fn node_topic(&self, node_id: &str) -> String {
         format!("{}.node.{node_id}", self.cfg.push_topic)
@@ -415,6 +407,8 @@ pub struct Subscription {
     pub topic: String,
     pub group: String,
     pub membership: Membership,
+    /// Longest one fetch waits for records (`Latency::fetch_wait_ms`).
+    pub fetch_wait_ms: u32,
 }
 
 /// How a consumer gets its partitions.
@@ -464,7 +458,7 @@ pub async fn consume<F: Future<Output = ()>>(
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "30000")
         .set("topic.metadata.refresh.interval.ms", "2000")
-        .set("fetch.wait.max.ms", latency().fetch_wait_ms.to_string());
+        .set("fetch.wait.max.ms", sub.fetch_wait_ms.to_string());
     let consumer: StreamConsumer<QuietLogs> = config
         .create_with_context(QuietLogs::default())
         .map_err(|e| format!("--kafka {brokers}: {e}"))?;
