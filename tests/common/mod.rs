@@ -244,12 +244,21 @@ impl Gateway {
         metric_at(self.admin, series).unwrap_or_else(|| panic!("no metric {series}"))
     }
 
+    /// Waits for `series` to be exactly `want`; a timeout says the value last read, so an
+    /// overshoot (a re-read) and a stall (a count that never came) are told apart.
     pub fn wait_metric(&self, series: &str, want: f64) {
-        wait_until(
-            &format!("{series} == {want}"),
-            Duration::from_secs(15),
-            || self.metric(series) == want,
-        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let seen = self.metric(series);
+            if seen == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {series} == {want}: it is {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn signal(&self, sig: i32) {
