@@ -423,6 +423,8 @@ async fn start_consumers(
         },
         membership: if located {
             push_topic_share(node.clone())
+        } else if broadcast {
+            Membership::All
         } else {
             Membership::Group
         },

@@ -621,6 +621,10 @@ fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
     }
     f.node(0).wait_metric("ringway_pushes_not_here_total", 2.0);
     std::thread::sleep(Duration::from_millis(500));
+    // Read once each: a group rejoin before the commit would read both again.
+    for i in 0..2 {
+        assert_eq!(f.node(i).metric("ringway_kafka_pushes_total"), 2.0);
+    }
     let b2: Vec<_> = f.reports().into_iter().filter(|r| r.key == "b2").collect();
     assert_eq!(b2.len(), 1, "reported by the lowest id only: {b2:?}");
     assert_eq!(b2[0].node_id, "gw-a");

@@ -416,8 +416,11 @@ pub enum Membership {
     /// Join `group`: the broker balances the partitions among its members.
     Group,
     /// Read every partition by assignment; the group only keeps the committed offsets. For a
-    /// node's own topic, which has one reader at a time by design (the node, or the node
-    /// adopting it while it is gone). As a group member, a node coming back under its id
+    /// topic with one reader per group by design: a node's own topic (the node, or the node
+    /// adopting it while it is gone), and the push topic in broadcast routing, where each
+    /// node's group has the node alone. A one-member group gains nothing from the broker's
+    /// coordination and risks a rejoin that reads again what was handled but not yet
+    /// committed (see the broadcast routing test). As a group member, a node coming back under its id
     /// waited behind the adopter's membership: Tansu never assigned it the partition again,
     /// and the pushes routed to it stayed in its topic. Assigned, it reads on from the
     /// committed offset at once.
