@@ -630,22 +630,42 @@ fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
     assert_eq!(b2[0].node_id, "gw-a");
 }
 
+/// Per DESIGN §5 a drained node exits as soon as it is empty: what is left after its last link
+/// goes (reading its topic to the end, republishing, deregistering) is a few loopback round
+/// trips, not seconds.
 #[test]
-fn draining_a_node_under_push_traffic_loses_nothing() {
+fn draining_a_node_under_push_traffic_loses_nothing_and_exits_once_empty() {
     let mut f = Fleet::start(3, &["--drain-rate", "10"]);
     let users: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
     let audit = f.audited_on(1, &users);
 
+    let mut drained = f.nodes[1].take().unwrap();
+    let (mut signalled, mut empty, mut exited) = (None, None, None);
     let keys = steady_pushes(&f.broker, &users, 300, Duration::from_millis(10), |i| {
         if i == 60 {
-            let (status, _) = f
-                .node(1)
-                .post_as(Some(ADMIN), "/admin/drain", serde_json::json!({}));
-            assert_eq!(status, 202);
+            drained.signal(libc::SIGTERM);
+            signalled = Some(Instant::now());
+        }
+        if signalled.is_none() || exited.is_some() {
+            return;
+        }
+        if let Some(status) = drained.exited() {
+            exited = Some((Instant::now(), status));
+        } else if empty.is_none() && metric_at(drained.admin, "ringway_links") == Some(0.0) {
+            empty = Some(Instant::now());
         }
     });
-    let mut drained = f.nodes[1].take().unwrap();
-    assert!(drained.wait_exit(Duration::from_secs(30)).success());
+    let (exit_at, status) = exited.expect("the drained node exited while pushes flowed");
+    assert!(status.success());
+    let (signalled, empty) = (signalled.unwrap(), empty.expect("its link count reached 0"));
+    let (to_empty, to_exit) = (empty - signalled, exit_at - empty);
+    common::report(&format!(
+        "drain: empty {to_empty:?} after SIGTERM, exited {to_exit:?} after that"
+    ));
+    assert!(
+        to_exit < Duration::from_secs(3),
+        "exited {to_exit:?} after it was empty"
+    );
     let (delivered, _, _) = audit.settle(&f, &keys, Duration::from_secs(90));
     assert!(delivered > 0);
     assert!(

@@ -266,6 +266,11 @@ impl Gateway {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// The exit status if the process has ended, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
