@@ -276,7 +276,10 @@ pub struct ServeArgs {
         default_value = "ringway.undelivered"
     )]
     pub undelivered_topic: String,
-    /// Messages a core's inbox holds (pushes, hand-offs); when full, the push API answers 503.
+    /// Messages a core's inbox holds (pushes, hand-offs, backend answers). When full, what
+    /// has a sender to answer is refused at once (push, kick and redirect APIs: 503; an
+    /// upgrade: 503 with Retry-After); what has none waits, never dropped (pushes read from
+    /// Kafka, backend and store answers).
     #[arg(long, env = "RINGWAY_CORE_INBOX", default_value_t = 65_536)]
     pub core_inbox: usize,
     /// How long a worker core may run ready tasks before it polls for I/O again. Lower keeps

@@ -72,9 +72,10 @@ pub async fn drain(node: Arc<NodeState>, timeout: Duration) {
 /// Closes every link with 1001; the message must get through even to a flooded inbox.
 async fn close_all(node: &NodeState) {
     for core in 0..node.cores.len() {
-        if !node
+        if node
             .send_within(core, CoreMsg::Shutdown, Duration::from_secs(1))
             .await
+            .is_err()
         {
             warn!("a core's inbox stayed full; it will be stopped at exit");
         }

@@ -231,17 +231,23 @@ impl NodeState {
         }
     }
 
-    /// Sends to a core, waiting out a full inbox for at most `limit`; false if it stayed full.
-    pub async fn send_within(&self, core: usize, mut msg: CoreMsg, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
+    /// Sends to a core, waiting out a full inbox for at most `limit`; the message comes back
+    /// if the inbox stayed full.
+    pub async fn send_within(
+        &self,
+        core: usize,
+        mut msg: CoreMsg,
+        limit: Duration,
+    ) -> Result<(), CoreMsg> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             match self.cores[core].send(msg) {
-                Ok(()) => return true,
-                Err(back) if std::time::Instant::now() < deadline => {
+                Ok(()) => return Ok(()),
+                Err(back) if tokio::time::Instant::now() < deadline => {
                     msg = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err(_) => return false,
+                Err(back) => return Err(back),
             }
         }
     }

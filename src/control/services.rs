@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::NodeState;
 use super::kafka::KafkaOut;
@@ -134,13 +134,48 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
     }
 }
 
-/// Answers must reach the core: a dropped answer would leave its messages unanswered until the
-/// client gives up. A full inbox is waited out (briefly) instead.
-async fn deliver(node: &NodeState, core: usize, msg: CoreMsg) {
-    if !node.send_within(core, msg, Duration::from_secs(5)).await {
-        error!(
-            core,
-            "core inbox full for 5s: answers dropped; clients will retry"
+/// Answers must reach the core: they have no sender to refuse (the backend has answered), and
+/// a dropped one would leave its messages claimed and unanswered. A full inbox is waited out,
+/// however long, as the Kafka path waits; only what has a sender to answer (the push API, an
+/// upgrade) is refused at once with 503. The wait is logged every 5 s while it lasts.
+async fn deliver(node: &NodeState, core: usize, mut msg: CoreMsg) {
+    let started = tokio::time::Instant::now();
+    loop {
+        match node.send_within(core, msg, Duration::from_secs(5)).await {
+            Ok(()) => return,
+            Err(back) => {
+                msg = back;
+                warn!(
+                    core,
+                    waited_s = started.elapsed().as_secs(),
+                    "core inbox full: backend answers wait for it"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::inbox;
+
+    /// An answer waits out a full inbox past the 5 s after which it used to be dropped, and
+    /// reaches the core once the core takes messages again.
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_answer_waits_out_a_full_inbox_however_long() {
+        let (core, inbox) = inbox::channel(1).unwrap();
+        let node = NodeState::for_tests(vec![core.clone()]);
+        assert!(
+            core.send(CoreMsg::Shutdown).is_ok(),
+            "the inbox is full now"
         );
+        let answer = CoreMsg::Answered(Box::default());
+        let waiting = tokio::spawn(async move { deliver(&node, 0, answer).await });
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert!(!waiting.is_finished(), "still waiting after 12 s");
+        assert!(matches!(inbox.rx.try_recv(), Ok(CoreMsg::Shutdown)));
+        waiting.await.unwrap();
+        assert!(matches!(inbox.rx.try_recv(), Ok(CoreMsg::Answered(_))));
     }
 }
