@@ -3,6 +3,7 @@
 use prost::Message;
 
 use super::json;
+pub use super::json::DecodeError;
 use crate::proto::Frame;
 
 pub const PROTO_SUBPROTOCOL: &str = "ringway.v1.proto";
@@ -14,16 +15,6 @@ pub enum Codec {
     Proto,
     /// Text WebSocket messages carrying canonical proto3 JSON.
     Json,
-}
-
-/// Why a client's message could not be turned into a [`Frame`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 impl Codec {

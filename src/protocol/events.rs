@@ -5,7 +5,7 @@
 //! transport. Downstream frames keep their acks: a client acks by `POST /send`, exactly as it
 //! would on a WebSocket.
 
-use super::handshake::status_text;
+use super::http::{cors, status_text};
 
 /// What the `retry:` field tells EventSource to wait before it reconnects.
 pub const SSE_RETRY_MS: u32 = 2000;
@@ -50,16 +50,6 @@ pub fn write_batch_item(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
         out.push(b',');
     }
     encode(out);
-}
-
-/// Lets a page on another origin (the demo page on the admin port, say) read the answer. The
-/// origin has already passed the allowlist, so it is echoed back.
-pub(crate) fn cors(out: &mut String, origin: Option<&str>) {
-    if let Some(o) = origin {
-        out.push_str("Access-Control-Allow-Origin: ");
-        out.push_str(o);
-        out.push_str("\r\nVary: Origin\r\n");
-    }
 }
 
 /// The head of an event stream, with the first `retry:` hint. The body ends when the

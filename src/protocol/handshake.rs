@@ -4,6 +4,7 @@
 
 use super::codec::Codec;
 use super::deflate::Agreed;
+use super::http::{cors, status_text};
 
 /// Upper bound for the request head; browsers send well under 2 KiB.
 pub const MAX_REQUEST_BYTES: usize = 8192;
@@ -305,37 +306,13 @@ pub fn accept_response(up: &Upgrade, deflate: Option<&Agreed>, out: &mut Vec<u8>
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-/// The reason phrase of the statuses the gateway answers with.
-pub fn status_text(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    }
-}
-
 /// The complete answer to a refused request; the connection is closed after it. `origin` is set for a browser's request on an HTTP
 /// transport from an allowed origin: without CORS headers its script could not read the status
 /// (401, 429, 503) or the `Retry-After` it needs to back off.
 pub fn reject_response(r: &Reject, origin: Option<&str>) -> Vec<u8> {
     let status_text = status_text(r.status);
     let mut extra = String::new();
-    super::events::cors(&mut extra, origin);
+    cors(&mut extra, origin);
     if origin.is_some() && r.retry_after_s.is_some() {
         extra.push_str("Access-Control-Expose-Headers: Retry-After\r\n");
     }

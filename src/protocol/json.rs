@@ -15,8 +15,18 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use super::codec::DecodeError;
 use crate::proto::{Cmd, Code, Connected, Frame, Node, NodeState};
+
+/// Why a client's message could not be turned into a [`Frame`], by either codec. It lives with
+/// the JSON codec, which has the most ways to fail; `codec` re-exports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 const LENIENT: GeneralPurposeConfig =
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod deflate;
 pub mod events;
 pub mod handshake;
+pub mod http;
 pub mod json;
 pub mod ws;
 
