@@ -1,4 +1,4 @@
-//! One worker core: its shard of links (pure), its timer wheel (pure), and the glommio shell
+//! One worker core: its shard of links (pure, with the timer wheel of `link`), and the glommio shell
 //! that moves bytes between sockets and the shard.
 
 pub mod batcher;
@@ -8,5 +8,4 @@ pub mod readiness;
 pub mod services;
 pub mod shard;
 pub mod tally;
-pub mod timer_wheel;
 pub mod worker;

@@ -14,7 +14,6 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tungstenite::protocol::frame::coding::Control;
 
-use super::timer_wheel::TimerWheel;
 use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
@@ -22,6 +21,7 @@ use crate::link::idem::{Claim, IdemUpdate};
 use crate::link::push::EncodedPush;
 use crate::link::push::Unsettled;
 use crate::link::retry::RetryPolicy;
+use crate::link::timer_wheel::TimerWheel;
 use crate::link::{ConnId, Deflating, Inflight, Link, Wire, close_code};
 use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};

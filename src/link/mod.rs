@@ -6,6 +6,7 @@ pub mod bucket;
 pub mod idem;
 pub mod push;
 pub mod retry;
+pub mod timer_wheel;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,13 +17,13 @@ use std::time::Instant;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::Identity;
-use crate::core::timer_wheel::TimerId;
 use crate::metrics::{CloseReason, CoreMetrics, Transport};
 use crate::proto::Frame;
 use crate::protocol::deflate::LinkDeflate;
 use crate::protocol::{Codec, events, ws};
 use bucket::TokenBucket;
 use push::EncodedPush;
+use timer_wheel::TimerId;
 
 /// Identifies a link within its core for its whole life (never reused).
 pub type ConnId = u64;
