@@ -11,7 +11,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use ringway::auth::{self, Identity, KeySource, Verifier};
-use ringway::cluster::admission::{Admission, Ramp};
 use ringway::cluster::location::Locations;
 use ringway::cluster::nodes::{NodeRecord, RecordState};
 use ringway::cluster::orphans::adopt_orphans;
@@ -23,10 +22,12 @@ use ringway::control::demo::DemoSetup;
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
 use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
 use ringway::control::redis_idem::RedisIdem;
-use ringway::control::routes::{LiveRoutes, LocalBizs};
+use ringway::control::routes::LiveRoutes;
 use ringway::control::services::Remote;
-use ringway::control::tls::TlsFiles;
 use ringway::control::{self, NodeSetup, NodeState};
+use ringway::core::admission::{Admission, Ramp};
+use ringway::core::services::LocalBizs;
+use ringway::core::tls::TlsFiles;
 use ringway::core::{inbox, worker};
 use ringway::metrics::CoreMetrics;
 

@@ -2,7 +2,6 @@
 //! nodes, drain and rebalance. Pure rules (`admission::Ramp`, `nodes`) are tested alone; the
 //! rest are shells on the control thread.
 
-pub mod admission;
 pub mod drain;
 pub mod location;
 pub mod mover;

@@ -13,7 +13,6 @@ pub mod redis_idem;
 pub mod router;
 pub mod routes;
 pub mod services;
-pub mod tls;
 pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -23,10 +22,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::cluster::admission::Admission;
 use crate::cluster::nodes::Fleet;
 use crate::cluster::rebalance::ScaleSetup;
 use crate::cluster::registry::Registry;
+use crate::core::admission::Admission;
 use crate::core::inbox::{CoreHandle, CoreMsg};
 use crate::core::shard::Undelivered;
 use crate::metrics::{CoreMetrics, NodeCounters};
@@ -124,7 +123,7 @@ impl NodeState {
     #[cfg(test)]
     pub fn for_tests(cores: Vec<CoreHandle>) -> NodeState {
         let metrics = cores.iter().map(|_| Arc::default()).collect();
-        let ramp = crate::cluster::admission::Ramp {
+        let ramp = crate::core::admission::Ramp {
             initial: 1000,
             step: 1000,
             interval: Duration::from_secs(1),
@@ -294,7 +293,7 @@ pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_
 
 /// SIGHUP reloads what can be reloaded (the TLS certificate) and never stops the node: a
 /// logrotate or a habitual `systemctl reload` must not drop every user.
-pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<tls::TlsFiles>>) {
+pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<crate::core::tls::TlsFiles>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     while hup.recv().await.is_some() {

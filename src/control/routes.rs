@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
 use super::grpc_backend::GrpcBackend;
+use crate::core::services::LocalBizs;
 
 /// A route as written on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,26 +57,6 @@ pub fn parse_route(s: &str) -> Result<(u64, Target), String> {
     Ok((biz, Target::parse(target.trim())?))
 }
 
-/// Which bizs the cores serve locally; shared read-only by every core.
-#[derive(Debug, Clone, Default)]
-pub struct LocalBizs {
-    default_local: bool,
-    overrides: HashMap<u64, bool>,
-}
-
-impl LocalBizs {
-    pub fn is_local(&self, biz_id: u64) -> bool {
-        self.overrides
-            .get(&biz_id)
-            .copied()
-            .unwrap_or(self.default_local)
-    }
-
-    pub fn all_local(&self) -> bool {
-        self.default_local && self.overrides.values().all(|l| *l)
-    }
-}
-
 /// A resolved route on the control thread.
 #[derive(Clone)]
 pub enum Route {
@@ -113,13 +94,13 @@ impl Routes {
                 .map(|(b, t)| Ok((*b, resolve(t)?)))
                 .collect::<Result<_, String>>()?,
         };
-        let local = LocalBizs {
-            default_local: *default == Target::Loopback,
-            overrides: by_biz
+        let local = LocalBizs::new(
+            *default == Target::Loopback,
+            by_biz
                 .iter()
                 .map(|(b, t)| (*b, *t == Target::Loopback))
                 .collect(),
-        };
+        );
         Ok((routes, local))
     }
 

@@ -11,34 +11,10 @@ use super::NodeState;
 use super::kafka::KafkaOut;
 use super::redis_idem::RedisIdem;
 use super::routes::{LiveRoutes, Route};
-use crate::auth::Identity;
 use crate::cluster::location::Locations;
 use crate::core::inbox::CoreMsg;
-use crate::core::shard::{Undelivered, UpstreamRequest};
-use crate::link::idem::IdemUpdate;
+use crate::core::services::ServiceCall;
 use bytes::Bytes;
-
-pub enum ServiceCall {
-    /// Claim these messages' keys and answer core `core` with `CoreMsg::Claimed`.
-    Claim {
-        core: usize,
-        reqs: Vec<UpstreamRequest>,
-    },
-    /// Store replies / release claims; nothing is answered.
-    Update(Vec<IdemUpdate>),
-    /// Call the backend with one batch (one biz) and answer with `CoreMsg::Answered`.
-    Upstream {
-        core: usize,
-        batch: Vec<UpstreamRequest>,
-    },
-    /// Write these reports to the undelivered topic.
-    Undelivered(Vec<Undelivered>),
-    /// Devices that came online (true) or went offline, for the presence topic.
-    Presence {
-        events: Vec<(Arc<Identity>, bool)>,
-        at_ms: u64,
-    },
-}
 
 /// The services cores may call; each is present when configured.
 #[derive(Clone)]

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::auth::Identity;
-use crate::cluster::admission::Ticket;
+use crate::core::admission::Ticket;
 use crate::core::shard::{BackendError, UpstreamRequest};
 use crate::link::idem::Claim;
 use crate::link::push::Unsettled;

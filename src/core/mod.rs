@@ -1,6 +1,7 @@
 //! One worker core: its shard of links (pure, with the timer wheel of `link`), and the glommio shell
 //! that moves bytes between sockets and the shard.
 
+pub mod admission;
 pub mod batcher;
 pub mod conn;
 pub mod inbox;
@@ -8,4 +9,5 @@ pub mod readiness;
 pub mod services;
 pub mod shard;
 pub mod tally;
+pub mod tls;
 pub mod worker;

@@ -2,6 +2,7 @@
 //! services answer at once (the in-memory store, the loopback backend); the shared store (Redis)
 //! and the gRPC backend answer later, through the control thread and back into the core's inbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,9 +14,60 @@ use super::batcher::{Added, Batcher};
 use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
 use super::tally::Tally;
 use crate::auth::Identity;
-use crate::control::routes::LocalBizs;
-use crate::control::services::ServiceCall;
-use crate::link::idem::{Claim, IdemStore};
+use crate::link::idem::{Claim, IdemStore, IdemUpdate};
+
+/// What a core asks of the control thread. It is the core's outgoing message, so it is
+/// defined here, below the control side that serves it.
+pub enum ServiceCall {
+    /// Claim these messages' keys and answer core `core` with `CoreMsg::Claimed`.
+    Claim {
+        core: usize,
+        reqs: Vec<UpstreamRequest>,
+    },
+    /// Store replies / release claims; nothing is answered.
+    Update(Vec<IdemUpdate>),
+    /// Call the backend with one batch (one biz) and answer with `CoreMsg::Answered`.
+    Upstream {
+        core: usize,
+        batch: Vec<UpstreamRequest>,
+    },
+    /// Write these reports to the undelivered topic.
+    Undelivered(Vec<Undelivered>),
+    /// Devices that came online (true) or went offline, for the presence topic.
+    Presence {
+        events: Vec<(Arc<Identity>, bool)>,
+        at_ms: u64,
+    },
+}
+
+/// Which bizs the cores serve locally; shared read-only by every core.
+#[derive(Debug, Clone, Default)]
+pub struct LocalBizs {
+    default_local: bool,
+    overrides: HashMap<u64, bool>,
+}
+
+impl LocalBizs {
+    /// `default_local`: bizs with no route of their own are served locally; `overrides`: the
+    /// bizs whose route says otherwise.
+    pub fn new(default_local: bool, overrides: HashMap<u64, bool>) -> LocalBizs {
+        LocalBizs {
+            default_local,
+            overrides,
+        }
+    }
+
+    pub fn is_local(&self, biz_id: u64) -> bool {
+        self.overrides
+            .get(&biz_id)
+            .copied()
+            .unwrap_or(self.default_local)
+    }
+
+    pub fn all_local(&self) -> bool {
+        self.default_local && self.overrides.values().all(|l| *l)
+    }
+}
 
 /// What a node does with upstream messages while its shared idempotency store is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
