@@ -10,6 +10,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 scripts/services.sh install
 
 cargo fmt --all -- --check
+# src/ imports only downward through its layers, with no circles.
+python3 scripts/layers.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # The demo page in headless Chromium, and permessage-deflate with a Node client, against the

@@ -11,16 +11,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use ringway::auth::{self, Identity, KeySource, Verifier};
-use ringway::cluster::location::Locations;
-use ringway::cluster::nodes::{NodeRecord, RecordState};
+use ringway::cluster::Lifecycle;
 use ringway::cluster::orphans::adopt_orphans;
 use ringway::cluster::rebalance::{ScaleEvent, ScaleSetup, on_scale_event};
 use ringway::cluster::registry::{EtcdConfig, Registry};
 use ringway::cluster::routing::{Mode, PushRouter, hand_off, push_topic_share};
 use ringway::config::{Cli, Command, PushRouting, ServeArgs};
 use ringway::control::demo::DemoSetup;
+use ringway::control::fleet::{NodeRecord, RecordState};
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
 use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
+use ringway::control::location::Locations;
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::routes::LiveRoutes;
 use ringway::control::services::Remote;
@@ -323,14 +324,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             admin_idle: Duration::from_millis(args.admin_idle_timeout_ms.max(1)),
             admission,
             routes: routes.clone(),
-            registry: registry.clone(),
             kafka: kafka_out.clone(),
             drain_rate: args.drain_rate,
-            scale: ScaleSetup {
-                topic: (!args.etcd.is_empty()).then(|| args.scale_topic.clone()),
-                command: args.scale_up_cmd.clone(),
-                wait: Duration::from_millis(args.scale_up_wait_ms),
-            },
             demo: DemoSetup {
                 ws_port: args.listen.port(),
                 mint_secret: match (&source, args.demo) {
@@ -342,6 +337,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             republish: routing.is_some(),
         },
     ));
+    let scale = Arc::new(ScaleSetup {
+        topic: (!args.etcd.is_empty()).then(|| args.scale_topic.clone()),
+        command: args.scale_up_cmd.clone(),
+        wait: Duration::from_millis(args.scale_up_wait_ms),
+    });
     info!(
         listen = %args.listen,
         admin = %args.admin_listen,
@@ -368,8 +368,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             };
             tokio::spawn(control::services::run(rx, node.clone(), remote));
         }
-        if let Some(registry) = registry {
-            tokio::spawn(registry.run(node.clone()));
+        if let Some(registry) = &registry {
+            tokio::spawn(registry.clone().run(node.clone()));
         }
         tokio::spawn(control::reload_on_hangup(node.clone(), tls.clone()));
         if let (Some(cfg), Some(out)) = (kafka, kafka_out) {
@@ -380,10 +380,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 }
                 Some(PushRouting::Broadcast) => Mode::Broadcast(locations),
             };
-            start_consumers(&node, &cfg, out, mode, started_ms).await?;
+            start_consumers(&node, &cfg, out, mode, scale.topic.clone(), started_ms).await?;
         }
         let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
-        control::run(node, admin, Duration::from_millis(args.shutdown_timeout_ms)).await;
+        let life = Lifecycle {
+            registry,
+            scale,
+            shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+        };
+        ringway::cluster::run(node, admin, life).await;
         Ok::<(), String>(())
     })?;
     // Worker threads hold only links that are closed by now; the process ends here.
@@ -398,13 +403,13 @@ async fn start_consumers(
     cfg: &KafkaConfig,
     out: Arc<KafkaOut>,
     mode: Mode,
+    scale_topic: Option<String>,
     started_ms: u64,
 ) -> Result<(), String> {
     let located = matches!(mode, Mode::Located(_));
     let broadcast = matches!(mode, Mode::Broadcast(_));
     let clustered = located || broadcast;
     let node_topic = out.node_topic(&node.node_id);
-    let scale_topic = node.scale.topic.clone();
     if clustered {
         let mut topics = vec![node_topic.clone()];
         topics.extend(scale_topic.clone());

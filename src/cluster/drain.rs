@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::mover::move_links;
+use super::registry::Registry;
 use crate::control::NodeState;
 use crate::core::inbox::CoreMsg;
 
 /// How many nodes a REDIRECT offers.
 const REDIRECT_CHOICES: usize = 3;
 
-pub async fn drain(node: Arc<NodeState>, timeout: Duration) {
+pub async fn drain(node: Arc<NodeState>, registry: Option<&Registry>, timeout: Duration) {
     let started = Instant::now();
     let deadline = started + timeout;
     info!(links = node.links(), "draining");
@@ -57,7 +58,7 @@ pub async fn drain(node: Arc<NodeState>, timeout: Duration) {
     }
     node.finish_node_topic().await;
     let republished = node.republish_held().await;
-    if let Some(registry) = &node.registry {
+    if let Some(registry) = registry {
         registry.deregister(Duration::from_secs(2)).await;
     }
     info!(

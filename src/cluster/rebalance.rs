@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::mover::move_links;
-use super::nodes::rebalance_count;
 use crate::control::NodeState;
+use crate::control::fleet::rebalance_count;
 
 /// Published on the scale topic (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +102,7 @@ pub async fn on_scale_event(node: Arc<NodeState>, ev: ScaleEvent) {
 /// Handles a webhook: returns what was done, as the JSON answer.
 pub async fn on_alert(
     node: Arc<NodeState>,
+    scale: &ScaleSetup,
     alert: AlertPayload,
 ) -> Result<serde_json::Value, String> {
     if !alert.firing() {
@@ -121,9 +122,9 @@ pub async fn on_alert(
         .collect();
     let new_nodes = if !alert.new_nodes.is_empty() {
         alert.new_nodes
-    } else if let Some(cmd) = &node.scale.command {
+    } else if let Some(cmd) = &scale.command {
         run_scale_up(cmd).await?;
-        wait_for_new(&node, &known).await?
+        wait_for_new(&node, scale.wait, &known).await?
     } else {
         let fleet = node.fleet.read().expect("fleet lock");
         fleet.newer_than(&me).iter().map(|n| n.id.clone()).collect()
@@ -147,7 +148,7 @@ pub async fn on_alert(
             .map_or(0, |d| d.as_millis() as u64),
     };
     let answer = serde_json::json!({ "acted": true, "total_nodes": ev.total_nodes, "new_nodes": ev.new_nodes });
-    match (&node.kafka, &node.scale.topic) {
+    match (&node.kafka, &scale.topic) {
         (Some(kafka), Some(topic)) => {
             let payload = serde_json::to_vec(&ev).expect("an event serializes");
             if !kafka.publish(topic, "scale", &payload).await {
@@ -177,8 +178,12 @@ async fn run_scale_up(cmd: &str) -> Result<(), String> {
 }
 
 /// The nodes that registered since `known` was read, once there is one (or at the timeout).
-async fn wait_for_new(node: &NodeState, known: &BTreeSet<String>) -> Result<Vec<String>, String> {
-    let deadline = Instant::now() + node.scale.wait;
+async fn wait_for_new(
+    node: &NodeState,
+    wait: Duration,
+    known: &BTreeSet<String>,
+) -> Result<Vec<String>, String> {
+    let deadline = Instant::now() + wait;
     loop {
         let new: Vec<String> = node
             .fleet

@@ -15,8 +15,8 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::nodes::{NodeRecord, RecordState};
 use crate::control::NodeState;
+use crate::control::fleet::{NodeRecord, RecordState};
 use crate::control::routes::{Target, parse_route};
 
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ impl Registry {
 /// A working copy of what etcd says, published to the node in one swap.
 #[derive(Default)]
 struct View {
-    fleet: super::nodes::Fleet,
+    fleet: crate::control::fleet::Fleet,
     routes: Vec<(u64, Target)>,
 }
 

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::location::Locations;
 use crate::FastMap;
 use crate::control::kafka::{KafkaOut, Membership};
+use crate::control::location::Locations;
 use crate::control::{NodeState, router};
 use crate::core::inbox::PushJob;
 use crate::core::shard::Undelivered;

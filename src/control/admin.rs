@@ -1,7 +1,7 @@
-//! The admin HTTP API (loopback by default): health, metrics, the push/kick/redirect
-//! operations for embedded mode and simple integrations, and the fleet operations
-//! (`/admin/drain`, `/admin/rebalance`), which always need the admin token. Client errors get a
-//! JSON body that says what was wrong.
+//! The admin HTTP API (loopback by default): health, metrics, and the push/kick/redirect
+//! operations for embedded mode and simple integrations. The fleet operations are routes the
+//! cluster layer adds (`cluster::fleet_api`), checked by [`fleet_op`]. Client errors get a JSON
+//! body that says what was wrong.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,12 +19,16 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{NodeState, push_api, router};
-use crate::cluster::rebalance::{AlertPayload, on_alert};
 use crate::core::inbox::PushJob;
 use crate::metrics;
 use crate::proto::Node;
 
-pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
+/// Serves the API, with `more` (routes of the layers above) beside its own.
+pub async fn serve(
+    node: Arc<NodeState>,
+    listener: tokio::net::TcpListener,
+    more: Router<Arc<NodeState>>,
+) {
     let idle = node.admin_idle;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -33,8 +37,7 @@ pub async fn serve(node: Arc<NodeState>, listener: tokio::net::TcpListener) {
         .route("/v1/push", post(push))
         .route("/v1/kick", post(kick))
         .route("/v1/redirect", post(redirect))
-        .route("/admin/drain", post(drain))
-        .route("/admin/rebalance", post(rebalance))
+        .merge(more)
         .merge(super::demo::routes())
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
@@ -140,7 +143,7 @@ async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
 
 /// A client error: the status and a JSON body saying what was wrong. Boxed because a
 /// `Response` is large and errors are rare.
-struct ApiError(Box<Response>);
+pub struct ApiError(Box<Response>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -148,13 +151,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+pub fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(Box::new(
         (status, axum::Json(json!({ "error": msg.into() }))).into_response(),
     ))
 }
 
-fn accepted(body: serde_json::Value) -> Result<Response, ApiError> {
+pub fn accepted(body: serde_json::Value) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
@@ -181,7 +184,7 @@ fn check_token(token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Fleet operations act on the whole node: they need a configured token, even on loopback.
-fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &node.admin_token {
         Some(t) => check_token(t, headers),
         None => Err(error(
@@ -192,30 +195,6 @@ fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// The body is read (and ignored) so the connection stays usable for the caller's next request.
-async fn drain(
-    State(node): State<Arc<NodeState>>,
-    headers: HeaderMap,
-    _body: Bytes,
-) -> Result<Response, ApiError> {
-    fleet_op(&node, &headers)?;
-    node.drain_requested.notify_one();
-    accepted(json!({ "draining": true, "links": node.links() }))
-}
-
-async fn rebalance(
-    State(node): State<Arc<NodeState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    fleet_op(&node, &headers)?;
-    let alert: AlertPayload = serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))?;
-    match on_alert(node.clone(), alert).await {
-        Ok(done) => accepted(done),
-        Err(e) => Err(error(StatusCode::CONFLICT, e)),
-    }
-}
-
 /// Checks the admin token and that the node still takes work, or answers why not.
 fn admit(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(token) = &node.admin_token {

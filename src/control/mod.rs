@@ -5,9 +5,11 @@
 pub mod admin;
 pub mod breaker;
 pub mod demo;
+pub mod fleet;
 pub mod grpc_backend;
 pub mod kafka;
 pub mod listeners;
+pub mod location;
 pub mod push_api;
 pub mod redis_idem;
 pub mod router;
@@ -22,9 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::cluster::nodes::Fleet;
-use crate::cluster::rebalance::ScaleSetup;
-use crate::cluster::registry::Registry;
+use crate::control::fleet::Fleet;
 use crate::core::admission::Admission;
 use crate::core::inbox::{CoreHandle, CoreMsg};
 use crate::core::shard::Undelivered;
@@ -48,13 +48,11 @@ pub struct NodeState {
     pub routes: Arc<LiveRoutes>,
     /// The fleet as etcd shows it (empty without --etcd).
     pub fleet: RwLock<Fleet>,
-    pub registry: Option<Arc<Registry>>,
     pub kafka: Option<Arc<KafkaOut>>,
     /// Links redirected per second while draining or rebalancing.
     pub drain_rate: u32,
     /// Set by `POST /admin/drain`.
     pub drain_requested: Notify,
-    pub scale: ScaleSetup,
     pub demo: demo::DemoSetup,
     /// `--max-outbound-bytes`: a push whose frame would not fit is refused (413).
     pub max_outbound_bytes: usize,
@@ -81,10 +79,8 @@ pub struct NodeSetup {
     pub admin_idle: Duration,
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
-    pub registry: Option<Arc<Registry>>,
     pub kafka: Option<Arc<KafkaOut>>,
     pub drain_rate: u32,
-    pub scale: ScaleSetup,
     pub demo: demo::DemoSetup,
     pub max_outbound_bytes: usize,
     /// Put a draining node's undelivered pushes back on the push topic (cluster routing).
@@ -105,11 +101,9 @@ impl NodeState {
             admission: s.admission,
             routes: s.routes,
             fleet: RwLock::default(),
-            registry: s.registry,
             kafka: s.kafka,
             drain_rate: s.drain_rate.max(1),
             drain_requested: Notify::new(),
-            scale: s.scale,
             demo: s.demo,
             max_outbound_bytes: s.max_outbound_bytes,
             held: Mutex::new(None),
@@ -142,14 +136,8 @@ impl NodeState {
                 admin_idle: Duration::from_secs(10),
                 admission: Arc::new(Admission::new(ramp, 0, std::time::Instant::now())),
                 routes: Arc::new(routes),
-                registry: None,
                 kafka: None,
                 drain_rate: 1000,
-                scale: ScaleSetup {
-                    topic: None,
-                    command: None,
-                    wait: Duration::from_secs(1),
-                },
                 demo: demo::DemoSetup {
                     ws_port: 0,
                     mint_secret: None,
@@ -279,18 +267,6 @@ impl NodeState {
     }
 }
 
-/// Serves the admin API until SIGTERM/SIGINT or `POST /admin/drain`, then drains the node and
-/// returns once it is empty (or at the timeout).
-pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, shutdown_timeout: Duration) {
-    tokio::spawn(admin::serve(node.clone(), admin));
-    tokio::spawn(watchdog::run(node.clone()));
-    tokio::select! {
-        _ = wait_for_signal() => info!("signal: draining"),
-        _ = node.drain_requested.notified() => info!("drain requested"),
-    }
-    crate::cluster::drain::drain(node, shutdown_timeout).await;
-}
-
 /// SIGHUP reloads what can be reloaded (the TLS certificate) and never stops the node: a
 /// logrotate or a habitual `systemctl reload` must not drop every user.
 pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<crate::core::tls::TlsFiles>>) {
@@ -311,15 +287,5 @@ pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<crate::core:
                 warn!(error = %e, "SIGHUP: TLS reload failed; serving the previous certificate");
             }
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

@@ -9,9 +9,9 @@ use tracing::warn;
 
 use super::NodeState;
 use super::kafka::KafkaOut;
+use super::location::Locations;
 use super::redis_idem::RedisIdem;
 use super::routes::{LiveRoutes, Route};
-use crate::cluster::location::Locations;
 use crate::core::inbox::CoreMsg;
 use crate::core::services::ServiceCall;
 use bytes::Bytes;
