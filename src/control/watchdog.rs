@@ -3,14 +3,19 @@
 //! glommio 0.9's executor loop arms its preemption timer, then runs the task queues; if the
 //! timer has already fired by then (the thread was descheduled for longer than
 //! `--preempt-ms`), it runs nothing, takes that for "no work" and parks in `io_uring_enter`,
-//! to wake only for I/O or a pending timer. The core's one timer, the tick of `timer_loop`,
+//! to wake only for I/O or a pending timer. The core's one timer, the sleep of `timer_loop`,
 //! may be exactly the task left queued: the core then sleeps until some socket happens to
 //! wake it, and every link it owns stalls. Seen in the push bench whenever another thread
 //! shared the server's CPU: stalls of seconds, inboxes filling, pushes reported undelivered
 //! once the clients gave up. (glommio's own fix, a park only when no queue is runnable, is
-//! not in a crates.io release.) Each core's timer loop beats a pulse; a core whose pulse
-//! stands still for `STALL` while its thread sleeps is sent `SIGURG`, whose empty handler
-//! makes `io_uring_enter` return `EINTR`, and the executor's next pass runs what was queued.
+//! not in a crates.io release.)
+//!
+//! A core has no fixed tick: it sleeps until its next deadline, which may be seconds away, so
+//! a still pulse alone says nothing. A core is stalled when its pulse (a beat per pass of its
+//! timer or inbox loop) stands still for `STALL` while it has work it is not doing (messages
+//! in its inbox, or the deadline it went to sleep for already `STALL` past) and its thread
+//! sleeps. It is then sent `SIGURG`, whose empty handler makes `io_uring_enter` return
+//! `EINTR`, and the executor's next pass runs what was queued.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +24,11 @@ use tracing::warn;
 
 use super::NodeState;
 
-/// Five missed ticks: beyond a scheduling hiccup, short enough that links barely notice.
+/// Beyond a scheduling hiccup, short enough that links barely notice.
 const STALL: Duration = Duration::from_millis(50);
-const CHECK: Duration = Duration::from_millis(10);
+/// Two checks per `STALL`: each wakes the control thread, and an idle node's cost is mostly
+/// these wake-ups (at 10 ms they were three quarters of it).
+const CHECK: Duration = Duration::from_millis(25);
 const SIGNAL: libc::c_int = libc::SIGURG;
 
 /// Installs the wake-up signal's handler for the whole process, before the cores start. No
@@ -46,18 +53,21 @@ pub async fn run(node: Arc<NodeState>) {
         node.cores.len(),
         (STALL.as_millis() / CHECK.as_millis()) as u32,
     );
-    let mut every = tokio::time::interval(CHECK);
     loop {
-        every.tick().await;
-        let pulses: Vec<u64> = node.cores.iter().map(|c| c.pulse()).collect();
+        tokio::time::sleep(stalls.next_wait()).await;
+        let now = std::time::Instant::now();
+        let pulses: Vec<(u64, bool)> = node
+            .cores
+            .iter()
+            .map(|c| (c.pulse(), c.has_work(now, STALL)))
+            .collect();
         for (core, checks) in stalls.check(&pulses) {
             // A core that is running (a long burst of work, or starved of CPU) is not stalled.
             let Some(thread) = node.cores[core].thread().filter(|&t| asleep(t)) else {
                 continue;
             };
             node.metrics[core].stall_wakeups.inc();
-            let ms = CHECK.as_millis() as u64 * u64::from(checks);
-            warn!(core, ms, "worker core stalled with work queued: woken");
+            warn!(core, checks, "worker core stalled with work queued: woken");
             // SAFETY: tgkill only sends a signal, to a thread of this process.
             unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, SIGNAL) };
         }
@@ -76,25 +86,44 @@ fn state(stat: &str) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// Which cores' pulses stood still for `patience` checks in a row (again every `patience`
-/// checks while they stay still), with how many checks that makes.
+/// Which cores had work while their pulses stood still for `patience` checks in a row (again
+/// every `patience` checks while that lasts), with how many checks that makes. A core without
+/// work (asleep until a later deadline) is never still, however long its pulse stands.
+///
+/// While no core has work, checks back off from `CHECK` to `IDLE_CHECK`: checking every 25 ms
+/// regardless was most of what an idle node cost. A stall needs work, so the first check that
+/// finds some is at most `IDLE_CHECK` late, and the checks after it are `CHECK` apart again.
 struct Stalls {
     last: Vec<(u64, u32)>,
     patience: u32,
+    wait: Duration,
 }
+
+/// The longest the watchdog waits between checks while every core is idle.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
 
 impl Stalls {
     fn new(cores: usize, patience: u32) -> Stalls {
         Stalls {
             last: vec![(0, 0); cores],
             patience: patience.max(1),
+            wait: CHECK,
         }
     }
 
-    fn check(&mut self, pulses: &[u64]) -> Vec<(usize, u32)> {
+    /// How long to wait before the next check.
+    fn next_wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// `cores`: each core's pulse, and whether it has work now.
+    fn check(&mut self, cores: &[(u64, bool)]) -> Vec<(usize, u32)> {
         let mut stalled = Vec::new();
-        for (core, (&pulse, (last, still))) in pulses.iter().zip(&mut self.last).enumerate() {
-            if pulse != *last {
+        let mut quiet = true;
+        for (core, (&(pulse, work), (last, still))) in cores.iter().zip(&mut self.last).enumerate()
+        {
+            quiet &= !work;
+            if pulse != *last || !work {
                 (*last, *still) = (pulse, 0);
                 continue;
             }
@@ -103,6 +132,11 @@ impl Stalls {
                 stalled.push((core, *still));
             }
         }
+        self.wait = if quiet {
+            (self.wait * 2).min(IDLE_CHECK)
+        } else {
+            CHECK
+        };
         stalled
     }
 }
@@ -119,21 +153,12 @@ mod tests {
     }
 
     #[test]
-    fn a_still_pulse_is_reported_after_patience_and_again_while_it_stays_still() {
+    fn a_still_pulse_with_work_is_reported_after_patience_and_again_while_it_stays_still() {
         let mut s = Stalls::new(2, 3);
         let mut reports = Vec::new();
-        for pulses in [
-            [1, 1],
-            [1, 2],
-            [1, 3],
-            [1, 4],
-            [1, 5],
-            [1, 6],
-            [1, 6],
-            [2, 6],
-            [3, 6],
-        ] {
-            reports.push(s.check(&pulses));
+        for pulses in [1, 2, 3, 4, 5, 6, 6, 6, 6] {
+            // Core 0 has work and never beats; core 1 beats until it too stands still.
+            reports.push(s.check(&[(1, true), (pulses, true)]));
         }
         let expected: [&[(usize, u32)]; 9] = [
             &[], // both moved from their start
@@ -143,9 +168,41 @@ mod tests {
             &[],
             &[],
             &[(0, 6)], // still stalled: reported again
-            &[],       // core 0 beats again: its count restarts
+            &[],
             &[(1, 3)], // core 1 stood still since the sixth check
         ];
         assert_eq!(reports, expected);
+    }
+
+    #[test]
+    fn checks_back_off_while_no_core_has_work_and_tighten_when_one_has() {
+        let mut s = Stalls::new(2, 2);
+        assert_eq!(s.next_wait(), CHECK);
+        let waits: Vec<_> = (0..5)
+            .map(|_| {
+                s.check(&[(1, false), (1, false)]);
+                s.next_wait().as_millis()
+            })
+            .collect();
+        assert_eq!(waits, [50, 100, 200, 200, 200]);
+        s.check(&[(2, false), (1, false)]);
+        assert_eq!(
+            s.next_wait().as_millis(),
+            200,
+            "a beat without work is no reason"
+        );
+        s.check(&[(2, false), (1, true)]);
+        assert_eq!(s.next_wait(), CHECK, "work");
+    }
+
+    #[test]
+    fn a_core_asleep_until_its_deadline_is_not_stalled_however_long() {
+        let mut s = Stalls::new(1, 3);
+        for _ in 0..100 {
+            assert!(s.check(&[(7, false)]).is_empty());
+        }
+        // Its deadline passes and it does not wake: now it counts.
+        let reports: Vec<_> = (0..3).map(|_| s.check(&[(7, true)])).collect();
+        assert_eq!(reports[2], [(0, 3)]);
     }
 }

@@ -3,15 +3,16 @@
 //! Any thread may send (the control thread, other cores). Senders only `try_send`, never block,
 //! and ring the doorbell only when the core has said it is about to sleep, so a busy core drains
 //! batches with no wake-up cost. The doorbell is a socketpair: its read end is an ordinary
-//! glommio stream, so waiting on it is one io_uring poll. Beside it sit the core's pulse and
-//! thread id, by which `control::watchdog` tells a parked core from a working one.
+//! glommio stream, so waiting on it is one io_uring poll. Beside it sit the core's pulse, the
+//! deadline it sleeps until and its thread id, by which `control::watchdog` tells a parked core
+//! from a working one and from one asleep on purpose.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -86,8 +87,12 @@ pub struct PushJob {
 struct Doorbell {
     writer: StdUnixStream,
     sleeping: AtomicBool,
-    /// Beats of the core's timer loop, for `control::watchdog`.
+    /// Passes of the core's timer and inbox loops, for `control::watchdog`.
     pulse: AtomicU64,
+    /// Milliseconds from `origin` to the deadline the core's timer sleeps until (`u64::MAX`:
+    /// none), so the watchdog tells a core asleep on purpose from one past its deadline.
+    due_ms: AtomicU64,
+    origin: Instant,
     /// The core's OS thread id (0 until the core starts), for the watchdog's wake-up signal.
     thread: AtomicI32,
 }
@@ -115,6 +120,8 @@ pub fn channel(capacity: usize) -> std::io::Result<(CoreHandle, Inbox)> {
         writer,
         sleeping: AtomicBool::new(false),
         pulse: AtomicU64::new(0),
+        due_ms: AtomicU64::new(u64::MAX),
+        origin: Instant::now(),
         thread: AtomicI32::new(0),
     });
     Ok((
@@ -150,13 +157,31 @@ impl CoreHandle {
         self.bell.thread.store(unsafe { libc::gettid() }, Relaxed);
     }
 
-    /// The core's timer loop says it ran.
+    /// The core's timer or inbox loop says it ran.
     pub fn beat(&self) {
         self.bell.pulse.fetch_add(1, Relaxed);
     }
 
     pub fn pulse(&self) -> u64 {
         self.bell.pulse.load(Relaxed)
+    }
+
+    /// The core's timer says when it wakes next (`None`: only for I/O or a message).
+    pub fn sleeps_until(&self, due: Option<Instant>) {
+        let ms = due.map_or(u64::MAX, |d| {
+            d.saturating_duration_since(self.bell.origin).as_millis() as u64
+        });
+        self.bell.due_ms.store(ms, Relaxed);
+    }
+
+    /// Whether the core has work it should be doing by `now`: messages queued, or its timer's
+    /// deadline passed more than `grace` ago. A core sleeping until a later deadline with an
+    /// empty inbox has none.
+    pub fn has_work(&self, now: Instant, grace: Duration) -> bool {
+        let due = self.bell.due_ms.load(Relaxed);
+        let late = due != u64::MAX
+            && now.saturating_duration_since(self.bell.origin) > Duration::from_millis(due) + grace;
+        late || !self.tx.is_empty()
     }
 
     pub fn thread(&self) -> Option<i32> {

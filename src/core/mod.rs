@@ -2,6 +2,7 @@
 //! that moves bytes between sockets and the shard.
 
 pub mod admission;
+pub mod alarm;
 pub mod batcher;
 pub mod conn;
 pub mod inbox;

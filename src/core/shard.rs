@@ -183,6 +183,8 @@ fn inflate(
 }
 
 const TICK: Duration = Duration::from_millis(10);
+/// The coarsest rounding of a liveness check (see `Shard::next_liveness`).
+const LIVENESS_GRAIN: Duration = Duration::from_millis(250);
 /// A closing link gets this long to take its close frame before its socket is dropped.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
@@ -430,11 +432,8 @@ impl Shard {
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);
         }
-        let jitter = self.jitter();
-        link.liveness = Some(self.wheel.insert(
-            now + self.cfg.heartbeat_interval().mul_f64(jitter),
-            TimerEvent::Liveness(conn),
-        ));
+        let check = self.next_liveness(now);
+        link.liveness = Some(self.wheel.insert(check, TimerEvent::Liveness(conn)));
         self.links.insert(conn, link);
         let users = self.users.entry(who.biz_id).or_default();
         users
@@ -857,8 +856,17 @@ impl Shard {
         }
     }
 
-    pub fn has_timers(&self) -> bool {
-        !self.wheel.is_empty()
+    /// When [`Shard::tick`] next has work: the earliest pending deadline. The shell sleeps until
+    /// then (an idle core wakes only for its links' own deadlines), as quinn-proto's
+    /// `poll_timeout` lets its caller arm a single timer.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.wheel.next_deadline()
+    }
+
+    /// No deadline is earlier than this; cheap, for asking after every event whether a timer
+    /// armed for [`Shard::poll_timeout`] must fire sooner.
+    pub fn timeout_floor(&self) -> Option<Instant> {
+        self.wheel.earliest()
     }
 
     fn retransmit(&mut self, conn: ConnId, seq: u64, now: Instant) {
@@ -895,10 +903,19 @@ impl Shard {
         self.check_backlog(conn, now);
     }
 
+    /// When a link's next liveness check is due: a jittered interval from now, rounded up to a
+    /// grain every link of the core shares, so an idle core wakes once for many links' pings
+    /// rather than once per link. The idle close itself is not rounded.
+    fn next_liveness(&mut self, now: Instant) -> Instant {
+        let interval = self.cfg.heartbeat_interval();
+        let at = now + interval.mul_f64(self.jitter());
+        self.wheel.round_up(at, (interval / 8).min(LIVENESS_GRAIN))
+    }
+
     fn liveness(&mut self, conn: ConnId, now: Instant) {
         let timeout = self.cfg.heartbeat_timeout;
         let interval = self.cfg.heartbeat_interval();
-        let next = now + interval.mul_f64(self.jitter());
+        let next = self.next_liveness(now);
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };

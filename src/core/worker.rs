@@ -15,6 +15,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
 use tracing::{debug, warn};
 
+use super::alarm::Alarm;
 use super::batcher::Batcher;
 use super::conn::{Conn, Socket};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
@@ -82,6 +83,8 @@ struct Worker {
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
     readiness: Rc<Readiness>,
+    /// The timer loop's sleep, pulled in by events that schedule something sooner.
+    alarm: Alarm,
 }
 
 pub async fn run(setup: WorkerSetup) {
@@ -122,6 +125,7 @@ pub async fn run(setup: WorkerSetup) {
         metrics: setup.metrics,
         next_conn: Cell::new(1),
         readiness: readiness.clone(),
+        alarm: Alarm::default(),
     });
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
@@ -618,6 +622,7 @@ impl Worker {
         if !undelivered.is_empty() {
             self.services.borrow_mut().report(undelivered);
         }
+        self.alarm.pull_in(shard.timeout_floor());
     }
 
     /// Runs `f` on the services and the shard after `wait` (without one, once the other ready
@@ -757,6 +762,7 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
         if handled > 0 {
             // One settle for the whole batch of messages.
             w.after_events(Instant::now());
+            w.peers[w.index].beat();
         }
         w.metrics
             .inbox_depth
@@ -771,30 +777,36 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
     }
 }
 
-/// Drives the shard's timer wheel while it has timers, and publishes latency figures.
+/// How often a core publishes its latency figures, flushes its log tally and counts its store's
+/// evictions, whatever else it does.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Runs the shard's timers when they are due and the housekeeping once a second, sleeping in
+/// between until the earlier of the two (see [`Alarm`]).
 async fn timer_loop(w: Rc<Worker>) {
-    let tick = Duration::from_millis(10);
-    let mut last_publish = Instant::now();
+    let me = &w.peers[w.index];
+    let mut housekeeping = Instant::now() + HOUSEKEEPING;
     loop {
-        glommio::timer::sleep(tick).await;
-        w.peers[w.index].beat();
+        me.beat();
         let now = Instant::now();
         {
             let mut shard = w.shard.borrow_mut();
-            if shard.has_timers() {
-                shard.tick(now);
-            }
-            if now.duration_since(last_publish) >= Duration::from_secs(1) {
+            shard.tick(now);
+            if now >= housekeeping {
                 shard.publish_latencies();
                 w.services.borrow_mut().log_tally();
                 let evicted = w.services.borrow().local.evicted();
                 w.metrics
                     .idem_evictions
                     .store(evicted, std::sync::atomic::Ordering::Relaxed);
-                last_publish = now;
+                housekeeping = now + HOUSEKEEPING;
             }
         }
         w.after_events(now);
+        let next = w.shard.borrow_mut().poll_timeout();
+        let due = next.map_or(housekeeping, |d| d.min(housekeeping));
+        me.sleeps_until(Some(due));
+        w.alarm.sleep_until(due).await;
     }
 }
 

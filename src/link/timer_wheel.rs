@@ -33,6 +33,10 @@ pub struct TimerWheel<T> {
     entries: Vec<Entry<T>>,
     free: Vec<u32>,
     len: usize,
+    /// No pending deadline is earlier than this tick: exact after [`TimerWheel::next_deadline`],
+    /// lowered by every insert, left alone by fires and cancels (so it may be early, never
+    /// late).
+    floor: u64,
 }
 
 impl<T> TimerWheel<T> {
@@ -48,6 +52,7 @@ impl<T> TimerWheel<T> {
             entries: Vec::new(),
             free: Vec::new(),
             len: 0,
+            floor: u64::MAX,
         }
     }
 
@@ -90,6 +95,7 @@ impl<T> TimerWheel<T> {
         }
         self.slots[slot] = index;
         self.len += 1;
+        self.floor = self.floor.min(deadline);
         TimerId { index, generation }
     }
 
@@ -124,6 +130,58 @@ impl<T> TimerWheel<T> {
             }
         }
         self.current = target + 1;
+    }
+
+    /// When the earliest pending timer is due: the instant from which [`TimerWheel::advance`]
+    /// fires it. A core sleeps until then instead of ticking. Walks one turn of slots from the
+    /// current tick; only if no timer falls within that turn, every entry.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if self.len == 0 {
+            self.floor = u64::MAX;
+            return None;
+        }
+        let turn = self.slots.len() as u64;
+        let within = (self.current..self.current + turn).find(|&tick| {
+            let mut i = self.slots[self.slot_of(tick)];
+            while i != NIL {
+                let e = &self.entries[i as usize];
+                if e.deadline == tick {
+                    return true;
+                }
+                i = e.next;
+            }
+            false
+        });
+        let tick = within.unwrap_or_else(|| {
+            self.entries
+                .iter()
+                .filter(|e| e.payload.is_some())
+                .map(|e| e.deadline)
+                .min()
+                .expect("a non-empty wheel has a live entry")
+        });
+        self.floor = tick;
+        Some(self.at(tick))
+    }
+
+    /// No pending timer is due before this: exact after [`TimerWheel::next_deadline`], and
+    /// lowered by every insert since. Cheap, for asking after every event whether a sleeping
+    /// core must wake sooner than it planned.
+    pub fn earliest(&self) -> Option<Instant> {
+        (self.len > 0).then(|| self.at(self.floor.max(self.current)))
+    }
+
+    /// `at`, rounded up to the next multiple of `grain` counted from the wheel's origin: timers
+    /// rounded alike fire on one tick, so a core wakes once for all of them.
+    pub fn round_up(&self, at: Instant, grain: Duration) -> Instant {
+        let grain = grain.as_nanos().max(1);
+        let since = at.saturating_duration_since(self.origin).as_nanos();
+        let rounded = since.div_ceil(grain).saturating_mul(grain);
+        self.origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+    }
+
+    fn at(&self, tick: u64) -> Instant {
+        self.origin + Duration::from_nanos((self.tick.as_nanos() as u64).saturating_mul(tick))
     }
 
     fn slot_of(&self, tick: u64) -> usize {
@@ -228,5 +286,50 @@ mod tests {
         w.insert(t0, 5);
         assert_eq!(fired(&mut w, t0 + 100 * MS), Vec::<u32>::new());
         assert_eq!(fired(&mut w, t0 + 110 * MS), vec![5]);
+    }
+
+    #[test]
+    fn rounding_up_shares_a_grain_counted_from_the_origin() {
+        let t0 = Instant::now();
+        let w = wheel(t0);
+        let grain = 250 * MS;
+        assert_eq!(w.round_up(t0 + 1 * MS, grain), t0 + 250 * MS);
+        assert_eq!(w.round_up(t0 + 249 * MS, grain), t0 + 250 * MS);
+        assert_eq!(
+            w.round_up(t0 + 250 * MS, grain),
+            t0 + 250 * MS,
+            "never later than needed"
+        );
+        assert_eq!(w.round_up(t0 + 251 * MS, grain), t0 + 500 * MS);
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_first_tick_that_fires_something() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0); // one turn = 80ms
+        assert_eq!(w.next_deadline(), None);
+        w.insert(t0 + 200 * MS, 7); // beyond the turn
+        assert_eq!(w.next_deadline(), Some(t0 + 200 * MS));
+        w.insert(t0 + 35 * MS, 8); // fires from the 40 ms tick
+        assert_eq!(w.earliest(), Some(t0 + 40 * MS), "an insert lowers it");
+        assert_eq!(w.next_deadline(), Some(t0 + 40 * MS));
+        assert_eq!(fired(&mut w, t0 + 39 * MS), Vec::<u32>::new());
+        assert_eq!(fired(&mut w, t0 + 40 * MS), vec![8]);
+        assert_eq!(
+            w.earliest(),
+            Some(t0 + 50 * MS),
+            "early after a fire, never late"
+        );
+        assert_eq!(w.next_deadline(), Some(t0 + 200 * MS));
+        let id = w.insert(t0 + 60 * MS, 9);
+        w.cancel(id);
+        assert_eq!(
+            w.next_deadline(),
+            Some(t0 + 200 * MS),
+            "a cancelled timer is not due"
+        );
+        assert_eq!(fired(&mut w, t0 + 200 * MS), vec![7]);
+        assert_eq!(w.next_deadline(), None);
+        assert_eq!(w.earliest(), None);
     }
 }
