@@ -1,5 +1,3 @@
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -7,25 +5,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::TryRngCore;
-use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
 use ringway::auth::{self, Identity, KeySource, Verifier};
-use ringway::cluster::Lifecycle;
-use ringway::cluster::orphans::adopt_orphans;
-use ringway::cluster::rebalance::{ScaleEvent, ScaleSetup, on_scale_event};
+use ringway::cluster::rebalance::ScaleSetup;
 use ringway::cluster::registry::{EtcdConfig, Registry};
-use ringway::cluster::routing::{Mode, PushRouter, hand_off, push_topic_share};
+use ringway::cluster::routing::Mode;
+use ringway::cluster::{Lifecycle, consumers};
 use ringway::config::{Cli, Command, PushRouting, ServeArgs};
 use ringway::control::demo::DemoSetup;
 use ringway::control::fleet::{NodeRecord, RecordState};
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
-use ringway::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
+use ringway::control::kafka::{self, KafkaConfig, KafkaOut};
 use ringway::control::location::Locations;
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::routes::LiveRoutes;
 use ringway::control::services::Remote;
-use ringway::control::{self, NodeSetup, NodeState};
+use ringway::control::{self, NodeSetup, NodeState, listeners};
 use ringway::core::admission::{Admission, Ramp};
 use ringway::core::services::LocalBizs;
 use ringway::core::tls::TlsFiles;
@@ -113,7 +109,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         args.jwt_audience.as_deref(),
     )?);
 
-    let cpus = allowed_cpus();
+    let cpus = worker::allowed_cpus();
     let workers = args.workers.unwrap_or(cpus.len()).max(1);
     let node_id = args
         .node_id
@@ -125,9 +121,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 .unwrap_or_else(|_| "ringway".into())
         });
 
-    refuse_if_taken(args.listen)?;
+    listeners::refuse_if_taken(args.listen)?;
     let listeners = (0..workers)
-        .map(|_| bind_reuseport(args.listen))
+        .map(|_| listeners::bind_reuseport(args.listen))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let admin = std::net::TcpListener::bind(args.admin_listen)
@@ -380,7 +376,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 }
                 Some(PushRouting::Broadcast) => Mode::Broadcast(locations),
             };
-            start_consumers(&node, &cfg, out, mode, scale.topic.clone(), started_ms).await?;
+            consumers::start(&node, &cfg, out, mode, scale.topic.clone(), started_ms).await?;
         }
         let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| e.to_string())?;
         let life = Lifecycle {
@@ -392,202 +388,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         Ok::<(), String>(())
     })?;
     // Worker threads hold only links that are closed by now; the process ends here.
-    shut_every_socket();
+    listeners::shut_every_socket();
     std::process::exit(0);
-}
-
-/// Starts the Kafka consumers: the push topic (shared by the fleet, or per node in broadcast
-/// routing), the node's own topic (pushes other nodes routed here) and the scale events.
-async fn start_consumers(
-    node: &Arc<NodeState>,
-    cfg: &KafkaConfig,
-    out: Arc<KafkaOut>,
-    mode: Mode,
-    scale_topic: Option<String>,
-    started_ms: u64,
-) -> Result<(), String> {
-    let located = matches!(mode, Mode::Located(_));
-    let broadcast = matches!(mode, Mode::Broadcast(_));
-    let clustered = located || broadcast;
-    let node_topic = out.node_topic(&node.node_id);
-    if clustered {
-        let mut topics = vec![node_topic.clone()];
-        topics.extend(scale_topic.clone());
-        kafka::ensure_topics(&cfg.brokers, &topics).await?;
-    }
-    let router = Arc::new(PushRouter {
-        node: node.clone(),
-        kafka: out,
-        mode,
-    });
-    let push_sub = Subscription {
-        topic: cfg.push_topic.clone(),
-        group: if broadcast {
-            format!("{}.{}", cfg.group, node.node_id)
-        } else {
-            cfg.group.clone()
-        },
-        membership: if located {
-            push_topic_share(node.clone())
-        } else if broadcast {
-            Membership::All
-        } else {
-            Membership::Group
-        },
-        fetch_wait_ms: cfg.latency.fetch_wait_ms,
-    };
-    spawn_consumer(node, &cfg.brokers, push_sub, router.clone(), |n| {
-        !n.is_draining()
-    });
-    if located {
-        tokio::spawn(adopt_orphans(
-            router.clone(),
-            cfg.brokers.clone(),
-            cfg.group.clone(),
-        ));
-        node.node_topic_started();
-        let sub = Subscription {
-            topic: node_topic,
-            group: format!("{}.node.{}", cfg.group, node.node_id),
-            membership: Membership::All,
-            fetch_wait_ms: cfg.latency.fetch_wait_ms,
-        };
-        let (n, brokers) = (node.clone(), cfg.brokers.clone());
-        tokio::spawn(async move {
-            let handle = |bytes: Vec<u8>, unsettled| {
-                let n = n.clone();
-                async move {
-                    if let Some(push) = kafka::decode_push(&n, &bytes) {
-                        let mut users = push.user_ids.clone();
-                        if !push.user_id.is_empty() {
-                            users.push(push.user_id.clone());
-                        }
-                        hand_off(&n, &push, users, true, &unsettled).await;
-                    }
-                }
-            };
-            if let Err(e) =
-                kafka::consume(&brokers, &sub, || n.node_topic_keep_consuming(), handle).await
-            {
-                tracing::error!(error = %e, "node-topic consumer stopped");
-            }
-            n.node_topic_finished();
-        });
-    }
-    if let (true, Some(topic)) = (clustered, scale_topic) {
-        // A group per process start, reading from the start but acting only on events newer
-        // than the process: a restarted node must not act on scale-ups it slept through, and
-        // one published while this consumer was still joining must not be missed.
-        let sub = Subscription {
-            topic,
-            group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),
-            membership: Membership::Group,
-            fetch_wait_ms: cfg.latency.fetch_wait_ms,
-        };
-        let (n, brokers) = (node.clone(), cfg.brokers.clone());
-        tokio::spawn(async move {
-            let handle = |bytes: Vec<u8>, _| {
-                match serde_json::from_slice::<ScaleEvent>(&bytes) {
-                    Ok(ev) if ev.at_ms < started_ms => {}
-                    Ok(ev) => {
-                        tokio::spawn(on_scale_event(n.clone(), ev));
-                    }
-                    Err(e) => warn!(error = %e, "ignoring a scale event that is not JSON"),
-                }
-                std::future::ready(())
-            };
-            if let Err(e) = kafka::consume(&brokers, &sub, || !n.is_draining(), handle).await {
-                tracing::error!(error = %e, "scale-event consumer stopped");
-            }
-        });
-    }
-    Ok(())
-}
-
-fn spawn_consumer(
-    node: &Arc<NodeState>,
-    brokers: &str,
-    sub: Subscription,
-    router: Arc<PushRouter>,
-    keep_going: fn(&NodeState) -> bool,
-) {
-    let (n, brokers) = (node.clone(), brokers.to_owned());
-    tokio::spawn(async move {
-        let handle = |bytes: Vec<u8>, unsettled| {
-            let (n, router) = (n.clone(), router.clone());
-            async move {
-                if let Some(push) = kafka::decode_push(&n, &bytes) {
-                    router.route(push, &unsettled).await;
-                }
-            }
-        };
-        if let Err(e) = kafka::consume(&brokers, &sub, || keep_going(&n), handle).await {
-            tracing::error!(error = %e, "push consumer stopped");
-        }
-    });
-}
-
-/// SO_REUSEPORT is for this node's own cores: a second process on the same address would take
-/// a share of the upgrades unseen.
-fn refuse_if_taken(addr: SocketAddr) -> Result<(), String> {
-    if control::listeners::someone_listens(addr) {
-        return Err(format!(
-            "cannot listen on {addr}: another process already listens there (is another ringway running?)"
-        ));
-    }
-    Ok(())
-}
-
-/// Ends every socket of the process before it exits. The cores' sockets have requests in flight
-/// on their io_uring rings, and a ring keeps its sockets alive past the process while those are
-/// pending: the listeners stayed in LISTEN (in the port's reuseport group, never accepting
-/// again) and connections still in their handshake stayed open for as long as their clients
-/// did, so a node restarted on the port would have shared it with a dead one, and those clients
-/// never heard the node was gone. shutdown(2) ends a socket whoever still holds it.
-fn shut_every_socket() {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    for fd in fds
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-    {
-        // SAFETY: fstat and shutdown on an fd number of our own; a number that is not a socket
-        // (or was closed meanwhile) is skipped or makes shutdown fail harmlessly.
-        unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
-                libc::shutdown(fd, libc::SHUT_RDWR);
-            }
-        }
-    }
-}
-
-/// One listening socket per worker core on the same address: the kernel spreads new
-/// connections across them.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<OwnedFd> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
-
-/// The CPUs this process may run on, so `taskset` decides where workers are pinned.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity writes into the zeroed set we own.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-                .filter(|c| libc::CPU_ISSET(*c, &set))
-                .collect();
-            if !cpus.is_empty() {
-                return cpus;
-            }
-        }
-    }
-    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }

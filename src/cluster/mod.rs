@@ -2,6 +2,7 @@
 //! drain and rebalance, and the node's life from serving to exit. The fleet's view and the
 //! location registry, which the control side reads, live there; this layer acts on them.
 
+pub mod consumers;
 pub mod drain;
 pub mod fleet_api;
 pub mod mover;

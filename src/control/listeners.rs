@@ -1,4 +1,5 @@
-//! Whether another process already listens on the address this node is about to take.
+//! The node's sockets as a whole: the client port's listeners (one per core), whether another
+//! process already listens there, and ending every socket at exit.
 //!
 //! The worker cores bind the client port with SO_REUSEPORT, which would let a second node (a
 //! stray `ringway serve`, a unit started twice) bind beside the first and take a share of its
@@ -8,6 +9,9 @@
 //! in LISTEN state on the port counts.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// TCP state LISTEN in `/proc/net/tcp*`.
 const LISTEN: &str = "0A";
@@ -52,6 +56,54 @@ pub fn someone_listens(addr: SocketAddr) -> bool {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .any(|path| std::fs::read_to_string(path).is_ok_and(|table| listed(&table, addr)))
+}
+
+/// SO_REUSEPORT is for this node's own cores: a second process on the same address would take
+/// a share of the upgrades unseen.
+pub fn refuse_if_taken(addr: SocketAddr) -> Result<(), String> {
+    if someone_listens(addr) {
+        return Err(format!(
+            "cannot listen on {addr}: another process already listens there (is another ringway running?)"
+        ));
+    }
+    Ok(())
+}
+
+/// Ends every socket of the process before it exits. The cores' sockets have requests in flight
+/// on their io_uring rings, and a ring keeps its sockets alive past the process while those are
+/// pending: the listeners stayed in LISTEN (in the port's reuseport group, never accepting
+/// again) and connections still in their handshake stayed open for as long as their clients
+/// did, so a node restarted on the port would have shared it with a dead one, and those clients
+/// never heard the node was gone. shutdown(2) ends a socket whoever still holds it.
+pub fn shut_every_socket() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in fds
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        // SAFETY: fstat and shutdown on an fd number of our own; a number that is not a socket
+        // (or was closed meanwhile) is skipped or makes shutdown fail harmlessly.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+/// One listening socket per worker core on the same address: the kernel spreads new
+/// connections across them.
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
