@@ -14,6 +14,8 @@ use crate::link::retry::RetryPolicy;
 use crate::protocol::body_crypt::BodyKeys;
 use crate::protocol::deflate::DeflatePolicy;
 
+mod setups;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ringway",

@@ -1,30 +1,24 @@
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
-use rand::TryRngCore;
-use tracing::{info, warn};
+use tracing::info;
 
-use ringway::auth::{self, Identity, KeySource, Verifier};
-use ringway::cluster::rebalance::ScaleSetup;
-use ringway::cluster::registry::{EtcdConfig, Registry};
+use ringway::auth::{self, Identity, Verifier};
+use ringway::cluster::registry::Registry;
 use ringway::cluster::routing::Mode;
 use ringway::cluster::{Lifecycle, consumers};
 use ringway::config::{Cli, Command, PushRouting, ServeArgs};
-use ringway::control::demo::DemoSetup;
-use ringway::control::fleet::{NodeRecord, RecordState};
 use ringway::control::grpc_backend::{GrpcBackend, GrpcConfig};
-use ringway::control::kafka::{self, KafkaConfig, KafkaOut};
+use ringway::control::kafka::KafkaOut;
 use ringway::control::location::Locations;
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::routes::LiveRoutes;
 use ringway::control::services::Remote;
-use ringway::control::{self, NodeSetup, NodeState, listeners};
-use ringway::core::admission::{Admission, Ramp};
+use ringway::control::{self, NodeState, listeners};
 use ringway::core::services::LocalBizs;
-use ringway::core::tls::TlsFiles;
 use ringway::core::{inbox, worker};
 use ringway::metrics::CoreMetrics;
 
@@ -76,33 +70,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     // the commands the node runs.)
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
-    let source = match (&args.jwt_secret, &args.jwt_public_key) {
-        (Some(s), _) => KeySource::Secret(s.as_bytes().to_vec()),
-        (None, Some(path)) => KeySource::PublicKeyPem(
-            std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
-        ),
-        (None, None) => {
-            // No shared key is ever built in: a fresh one per process, shown once.
-            let mut raw = [0u8; 24];
-            rand::rngs::OsRng
-                .try_fill_bytes(&mut raw)
-                .map_err(|e| e.to_string())?;
-            let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            let who = Identity {
-                biz_id: 1,
-                user_id: "demo".into(),
-                device_id: "default".into(),
-            };
-            let sample = auth::mint_hs256(secret.as_bytes(), &who, 86_400);
-            warn!(
-                jwt_secret = %secret,
-                sample_token = %sample,
-                "no --jwt-secret or --jwt-public-key: using a random development secret; \
-                 mint tokens with `ringway token --jwt-secret <secret> --user <id>`"
-            );
-            KeySource::Secret(secret.into_bytes())
-        }
-    };
+    let source = args.key_source()?;
     let verifier = Arc::new(Verifier::new(
         &source,
         args.jwt_issuer.as_deref(),
@@ -111,15 +79,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
     let cpus = worker::allowed_cpus();
     let workers = args.workers.unwrap_or(cpus.len()).max(1);
-    let node_id = args
-        .node_id
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "ringway".into())
-        });
+    let node_id = args.node_id();
 
     listeners::refuse_if_taken(args.listen)?;
     let listeners = (0..workers)
@@ -156,30 +116,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let kafka = args.kafka.as_ref().map(|brokers| KafkaConfig {
-        brokers: brokers.clone(),
-        group: args.kafka_group.clone(),
-        push_topic: args.push_topic.clone(),
-        undelivered_topic: args.undelivered_topic.clone(),
-        presence_topic: args.presence_topic.clone(),
-        node_id: node_id.clone(),
-        latency: kafka::Latency {
-            fetch_wait_ms: args.kafka_fetch_wait_ms,
-            linger_ms: args.kafka_linger_ms,
-        },
-    });
+    let kafka = args.kafka_config(&node_id);
     let kafka_out = match &kafka {
         Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
         None => None,
     };
-    let grpc_template = GrpcConfig {
-        endpoint: String::new(),
-        node_id: node_id.clone(),
-        timeout: Duration::from_millis(args.backend_timeout_ms.max(1)),
-        attempts: args.backend_attempts,
-        breaker_failures: args.backend_breaker_failures,
-        breaker_cooldown: Duration::from_millis(args.backend_breaker_cooldown_ms),
-    };
+    let grpc_template = args.grpc_config(&node_id);
     let (routes, local_bizs) = {
         // gRPC channels connect lazily inside the control runtime.
         let _guard = rt.enter();
@@ -206,33 +148,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
     let any_remote = redis.is_some() || !local_bizs.all_local() || kafka_out.is_some();
     let calls_rx = any_remote.then_some(calls_rx);
-    let admission = Arc::new(Admission::new(
-        Ramp {
-            initial: args
-                .admit_initial
-                .unwrap_or(args.capacity)
-                .min(args.capacity),
-            step: args.admit_step,
-            interval: Duration::from_millis(args.admit_interval_ms.max(1)),
-            capacity: args.capacity,
-        },
-        args.max_links_per_ip,
-        Instant::now(),
-    ));
-    let origins = Arc::new(
-        args.allowed_origins
-            .iter()
-            .filter(|o| !o.is_empty())
-            .cloned()
-            .collect(),
-    );
+    let admission = Arc::new(args.admission());
+    let origins = Arc::new(args.origins());
 
     let shard_config = args.shard_config(&node_id)?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(TlsFiles::load(cert, key)?)),
-        (None, None) => None,
-        _ => return Err("--tls-cert and --tls-key go together".into()),
-    };
+    let tls = args.tls_files()?.map(Arc::new);
     control::watchdog::install_wakeup_signal().map_err(|e| format!("wake-up signal: {e}"))?;
     for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let setup = worker::WorkerSetup {
@@ -274,70 +194,21 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let registry = (!args.etcd.is_empty()).then(|| {
-        let advertise = args.advertise.unwrap_or(args.listen);
-        let ip = match advertise.ip() {
-            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-            ip => ip.to_string(),
-        };
-        Registry::new(EtcdConfig {
-            endpoints: args.etcd.clone(),
-            prefix: args.etcd_prefix.trim_end_matches('/').to_owned(),
-            lease_ttl: Duration::from_secs(args.etcd_lease_ttl_s.max(1)),
-            report_every: Duration::from_millis(args.load_report_ms.max(10)),
-            record: NodeRecord {
-                id: node_id.clone(),
-                ip,
-                port: advertise.port(),
-                weight: args.weight,
-                capacity: args.capacity,
-                load: 0,
-                labels: args.labels.clone(),
-                location: args.location.clone(),
-                state: RecordState::Active,
-                started_ms,
-            },
-        })
-    });
-    let routing = match (&kafka, args.etcd.is_empty(), args.push_routing) {
-        (None, _, _) | (_, true, _) => None,
-        (Some(_), false, PushRouting::Located) if redis.is_some() => Some(PushRouting::Located),
-        (Some(_), false, PushRouting::Located) => {
-            warn!(
-                "--push-routing located needs --redis for the location registry: using broadcast"
-            );
-            Some(PushRouting::Broadcast)
-        }
-        (Some(_), false, PushRouting::Broadcast) => Some(PushRouting::Broadcast),
-    };
+    let registry = args.etcd_config(&node_id, started_ms).map(Registry::new);
+    let routing = args.push_routing(kafka.is_some(), redis.is_some());
     let node = Arc::new(NodeState::new(
         handles,
         metrics,
-        NodeSetup {
-            node_id: node_id.clone(),
-            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-            admin_origins: args.admin_allowed_origins.clone(),
-            admin_idle: Duration::from_millis(args.admin_idle_timeout_ms.max(1)),
+        args.node_setup(
+            &node_id,
+            &source,
             admission,
-            routes: routes.clone(),
-            kafka: kafka_out.clone(),
-            drain_rate: args.drain_rate,
-            demo: DemoSetup {
-                ws_port: args.listen.port(),
-                mint_secret: match (&source, args.demo) {
-                    (KeySource::Secret(s), true) => Some(s.clone()),
-                    _ => None,
-                },
-            },
-            max_outbound_bytes: args.max_outbound_bytes,
-            republish: routing.is_some(),
-        },
+            routes.clone(),
+            kafka_out.clone(),
+            routing,
+        ),
     ));
-    let scale = Arc::new(ScaleSetup {
-        topic: (!args.etcd.is_empty()).then(|| args.scale_topic.clone()),
-        command: args.scale_up_cmd.clone(),
-        wait: Duration::from_millis(args.scale_up_wait_ms),
-    });
+    let scale = Arc::new(args.scale_setup());
     info!(
         listen = %args.listen,
         admin = %args.admin_listen,
