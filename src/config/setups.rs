@@ -20,6 +20,7 @@ use crate::control::kafka::{KafkaConfig, Latency};
 use crate::control::routes::LiveRoutes;
 use crate::core::admission::{Admission, Ramp};
 use crate::core::tls::TlsFiles;
+use crate::core::worker::Executor;
 
 impl ServeArgs {
     /// The key tokens are checked with. With neither a secret nor a public key, a fresh random
@@ -196,6 +197,22 @@ impl ServeArgs {
             },
             max_outbound_bytes: self.max_outbound_bytes,
             republish: routing.is_some(),
+        }
+    }
+
+    /// Upstream batches per core and biz: at most this many messages, waiting at most this
+    /// long.
+    pub fn batching(&self) -> (usize, Duration) {
+        (
+            self.batch_size.max(1),
+            Duration::from_millis(self.batch_delay_ms),
+        )
+    }
+
+    pub fn executor(&self) -> Executor {
+        Executor {
+            preempt: Duration::from_millis(self.preempt_ms.max(1)),
+            ring_depth: self.ring_depth as usize,
         }
     }
 

@@ -267,6 +267,14 @@ impl NodeState {
     }
 }
 
+/// SIGHUP's default action ends the process: until [`reload_on_hangup`] takes over, a hangup
+/// is ignored rather than fatal. (A handler, unlike SIG_IGN, is not inherited by the commands
+/// the node runs.)
+pub fn ignore_hangup() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+}
+
 /// SIGHUP reloads what can be reloaded (the TLS certificate) and never stops the node: a
 /// logrotate or a habitual `systemctl reload` must not drop every user.
 pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<crate::core::tls::TlsFiles>>) {

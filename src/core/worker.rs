@@ -87,6 +87,25 @@ struct Worker {
     alarm: Alarm,
 }
 
+/// How each worker core's executor runs (`--preempt-ms`, `--ring-depth`).
+pub struct Executor {
+    pub preempt: Duration,
+    pub ring_depth: usize,
+}
+
+/// Starts a worker core on a thread of its own, pinned to `cpu` if given.
+pub fn spawn(setup: WorkerSetup, cpu: Option<usize>, executor: &Executor) -> Result<(), String> {
+    let i = setup.index;
+    let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    glommio::LocalExecutorBuilder::new(placement)
+        .name(&format!("ringway-w{i}"))
+        .preempt_timer(executor.preempt)
+        .ring_depth(executor.ring_depth)
+        .spawn(move || run(setup))
+        .map(drop)
+        .map_err(|e| format!("starting worker {i}: {e}"))
+}
+
 pub async fn run(setup: WorkerSetup) {
     setup.peers[setup.index].adopt_current_thread();
     let readiness = Readiness::new().expect("a worker core needs an epoll set");
