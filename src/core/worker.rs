@@ -171,6 +171,16 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
                 glommio::spawn_local(handshake(w.clone(), stream, ticket)).detach();
             }
             Err(e) => {
+                let e = std::io::Error::from(e);
+                // A listener that was shut down (at exit, by `shut_every_socket`) answers
+                // EINVAL for good: each core logged a misleading warning after "drained".
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    debug!(
+                        core = w.index,
+                        "the listener was shut down: accepting no more"
+                    );
+                    return;
+                }
                 // Out of fds or memory: back off instead of spinning; existing links go on.
                 warn!(core = w.index, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
