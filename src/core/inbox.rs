@@ -89,8 +89,9 @@ struct Doorbell {
     sleeping: AtomicBool,
     /// Passes of the core's timer and inbox loops, for `control::watchdog`.
     pulse: AtomicU64,
-    /// Milliseconds from `origin` to the deadline the core's timer sleeps until (`u64::MAX`:
-    /// none), so the watchdog tells a core asleep on purpose from one past its deadline.
+    /// Milliseconds from `origin` to the deadline the core's timer sleeps until (`u64::MAX`
+    /// before it first sleeps), so the watchdog tells a core asleep on purpose from one past
+    /// its deadline.
     due_ms: AtomicU64,
     origin: Instant,
     /// The core's OS thread id (0 until the core starts), for the watchdog's wake-up signal.
@@ -166,11 +167,9 @@ impl CoreHandle {
         self.bell.pulse.load(Relaxed)
     }
 
-    /// The core's timer says when it wakes next (`None`: only for I/O or a message).
-    pub fn sleeps_until(&self, due: Option<Instant>) {
-        let ms = due.map_or(u64::MAX, |d| {
-            d.saturating_duration_since(self.bell.origin).as_millis() as u64
-        });
+    /// The core's timer says when it wakes next.
+    pub fn sleeps_until(&self, due: Instant) {
+        let ms = due.saturating_duration_since(self.bell.origin).as_millis() as u64;
         self.bell.due_ms.store(ms, Relaxed);
     }
 

@@ -845,7 +845,7 @@ async fn timer_loop(w: Rc<Worker>) {
         let due = next
             .map_or(housekeeping, |d| d.min(housekeeping))
             .min(Instant::now() + LONGEST_NAP);
-        me.sleeps_until(Some(due));
+        me.sleeps_until(due);
         w.alarm.sleep_until(due).await;
     }
 }
