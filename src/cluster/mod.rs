@@ -14,11 +14,33 @@ pub mod routing;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::control::location::Locations;
+use crate::control::remotes::Remotes;
+use crate::control::services::{self, Remote};
 use crate::control::{NodeState, admin, watchdog};
+use crate::core::services::ServiceCall;
+use crate::core::tls::TlsFiles;
 use rebalance::ScaleSetup;
 use registry::Registry;
+use routing::{Mode, PushRouting};
+
+/// The control side's services, started before the admin API opens.
+pub struct Services {
+    pub remotes: Remotes,
+    /// The cores' calls to the control thread, when any of their work leaves the core.
+    pub calls: Option<mpsc::Receiver<ServiceCall>>,
+    /// How Kafka pushes find their user's node (`None`: this node alone).
+    pub routing: Option<PushRouting>,
+    /// With a location registry (etcd and Redis): how long a device's entry lives unrefreshed.
+    pub location_ttl: Option<Duration>,
+    /// The client port's certificate, reloaded on SIGHUP.
+    pub tls: Option<Arc<TlsFiles>>,
+    /// The node's start, in milliseconds since the epoch (as its etcd record says).
+    pub started_ms: u64,
+}
 
 /// What the node's life needs beside the control side's state.
 pub struct Lifecycle {
@@ -29,9 +51,19 @@ pub struct Lifecycle {
     pub shutdown_timeout: Duration,
 }
 
-/// Serves the admin API until SIGTERM/SIGINT or `POST /admin/drain`, then drains the node and
-/// returns once it is empty (or at the timeout).
-pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, life: Lifecycle) {
+/// Starts the control side's services, serves the admin API until SIGTERM/SIGINT or
+/// `POST /admin/drain`, then drains the node and returns once it is empty (or at the timeout).
+pub async fn run(
+    node: Arc<NodeState>,
+    admin: std::net::TcpListener,
+    services: Services,
+    life: Lifecycle,
+) -> Result<(), String> {
+    let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| format!("admin port: {e}"))?;
+    if let Some(registry) = &life.registry {
+        tokio::spawn(registry.clone().run(node.clone()));
+    }
+    start(&node, services, life.scale.topic.clone()).await?;
     let fleet_ops = fleet_api::routes(life.scale.clone());
     tokio::spawn(admin::serve(node.clone(), admin, fleet_ops));
     tokio::spawn(watchdog::run(node.clone()));
@@ -40,6 +72,41 @@ pub async fn run(node: Arc<NodeState>, admin: tokio::net::TcpListener, life: Lif
         _ = node.drain_requested.notified() => info!("drain requested"),
     }
     drain::drain(node, life.registry.as_deref(), life.shutdown_timeout).await;
+    Ok(())
+}
+
+/// The location registry, the cores' service calls, certificate reloads and the Kafka
+/// consumers.
+async fn start(
+    node: &Arc<NodeState>,
+    s: Services,
+    scale_topic: Option<String>,
+) -> Result<(), String> {
+    let locations = match (&s.remotes.redis, s.location_ttl) {
+        (Some(r), Some(ttl)) => Some(Locations::start(r.client(), node.clone(), ttl)),
+        _ => None,
+    };
+    if let Some(rx) = s.calls {
+        let remote = Remote {
+            redis: s.remotes.redis,
+            routes: s.remotes.routes,
+            kafka: s.remotes.kafka_out.clone(),
+            locations: locations.clone(),
+        };
+        tokio::spawn(services::run(rx, node.clone(), remote));
+    }
+    tokio::spawn(crate::control::reload_on_hangup(node.clone(), s.tls));
+    if let Some((cfg, out)) = s.remotes.kafka.zip(s.remotes.kafka_out) {
+        let mode = match s.routing {
+            None => Mode::Local,
+            Some(PushRouting::Located) => {
+                Mode::Located(locations.expect("located routing has redis"))
+            }
+            Some(PushRouting::Broadcast) => Mode::Broadcast(locations),
+        };
+        consumers::start(node, &cfg, out, mode, scale_topic, s.started_ms).await?;
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

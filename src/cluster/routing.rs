@@ -30,6 +30,16 @@ use crate::link::push::Unsettled;
 use crate::metrics::UndeliveredReason;
 use crate::proto::PushMessage;
 
+/// How pushes from Kafka find the node holding their user (`--push-routing`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushRouting {
+    /// One consumer group for the fleet, a location lookup per push, a forward to the
+    /// holding node's topic.
+    Located,
+    /// Every node reads every push.
+    Broadcast,
+}
+
 pub enum Mode {
     Local,
     Located(Arc<Locations>),

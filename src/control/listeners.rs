@@ -58,6 +58,23 @@ pub fn someone_listens(addr: SocketAddr) -> bool {
         .any(|path| std::fs::read_to_string(path).is_ok_and(|table| listed(&table, addr)))
 }
 
+/// The client port's listeners, one per worker core, and the admin port's.
+pub fn bind(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    cores: usize,
+) -> Result<(Vec<OwnedFd>, std::net::TcpListener), String> {
+    refuse_if_taken(listen)?;
+    let fds = (0..cores)
+        .map(|_| bind_reuseport(listen))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let admin_listener = std::net::TcpListener::bind(admin)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("cannot listen on admin {admin}: {e}"))?;
+    Ok((fds, admin_listener))
+}
+
 /// SO_REUSEPORT is for this node's own cores: a second process on the same address would take
 /// a share of the upgrades unseen.
 pub fn refuse_if_taken(addr: SocketAddr) -> Result<(), String> {

@@ -12,6 +12,7 @@ pub mod listeners;
 pub mod location;
 pub mod push_api;
 pub mod redis_idem;
+pub mod remotes;
 pub mod router;
 pub mod routes;
 pub mod services;

@@ -33,10 +33,9 @@ use crate::owner_core;
 use crate::protocol::events;
 use crate::protocol::handshake::{self, Reject, Request, Route};
 
-/// Everything a worker core needs, moved onto its thread at start.
-pub struct WorkerSetup {
-    pub index: usize,
-    pub listener: OwnedFd,
+/// The settings every worker core shares, cloned onto each core's thread at start.
+#[derive(Clone)]
+pub struct Rules {
     pub shard: ShardConfig,
     pub verifier: Arc<Verifier>,
     pub allowed_origins: Arc<Vec<String>>,
@@ -57,8 +56,23 @@ pub struct WorkerSetup {
     /// Certificate for TLS on the client port, when configured.
     pub tls: Option<Arc<TlsFiles>>,
     pub peers: Vec<CoreHandle>,
+}
+
+/// What is one core's own: its listener, its inbox and its counters.
+pub struct Core {
+    pub index: usize,
+    pub listener: OwnedFd,
     pub inbox: Inbox,
     pub metrics: Arc<CoreMetrics>,
+}
+
+/// The cores' inboxes: the handles anyone may send with, and each core's receiving end.
+pub fn inboxes(cores: usize, capacity: usize) -> Result<(Vec<CoreHandle>, Vec<Inbox>), String> {
+    let pairs = (0..cores)
+        .map(|_| super::inbox::channel(capacity))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("creating core inboxes: {e}"))?;
+    Ok(pairs.into_iter().unzip())
 }
 
 /// Bytes read from a socket per `recv`. One buffer serves every link of the core: a link that
@@ -94,35 +108,40 @@ pub struct Executor {
 }
 
 /// Starts a worker core on a thread of its own, pinned to `cpu` if given.
-pub fn spawn(setup: WorkerSetup, cpu: Option<usize>, executor: &Executor) -> Result<(), String> {
-    let i = setup.index;
+pub fn spawn(
+    rules: Rules,
+    core: Core,
+    cpu: Option<usize>,
+    executor: &Executor,
+) -> Result<(), String> {
+    let i = core.index;
     let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
     glommio::LocalExecutorBuilder::new(placement)
         .name(&format!("ringway-w{i}"))
         .preempt_timer(executor.preempt)
         .ring_depth(executor.ring_depth)
-        .spawn(move || run(setup))
+        .spawn(move || run(rules, core))
         .map(drop)
         .map_err(|e| format!("starting worker {i}: {e}"))
 }
 
-pub async fn run(setup: WorkerSetup) {
-    setup.peers[setup.index].adopt_current_thread();
+async fn run(setup: Rules, core: Core) {
+    setup.peers[core.index].adopt_current_thread();
     let readiness = Readiness::new().expect("a worker core needs an epoll set");
     let now = Instant::now();
     let w = Rc::new(Worker {
-        index: setup.index,
+        index: core.index,
         shard: RefCell::new(Shard::new(
             setup.shard,
-            setup.metrics.clone(),
-            setup.index as u64 ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64,
+            core.metrics.clone(),
+            core.index as u64 ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64,
             now,
         )),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         verifier: setup.verifier,
         allowed_origins: setup.allowed_origins,
         services: RefCell::new(Services {
-            core: setup.index,
+            core: core.index,
             local: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
             calls: setup.calls,
             shared_store: setup.shared_store,
@@ -141,17 +160,17 @@ pub async fn run(setup: WorkerSetup) {
         admission: setup.admission,
         tls: setup.tls,
         peers: setup.peers,
-        metrics: setup.metrics,
+        metrics: core.metrics,
         next_conn: Cell::new(1),
         readiness: readiness.clone(),
         alarm: Alarm::default(),
     });
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
-    let listener = unsafe { TcpListener::from_raw_fd(setup.listener.into_raw_fd()) };
+    let listener = unsafe { TcpListener::from_raw_fd(core.listener.into_raw_fd()) };
     glommio::spawn_local(readiness.run()).detach();
     let acceptor = glommio::spawn_local(accept_loop(w.clone(), listener));
     glommio::spawn_local(timer_loop(w.clone())).detach();
-    inbox_loop(w.clone(), setup.inbox, acceptor).await;
+    inbox_loop(w.clone(), core.inbox, acceptor).await;
 }
 
 async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
