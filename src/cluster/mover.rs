@@ -69,7 +69,6 @@ pub async fn move_links(
 mod tests {
     use super::*;
     use crate::core::inbox;
-    use std::sync::atomic::Ordering::Relaxed;
 
     #[tokio::test]
     async fn a_core_whose_inbox_is_full_moves_nothing_and_is_not_counted() {
@@ -77,8 +76,8 @@ mod tests {
         let (b, _b_inbox) = inbox::channel(1).unwrap();
         assert!(b.send(CoreMsg::Shutdown).is_ok(), "b's inbox is now full");
         let node = NodeState::for_tests(vec![a, b]);
-        node.metrics[0].links.store(5, Relaxed);
-        node.metrics[1].links.store(5, Relaxed);
+        node.metrics[0].links.set(5);
+        node.metrics[1].links.set(5);
         // One tick of 10 links/s asks for one link, a share of one per core.
         let deadline = Instant::now() + Duration::from_millis(50);
         let moved = move_links(&node, Some(1), 10, Vec::new, deadline).await;
@@ -87,7 +86,7 @@ mod tests {
         let (c, _c_inbox) = inbox::channel(1).unwrap();
         assert!(c.send(CoreMsg::Shutdown).is_ok());
         let full = NodeState::for_tests(vec![c]);
-        full.metrics[0].links.store(5, Relaxed);
+        full.metrics[0].links.set(5);
         let deadline = Instant::now() + Duration::from_millis(250);
         assert_eq!(move_links(&full, Some(3), 10, Vec::new, deadline).await, 0);
         assert_eq!(

@@ -20,7 +20,7 @@ use tracing::warn;
 
 use super::{NodeState, push_api, router};
 use crate::core::inbox::PushJob;
-use crate::metrics;
+use crate::metrics::{self, UndeliveredReason};
 use crate::proto::Node;
 
 /// Serves the API, with `more` (routes of the layers above) beside its own.
@@ -259,7 +259,11 @@ async fn push(
             .into_response()
     } else {
         // Refused here and reported: the caller decides whether to retry.
-        node.counters.push_api_rejected.add(rejected as u64);
+        // Counted on the owner core's behalf: the push never reached it.
+        for user in &routed.rejected {
+            let core = crate::owner_core(req.biz_id, user, node.metrics.len());
+            node.metrics[core].undelivered(UndeliveredReason::Overloaded);
+        }
         warn!(biz_id = req.biz_id, key = ?req.key, users = rejected, reason = "overloaded", "undelivered push");
         let body = json!({ "accepted": routed.accepted, "rejected": rejected });
         (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()

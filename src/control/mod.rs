@@ -150,7 +150,7 @@ impl NodeState {
     }
 
     pub fn links(&self) -> i64 {
-        self.metrics.iter().map(|m| m.links.load(Relaxed)).sum()
+        self.metrics.iter().map(|m| m.links.get()).sum()
     }
 
     pub fn is_draining(&self) -> bool {

@@ -440,11 +440,9 @@ impl Shard {
             .entry(Rc::from(who.user_id.as_str()))
             .or_default()
             .push(conn);
-        self.metrics
-            .links
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.links.inc();
         self.metrics.links_opened.inc();
-        self.metrics.links_by_transport[transport as usize].inc();
+        self.metrics.links_by_transport.inc(transport);
         if self.cfg.presence_events {
             self.presence.push((who.clone(), true));
         }
@@ -1192,9 +1190,7 @@ impl Shard {
         if self.cfg.presence_events {
             self.presence.push((link.who.clone(), false));
         }
-        self.metrics
-            .links
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.links.dec();
         if link.closing.is_none() {
             self.metrics.closed(CloseReason::Disconnected);
         }

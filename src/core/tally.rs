@@ -2,7 +2,7 @@
 //! one example, so a push to 250,000 offline users is one line, not 250,000 (the metrics and
 //! the Kafka reports still carry every one).
 
-use crate::metrics::UndeliveredReason;
+use crate::metrics::{LabelSet, UndeliveredReason};
 
 use super::shard::Undelivered;
 

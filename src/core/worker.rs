@@ -812,9 +812,7 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
             w.after_events(Instant::now());
             w.peers[w.index].beat();
         }
-        w.metrics
-            .inbox_depth
-            .store(inbox.rx.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        w.metrics.inbox_depth.set(inbox.rx.len() as i64);
         if handled == INBOX_BATCH {
             glommio::yield_if_needed().await;
             continue;
@@ -853,9 +851,7 @@ async fn timer_loop(w: Rc<Worker>) {
                 shard.publish_latencies();
                 w.services.borrow_mut().log_tally();
                 let evicted = w.services.borrow().local.evicted();
-                w.metrics
-                    .idem_evictions
-                    .store(evicted, std::sync::atomic::Ordering::Relaxed);
+                w.metrics.idem_evictions.set(evicted);
                 housekeeping = now + HOUSEKEEPING;
             }
         }
