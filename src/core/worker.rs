@@ -23,7 +23,7 @@ use super::readiness::Readiness;
 use super::services::{Backend, Services, StoreDownPolicy};
 use super::services::{LocalBizs, ServiceCall};
 use super::shard::{Shard, ShardConfig, Target};
-use crate::auth::{AuthError, Verifier};
+use crate::auth::{AuthError, Identity, Verifier};
 use crate::core::admission::{Admission, Refusal, Ticket};
 use crate::core::tls::TlsFiles;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
@@ -233,39 +233,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal
         },
     };
     let max_body = w.shard.borrow().config().max_message_bytes;
-    let read = async {
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 2048];
-        loop {
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|_| HandshakeEnd::Gone)?;
-            if n == 0 {
-                return Err(HandshakeEnd::Gone);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let req = match handshake::parse(&buf) {
-                Ok(Some(req)) => req,
-                Ok(None) => continue,
-                Err(r) => return Err(HandshakeEnd::Refused(r)),
-            };
-            // A POST's body is read whole before anything else happens.
-            let need = match &req {
-                Request::Http(h) if h.route == Route::Send => {
-                    if h.content_length > max_body {
-                        let r = Reject::new(413, "body larger than the message size limit");
-                        return Err(HandshakeEnd::Refused(r));
-                    }
-                    h.head_len + h.content_length
-                }
-                _ => 0,
-            };
-            if buf.len() >= need {
-                return Ok((req, buf));
-            }
-        }
-    };
+    let read = read_request(&mut stream, max_body);
     let deadline = async {
         glommio::timer::sleep(w.handshake_timeout).await;
         Err(HandshakeEnd::TimedOut)
@@ -315,6 +283,20 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal
         open_link(&w, stream, who, req, leftover, ticket);
         return;
     }
+    hand_off(&w, owner, stream, who, req, leftover, ticket).await;
+}
+
+/// Moves an authenticated socket to its owner core; if that core's inbox is full, the client
+/// gets 503 here instead.
+async fn hand_off(
+    w: &Worker,
+    owner: usize,
+    stream: Conn,
+    who: Identity,
+    req: Request,
+    leftover: Vec<u8>,
+    ticket: Ticket,
+) {
     // The socket moves to its owner core as a plain fd; this core's stream object closes only
     // its own duplicate.
     // Close-on-exec like every socket we open: a `--scale-up-cmd` child must not inherit
@@ -323,7 +305,7 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal
     let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
         let r = Reject::new(503, "out of file descriptors");
-        return reject(&w, stream, r, browser_origin(&req)).await;
+        return reject(w, stream, r, browser_origin(&req)).await;
     }
     let fd = unsafe { OwnedFd::from_raw_fd(dup) };
     let tls = stream.into_tls();
@@ -348,9 +330,47 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal
                 retry_after_s: Some(1),
             };
             let h = *h;
-            if let Some(stream) = received(&w, h.fd, h.tls) {
-                reject(&w, stream, r, browser_origin(&h.request)).await
+            if let Some(stream) = received(w, h.fd, h.tls) {
+                reject(w, stream, r, browser_origin(&h.request)).await
             }
+        }
+    }
+}
+
+/// Reads the upgrade request (and a POST's whole body) off a new connection.
+async fn read_request(
+    stream: &mut Conn,
+    max_body: usize,
+) -> Result<(Request, Vec<u8>), HandshakeEnd> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HandshakeEnd::Gone)?;
+        if n == 0 {
+            return Err(HandshakeEnd::Gone);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let req = match handshake::parse(&buf) {
+            Ok(Some(req)) => req,
+            Ok(None) => continue,
+            Err(r) => return Err(HandshakeEnd::Refused(r)),
+        };
+        // A POST's body is read whole before anything else happens.
+        let need = match &req {
+            Request::Http(h) if h.route == Route::Send => {
+                if h.content_length > max_body {
+                    let r = Reject::new(413, "body larger than the message size limit");
+                    return Err(HandshakeEnd::Refused(r));
+                }
+                h.head_len + h.content_length
+            }
+            _ => 0,
+        };
+        if buf.len() >= need {
+            return Ok((req, buf));
         }
     }
 }
