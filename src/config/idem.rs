@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::core::services::StoreDownPolicy;
+use crate::core::embedded::StoreDownPolicy;
 use crate::link::idem::IdemTtl;
 
 #[derive(Args, Debug, Clone)]

@@ -9,7 +9,7 @@ use super::grpc_backend::{GrpcBackend, GrpcConfig};
 use super::kafka::{KafkaConfig, KafkaOut};
 use super::redis_idem::RedisIdem;
 use super::routes::{LiveRoutes, Target};
-use crate::core::services::LocalBizs;
+use crate::core::embedded::LocalBizs;
 use crate::link::idem::IdemTtl;
 
 /// What to connect, from the flags.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tracing::{info, warn};
 
 use super::grpc_backend::GrpcBackend;
-use crate::core::services::LocalBizs;
+use crate::core::embedded::LocalBizs;
 
 /// A route as written on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]

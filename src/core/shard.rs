@@ -1,10 +1,16 @@
-//! Everything one core knows about its links, as a pure state machine.
+//! Everything one core knows about its links, as a pure state machine in the manner of
+//! quinn-proto's `Connection`.
 //!
-//! The shard owns its links, their user index and the timer wheel. The
-//! glommio shell feeds it events (bytes read, socket closed, a push, a timer tick) with the
-//! current time and moves the bytes it queues on each link; the shard itself never touches a
-//! socket or a clock, so every rule here is tested exactly, without sleeps.
+//! The shard owns its links, their user index, the timer wheel and the services it answers
+//! itself (the core's idempotency store, the loopback backend). The glommio shell feeds it
+//! events with the current time (`handle_bytes`, `handle_written`, `handle_timeout`, `push`,
+//! `on_claimed`, `on_upstream_result`, ...) and takes its outputs: [`Shard::poll_event`] for
+//! what the world must do (wake a link's socket task, claim a key in the shared store, call a
+//! backend, report), [`Shard::poll_transmit`] for a link's bytes, and [`Shard::poll_timeout`]
+//! for when to call `handle_timeout` next. The shard never touches a socket, a waker or a
+//! clock, so every rule here is tested exactly, without sleeps.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,15 +20,16 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tungstenite::protocol::frame::coding::Control;
 
+use super::embedded::{Embedded, StoreDownPolicy};
 use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
-use crate::link::idem::{Claim, IdemUpdate};
+use crate::link::idem::{Claim, IdemStore, IdemUpdate};
 use crate::link::push::EncodedPush;
 use crate::link::push::Unsettled;
 use crate::link::retry::RetryPolicy;
 use crate::link::timer_wheel::TimerWheel;
-use crate::link::{ConnId, Deflating, Inflight, Link, Wire, close_code};
+use crate::link::{Attachment, ConnId, Deflating, Inflight, Link, ReadyList, Wire, close_code};
 use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
 use crate::protocol::body_crypt::BodyKeys;
@@ -106,6 +113,35 @@ pub struct Target<'a> {
     pub device_id: Option<&'a str>,
 }
 
+/// What the shard asks of the world, in the order it arose (see [`Shard::poll_event`]).
+#[derive(Debug)]
+pub enum Event {
+    /// The link has something for its socket (bytes, a close, its end): wake the task that
+    /// owns the socket.
+    Wake(ConnId),
+    /// Claim this message's key in the shared store; answer with [`Shard::on_claimed`].
+    Claim(UpstreamRequest),
+    /// Hand this message to its backend; answer with [`Shard::on_upstream_result`].
+    Upstream(UpstreamRequest),
+    /// Store a reply or release a claim in the shared store; nothing answers.
+    IdemUpdate(IdemUpdate),
+    /// A device came online (true) or went offline, when `presence_events` is on.
+    Presence(Arc<Identity>, bool),
+    /// A push reached no device: report it.
+    Undelivered(Undelivered),
+}
+
+/// What a link's socket should do next (see [`Shard::poll_transmit`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transmit<'a> {
+    /// The link is over: drop the socket.
+    Gone,
+    /// Write these bytes, then say how many the socket took with [`Shard::handle_written`].
+    Bytes(&'a [u8]),
+    /// Nothing queued. `closing`: all up to the close is out, so the write side may shut.
+    Idle { closing: bool },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimerEvent {
     Liveness(ConnId),
@@ -126,20 +162,25 @@ enum Inbound {
 
 pub struct Shard {
     cfg: ShardConfig,
+    embedded: Embedded,
     links: FastMap<ConnId, Link>,
+    /// Links with something for their socket, filled by the links themselves.
+    ready: Rc<ReadyList>,
+    /// Taken from `ready`, not yet handed out as [`Event::Wake`].
+    woken: Vec<ConnId>,
     /// (biz, user) → that user's open links on this core, oldest first.
     users: FastMap<u64, FastMap<Rc<str>, Vec<ConnId>>>,
     wheel: TimerWheel<TimerEvent>,
     rng: SmallRng,
     pub metrics: Arc<CoreMetrics>,
-    pub latencies: Latencies,
-    /// Upstream messages waiting for their idempotency claim.
+    latencies: Latencies,
+    /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`].
     claims: Vec<UpstreamRequest>,
+    /// Changes to the idempotency stores, applied by [`Shard::settle`].
     idem_updates: Vec<IdemUpdate>,
+    /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
     upstream: Vec<UpstreamRequest>,
-    undelivered: Vec<Undelivered>,
-    /// (who, online) for each link opened or closed, when `presence_events` is on.
-    presence: Vec<(Arc<Identity>, bool)>,
+    events: VecDeque<Event>,
     inbound: Vec<Inbound>,
     /// Scratch for inflating compressed messages, reused across links and messages.
     inflated: Vec<u8>,
@@ -189,10 +230,19 @@ const LIVENESS_GRAIN: Duration = Duration::from_millis(250);
 pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 impl Shard {
-    pub fn new(cfg: ShardConfig, metrics: Arc<CoreMetrics>, seed: u64, now: Instant) -> Shard {
+    pub fn new(
+        cfg: ShardConfig,
+        embedded: Embedded,
+        metrics: Arc<CoreMetrics>,
+        seed: u64,
+        now: Instant,
+    ) -> Shard {
         Shard {
             cfg,
+            embedded,
             links: FastMap::default(),
+            ready: Rc::default(),
+            woken: Vec::new(),
             users: FastMap::default(),
             wheel: TimerWheel::new(TICK, 4096, now),
             rng: SmallRng::seed_from_u64(seed),
@@ -201,8 +251,7 @@ impl Shard {
             claims: Vec::new(),
             idem_updates: Vec::new(),
             upstream: Vec::new(),
-            undelivered: Vec::new(),
-            presence: Vec::new(),
+            events: VecDeque::new(),
             inbound: Vec::new(),
             inflated: Vec::new(),
         }
@@ -225,6 +274,7 @@ impl Shard {
         EncodedPush::tracked(key, body, wire, unsettled)
     }
 
+    #[cfg(test)]
     pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
         self.links.get_mut(&conn)
     }
@@ -237,27 +287,83 @@ impl Shard {
         self.wheel.len()
     }
 
-    /// Upstream messages whose key must be claimed; answer each with [`Shard::on_claim`].
-    pub fn take_claims(&mut self) -> Vec<UpstreamRequest> {
-        std::mem::take(&mut self.claims)
+    /// The next thing the world must do for the shard, oldest first; `None` once there is
+    /// nothing. The shell drains it after every event it feeds in.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        if self.woken.is_empty() {
+            self.woken = self.ready.take();
+            self.woken.reverse();
+        }
+        let conn = self.woken.pop()?;
+        if let Some(link) = self.links.get_mut(&conn) {
+            link.listed = false;
+        }
+        Some(Event::Wake(conn))
     }
 
-    /// Changes the idempotency store must make (replies to keep, claims to release).
-    pub fn take_idem_updates(&mut self) -> Vec<IdemUpdate> {
-        std::mem::take(&mut self.idem_updates)
+    /// What the link's socket should do now. Long-poll links answer with
+    /// [`Shard::take_poll_answer`] instead.
+    pub fn poll_transmit(&self, conn: ConnId) -> Transmit<'_> {
+        match self.links.get(&conn) {
+            None => Transmit::Gone,
+            Some(l) if l.finished => Transmit::Gone,
+            Some(l) if !l.out.is_empty() => Transmit::Bytes(&l.out),
+            Some(l) => Transmit::Idle {
+                closing: l.closing.is_some(),
+            },
+        }
     }
 
-    /// Upstream messages to hand to the backend, oldest first.
-    pub fn take_upstream(&mut self) -> Vec<UpstreamRequest> {
-        std::mem::take(&mut self.upstream)
+    /// The socket took the first `n` bytes [`Shard::poll_transmit`] offered.
+    pub fn handle_written(&mut self, conn: ConnId, n: usize, now: Instant) {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        link.written(n);
+        if link.out.is_empty() {
+            if let Some(queued) = link.push_queued_at.take() {
+                let us = now.saturating_duration_since(queued).as_micros() as u64;
+                Latencies::record(&mut self.latencies.push_write_wait, us);
+            }
+            // A burst's buffer is not kept for an idle link.
+            if link.out.capacity() > 4096 {
+                link.out = Vec::new();
+            }
+        }
     }
 
-    pub fn take_presence(&mut self) -> Vec<(Arc<Identity>, bool)> {
-        std::mem::take(&mut self.presence)
+    /// Whether the HTTP request holding `generation` still serves the link: no newer request
+    /// took it over and the link has not ended.
+    pub fn serves(&self, conn: ConnId, generation: u32) -> bool {
+        self.links.get(&conn).is_some_and(|l| {
+            !l.finished
+                && l.wire
+                    .attachment()
+                    .is_some_and(|a| a.generation == generation)
+        })
     }
 
-    pub fn take_undelivered(&mut self) -> Vec<Undelivered> {
-        std::mem::take(&mut self.undelivered)
+    /// A waiting long poll's answer, once it is due: every frame queued as one batch, an empty
+    /// batch when the heartbeat interval came, or the close.
+    pub fn take_poll_answer(&mut self, conn: ConnId, origin: Option<&str>) -> Option<Vec<u8>> {
+        let link = self.links.get_mut(&conn)?;
+        let Wire::LongPoll(attachment) = &mut link.wire else {
+            return None;
+        };
+        if link.out.is_empty() && !attachment.poll_due && link.closing.is_none() {
+            return None;
+        }
+        attachment.poll_due = false;
+        let batch = link.take_out();
+        let close = link.closing.and(link.close_note.as_ref());
+        Some(events::poll_response(
+            origin,
+            &batch,
+            close.map(|(c, r)| (*c, &**r)),
+        ))
     }
 
     /// A WebSocket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
@@ -295,34 +401,38 @@ impl Shard {
         let existing = self.device_link(&who, |w| {
             matches!(
                 (w, poll),
-                (Wire::EventStream, false) | (Wire::LongPoll, true)
+                (Wire::EventStream(_), false) | (Wire::LongPoll(_), true)
             )
         });
         let Some(existing) = existing else {
+            let attachment = Box::new(Attachment {
+                attached: true,
+                ..Attachment::default()
+            });
             let (wire, head) = if poll {
-                (Wire::LongPoll, Vec::new())
+                (Wire::LongPoll(attachment), Vec::new())
             } else {
-                (Wire::EventStream, events::stream_head(origin))
+                (Wire::EventStream(attachment), events::stream_head(origin))
             };
             self.install(conn, Arc::new(who), Codec::Json, wire, head, now);
-            let link = self.links.get_mut(&conn).expect("just installed");
-            link.attached = true;
-            return (conn, link.attach_gen);
+            return (conn, 0);
         };
         self.metrics.http_attaches.inc();
         let link = self.links.get_mut(&existing).expect("indexed link exists");
-        let handed_over = if link.attached {
-            link.last_seq()
+        let last_seq = link.last_seq();
+        let a = link.wire.attachment_mut().expect("an HTTP-transport link");
+        let handed_over = if a.attached {
+            last_seq
         } else {
-            link.seq_at_detach
+            a.seq_at_detach
         };
-        link.attach_gen += 1;
-        link.attached = true;
+        a.generation += 1;
+        a.attached = true;
+        a.poll_due = false;
+        let generation = a.generation;
         link.last_activity = now;
-        link.poll_due = false;
         // The previous request's task, if any, sees the new generation and steps aside.
         link.wake();
-        let generation = link.attach_gen;
         if !poll {
             // A new response: its head first, then whatever waited while no stream was open.
             link.set_head(events::stream_head(origin));
@@ -351,15 +461,19 @@ impl Shard {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
-        if link.attach_gen != generation {
+        let last_seq = link.last_seq();
+        let Some(a) = link
+            .wire
+            .attachment_mut()
+            .filter(|a| a.generation == generation)
+        else {
             return;
-        }
+        };
         if link.closing.is_some() {
             return self.closed(conn);
         }
-        link.attached = false;
-        link.seq_at_detach = link.last_seq();
-        link.waker = None;
+        a.attached = false;
+        a.seq_at_detach = last_seq;
         link.last_activity = now;
     }
 
@@ -383,6 +497,7 @@ impl Shard {
             self.handle(conn, Inbound::Frame(f), now);
         }
         self.check_backlog(conn, now);
+        self.settle(now);
         Ok(())
     }
 
@@ -424,7 +539,8 @@ impl Shard {
 
         let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
         let transport = wire.transport();
-        let mut link = Link::new(who.clone(), codec, wire, bucket, now);
+        let ready = self.ready.clone();
+        let mut link = Link::new(conn, ready, who.clone(), codec, wire, bucket, now);
         link.set_head(head);
         // A conformance suite expects nothing before its first echo.
         if !self.cfg.ws_echo {
@@ -444,7 +560,7 @@ impl Shard {
         self.metrics.links_opened.inc();
         self.metrics.links_by_transport.inc(transport);
         if self.cfg.presence_events {
-            self.presence.push((who.clone(), true));
+            self.events.push_back(Event::Presence(who.clone(), true));
         }
 
         for f in carried {
@@ -454,7 +570,7 @@ impl Shard {
 
     /// Bytes arrived on a link's socket. `input` is the shell's scratch buffer; it is unmasked
     /// in place.
-    pub fn on_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
+    pub fn handle_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
         let max = self.cfg.max_message_bytes;
         let Some(link) = self.links.get_mut(&conn) else {
             return;
@@ -523,6 +639,7 @@ impl Shard {
             self.fail_stream(conn, e, now);
         }
         self.check_backlog(conn, now);
+        self.settle(now);
     }
 
     fn fail_stream(&mut self, conn: ConnId, e: WsError, now: Instant) {
@@ -642,9 +759,25 @@ impl Shard {
         });
     }
 
-    /// The idempotency store answered a claim: forward a fresh message, re-ack a finished one,
-    /// drop one whose first copy is still with the backend.
-    pub fn on_claim(&mut self, req: UpstreamRequest, claim: Claim, now: Instant) {
+    /// The shared store answered a claim ([`Event::Claim`]); `None`: it was unreachable, and
+    /// the store-down policy decides.
+    pub fn on_claimed(&mut self, req: UpstreamRequest, claim: Option<Claim>, now: Instant) {
+        let policy = self.embedded.shared_store.unwrap_or(StoreDownPolicy::Local);
+        match (claim, policy) {
+            (Some(claim), _) => self.claimed(req, claim, now),
+            (None, StoreDownPolicy::Local) => {
+                self.metrics.idem_fallbacks.inc();
+                let claim = self.embedded.store.claim(&req.who, &req.key, now);
+                self.claimed(req, claim, now);
+            }
+            (None, StoreDownPolicy::Refuse) => self.claim_refused(req),
+        }
+        self.settle(now);
+    }
+
+    /// A store answered a claim: forward a fresh message, re-ack a finished one, drop one
+    /// whose first copy is still with the backend.
+    fn claimed(&mut self, req: UpstreamRequest, claim: Claim, now: Instant) {
         match claim {
             Claim::Fresh => {
                 self.metrics.upstream_forwarded.inc();
@@ -661,14 +794,24 @@ impl Shard {
 
     /// No claim could be made (the idempotency store is down and the node refuses to forward
     /// without one): the client gets ERROR and may retry.
-    pub fn on_claim_refused(&mut self, req: UpstreamRequest) {
+    fn claim_refused(&mut self, req: UpstreamRequest) {
         self.metrics.dropped(DropReason::StoreUnavailable);
         let reason = "idempotency store unavailable; retry later".to_owned();
         self.reply_error(req.conn, &req.key, Code::BackendUnavailable, reason);
     }
 
-    /// The backend answered an upstream message.
+    /// The backend answered an upstream message ([`Event::Upstream`]).
     pub fn on_upstream_result(
+        &mut self,
+        req: &UpstreamRequest,
+        result: Result<Bytes, BackendError>,
+        now: Instant,
+    ) {
+        self.answered(req, result, now);
+        self.settle(now);
+    }
+
+    fn answered(
         &mut self,
         req: &UpstreamRequest,
         result: Result<Bytes, BackendError>,
@@ -830,7 +973,7 @@ impl Shard {
         reason: UndeliveredReason,
     ) {
         self.metrics.undelivered(reason);
-        self.undelivered.push(Undelivered {
+        self.events.push_back(Event::Undelivered(Undelivered {
             biz_id,
             user_id: user.to_owned(),
             device_id: device.map(str::to_owned),
@@ -838,11 +981,11 @@ impl Shard {
             body: push.body().clone(),
             reason,
             hold: push.hold(),
-        });
+        }));
     }
 
     /// Advances the timer wheel: retransmits, liveness checks, server pings.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = Vec::new();
         self.wheel.advance(now, |ev| due.push(ev));
         for ev in due {
@@ -854,7 +997,7 @@ impl Shard {
         }
     }
 
-    /// When [`Shard::tick`] next has work: the earliest pending deadline. The shell sleeps until
+    /// When [`Shard::handle_timeout`] next has work: the earliest pending deadline. The shell sleeps until
     /// then (an idle core wakes only for its links' own deadlines), as quinn-proto's
     /// `poll_timeout` lets its caller arm a single timer.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
@@ -924,7 +1067,7 @@ impl Shard {
             link.wake();
             return;
         }
-        if link.wire.is_http() && link.attached {
+        if link.wire.attachment().is_some_and(|a| a.attached) {
             // An open stream or a waiting poll is the client's presence; keep it talking.
             link.last_activity = now;
             link.keepalive();
@@ -1149,7 +1292,7 @@ impl Shard {
         if let Some((_, t)) = link.backlog.take() {
             self.wheel.cancel(t);
         }
-        let detached = link.wire.is_http() && !link.attached;
+        let detached = link.wire.attachment().is_some_and(|a| !a.attached);
         link.liveness = Some(
             self.wheel
                 .insert(now + CLOSE_LINGER, TimerEvent::Liveness(conn)),
@@ -1188,7 +1331,8 @@ impl Shard {
             return;
         };
         if self.cfg.presence_events {
-            self.presence.push((link.who.clone(), false));
+            self.events
+                .push_back(Event::Presence(link.who.clone(), false));
         }
         self.metrics.links.dec();
         if link.closing.is_none() {
@@ -1217,9 +1361,57 @@ impl Shard {
         }
     }
 
-    /// Copies latency histograms where `/metrics` can read them.
-    pub fn publish_latencies(&self) {
+    /// Copies what only the shard sees (latency histograms, the store's evictions) where
+    /// `/metrics` can read it.
+    pub fn publish_metrics(&self) {
         *self.metrics.published.lock().expect("metrics lock") = Some(self.latencies.clone());
+        let evicted = self.embedded.store.evicted();
+        self.metrics.idem_evictions.set(evicted);
+    }
+
+    /// Answers what the shard can answer itself, and turns the rest into events, until nothing
+    /// is left: claims in the core's store (without a shared store), messages of loopback bizs
+    /// (acked at once, echoed with `echo`), idempotency updates (applied to the core's store,
+    /// and sent on for a shared store).
+    fn settle(&mut self, now: Instant) {
+        let shared = self.embedded.shared_store.is_some();
+        while !(self.claims.is_empty() && self.upstream.is_empty() && self.idem_updates.is_empty())
+        {
+            for req in std::mem::take(&mut self.claims) {
+                if shared {
+                    self.events.push_back(Event::Claim(req));
+                } else {
+                    let claim = self.embedded.store.claim(&req.who, &req.key, now);
+                    self.claimed(req, claim, now);
+                }
+            }
+            for req in std::mem::take(&mut self.upstream) {
+                if self.embedded.local_bizs.is_local(req.who.biz_id) {
+                    self.loopback(req, now);
+                } else {
+                    self.events.push_back(Event::Upstream(req));
+                }
+            }
+            for u in std::mem::take(&mut self.idem_updates) {
+                if shared {
+                    self.events.push_back(Event::IdemUpdate(u.clone()));
+                }
+                self.embedded.store.update(u, now);
+            }
+        }
+    }
+
+    /// The built-in backend: accepts at once, and with `echo` pushes the body back to its
+    /// sender's device.
+    fn loopback(&mut self, req: UpstreamRequest, now: Instant) {
+        self.answered(&req, Ok(Bytes::new()), now);
+        if self.embedded.echo {
+            let who = &req.who;
+            let push = self.encode_push(who.biz_id, &req.key, req.body.clone(), None);
+            let user = [who.user_id.clone()];
+            let device = Some(who.device_id.as_str());
+            self.push(who.biz_id, &user, device, &push, true, now, now);
+        }
     }
 }
 

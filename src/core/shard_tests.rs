@@ -1,7 +1,8 @@
 //! The shard's rules, driven with a hand-moved clock and raw client frames.
 
 use super::*;
-use crate::link::idem::{IdemStore, IdemTtl, MemoryIdemStore};
+use crate::core::embedded::LocalBizs;
+use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::metrics::Transport;
 use crate::protocol::Codec;
 use crate::protocol::handshake::Upgrade;
@@ -40,10 +41,60 @@ fn cfg() -> ShardConfig {
     }
 }
 
+/// The core's own store, and every biz routed to a backend the test answers by hand.
+fn embedded() -> Embedded {
+    let ttl = IdemTtl {
+        pending: Duration::from_secs(30),
+        done: Duration::from_secs(600),
+        max_entries: 1_000_000,
+        max_bytes: usize::MAX,
+    };
+    Embedded {
+        store: MemoryIdemStore::new(ttl),
+        shared_store: None,
+        local_bizs: Arc::new(LocalBizs::default()),
+        echo: false,
+    }
+}
+
+/// The shard's events of one kind, taken out; the others stay queued.
+macro_rules! take_events {
+    ($shard:expr, $pat:pat => $v:expr) => {{
+        #[allow(unused_variables)]
+        let wanted = |e: &Event| matches!(e, $pat);
+        let (taken, kept): (VecDeque<Event>, VecDeque<Event>) =
+            $shard.events.drain(..).partition(wanted);
+        $shard.events = kept;
+        taken
+            .into_iter()
+            .map(|e| match e {
+                $pat => $v,
+                _ => unreachable!("partitioned"),
+            })
+            .collect::<Vec<_>>()
+    }};
+}
+
+impl Shard {
+    fn take_upstream(&mut self) -> Vec<UpstreamRequest> {
+        take_events!(self, Event::Upstream(r) => r)
+    }
+
+    fn take_claims(&mut self) -> Vec<UpstreamRequest> {
+        take_events!(self, Event::Claim(r) => r)
+    }
+
+    fn take_undelivered(&mut self) -> Vec<Undelivered> {
+        take_events!(self, Event::Undelivered(u) => u)
+    }
+
+    fn take_presence(&mut self) -> Vec<(Arc<Identity>, bool)> {
+        take_events!(self, Event::Presence(who, online) => (who, online))
+    }
+}
+
 struct Harness {
     shard: Shard,
-    /// Answers the shard's claims at once, as the embedded mode does.
-    store: MemoryIdemStore,
     t0: Instant,
 }
 
@@ -115,15 +166,8 @@ fn cmd_frame(cmd: Cmd, key: &str) -> Frame {
 impl Harness {
     fn new() -> Self {
         let t0 = Instant::now();
-        let ttl = IdemTtl {
-            pending: Duration::from_secs(30),
-            done: Duration::from_secs(600),
-            max_entries: 1_000_000,
-            max_bytes: usize::MAX,
-        };
         Harness {
-            shard: Shard::new(cfg(), Arc::default(), 7, t0),
-            store: MemoryIdemStore::new(ttl),
+            shard: Shard::new(cfg(), embedded(), Arc::default(), 7, t0),
             t0,
         }
     }
@@ -154,19 +198,7 @@ impl Harness {
     fn send(&mut self, conn: ConnId, ms: u64, frame: &Frame) {
         let codec = self.shard.link_mut(conn).unwrap().codec;
         let mut bytes = client(codec, frame);
-        self.shard.on_bytes(conn, &mut bytes, self.at(ms));
-        self.settle_store(ms);
-    }
-
-    /// Lets the store answer the shard's claims and apply its updates.
-    fn settle_store(&mut self, ms: u64) {
-        for req in self.shard.take_claims() {
-            let claim = self.store.claim(&req.who, &req.key, self.at(ms));
-            self.shard.on_claim(req, claim, self.at(ms));
-        }
-        for u in self.shard.take_idem_updates() {
-            self.store.update(u, self.at(ms));
-        }
+        self.shard.handle_bytes(conn, &mut bytes, self.at(ms));
     }
 
     /// Everything the shard queued for the link since the last drain.
@@ -224,7 +256,6 @@ impl Harness {
         assert_eq!(reqs.len(), 1);
         let req = reqs.remove(0);
         self.shard.on_upstream_result(&req, result, self.at(ms));
-        self.settle_store(ms);
         req
     }
 }
@@ -255,7 +286,7 @@ fn heartbeat_is_echoed_and_ping_answered() {
         },
     );
     let mut ping = raw_client(0x89, b"xy");
-    h.shard.on_bytes(1, &mut ping, h.at(0));
+    h.shard.handle_bytes(1, &mut ping, h.at(0));
     let out = h.drain(1);
     assert_eq!(out[0], Out::Frame(cmd_frame(Cmd::Heartbeat, "hb")));
     assert_eq!(out[1], Out::Pong(b"xy".to_vec()));
@@ -406,7 +437,7 @@ fn garbage_gets_bad_frame_and_the_link_survives() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     let mut bytes = raw_client(0x81, b"{not json");
-    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    h.shard.handle_bytes(1, &mut bytes, h.at(0));
     let f = h.frames(1).remove(0);
     assert_eq!((f.cmd, f.code), (Cmd::Error as i32, Code::BadFrame as i32));
     h.send(1, 0, &cmd_frame(Cmd::Heartbeat, ""));
@@ -418,7 +449,7 @@ fn oversized_message_gets_too_large_then_1009() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Proto);
     let mut bytes = raw_client(0x82, &[0; 2000]);
-    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    h.shard.handle_bytes(1, &mut bytes, h.at(0));
     let out = h.drain(1);
     assert!(matches!(&out[0], Out::Frame(f) if f.code == Code::TooLarge as i32));
     assert_eq!(out[1], Out::Close(1009));
@@ -442,9 +473,9 @@ fn push_retransmits_on_schedule_until_acked() {
         [("p1", 1), ("p2", 2)]
     );
     h.send(1, 500, &cmd_frame(Cmd::DownstreamAck, "p2"));
-    h.shard.tick(h.at(990));
+    h.shard.handle_timeout(h.at(990));
     assert!(h.frames(1).is_empty(), "nothing before the first deadline");
-    h.shard.tick(h.at(1000));
+    h.shard.handle_timeout(h.at(1000));
     let again = h.frames(1);
     assert_eq!(
         again
@@ -455,13 +486,13 @@ fn push_retransmits_on_schedule_until_acked() {
         "same seq on resend"
     );
     // Second wait doubles: 1000 + 2000.
-    h.shard.tick(h.at(2990));
+    h.shard.handle_timeout(h.at(2990));
     assert!(h.frames(1).is_empty());
-    h.shard.tick(h.at(3000));
+    h.shard.handle_timeout(h.at(3000));
     assert_eq!(h.frames(1).len(), 1);
     h.send(1, 3100, &cmd_frame(Cmd::DownstreamAck, "p1"));
     h.send(1, 3100, &cmd_frame(Cmd::DownstreamAck, "p1")); // duplicate ack: harmless
-    h.shard.tick(h.at(29_000));
+    h.shard.handle_timeout(h.at(29_000));
     assert!(
         h.drain(1)
             .iter()
@@ -480,10 +511,10 @@ fn push_gives_up_after_max_attempts_and_reports() {
     // Sends at 0, 1000, 3000; the third send's wait (4000) ends at 7000.
     for t in [1000, 3000, 6999] {
         h.send(1, t, &cmd_frame(Cmd::Heartbeat, ""));
-        h.shard.tick(h.at(t));
+        h.shard.handle_timeout(h.at(t));
     }
     assert!(h.shard.take_undelivered().is_empty());
-    h.shard.tick(h.at(7000));
+    h.shard.handle_timeout(h.at(7000));
     let u = h.shard.take_undelivered();
     assert_eq!(u.len(), 1);
     assert_eq!(
@@ -545,7 +576,7 @@ fn relogin_kicks_the_old_link_and_carries_its_unacked_pushes() {
         "nothing lost with the old link"
     );
     h.send(2, 10, &cmd_frame(Cmd::DownstreamAck, "p1"));
-    h.shard.tick(h.at(100_000));
+    h.shard.handle_timeout(h.at(100_000));
     assert!(h.shard.take_undelivered().is_empty());
 }
 
@@ -564,14 +595,14 @@ fn idle_links_are_pinged_then_closed_on_time() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     // Liveness checks come every ~10s (jittered ±20%); after 12s of silence a ping is due.
-    h.shard.tick(h.at(12_000));
+    h.shard.handle_timeout(h.at(12_000));
     assert_eq!(h.drain(1), vec![Out::Ping]);
     // Activity (any frame, or a pong) pushes the deadline out.
     let mut pong = raw_client(0x8A, b"");
-    h.shard.on_bytes(1, &mut pong, h.at(20_000));
-    h.shard.tick(h.at(49_999));
+    h.shard.handle_bytes(1, &mut pong, h.at(20_000));
+    h.shard.handle_timeout(h.at(49_999));
     assert!(h.shard.link_mut(1).unwrap().is_open());
-    h.shard.tick(h.at(50_000));
+    h.shard.handle_timeout(h.at(50_000));
     let out = h.drain(1);
     assert_eq!(out.last(), Some(&Out::Close(close_code::IDLE_TIMEOUT)));
     assert_eq!(
@@ -598,12 +629,12 @@ fn slow_consumer_is_cut_off_and_its_pushes_reported() {
     // Nobody drains the link's output: over the cap it stays open until the socket has taken
     // nothing for the slow-consumer time.
     let sent = fill_past_cap(&mut h, 0);
-    h.shard.tick(h.at(1990));
+    h.shard.handle_timeout(h.at(1990));
     assert!(
         h.shard.link_mut(1).unwrap().is_open(),
         "over the cap alone is no reason"
     );
-    h.shard.tick(h.at(2010));
+    h.shard.handle_timeout(h.at(2010));
     let link = h.shard.link_mut(1).unwrap();
     assert_eq!(link.closing, Some(CloseReason::SlowConsumer));
     assert!(
@@ -641,15 +672,15 @@ fn a_client_that_keeps_reading_is_never_a_slow_consumer() {
     for s in 1..=10u64 {
         h.shard.link_mut(1).unwrap().written(10);
         h.push("alice", None, &format!("more{s}"), s * 1000);
-        h.shard.tick(h.at(s * 1000 + 5));
+        h.shard.handle_timeout(h.at(s * 1000 + 5));
         assert!(h.shard.link_mut(1).unwrap().is_open(), "closed at {s} s");
     }
     assert!(h.shard.link_mut(1).unwrap().out.len() > 4096);
     // It stops reading: closed once a whole check window passes without a byte taken (the
     // window that was open at its last read does not count).
-    h.shard.tick(h.at(14_000));
+    h.shard.handle_timeout(h.at(14_000));
     assert!(h.shard.link_mut(1).unwrap().is_open());
-    h.shard.tick(h.at(16_100));
+    h.shard.handle_timeout(h.at(16_100));
     assert_eq!(
         h.shard.link_mut(1).unwrap().closing,
         Some(CloseReason::SlowConsumer)
@@ -668,12 +699,12 @@ fn the_slow_consumer_close_follows_the_last_whole_frame_and_nothing_follows_it()
     link.written(one + one / 2);
     let written = link.written_total;
     // That write came after the check was armed: closed at the check after.
-    h.shard.tick(h.at(2010));
-    h.shard.tick(h.at(4100));
+    h.shard.handle_timeout(h.at(2010));
+    h.shard.handle_timeout(h.at(4100));
     assert!(!h.shard.link_mut(1).unwrap().is_open());
     // Retransmits were due before the close; later ones may not write past it.
     let resent = h.shard.metrics.push_retransmits.get();
-    h.shard.tick(h.at(60_000));
+    h.shard.handle_timeout(h.at(60_000));
     assert_eq!(h.shard.metrics.push_retransmits.get(), resent);
     let link = h.shard.link_mut(1).unwrap();
     assert_eq!(link.written_total, written);
@@ -700,7 +731,7 @@ fn no_retransmit_follows_any_close() {
         "bye",
         h.at(1),
     );
-    h.shard.tick(h.at(1500));
+    h.shard.handle_timeout(h.at(1500));
     let out = h.drain(1);
     assert_eq!(out.last(), Some(&Out::Close(close_code::KICKED)));
     assert_eq!(h.shard.metrics.push_retransmits.get(), 0);
@@ -737,7 +768,7 @@ fn close_reports_unacked_pushes_and_frees_all_timers() {
     h.open(1, "alice", "phone", Codec::Json);
     h.push("alice", None, "p1", 0);
     let mut close = raw_client(0x88, &1000u16.to_be_bytes());
-    h.shard.on_bytes(1, &mut close, h.at(1));
+    h.shard.handle_bytes(1, &mut close, h.at(1));
     assert_eq!(h.drain(1).last(), Some(&Out::Close(1000)));
     h.shard.closed(1);
     assert_eq!(
@@ -843,7 +874,7 @@ fn proto_bytes_on_a_json_link_are_a_bad_frame_not_a_crash() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     let mut bytes = raw_client(0x82, &up("k", b"x").encode_to_vec());
-    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    h.shard.handle_bytes(1, &mut bytes, h.at(0));
     assert_eq!(h.frames(1)[0].code, Code::BadFrame as i32);
 }
 
@@ -927,8 +958,7 @@ fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
     let mut wire = Vec::new();
     client_side.compress(&plain, &mut wire);
     let mut bytes = raw_client(0xC1, &wire);
-    h.shard.on_bytes(1, &mut bytes, h.at(2));
-    h.settle_store(2);
+    h.shard.handle_bytes(1, &mut bytes, h.at(2));
     let req = h.shard.take_upstream().remove(0);
     assert_eq!(&req.body[..], b"a compressed hello");
     let m = &h.shard.metrics;
@@ -937,14 +967,14 @@ fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
 
     // Corrupt compressed data closes the link with 1002; a bomb with 1009.
     let mut junk = raw_client(0xC1, &[0xff, 0xff, 0xff]);
-    h.shard.on_bytes(1, &mut junk, h.at(3));
+    h.shard.handle_bytes(1, &mut junk, h.at(3));
     assert!(!h.shard.link_mut(1).unwrap().is_open());
     h.shard.open(2, who("bob", "web"), &offer, h.t0);
     h.shard.link_mut(2).unwrap().out.clear();
     let mut bomb = Vec::new();
     client_side.compress(&vec![b' '; 4096], &mut bomb);
     let mut bytes = raw_client(0xC1, &bomb);
-    h.shard.on_bytes(2, &mut bytes, h.at(3));
+    h.shard.handle_bytes(2, &mut bytes, h.at(3));
     let closed_with = h.shard.link_mut(2).unwrap().close_note.clone();
     assert_eq!(closed_with.unwrap().0, close_code::TOO_BIG);
 }
@@ -957,14 +987,14 @@ fn without_an_offer_or_with_deflate_off_nothing_is_compressed() {
     assert!(!String::from_utf8_lossy(&h.shard.link_mut(1).unwrap().out).contains("Extensions"));
     let mut off = cfg();
     off.deflate = None;
-    let mut shard = Shard::new(off, Arc::default(), 1, h.t0);
+    let mut shard = Shard::new(off, embedded(), Arc::default(), 1, h.t0);
     let mut offer = upgrade(Codec::Json);
     offer.extensions = Some("permessage-deflate".into());
     shard.open(1, who("alice", "web"), &offer, h.t0);
     assert!(!String::from_utf8_lossy(&shard.link_mut(1).unwrap().out).contains("Extensions"));
     // RSV1 from a client that was not granted deflate is a protocol error.
     let mut bytes = raw_client(0xC1, b"x");
-    shard.on_bytes(1, &mut bytes, h.t0);
+    shard.handle_bytes(1, &mut bytes, h.t0);
     assert!(!shard.link_mut(1).unwrap().is_open());
 }
 
@@ -973,13 +1003,13 @@ fn conformance_mode_echoes_data_messages_and_sends_nothing_first() {
     let mut h = Harness::new();
     let mut echo = cfg();
     echo.ws_echo = true;
-    h.shard = Shard::new(echo, Arc::default(), 1, h.t0);
+    h.shard = Shard::new(echo, embedded(), Arc::default(), 1, h.t0);
     assert!(h.open_raw(1, "ab", "suite", Codec::Json).is_empty());
     let mut bytes = raw_client(0x81, "héllo".as_bytes());
     bytes.extend(raw_client(0x02, &[0, 1]));
     bytes.extend(raw_client(0x80, &[2]));
     bytes.extend(raw_client(0x89, b"p"));
-    h.shard.on_bytes(1, &mut bytes, h.at(0));
+    h.shard.handle_bytes(1, &mut bytes, h.at(0));
     let mut expected = Vec::new();
     ws::write_frame(&mut expected, OpCode::Data(Data::Text), "héllo".as_bytes());
     ws::write_frame(&mut expected, OpCode::Data(Data::Binary), &[0, 1, 2]);
@@ -1039,7 +1069,6 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
     // Upstream and the ack for p-1 come by POST /send.
     let body = br#"[{"cmd":"CMD_DOWNSTREAM_ACK","key":"p-1"},{"cmd":"UPSTREAM","key":"m1","body":"aGk="}]"#;
     h.shard.post(&who("alice", "web"), body, h.at(3)).unwrap();
-    h.settle_store(3);
     assert_eq!(h.shard.take_upstream().len(), 1);
     assert_eq!(h.shard.link_mut(1).unwrap().inflight.len(), 1);
     // Bad bodies and devices without a stream get HTTP errors, not link damage.
@@ -1075,7 +1104,15 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
     assert!(events[1].1.contains("CMD_CONNECTED"));
     // The superseded request's socket task ending changes nothing.
     h.shard.detach(1, g1, h.at(7));
-    assert!(h.shard.link_mut(1).unwrap().attached);
+    assert!(
+        h.shard
+            .link_mut(1)
+            .unwrap()
+            .wire
+            .attachment()
+            .unwrap()
+            .attached
+    );
     assert_eq!(h.shard.metrics.http_attaches.get(), 1);
 }
 
@@ -1091,9 +1128,9 @@ fn a_detached_link_waits_one_heartbeat_timeout_then_reports_its_pushes() {
     h.push("alice", None, "p-1", 1);
     h.shard.detach(1, g, h.at(2));
     // Retransmits go on while detached; the link survives until the timeout.
-    h.shard.tick(h.at(29_000));
+    h.shard.handle_timeout(h.at(29_000));
     assert!(h.shard.link_mut(1).is_some());
-    h.shard.tick(h.at(40_000));
+    h.shard.handle_timeout(h.at(40_000));
     assert!(
         h.shard.link_mut(1).is_none(),
         "closed without a socket to tell"
@@ -1120,8 +1157,8 @@ fn long_poll_batches_frames_and_answers_empty_when_due() {
         (Some("p-1"), Some("1"))
     );
     // Nothing more to say: the heartbeat interval makes the poll due (an empty answer).
-    h.shard.tick(h.at(12_100));
-    assert!(h.shard.link_mut(1).unwrap().poll_due);
+    h.shard.handle_timeout(h.at(12_100));
+    assert!(poll_due(&mut h.shard));
     h.shard.detach(1, g, h.at(12_200));
     let (same, _) = h.shard.attach(
         2,
@@ -1130,7 +1167,7 @@ fn long_poll_batches_frames_and_answers_empty_when_due() {
         h.at(13_000),
     );
     assert_eq!(same, 1);
-    assert!(!h.shard.link_mut(1).unwrap().poll_due);
+    assert!(!poll_due(&mut h.shard));
     // A kick ends the link; the waiting poll is answered with the close.
     h.shard.kick(
         &Target {
@@ -1142,7 +1179,7 @@ fn long_poll_batches_frames_and_answers_empty_when_due() {
         h.at(13_100),
     );
     let link = h.shard.link_mut(1).unwrap();
-    assert!(link.poll_due && !link.is_open());
+    assert!(link.wire.attachment().unwrap().poll_due && !link.is_open());
     assert_eq!(link.close_note.as_ref().unwrap().0, close_code::KICKED);
 }
 
@@ -1154,7 +1191,7 @@ fn sealed_bizs_get_bodies_opened_upstream_and_sealed_once_downstream() {
     c.body_keys = BodyKeys::parse(&[format!("1={key}")]).unwrap();
     let client_keys = c.body_keys.clone();
     let mut h = Harness::new();
-    h.shard = Shard::new(c, Arc::default(), 7, h.t0);
+    h.shard = Shard::new(c, embedded(), Arc::default(), 7, h.t0);
     h.open(1, "alice", "phone", Codec::Proto);
 
     // Upstream: the backend gets the plain body; the ack's body comes back sealed.
@@ -1205,9 +1242,152 @@ fn sealed_bizs_get_bodies_opened_upstream_and_sealed_once_downstream() {
         client_keys.open(1, first.body.clone()).unwrap(),
         &b"pushed"[..]
     );
-    h.shard.tick(h.at(1200));
+    h.shard.handle_timeout(h.at(1200));
     let again = h.frames(1).remove(0);
     assert_eq!((again.seq, &again.body), (first.seq, &first.body));
     // Reports carry the plain body, for whoever resends it.
     assert_eq!(push.body(), &Bytes::from_static(b"pushed"));
+}
+
+fn poll_due(shard: &mut Shard) -> bool {
+    shard
+        .link_mut(1)
+        .unwrap()
+        .wire
+        .attachment()
+        .unwrap()
+        .poll_due
+}
+
+#[test]
+fn a_link_is_handed_out_once_per_batch_of_output_then_again_after_more() {
+    let mut h = Harness::new();
+    h.shard
+        .open(1, who("alice", "phone"), &upgrade(Codec::Json), h.t0);
+    h.push("alice", None, "p-1", 1);
+    h.push("alice", None, "p-2", 1);
+    let wakes = |s: &mut Shard| {
+        std::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, Event::Wake(1)))
+            .count()
+    };
+    assert_eq!(
+        wakes(&mut h.shard),
+        1,
+        "listed once for 101, CONNECTED and two pushes"
+    );
+    assert_eq!(wakes(&mut h.shard), 0);
+    h.push("alice", None, "p-3", 2);
+    assert_eq!(wakes(&mut h.shard), 1);
+}
+
+#[test]
+fn transmit_offers_the_queue_then_idle_then_the_close() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    assert_eq!(h.shard.poll_transmit(1), Transmit::Idle { closing: false });
+    h.push("alice", None, "p-1", 1);
+    let Transmit::Bytes(out) = h.shard.poll_transmit(1) else {
+        panic!("the push is queued")
+    };
+    let len = out.len();
+    let last = *out.last().unwrap();
+    h.shard.handle_written(1, len - 1, h.at(2));
+    assert_eq!(h.shard.poll_transmit(1), Transmit::Bytes(&[last]));
+    h.shard.handle_written(1, 1, h.at(5));
+    assert_eq!(h.shard.poll_transmit(1), Transmit::Idle { closing: false });
+    // Queued at 1 ms, out at 5 ms.
+    let waits = &h.shard.latencies.push_write_wait;
+    assert!(waits.len() == 1 && waits.equivalent(waits.max(), 4_000));
+    h.shard.kick(
+        &Target {
+            biz_id: 1,
+            user_id: "alice",
+            device_id: None,
+        },
+        "bye",
+        h.at(6),
+    );
+    assert!(matches!(h.shard.poll_transmit(1), Transmit::Bytes(_)));
+    h.drain(1);
+    assert_eq!(h.shard.poll_transmit(1), Transmit::Idle { closing: true });
+    h.shard.closed(1);
+    assert_eq!(h.shard.poll_transmit(1), Transmit::Gone);
+}
+
+#[test]
+fn a_long_poll_is_answered_once_when_due_and_a_newer_request_takes_over() {
+    let mut h = Harness::new();
+    let (_, g) = h
+        .shard
+        .attach(1, who("alice", "old"), &http_req(Route::Poll, 0), h.t0);
+    assert!(h.shard.serves(1, g));
+    // CONNECTED waits: the poll is answered with it at once.
+    let answer = h.shard.take_poll_answer(1, None).unwrap();
+    assert!(String::from_utf8_lossy(&answer).contains("CMD_CONNECTED"));
+    assert_eq!(
+        h.shard.take_poll_answer(1, None),
+        None,
+        "nothing more is due"
+    );
+    let (_, g2) = h
+        .shard
+        .attach(2, who("alice", "old"), &http_req(Route::Poll, 0), h.at(1));
+    assert!(!h.shard.serves(1, g) && h.shard.serves(1, g2));
+}
+
+#[test]
+fn loopback_bizs_are_acked_and_echoed_by_the_shard_itself() {
+    let t0 = Instant::now();
+    let mut e = embedded();
+    e.local_bizs = Arc::new(LocalBizs::new(true, Default::default()));
+    e.echo = true;
+    let mut h = Harness {
+        shard: Shard::new(cfg(), e, Arc::default(), 7, t0),
+        t0,
+    };
+    h.open(1, "alice", "phone", Codec::Json);
+    h.send(1, 0, &up("m1", b"hi"));
+    assert!(
+        h.shard.take_upstream().is_empty(),
+        "nothing leaves the core"
+    );
+    let frames = h.frames(1);
+    assert_eq!(frames[0].cmd, Cmd::UpstreamAck as i32);
+    assert_eq!(
+        (frames[1].cmd, frames[1].key.as_str(), &frames[1].body[..]),
+        (Cmd::Downstream as i32, "m1", &b"hi"[..])
+    );
+}
+
+#[test]
+fn with_a_shared_store_claims_go_out_and_an_unreachable_store_follows_the_policy() {
+    for (policy, forwarded) in [
+        (StoreDownPolicy::Local, true),
+        (StoreDownPolicy::Refuse, false),
+    ] {
+        let t0 = Instant::now();
+        let mut e = embedded();
+        e.shared_store = Some(policy);
+        let mut h = Harness {
+            shard: Shard::new(cfg(), e, Arc::default(), 7, t0),
+            t0,
+        };
+        h.open(1, "alice", "phone", Codec::Json);
+        h.send(1, 0, &up("m1", b"hi"));
+        let mut claims = h.shard.take_claims();
+        assert_eq!(claims.len(), 1);
+        h.shard.on_claimed(claims.remove(0), None, h.at(1));
+        assert_eq!(
+            h.shard.take_upstream().len(),
+            usize::from(forwarded),
+            "{policy:?}"
+        );
+        let fallbacks = h.shard.metrics.idem_fallbacks.get();
+        assert_eq!(fallbacks, u64::from(forwarded));
+        if !forwarded {
+            let err = h.frames(1).remove(0);
+            assert_eq!(err.code, Code::BackendUnavailable as i32);
+        }
+    }
 }

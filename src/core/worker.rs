@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,20 +18,20 @@ use tracing::{debug, warn};
 use super::alarm::Alarm;
 use super::batcher::Batcher;
 use super::conn::{Conn, Socket};
+use super::embedded::{Embedded, LocalBizs, StoreDownPolicy};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::readiness::Readiness;
-use super::services::{Backend, Services, StoreDownPolicy};
-use super::services::{LocalBizs, ServiceCall};
-use super::shard::{Shard, ShardConfig, Target};
+use super::services::{ServiceCall, Services};
+use super::shard::{Event, Shard, ShardConfig, Target, Transmit};
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::core::admission::{Admission, Refusal, Ticket};
 use crate::core::tls::TlsFiles;
+use crate::link::ConnId;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
-use crate::link::{ConnId, Wire};
-use crate::metrics::{CoreMetrics, Latencies};
-use crate::owner_core;
+use crate::metrics::CoreMetrics;
 use crate::protocol::events;
 use crate::protocol::handshake::{self, Reject, Request, Route};
+use crate::{FastMap, owner_core};
 
 /// The settings every worker core shares, cloned onto each core's thread at start.
 #[derive(Clone)]
@@ -96,6 +96,9 @@ struct Worker {
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
+    /// The task that owns each link's socket, with the attachment generation it serves (0 for
+    /// a WebSocket), woken when the shard says the link has something for it.
+    wakers: RefCell<FastMap<ConnId, (u32, Waker)>>,
     readiness: Rc<Readiness>,
     /// The timer loop's sleep, pulled in by events that schedule something sooner.
     alarm: Alarm,
@@ -133,6 +136,12 @@ async fn run(setup: Rules, core: Core) {
         index: core.index,
         shard: RefCell::new(Shard::new(
             setup.shard,
+            Embedded {
+                store: MemoryIdemStore::new(setup.idem_ttl),
+                shared_store: setup.shared_store,
+                local_bizs: setup.local_bizs,
+                echo: setup.echo,
+            },
             core.metrics.clone(),
             core.index as u64 ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64,
             now,
@@ -142,14 +151,8 @@ async fn run(setup: Rules, core: Core) {
         allowed_origins: setup.allowed_origins,
         services: RefCell::new(Services {
             core: core.index,
-            local: Box::new(MemoryIdemStore::new(setup.idem_ttl)),
             calls: setup.calls,
-            shared_store: setup.shared_store,
-            backend: Backend {
-                local_bizs: setup.local_bizs,
-                echo: setup.echo,
-                batcher: Batcher::new(setup.batching.0, setup.batching.1),
-            },
+            batcher: Batcher::new(setup.batching.0, setup.batching.1),
             timers: Vec::new(),
             pending_claims: Vec::new(),
             claim_flush_queued: false,
@@ -162,6 +165,7 @@ async fn run(setup: Rules, core: Core) {
         peers: setup.peers,
         metrics: core.metrics,
         next_conn: Cell::new(1),
+        wakers: RefCell::default(),
         readiness: readiness.clone(),
         alarm: Alarm::default(),
     });
@@ -446,7 +450,7 @@ fn open_link(
                 let mut shard = w.shard.borrow_mut();
                 shard.open(conn, who, &up, now);
                 if !leftover.is_empty() {
-                    shard.on_bytes(conn, &mut leftover, now);
+                    shard.handle_bytes(conn, &mut leftover, now);
                 }
             }
             w.after_events(now);
@@ -473,9 +477,10 @@ fn open_link(
         glommio::spawn_local(answer(stream, resp)).detach();
         return;
     }
+    let poll = h.route == Route::Poll;
     let (conn, generation) = w.shard.borrow_mut().attach(conn, who, &h, now);
     w.after_events(now);
-    let task = http_link_task(w.clone(), conn, generation, stream, origin, ticket);
+    let task = http_link_task(w.clone(), conn, generation, poll, stream, origin, ticket);
     glommio::spawn_local(task).detach();
 }
 
@@ -483,6 +488,7 @@ fn open_link(
 async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: Conn, _ticket: Ticket) {
     let mut write_shut = false;
     poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
+    w.wakers.borrow_mut().remove(&conn);
     w.shard.borrow_mut().closed(conn);
     w.after_events(Instant::now());
     let _ = stream.close().await;
@@ -494,22 +500,25 @@ async fn http_link_task(
     w: Rc<Worker>,
     conn: ConnId,
     generation: u32,
+    poll: bool,
     mut stream: Conn,
     origin: Option<String>,
     _ticket: Ticket,
 ) {
-    let mut answer = Vec::new();
-    poll_fn(|cx| {
-        w.poll_http(
-            cx,
-            conn,
-            generation,
-            &mut stream,
-            origin.as_deref(),
-            &mut answer,
-        )
-    })
-    .await;
+    let mut req = HttpReq {
+        conn,
+        generation,
+        origin,
+        answer: poll.then_some(None),
+    };
+    poll_fn(|cx| w.poll_http(cx, &mut req, &mut stream)).await;
+    {
+        let mut wakers = w.wakers.borrow_mut();
+        // A newer request's waker stays.
+        if wakers.get(&conn).is_some_and(|(g, _)| *g == generation) {
+            wakers.remove(&conn);
+        }
+    }
     w.shard
         .borrow_mut()
         .detach(conn, generation, Instant::now());
@@ -541,49 +550,29 @@ impl Worker {
     ) -> Poll<()> {
         for _ in 0..READ_BUDGET {
             let mut shard = self.shard.borrow_mut();
-            let Some(link) = shard.link_mut(conn) else {
-                return Poll::Ready(());
+            let idle = match write_out(&mut shard, conn, cx, stream) {
+                Some(idle) => idle,
+                None => return Poll::Ready(()),
             };
-            if link.finished {
-                return Poll::Ready(());
-            }
-            while !link.out.is_empty() {
-                match Pin::new(&mut *stream).poll_write(cx, &link.out) {
-                    Poll::Ready(Ok(n)) if n > 0 => link.written(n),
-                    Poll::Ready(_) => return Poll::Ready(()),
-                    Poll::Pending => break,
-                }
-            }
             // TLS records the socket did not take yet (a no-op on plain TCP).
             if let Poll::Ready(Err(_)) = Pin::new(&mut *stream).poll_flush(cx) {
                 return Poll::Ready(());
             }
-            let mut written_push = None;
-            if link.out.is_empty() {
-                written_push = link.push_queued_at.take();
-                if link.closing.is_some() && !*write_shut {
-                    stream.shutdown_write();
-                    *write_shut = true;
-                }
-                if link.out.capacity() > 4096 {
-                    link.out = Vec::new();
-                }
-            }
-            if let Some(queued) = written_push {
-                let us = queued.elapsed().as_micros() as u64;
-                Latencies::record(&mut shard.latencies.push_write_wait, us);
+            if idle == Some(true) && !*write_shut {
+                stream.shutdown_write();
+                *write_shut = true;
             }
             let mut scratch = self.scratch.borrow_mut();
             match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {
                     let now = Instant::now();
-                    shard.on_bytes(conn, &mut scratch[..n], now);
+                    shard.handle_bytes(conn, &mut scratch[..n], now);
                     drop((shard, scratch));
                     self.after_events(now);
                 }
                 Poll::Pending => {
-                    link_waker(&mut shard, conn, cx);
+                    self.park(conn, 0, cx);
                     return Poll::Pending;
                 }
             }
@@ -600,52 +589,45 @@ impl Worker {
     fn poll_http(
         self: &Rc<Self>,
         cx: &mut Context<'_>,
-        conn: ConnId,
-        generation: u32,
+        req: &mut HttpReq,
         stream: &mut Conn,
-        origin: Option<&str>,
-        answer: &mut Vec<u8>,
     ) -> Poll<()> {
         let mut shard = self.shard.borrow_mut();
-        let Some(link) = shard.link_mut(conn) else {
-            return Poll::Ready(());
-        };
-        if link.attach_gen != generation || link.finished {
+        if !shard.serves(req.conn, req.generation) {
             return Poll::Ready(());
         }
-        let poll = matches!(link.wire, Wire::LongPoll);
-        if poll && answer.is_empty() && (!link.out.is_empty() || link.poll_due || !link.is_open()) {
-            let batch = link.take_out();
-            let close = link.closing.and(link.close_note.as_ref());
-            *answer = events::poll_response(origin, &batch, close.map(|(c, r)| (*c, &**r)));
-            link.poll_due = false;
-        }
-        let open = link.is_open();
-        let had = if poll {
-            !answer.is_empty()
-        } else {
-            !link.out.is_empty()
+        let done = match &mut req.answer {
+            Some(answer) => {
+                if answer.is_none() {
+                    *answer = shard.take_poll_answer(req.conn, req.origin.as_deref());
+                }
+                match answer {
+                    Some(bytes) => loop {
+                        if bytes.is_empty() {
+                            break true;
+                        }
+                        match Pin::new(&mut *stream).poll_write(cx, bytes) {
+                            Poll::Ready(Ok(n)) if n > 0 => drop(bytes.drain(..n)),
+                            Poll::Ready(_) => return Poll::Ready(()),
+                            Poll::Pending => break false,
+                        }
+                    },
+                    None => false,
+                }
+            }
+            None => match write_out(&mut shard, req.conn, cx, stream) {
+                None => return Poll::Ready(()),
+                // A closed stream is over once the close is out.
+                Some(idle) => idle == Some(true),
+            },
         };
-        loop {
-            let out = if poll { &answer[..] } else { &link.out[..] };
-            if out.is_empty() {
-                break;
-            }
-            match Pin::new(&mut *stream).poll_write(cx, out) {
-                Poll::Ready(Ok(n)) if n > 0 && poll => drop(answer.drain(..n)),
-                Poll::Ready(Ok(n)) if n > 0 => link.written(n),
-                Poll::Ready(_) => return Poll::Ready(()),
-                Poll::Pending => break,
-            }
-        }
-        let out = if poll { &answer[..] } else { &link.out[..] };
         match Pin::new(&mut *stream).poll_flush(cx) {
             Poll::Ready(Err(_)) => return Poll::Ready(()),
             // Not done before the socket has every byte (TLS keeps some itself).
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(())) => {}
         }
-        if out.is_empty() && (poll && had || !open) {
+        if done {
             return Poll::Ready(());
         }
         // The client says nothing more on this request; a read shows when it goes away.
@@ -658,16 +640,55 @@ impl Worker {
             }
         }
         drop(scratch);
-        link_waker(&mut shard, conn, cx);
+        self.park(req.conn, req.generation, cx);
         Poll::Pending
     }
 
-    /// Answers what the shard queued for the store and the backend, and reports undelivered
-    /// pushes.
+    /// Keeps the socket task's waker, for when the shard says its link has something for it.
+    fn park(&self, conn: ConnId, generation: u32, cx: &Context<'_>) {
+        let mut wakers = self.wakers.borrow_mut();
+        match wakers.get(&conn) {
+            Some((g, w)) if *g == generation && w.will_wake(cx.waker()) => {}
+            _ => {
+                wakers.insert(conn, (generation, cx.waker().clone()));
+            }
+        }
+    }
+
+    /// Wakes the task of a link with something for its socket; it registers again when it
+    /// next waits.
+    fn wake(&self, conn: ConnId) {
+        let waker = self.wakers.borrow_mut().remove(&conn);
+        if let Some((_, w)) = waker {
+            w.wake();
+        }
+    }
+
+    /// Carries out what the shard asked for (see [`Event`]): wakes link tasks, sends claims,
+    /// backend batches, store updates, presence and reports to the control thread.
     fn after_events(self: &Rc<Self>, now: Instant) {
         let mut shard = self.shard.borrow_mut();
         let mut services = self.services.borrow_mut();
-        services.settle(&mut shard, now);
+        let (mut updates, mut presence, mut undelivered) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(event) = shard.poll_event() {
+            match event {
+                Event::Wake(conn) => self.wake(conn),
+                Event::Claim(req) => services.claim(req),
+                Event::Upstream(req) => services.call(&mut shard, req, now),
+                Event::IdemUpdate(u) => updates.push(u),
+                Event::Presence(who, online) => presence.push((who, online)),
+                Event::Undelivered(u) => undelivered.push(u),
+            }
+        }
+        if !updates.is_empty() {
+            services.store_updates(updates);
+        }
+        if !presence.is_empty() {
+            services.presence(presence);
+        }
+        if !undelivered.is_empty() {
+            services.report(undelivered);
+        }
         // Claims gathered in this pass leave together once the other ready tasks have run.
         if services.wants_claim_flush() {
             self.defer(None, |services, shard, now| {
@@ -680,15 +701,6 @@ impl Worker {
             self.defer(Some(wait), move |services, shard, now| {
                 services.flush_due(shard, biz_id, id, now)
             });
-        }
-        drop(services);
-        let presence = shard.take_presence();
-        if !presence.is_empty() {
-            self.services.borrow().presence(presence);
-        }
-        let undelivered = shard.take_undelivered();
-        if !undelivered.is_empty() {
-            self.services.borrow_mut().report(undelivered);
         }
         self.alarm.pull_in(shard.timeout_floor());
     }
@@ -765,15 +777,15 @@ impl Worker {
             }
             CoreMsg::Answered(answers) => {
                 let mut shard = self.shard.borrow_mut();
-                self.services
-                    .borrow_mut()
-                    .on_answered(&mut shard, *answers, now);
+                for (req, result) in *answers {
+                    shard.on_upstream_result(&req, result, now);
+                }
             }
             CoreMsg::Claimed(answers) => {
                 let mut shard = self.shard.borrow_mut();
-                self.services
-                    .borrow_mut()
-                    .on_claimed(&mut shard, *answers, now);
+                for (req, claim) in *answers {
+                    shard.on_claimed(req, claim, now);
+                }
             }
             CoreMsg::Shutdown => {
                 if let Some(a) = acceptor.take() {
@@ -804,11 +816,32 @@ fn spawn_after(wait: Option<Duration>, task: impl FnOnce() + 'static) {
     .detach();
 }
 
-fn link_waker(shard: &mut Shard, conn: ConnId, cx: &Context<'_>) {
-    if let Some(link) = shard.link_mut(conn) {
-        match &link.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => link.waker = Some(cx.waker().clone()),
+/// One HTTP request's hold on its link: the generation it serves and, for a long poll, its
+/// answer once taken (`Some(None)`: a poll still waiting).
+struct HttpReq {
+    conn: ConnId,
+    generation: u32,
+    origin: Option<String>,
+    answer: Option<Option<Vec<u8>>>,
+}
+
+/// Writes what the shard offers for the link until the socket would block. `None`: the link
+/// is over; `Some(Some(closing))`: nothing is left to write; `Some(None)`: the socket is full.
+fn write_out(
+    shard: &mut Shard,
+    conn: ConnId,
+    cx: &mut Context<'_>,
+    stream: &mut Conn,
+) -> Option<Option<bool>> {
+    loop {
+        match shard.poll_transmit(conn) {
+            Transmit::Gone => return None,
+            Transmit::Idle { closing } => return Some(Some(closing)),
+            Transmit::Bytes(out) => match Pin::new(&mut *stream).poll_write(cx, out) {
+                Poll::Ready(Ok(n)) if n > 0 => shard.handle_written(conn, n, Instant::now()),
+                Poll::Ready(_) => return None,
+                Poll::Pending => return Some(None),
+            },
         }
     }
 }
@@ -866,12 +899,10 @@ async fn timer_loop(w: Rc<Worker>) {
         let now = Instant::now();
         {
             let mut shard = w.shard.borrow_mut();
-            shard.tick(now);
+            shard.handle_timeout(now);
             if now >= housekeeping {
-                shard.publish_latencies();
+                shard.publish_metrics();
                 w.services.borrow_mut().log_tally();
-                let evicted = w.services.borrow().local.evicted();
-                w.metrics.idem_evictions.set(evicted);
                 housekeeping = now + HOUSEKEEPING;
             }
         }

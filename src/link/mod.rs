@@ -1,6 +1,7 @@
 //! One device's connection, as state: what it owes the client and what the client owes it.
-//! Pure: no sockets, no clocks of its own. The core's shard drives it; the shell moves `out` to
-//! the socket.
+//! Pure: no sockets, no clocks, no wakers of its own. The core's shard drives it; a link with
+//! something new for its socket puts itself on the shard's ready list, and the shell, told so
+//! by the shard, moves `out` to the socket.
 
 pub mod bucket;
 pub mod idem;
@@ -11,7 +12,6 @@ pub mod timer_wheel;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Instant;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -66,9 +66,36 @@ pub struct Deflating {
 pub enum Wire {
     WebSocket(Option<Box<Deflating>>),
     /// Server-sent events (`GET /sse`); upstream arrives by `POST /send`.
-    EventStream,
+    EventStream(Box<Attachment>),
     /// Batches of frames answer `GET /poll`; upstream arrives by `POST /send`.
-    LongPoll,
+    LongPoll(Box<Attachment>),
+}
+
+/// An HTTP-transport link's hold on the requests that serve it: they come and go (a stream
+/// drops, a poll is answered), the link stays. Kept off the WebSocket links.
+#[derive(Debug, Default)]
+pub struct Attachment {
+    /// Bumped by every request that takes the link over; a socket task whose generation is
+    /// older steps aside.
+    pub generation: u32,
+    /// A request's socket currently serves the link.
+    pub attached: bool,
+    /// The last seq handed to a request's socket before it went away. Pushes after it still
+    /// wait in `out`; those up to it may have died with the socket.
+    pub seq_at_detach: u64,
+    /// Long polling: answer the waiting poll now, even with no frames.
+    pub poll_due: bool,
+}
+
+/// The links that have something new for their socket (bytes, a close, their end), each
+/// listed once until the shard hands it to the shell.
+#[derive(Debug, Default)]
+pub struct ReadyList(RefCell<Vec<ConnId>>);
+
+impl ReadyList {
+    pub fn take(&self) -> Vec<ConnId> {
+        std::mem::take(&mut self.0.borrow_mut())
+    }
 }
 
 impl Wire {
@@ -78,18 +105,37 @@ impl Wire {
         !matches!(self, Wire::WebSocket(_))
     }
 
+    pub fn attachment(&self) -> Option<&Attachment> {
+        match self {
+            Wire::WebSocket(_) => None,
+            Wire::EventStream(a) | Wire::LongPoll(a) => Some(a),
+        }
+    }
+
+    pub fn attachment_mut(&mut self) -> Option<&mut Attachment> {
+        match self {
+            Wire::WebSocket(_) => None,
+            Wire::EventStream(a) | Wire::LongPoll(a) => Some(a),
+        }
+    }
+
     /// The label links are counted under.
     pub fn transport(&self) -> Transport {
         match self {
             Wire::WebSocket(None) => Transport::WebSocket,
             Wire::WebSocket(Some(_)) => Transport::WebSocketDeflate,
-            Wire::EventStream => Transport::EventStream,
-            Wire::LongPoll => Transport::LongPoll,
+            Wire::EventStream(_) => Transport::EventStream,
+            Wire::LongPoll(_) => Transport::LongPoll,
         }
     }
 }
 
 pub struct Link {
+    /// This link's id, and the list it joins when it has something for its socket.
+    conn: ConnId,
+    ready: Rc<ReadyList>,
+    /// On the ready list now: listed once, however much is queued before the shell looks.
+    pub listed: bool,
     pub who: Arc<Identity>,
     pub codec: Codec,
     pub wire: Wire,
@@ -120,18 +166,6 @@ pub struct Link {
     /// The closing handshake is over (the client answered, or the linger ran out): the shell
     /// drops the socket.
     pub finished: bool,
-    /// The task that owns the socket, woken when `out` grows or the link starts closing.
-    pub waker: Option<Waker>,
-    /// HTTP transports: bumped by every request that takes the link over; a socket task whose
-    /// generation is older steps aside.
-    pub attach_gen: u32,
-    /// HTTP transports: a request's socket currently serves the link.
-    pub attached: bool,
-    /// HTTP transports: the last seq handed to a request's socket before it went away. Pushes
-    /// after it still wait in `out`; those up to it may have died with the socket.
-    pub seq_at_detach: u64,
-    /// Long polling: answer the waiting poll now, even with no frames.
-    pub poll_due: bool,
     /// How the link was closed, for transports that say it in their own words.
     pub close_note: Option<(u16, Box<str>)>,
 }
@@ -143,6 +177,8 @@ thread_local! {
 
 impl Link {
     pub fn new(
+        conn: ConnId,
+        ready: Rc<ReadyList>,
         who: Arc<Identity>,
         codec: Codec,
         wire: Wire,
@@ -152,6 +188,9 @@ impl Link {
         let mut reader = ws::WsReader::default();
         reader.deflate = matches!(wire, Wire::WebSocket(Some(_)));
         Link {
+            conn,
+            ready,
+            listed: false,
             who,
             codec,
             wire,
@@ -169,11 +208,6 @@ impl Link {
             push_queued_at: None,
             closing: None,
             finished: false,
-            waker: None,
-            attach_gen: 0,
-            attached: false,
-            seq_at_detach: 0,
-            poll_due: false,
             close_note: None,
         }
     }
@@ -223,11 +257,11 @@ impl Link {
         let rest = &self.out[at..];
         let len = match self.wire {
             Wire::WebSocket(_) => ws::frame_len(rest),
-            Wire::EventStream => rest
+            Wire::EventStream(_) => rest
                 .windows(2)
                 .position(|w| w == b"\n\n")
                 .map_or(rest.len(), |p| p + 2),
-            Wire::LongPoll => rest.len(),
+            Wire::LongPoll(_) => rest.len(),
         };
         len.clamp(1, rest.len().max(1))
     }
@@ -304,8 +338,8 @@ impl Link {
                     ws::write_frame(&mut self.out, opcode, plain);
                 }
             }),
-            Wire::EventStream => events::write_event(&mut self.out, seq, encode),
-            Wire::LongPoll => events::write_batch_item(&mut self.out, encode),
+            Wire::EventStream(_) => events::write_event(&mut self.out, seq, encode),
+            Wire::LongPoll(_) => events::write_batch_item(&mut self.out, encode),
         }
         self.wake();
     }
@@ -319,10 +353,10 @@ impl Link {
 
     /// Tells a quiet client the link is alive: a ping, an SSE comment, or an empty poll answer.
     pub fn keepalive(&mut self) {
-        match self.wire {
+        match &mut self.wire {
             Wire::WebSocket(_) => self.send_control(Control::Ping, b""),
-            Wire::EventStream => events::write_comment(&mut self.out),
-            Wire::LongPoll => self.poll_due = true,
+            Wire::EventStream(_) => events::write_comment(&mut self.out),
+            Wire::LongPoll(a) => a.poll_due = true,
         }
         self.wake();
     }
@@ -330,10 +364,10 @@ impl Link {
     /// Starts the closing handshake: a close frame (or close event) after whatever is queued.
     pub fn close(&mut self, code: u16, reason: &str, why: CloseReason) {
         if self.closing.is_none() {
-            match self.wire {
+            match &mut self.wire {
                 Wire::WebSocket(_) => ws::write_close(&mut self.out, code, reason),
-                Wire::EventStream => events::write_close(&mut self.out, code, reason),
-                Wire::LongPoll => self.poll_due = true,
+                Wire::EventStream(_) => events::write_close(&mut self.out, code, reason),
+                Wire::LongPoll(a) => a.poll_due = true,
             }
             self.close_note = Some((code, reason.into()));
             self.closing = Some(why);
@@ -341,9 +375,12 @@ impl Link {
         }
     }
 
+    /// Puts the link on the ready list, so the shell comes to move its bytes (or drop its
+    /// socket).
     pub fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
+        if !self.listed {
+            self.listed = true;
+            self.ready.0.borrow_mut().push(self.conn);
         }
     }
 }
