@@ -99,6 +99,9 @@ struct Worker {
     /// The task that owns each link's socket, with the attachment generation it serves (0 for
     /// a WebSocket), woken when the shard says the link has something for it.
     wakers: RefCell<FastMap<ConnId, (u32, Waker)>>,
+    /// The WebSocket link whose task is running now: it writes what it queued before it reads
+    /// again, so waking it would only poll it once more for nothing.
+    running: Cell<Option<ConnId>>,
     readiness: Rc<Readiness>,
     /// The timer loop's sleep, pulled in by events that schedule something sooner.
     alarm: Alarm,
@@ -166,6 +169,7 @@ async fn run(setup: Rules, core: Core) {
         metrics: core.metrics,
         next_conn: Cell::new(1),
         wakers: RefCell::default(),
+        running: Cell::new(None),
         readiness: readiness.clone(),
         alarm: Alarm::default(),
     });
@@ -569,7 +573,9 @@ impl Worker {
                     let now = Instant::now();
                     shard.handle_bytes(conn, &mut scratch[..n], now);
                     drop((shard, scratch));
+                    self.running.set(Some(conn));
                     self.after_events(now);
+                    self.running.set(None);
                 }
                 Poll::Pending => {
                     self.park(conn, 0, cx);
@@ -658,6 +664,9 @@ impl Worker {
     /// Wakes the task of a link with something for its socket; it registers again when it
     /// next waits.
     fn wake(&self, conn: ConnId) {
+        if self.running.get() == Some(conn) {
+            return;
+        }
         let waker = self.wakers.borrow_mut().remove(&conn);
         if let Some((_, w)) = waker {
             w.wake();
