@@ -83,16 +83,25 @@ pub fn check_id(name: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why no token could ever be checked with the configured key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the JWT secret must be at least 16 bytes")]
+    ShortSecret,
+    #[error("public key is neither RSA nor EC PEM: {0}")]
+    NotAPublicKey(#[source] jsonwebtoken::errors::Error),
+}
+
 impl Verifier {
     pub fn new(
         source: &KeySource,
         issuer: Option<&str>,
         audience: Option<&str>,
-    ) -> Result<Verifier, String> {
+    ) -> Result<Verifier, KeyError> {
         let (key, alg) = match source {
             KeySource::Secret(s) => {
                 if s.len() < 16 {
-                    return Err("the JWT secret must be at least 16 bytes".into());
+                    return Err(KeyError::ShortSecret);
                 }
                 (DecodingKey::from_secret(s), Algorithm::HS256)
             }
@@ -100,8 +109,7 @@ impl Verifier {
                 if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
                     (k, Algorithm::RS256)
                 } else {
-                    let k = DecodingKey::from_ec_pem(pem)
-                        .map_err(|e| format!("public key is neither RSA nor EC PEM: {e}"))?;
+                    let k = DecodingKey::from_ec_pem(pem).map_err(KeyError::NotAPublicKey)?;
                     (k, Algorithm::ES256)
                 }
             }

@@ -15,6 +15,7 @@ use crate::control::demo::DemoSetup;
 use crate::control::remotes::{RemoteSetup, Remotes};
 use crate::core::admission::Admission;
 use crate::core::shard::ShardConfig;
+use crate::protocol::body_crypt::KeySpecError;
 
 mod admin;
 mod admission;
@@ -108,7 +109,7 @@ impl ServeArgs {
             .then(|| Duration::from_millis(self.cluster.location_ttl_ms.max(1_000)))
     }
 
-    pub fn shard_config(&self, node_id: &str) -> Result<ShardConfig, String> {
+    pub fn shard_config(&self, node_id: &str) -> Result<ShardConfig, KeySpecError> {
         let presence = self.kafka.kafka.is_some() || self.tracks_locations();
         self.links.shard_config(node_id, presence)
     }

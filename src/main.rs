@@ -9,6 +9,7 @@ use ringway::auth::{self, Identity};
 use ringway::cluster::{self, registry::Registry};
 use ringway::config::{Cli, Command, ServeArgs};
 use ringway::control::remotes::Remotes;
+use ringway::control::startup::StartError;
 use ringway::control::{self, NodeState, listeners};
 use ringway::core::worker;
 use ringway::metrics::CoreMetrics;
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
 
 /// Binds the ports, starts the worker cores, then runs the control side on this thread until
 /// the node has drained.
-fn serve(args: ServeArgs) -> Result<(), String> {
+fn serve(args: ServeArgs) -> Result<(), StartError> {
     control::ignore_hangup();
     let source = args.clients.key_source()?;
     let verifier = Arc::new(args.clients.verifier(&source)?);
@@ -72,13 +73,19 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .enable_all()
         .thread_name("ringway-control")
         .build()
-        .map_err(|e| format!("starting control runtime: {e}"))?;
+        .map_err(|source| StartError::Os {
+            what: "starting the control runtime",
+            source,
+        })?;
     let remotes = Remotes::connect(&rt, args.remote_setup(&node_id))?;
     let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
     let calls_rx = remotes.any().then_some(calls_rx);
     let admission = Arc::new(args.admission.admission());
     let tls = args.node.tls_files()?.map(Arc::new);
-    control::watchdog::install_wakeup_signal().map_err(|e| format!("wake-up signal: {e}"))?;
+    control::watchdog::install_wakeup_signal().map_err(|source| StartError::Os {
+        what: "installing the wake-up signal",
+        source,
+    })?;
     let rules = worker::Rules {
         shard: args.shard_config(&node_id)?,
         verifier,

@@ -20,6 +20,7 @@ use tracing::info;
 use crate::control::location::Locations;
 use crate::control::remotes::Remotes;
 use crate::control::services::{self, Remote};
+use crate::control::startup::StartError;
 use crate::control::{NodeState, admin, watchdog};
 use crate::core::services::ServiceCall;
 use crate::core::tls::TlsFiles;
@@ -58,8 +59,11 @@ pub async fn run(
     admin: std::net::TcpListener,
     services: Services,
     life: Lifecycle,
-) -> Result<(), String> {
-    let admin = tokio::net::TcpListener::from_std(admin).map_err(|e| format!("admin port: {e}"))?;
+) -> Result<(), StartError> {
+    let admin = tokio::net::TcpListener::from_std(admin).map_err(|source| StartError::Os {
+        what: "serving the admin port",
+        source,
+    })?;
     if let Some(registry) = &life.registry {
         tokio::spawn(registry.clone().run(node.clone()));
     }

@@ -6,7 +6,8 @@ use clap::Args;
 use rand::TryRngCore;
 use tracing::warn;
 
-use crate::auth::{self, Identity, KeySource, Verifier};
+use crate::auth::{self, Identity, KeyError, KeySource, Verifier};
+use crate::control::startup::StartError;
 
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Clients and tokens")]
@@ -37,17 +38,23 @@ impl ClientArgs {
     /// The key tokens are checked with. With neither a secret nor a public key, a fresh random
     /// development secret per process, shown once with a sample token: no shared key is ever
     /// built in.
-    pub fn key_source(&self) -> Result<KeySource, String> {
+    pub fn key_source(&self) -> Result<KeySource, StartError> {
         match (&self.jwt_secret, &self.jwt_public_key) {
             (Some(s), _) => Ok(KeySource::Secret(s.as_bytes().to_vec())),
-            (None, Some(path)) => Ok(KeySource::PublicKeyPem(
-                std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
-            )),
+            (None, Some(path)) => Ok(KeySource::PublicKeyPem(std::fs::read(path).map_err(
+                |source| StartError::Read {
+                    path: path.clone(),
+                    source,
+                },
+            )?)),
             (None, None) => {
                 let mut raw = [0u8; 24];
                 rand::rngs::OsRng
                     .try_fill_bytes(&mut raw)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| StartError::Os {
+                        what: "reading random bytes for a development secret",
+                        source: std::io::Error::other(e),
+                    })?;
                 let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
                 let who = Identity {
                     biz_id: 1,
@@ -66,7 +73,7 @@ impl ClientArgs {
         }
     }
 
-    pub fn verifier(&self, source: &KeySource) -> Result<Verifier, String> {
+    pub fn verifier(&self, source: &KeySource) -> Result<Verifier, KeyError> {
         Verifier::new(
             source,
             self.jwt_issuer.as_deref(),

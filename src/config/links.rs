@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::core::shard::ShardConfig;
 use crate::link::retry::RetryPolicy;
-use crate::protocol::body_crypt::BodyKeys;
+use crate::protocol::body_crypt::{BodyKeys, KeySpecError};
 use crate::protocol::deflate::DeflatePolicy;
 
 #[derive(Args, Debug, Clone)]
@@ -95,7 +95,7 @@ impl LinkArgs {
         &self,
         node_id: &str,
         presence_events: bool,
-    ) -> Result<ShardConfig, String> {
+    ) -> Result<ShardConfig, KeySpecError> {
         Ok(ShardConfig {
             node_id: node_id.to_owned(),
             max_message_bytes: self.max_message_bytes,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::core::tls::TlsFiles;
+use crate::core::tls::{TlsError, TlsFiles};
 use crate::core::worker::Executor;
 
 #[derive(Args, Debug, Clone)]
@@ -73,11 +73,11 @@ impl NodeArgs {
             })
     }
 
-    pub fn tls_files(&self) -> Result<Option<TlsFiles>, String> {
+    /// The certificate and key, with `--tls-cert` (clap makes `--tls-key` come with it).
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, TlsError> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(TlsFiles::load(cert, key)?)),
-            (None, None) => Ok(None),
-            _ => Err("--tls-cert and --tls-key go together".into()),
+            _ => Ok(None),
         }
     }
 

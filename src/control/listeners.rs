@@ -58,30 +58,45 @@ pub fn someone_listens(addr: SocketAddr) -> bool {
         .any(|path| std::fs::read_to_string(path).is_ok_and(|table| listed(&table, addr)))
 }
 
+/// Why the node cannot have its ports.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "cannot listen on {0}: another process already listens there (is another ringway running?)"
+    )]
+    Taken(SocketAddr),
+    #[error("cannot listen on {port}{addr}: {source}")]
+    Io {
+        /// "" for the client port, "admin " for the admin port.
+        port: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// The client port's listeners, one per worker core, and the admin port's.
 pub fn bind(
     listen: SocketAddr,
     admin: SocketAddr,
     cores: usize,
-) -> Result<(Vec<OwnedFd>, std::net::TcpListener), String> {
+) -> Result<(Vec<OwnedFd>, std::net::TcpListener), BindError> {
     refuse_if_taken(listen)?;
+    let io = |port, addr| move |source| BindError::Io { port, addr, source };
     let fds = (0..cores)
         .map(|_| bind_reuseport(listen))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(io("", listen))?;
     let admin_listener = std::net::TcpListener::bind(admin)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| format!("cannot listen on admin {admin}: {e}"))?;
+        .map_err(io("admin ", admin))?;
     Ok((fds, admin_listener))
 }
 
 /// SO_REUSEPORT is for this node's own cores: a second process on the same address would take
 /// a share of the upgrades unseen.
-pub fn refuse_if_taken(addr: SocketAddr) -> Result<(), String> {
+fn refuse_if_taken(addr: SocketAddr) -> Result<(), BindError> {
     if someone_listens(addr) {
-        return Err(format!(
-            "cannot listen on {addr}: another process already listens there (is another ringway running?)"
-        ));
+        return Err(BindError::Taken(addr));
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod remotes;
 pub mod router;
 pub mod routes;
 pub mod services;
+pub mod startup;
 pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -6,9 +6,25 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use rustls::pki_types::pem;
+
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why the certificate or key cannot be served; each names the flag and file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--tls-cert {}: {source}", path.display())]
+    Cert { path: PathBuf, source: pem::Error },
+    #[error("--tls-cert {}: no certificate in it", .0.display())]
+    NoCert(PathBuf),
+    #[error("--tls-key {}: {source}", path.display())]
+    Key { path: PathBuf, source: pem::Error },
+    /// rustls refused the pair (a key that does not match the certificate, an unsupported key).
+    #[error("--tls-cert/--tls-key: {0}")]
+    Refused(#[from] rustls::Error),
+}
 
 pub struct TlsFiles {
     cert: PathBuf,
@@ -17,7 +33,7 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    pub fn load(cert: &Path, key: &Path) -> Result<TlsFiles, String> {
+    pub fn load(cert: &Path, key: &Path) -> Result<TlsFiles, TlsError> {
         Ok(TlsFiles {
             cert: cert.to_owned(),
             key: key.to_owned(),
@@ -31,33 +47,34 @@ impl TlsFiles {
     }
 
     /// Reads the files again; on error nothing changes.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = Arc::new(server_config(&self.cert, &self.key)?);
         *self.current.write().expect("tls lock") = fresh;
         Ok(())
     }
 }
 
-fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let bad_cert = |source| TlsError::Cert {
+        path: cert.to_owned(),
+        source,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?
+        .map_err(bad_cert)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+        .map_err(bad_cert)?;
     if chain.is_empty() {
-        return Err(format!(
-            "--tls-cert {}: no certificate in it",
-            cert.display()
-        ));
+        return Err(TlsError::NoCert(cert.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

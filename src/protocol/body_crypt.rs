@@ -30,30 +30,49 @@ impl std::fmt::Debug for BodyKeys {
     }
 }
 
+/// A `--body-key` spec that cannot be used, said in the flag's terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySpecError {
+    #[error("--body-key {0:?}: expected BIZ=BASE64KEY")]
+    Form(String),
+    #[error("--body-key: {0:?} is not a biz id")]
+    Biz(String),
+    #[error("--body-key for biz {biz}: not base64: {why}")]
+    Base64 { biz: u64, why: String },
+    #[error("--body-key for biz {biz}: need 32 bytes, got {len}")]
+    Length { biz: u64, len: usize },
+    #[error("--body-key: biz {0} named twice")]
+    Twice(u64),
+}
+
 /// A sealed body that is not one: too short, or it fails authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenError;
 
 impl BodyKeys {
     /// Parses `BIZ=KEY` specs, KEY being 32 bytes in standard base64.
-    pub fn parse(specs: &[String]) -> Result<BodyKeys, String> {
+    pub fn parse(specs: &[String]) -> Result<BodyKeys, KeySpecError> {
         let mut keys = FastMap::default();
         for spec in specs {
             let (biz, key) = spec
                 .split_once('=')
-                .ok_or_else(|| format!("--body-key {spec:?}: expected BIZ=BASE64KEY"))?;
+                .ok_or_else(|| KeySpecError::Form(spec.clone()))?;
             let biz: u64 = biz
                 .trim()
                 .parse()
-                .map_err(|_| format!("--body-key: {biz:?} is not a biz id"))?;
+                .map_err(|_| KeySpecError::Biz(biz.to_owned()))?;
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(key.trim())
-                .map_err(|e| format!("--body-key for biz {biz}: not base64: {e}"))?;
-            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| {
-                format!("--body-key for biz {biz}: need 32 bytes, got {}", raw.len())
+                .map_err(|e| KeySpecError::Base64 {
+                    biz,
+                    why: e.to_string(),
+                })?;
+            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| KeySpecError::Length {
+                biz,
+                len: raw.len(),
             })?;
             if keys.insert(biz, cipher).is_some() {
-                return Err(format!("--body-key: biz {biz} named twice"));
+                return Err(KeySpecError::Twice(biz));
             }
         }
         Ok(BodyKeys(keys))
@@ -150,14 +169,14 @@ mod tests {
 
     #[test]
     fn bad_specs_say_what_is_wrong() {
-        let err = |s: &str| BodyKeys::parse(&[s.to_owned()]).unwrap_err();
+        let err = |s: &str| BodyKeys::parse(&[s.to_owned()]).unwrap_err().to_string();
         assert!(err("nokey").contains("BIZ=BASE64KEY"));
         assert!(err("x=AAAA").contains("not a biz id"));
         assert!(err("1=!!").contains("not base64"));
         assert!(err("1=AAAA").contains("need 32 bytes"));
         let key = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
         let twice = BodyKeys::parse(&[format!("1={key}"), format!("1={key}")]);
-        assert!(twice.unwrap_err().contains("twice"));
+        assert_eq!(twice.unwrap_err(), KeySpecError::Twice(1));
         assert!(format!("{:?}", keys()).contains('1'));
     }
 }
