@@ -81,6 +81,18 @@ pub struct ServeArgs {
     pub cluster: ClusterArgs,
 }
 
+impl TokenArgs {
+    /// The token these flags describe.
+    pub fn mint(&self) -> String {
+        let who = crate::auth::Identity {
+            biz_id: self.biz,
+            user_id: self.user.clone(),
+            device_id: self.device.clone(),
+        };
+        crate::auth::mint_hs256(self.jwt_secret.as_bytes(), &who, self.ttl)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct TokenArgs {
     #[arg(long, env = "RINGWAY_JWT_SECRET", hide_env_values = true)]

@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use tracing::info;
 
-use ringway::auth::{self, Identity};
 use ringway::cluster::{self, registry::Registry};
 use ringway::config::{Cli, Command, ServeArgs};
 use ringway::control::remotes::Remotes;
@@ -38,12 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(t) => {
-            let who = Identity {
-                biz_id: t.biz,
-                user_id: t.user,
-                device_id: t.device,
-            };
-            println!("{}", auth::mint_hs256(t.jwt_secret.as_bytes(), &who, t.ttl));
+            println!("{}", t.mint());
             Ok(())
         }
     };
@@ -69,23 +63,13 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
     let (handles, inboxes) = worker::inboxes(workers, args.node.core_inbox)?;
     let metrics: Vec<Arc<CoreMetrics>> = (0..workers).map(|_| Arc::default()).collect();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("ringway-control")
-        .build()
-        .map_err(|source| StartError::Os {
-            what: "starting the control runtime",
-            source,
-        })?;
+    let rt = control::runtime()?;
     let remotes = Remotes::connect(&rt, args.remote_setup(&node_id))?;
     let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(4096);
     let calls_rx = remotes.any().then_some(calls_rx);
     let admission = Arc::new(args.admission.admission());
     let tls = args.node.tls_files()?.map(Arc::new);
-    control::watchdog::install_wakeup_signal().map_err(|source| StartError::Os {
-        what: "installing the wake-up signal",
-        source,
-    })?;
+    control::watchdog::install_wakeup_signal()?;
     let rules = worker::Rules {
         shard: args.shard_config(&node_id)?,
         verifier,
@@ -106,6 +90,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
         peers: handles.clone(),
     };
     let executor = args.node.executor();
+    let mut threads = Vec::with_capacity(workers);
     for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
         let metrics = metrics[index].clone();
         let core = worker::Core {
@@ -115,7 +100,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
             metrics,
         };
         let cpu = args.node.pin_cores.then(|| cpus[index % cpus.len()]);
-        worker::spawn(rules.clone(), core, cpu, &executor)?;
+        threads.push(worker::spawn(rules.clone(), core, cpu, &executor)?);
     }
 
     let started_ms = SystemTime::now()
@@ -147,7 +132,11 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
         services,
         args.lifecycle(registry),
     ))?;
-    // Worker threads hold only links that are closed by now; the process ends here.
     listeners::shut_every_socket();
+    if !worker::join(threads, Duration::from_secs(2)) {
+        tracing::warn!("a worker core did not stop within 2 s; exiting anyway");
+    }
+    // The control side's clients are not torn down one by one: the drain ended their
+    // sessions, and a Kafka consumer's close can wait out a group rebalance.
     std::process::exit(0);
 }

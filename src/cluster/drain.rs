@@ -70,6 +70,22 @@ pub async fn drain(node: Arc<NodeState>, registry: Option<&Registry>, timeout: D
     );
 }
 
+/// Ends every core's executor once the node is drained, so main can join their threads.
+pub async fn stop_cores(node: &NodeState) {
+    for core in 0..node.cores.len() {
+        if node
+            .send_within(core, CoreMsg::Stop, Duration::from_secs(1))
+            .await
+            .is_err()
+        {
+            warn!(
+                core,
+                "core inbox full: the core is not stopped, the process ends anyway"
+            );
+        }
+    }
+}
+
 /// Closes every link with 1001; the message must get through even to a flooded inbox.
 async fn close_all(node: &NodeState) {
     for core in 0..node.cores.len() {

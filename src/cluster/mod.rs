@@ -75,7 +75,13 @@ pub async fn run(
         _ = wait_for_signal() => info!("signal: draining"),
         _ = node.drain_requested.notified() => info!("drain requested"),
     }
-    drain::drain(node, life.registry.as_deref(), life.shutdown_timeout).await;
+    drain::drain(
+        node.clone(),
+        life.registry.as_deref(),
+        life.shutdown_timeout,
+    )
+    .await;
+    drain::stop_cores(&node).await;
     Ok(())
 }
 

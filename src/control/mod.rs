@@ -272,6 +272,18 @@ impl NodeState {
 /// SIGHUP's default action ends the process: until [`reload_on_hangup`] takes over, a hangup
 /// is ignored rather than fatal. (A handler, unlike SIG_IGN, is not inherited by the commands
 /// the node runs.)
+/// The control side's runtime: one thread, the process's main one.
+pub fn runtime() -> Result<tokio::runtime::Runtime, startup::StartError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("ringway-control")
+        .build()
+        .map_err(|source| startup::StartError::Os {
+            what: "starting the control runtime",
+            source,
+        })
+}
+
 pub fn ignore_hangup() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };

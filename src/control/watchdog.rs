@@ -23,6 +23,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::NodeState;
+use super::startup::StartError;
 
 /// Beyond a scheduling hiccup, short enough that links barely notice.
 const STALL: Duration = Duration::from_millis(50);
@@ -33,7 +34,7 @@ const SIGNAL: libc::c_int = libc::SIGURG;
 
 /// Installs the wake-up signal's handler for the whole process, before the cores start. No
 /// `SA_RESTART`: the point is that the interrupted wait returns.
-pub fn install_wakeup_signal() -> std::io::Result<()> {
+pub fn install_wakeup_signal() -> Result<(), StartError> {
     extern "C" fn wake(_: libc::c_int) {}
     // SAFETY: a handler that does nothing is async-signal-safe; the struct is zeroed, then
     // filled in as sigaction(2) asks.
@@ -42,7 +43,10 @@ pub fn install_wakeup_signal() -> std::io::Result<()> {
         action.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut action.sa_mask);
         if libc::sigaction(SIGNAL, &action, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
+            return Err(StartError::Os {
+                what: "installing the wake-up signal",
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     Ok(())

@@ -39,6 +39,8 @@ pub enum CoreMsg {
     Answered(Box<Vec<(UpstreamRequest, Result<Bytes, BackendError>)>>),
     /// Stop accepting and close every link with 1001.
     Shutdown,
+    /// The node is done: end the core's executor, so its thread can be joined.
+    Stop,
 }
 
 pub struct Handoff {

@@ -113,13 +113,16 @@ pub struct Executor {
     pub ring_depth: usize,
 }
 
+/// A worker core's thread, ended by [`CoreMsg::Stop`].
+pub type Thread = glommio::ExecutorJoinHandle<()>;
+
 /// Starts a worker core on a thread of its own, pinned to `cpu` if given.
 pub fn spawn(
     rules: Rules,
     core: Core,
     cpu: Option<usize>,
     executor: &Executor,
-) -> Result<(), String> {
+) -> Result<Thread, String> {
     let i = core.index;
     let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
     glommio::LocalExecutorBuilder::new(placement)
@@ -127,8 +130,20 @@ pub fn spawn(
         .preempt_timer(executor.preempt)
         .ring_depth(executor.ring_depth)
         .spawn(move || run(rules, core))
-        .map(drop)
         .map_err(|e| format!("starting worker {i}: {e}"))
+}
+
+/// Waits for the worker threads to end, at most `within` (a core that does not stop must not
+/// keep the process alive); false if some did not.
+pub fn join(threads: Vec<Thread>, within: Duration) -> bool {
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = done.send(());
+    });
+    ended.recv_timeout(within).is_ok()
 }
 
 async fn run(setup: Rules, core: Core) {
@@ -806,6 +821,7 @@ impl Worker {
                     .borrow_mut()
                     .close_all("server shutting down", now);
             }
+            CoreMsg::Stop => unreachable!("the inbox loop ends on Stop"),
         }
     }
 }
@@ -863,6 +879,10 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
     loop {
         let mut handled = 0;
         while let Ok(msg) = inbox.rx.try_recv() {
+            if matches!(msg, CoreMsg::Stop) {
+                // The executor ends with this task; the others (accept, timers) are dropped.
+                return;
+            }
             w.handle(msg, &mut acceptor);
             handled += 1;
             if handled == INBOX_BATCH {
