@@ -11,6 +11,7 @@ use crate::cluster::Lifecycle;
 use crate::cluster::registry::{EtcdConfig, Registry};
 use crate::cluster::routing::PushRouting;
 use crate::control::NodeSetup;
+use crate::control::admin::AdminSettings;
 use crate::control::demo::DemoSetup;
 use crate::control::remotes::{RemoteSetup, Remotes};
 use crate::core::admission::Admission;
@@ -163,20 +164,22 @@ impl ServeArgs {
     ) -> NodeSetup {
         NodeSetup {
             node_id: node_id.to_owned(),
-            admin_token: self.admin.admin_token.clone().filter(|t| !t.is_empty()),
-            admin_origins: self.admin.admin_allowed_origins.clone(),
-            admin_idle: Duration::from_millis(self.admin.admin_idle_timeout_ms.max(1)),
+            admin: AdminSettings {
+                token: self.admin.admin_token.clone().filter(|t| !t.is_empty()),
+                origins: self.admin.admin_allowed_origins.clone(),
+                idle: Duration::from_millis(self.admin.admin_idle_timeout_ms.max(1)),
+                demo: DemoSetup {
+                    ws_port: self.node.listen.port(),
+                    mint_secret: match (source, self.admin.demo) {
+                        (KeySource::Secret(s), true) => Some(s.clone()),
+                        _ => None,
+                    },
+                },
+            },
             admission,
             routes: remotes.routes.clone(),
             kafka: remotes.kafka_out.clone(),
             drain_rate: self.cluster.drain_rate,
-            demo: DemoSetup {
-                ws_port: self.node.listen.port(),
-                mint_secret: match (source, self.admin.demo) {
-                    (KeySource::Secret(s), true) => Some(s.clone()),
-                    _ => None,
-                },
-            },
             max_outbound_bytes: self.links.max_outbound_bytes,
             republish: routing.is_some(),
         }

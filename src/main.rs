@@ -9,7 +9,7 @@ use ringway::cluster::{self, registry::Registry};
 use ringway::config::{Cli, Command, ServeArgs};
 use ringway::control::remotes::Remotes;
 use ringway::control::startup::StartError;
-use ringway::control::{self, NodeState, listeners};
+use ringway::control::{self, Hub, listeners};
 use ringway::core::worker;
 use ringway::metrics::CoreMetrics;
 
@@ -109,7 +109,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
     let registry = args.etcd_config(&node_id, started_ms).map(Registry::new);
     let routing = args.push_routing(&remotes);
     let setup = args.node_setup(&node_id, &source, admission, &remotes, routing);
-    let node = Arc::new(NodeState::new(handles, metrics, setup));
+    let node = Arc::new(Hub::new(handles, metrics, setup));
     info!(
         listen = %args.node.listen,
         admin = %args.node.admin_listen,

@@ -9,12 +9,12 @@ use tracing::warn;
 use super::orphans::adopt_orphans;
 use super::rebalance::{ScaleEvent, on_scale_event};
 use super::routing::{Mode, PushRouter, hand_off, push_topic_share};
-use crate::control::NodeState;
+use crate::control::Hub;
 use crate::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
 
 /// Starts the consumers `mode` needs, once the topics they read exist.
 pub async fn start(
-    node: &Arc<NodeState>,
+    node: &Arc<Hub>,
     cfg: &KafkaConfig,
     out: Arc<KafkaOut>,
     mode: Mode,
@@ -67,12 +67,7 @@ pub async fn start(
 }
 
 /// Reads the push topic, routing each push ([`PushRouter::route`]) until the node drains.
-fn consume_push_topic(
-    node: &Arc<NodeState>,
-    brokers: &str,
-    sub: Subscription,
-    router: Arc<PushRouter>,
-) {
+fn consume_push_topic(node: &Arc<Hub>, brokers: &str, sub: Subscription, router: Arc<PushRouter>) {
     let (n, brokers) = (node.clone(), brokers.to_owned());
     tokio::spawn(async move {
         let handle = |bytes: Vec<u8>, unsettled| {
@@ -90,8 +85,8 @@ fn consume_push_topic(
 }
 
 /// Reads the node's own topic: pushes other nodes forwarded to users they found here. The
-/// drain stops it last ([`NodeState::finish_node_topic`]).
-fn consume_node_topic(node: &Arc<NodeState>, cfg: &KafkaConfig, node_topic: String) {
+/// drain stops it last ([`Hub::finish_node_topic`]).
+fn consume_node_topic(node: &Arc<Hub>, cfg: &KafkaConfig, node_topic: String) {
     node.node_topic_started();
     let sub = Subscription {
         topic: node_topic,
@@ -125,7 +120,7 @@ fn consume_node_topic(node: &Arc<NodeState>, cfg: &KafkaConfig, node_topic: Stri
 /// A group per process start, reading from the start but acting only on events newer than the
 /// process: a restarted node must not act on scale-ups it slept through, and one published
 /// while this consumer was still joining must not be missed.
-fn consume_scale_events(node: &Arc<NodeState>, cfg: &KafkaConfig, topic: String, started_ms: u64) {
+fn consume_scale_events(node: &Arc<Hub>, cfg: &KafkaConfig, topic: String, started_ms: u64) {
     let sub = Subscription {
         topic,
         group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),

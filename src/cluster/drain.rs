@@ -17,13 +17,13 @@ use tracing::{info, warn};
 
 use super::mover::move_links;
 use super::registry::Registry;
-use crate::control::NodeState;
+use crate::control::Hub;
 use crate::core::inbox::CoreMsg;
 
 /// How many nodes a REDIRECT offers.
 const REDIRECT_CHOICES: usize = 3;
 
-pub async fn drain(node: Arc<NodeState>, registry: Option<&Registry>, timeout: Duration) {
+pub async fn drain(node: Arc<Hub>, registry: Option<&Registry>, timeout: Duration) {
     let started = Instant::now();
     let deadline = started + timeout;
     info!(links = node.links(), "draining");
@@ -71,7 +71,7 @@ pub async fn drain(node: Arc<NodeState>, registry: Option<&Registry>, timeout: D
 }
 
 /// Ends every core's executor once the node is drained, so main can join their threads.
-pub async fn stop_cores(node: &NodeState) {
+pub async fn stop_cores(node: &Hub) {
     for core in 0..node.cores.len() {
         if node
             .send_within(core, CoreMsg::Stop, Duration::from_secs(1))
@@ -87,7 +87,7 @@ pub async fn stop_cores(node: &NodeState) {
 }
 
 /// Closes every link with 1001; the message must get through even to a flooded inbox.
-async fn close_all(node: &NodeState) {
+async fn close_all(node: &Hub) {
     for core in 0..node.cores.len() {
         if node
             .send_within(core, CoreMsg::Shutdown, Duration::from_secs(1))

@@ -13,10 +13,10 @@ use axum::routing::post;
 use serde_json::json;
 
 use super::rebalance::{AlertPayload, ScaleSetup, on_alert};
-use crate::control::NodeState;
+use crate::control::Hub;
 use crate::control::admin::{ApiError, accepted, error, fleet_op};
 
-pub fn routes(scale: Arc<ScaleSetup>) -> Router<Arc<NodeState>> {
+pub fn routes(scale: Arc<ScaleSetup>) -> Router<Arc<Hub>> {
     Router::new().route("/admin/drain", post(drain)).route(
         "/admin/rebalance",
         post(move |node, headers, body| rebalance(node, headers, body, scale)),
@@ -24,7 +24,7 @@ pub fn routes(scale: Arc<ScaleSetup>) -> Router<Arc<NodeState>> {
 }
 
 async fn drain(
-    State(node): State<Arc<NodeState>>,
+    State(node): State<Arc<Hub>>,
     headers: HeaderMap,
     _body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -34,7 +34,7 @@ async fn drain(
 }
 
 async fn rebalance(
-    State(node): State<Arc<NodeState>>,
+    State(node): State<Arc<Hub>>,
     headers: HeaderMap,
     body: Bytes,
     scale: Arc<ScaleSetup>,

@@ -21,7 +21,7 @@ use crate::control::location::Locations;
 use crate::control::remotes::Remotes;
 use crate::control::services::{self, Remote};
 use crate::control::startup::StartError;
-use crate::control::{NodeState, admin, watchdog};
+use crate::control::{Hub, admin, watchdog};
 use crate::core::services::ServiceCall;
 use crate::core::tls::TlsFiles;
 use rebalance::ScaleSetup;
@@ -55,7 +55,7 @@ pub struct Lifecycle {
 /// Starts the control side's services, serves the admin API until SIGTERM/SIGINT or
 /// `POST /admin/drain`, then drains the node and returns once it is empty (or at the timeout).
 pub async fn run(
-    node: Arc<NodeState>,
+    node: Arc<Hub>,
     admin: std::net::TcpListener,
     services: Services,
     life: Lifecycle,
@@ -87,11 +87,7 @@ pub async fn run(
 
 /// The location registry, the cores' service calls, certificate reloads and the Kafka
 /// consumers.
-async fn start(
-    node: &Arc<NodeState>,
-    s: Services,
-    scale_topic: Option<String>,
-) -> Result<(), String> {
+async fn start(node: &Arc<Hub>, s: Services, scale_topic: Option<String>) -> Result<(), String> {
     let locations = match (&s.remotes.redis, s.location_ttl) {
         (Some(r), Some(ttl)) => Some(Locations::start(r.client(), node.clone(), ttl)),
         _ => None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::control::NodeState;
+use crate::control::Hub;
 use crate::core::inbox::{CoreMsg, Redirect};
 use crate::proto::Node;
 
@@ -19,7 +19,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Returns how many links were asked to move: a core whose inbox was full took no share, and
 /// its links are asked again at the next tick.
 pub async fn move_links(
-    node: &NodeState,
+    node: &Hub,
     count: Option<u64>,
     rate: u32,
     targets: impl Fn() -> Vec<Node>,
@@ -75,7 +75,7 @@ mod tests {
         let (a, _a_inbox) = inbox::channel(16).unwrap();
         let (b, _b_inbox) = inbox::channel(1).unwrap();
         assert!(b.send(CoreMsg::Shutdown).is_ok(), "b's inbox is now full");
-        let node = NodeState::for_tests(vec![a, b]);
+        let node = Hub::for_tests(vec![a, b]);
         node.metrics[0].links.set(5);
         node.metrics[1].links.set(5);
         // One tick of 10 links/s asks for one link, a share of one per core.
@@ -85,7 +85,7 @@ mod tests {
         assert_eq!(node.counters.links_moved.get(), 1);
         let (c, _c_inbox) = inbox::channel(1).unwrap();
         assert!(c.send(CoreMsg::Shutdown).is_ok());
-        let full = NodeState::for_tests(vec![c]);
+        let full = Hub::for_tests(vec![c]);
         full.metrics[0].links.set(5);
         let deadline = Instant::now() + Duration::from_millis(250);
         assert_eq!(move_links(&full, Some(3), 10, Vec::new, deadline).await, 0);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::mover::move_links;
-use crate::control::NodeState;
+use crate::control::Hub;
 use crate::control::fleet::rebalance_count;
 
 /// Published on the scale topic (JSON).
@@ -68,7 +68,7 @@ impl AlertPayload {
 }
 
 /// Moves this node's share of links to the event's new nodes (if this node is an old one).
-pub async fn on_scale_event(node: Arc<NodeState>, ev: ScaleEvent) {
+pub async fn on_scale_event(node: Arc<Hub>, ev: ScaleEvent) {
     let me = node.node_id.clone();
     if node.is_draining() || ev.new_nodes.contains(&me) {
         return;
@@ -101,7 +101,7 @@ pub async fn on_scale_event(node: Arc<NodeState>, ev: ScaleEvent) {
 
 /// Handles a webhook: returns what was done, as the JSON answer.
 pub async fn on_alert(
-    node: Arc<NodeState>,
+    node: Arc<Hub>,
     scale: &ScaleSetup,
     alert: AlertPayload,
 ) -> Result<serde_json::Value, String> {
@@ -179,7 +179,7 @@ async fn run_scale_up(cmd: &str) -> Result<(), String> {
 
 /// The nodes that registered since `known` was read, once there is one (or at the timeout).
 async fn wait_for_new(
-    node: &NodeState,
+    node: &Hub,
     wait: Duration,
     known: &BTreeSet<String>,
 ) -> Result<Vec<String>, String> {

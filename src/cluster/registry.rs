@@ -15,7 +15,7 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::control::NodeState;
+use crate::control::Hub;
 use crate::control::fleet::{NodeRecord, RecordState};
 use crate::control::routes::{Target, parse_route};
 
@@ -62,7 +62,7 @@ impl Registry {
     }
 
     /// Registers and re-registers until `deregister`.
-    pub async fn run(self: Arc<Self>, node: Arc<NodeState>) {
+    pub async fn run(self: Arc<Self>, node: Arc<Hub>) {
         let mut backoff = Duration::from_millis(200);
         loop {
             match self.session(&node).await {
@@ -90,7 +90,7 @@ impl Registry {
         format!("{}/nodes/{id}", self.cfg.prefix)
     }
 
-    fn current_record(&self, node: &NodeState) -> NodeRecord {
+    fn current_record(&self, node: &Hub) -> NodeRecord {
         let draining = node.draining.load(Relaxed);
         NodeRecord {
             load: node.links().max(0) as u64,
@@ -104,7 +104,7 @@ impl Registry {
         }
     }
 
-    async fn session(&self, node: &NodeState) -> SessionEnd {
+    async fn session(&self, node: &Hub) -> SessionEnd {
         let fail = |what: &str, e: etcd_client::Error| SessionEnd::Failed(format!("{what}: {e}"));
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
@@ -232,7 +232,7 @@ struct View {
 }
 
 impl View {
-    fn from_node(node: &NodeState) -> View {
+    fn from_node(node: &Hub) -> View {
         View {
             fleet: node.fleet.read().expect("fleet lock").clone(),
             routes: node.routes.etcd_routes(),
@@ -278,7 +278,7 @@ impl View {
         }
     }
 
-    fn publish(self, node: &NodeState) {
+    fn publish(self, node: &Hub) {
         *node.fleet.write().expect("fleet lock") = self.fleet;
         node.routes.apply_etcd(self.routes);
     }

@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::FastMap;
 use crate::control::kafka::{KafkaOut, Membership};
 use crate::control::location::Locations;
-use crate::control::{NodeState, router};
+use crate::control::{Hub, router};
 use crate::core::inbox::PushJob;
 use crate::core::shard::Undelivered;
 use crate::link::push::Unsettled;
@@ -47,7 +47,7 @@ pub enum Mode {
 }
 
 pub struct PushRouter {
-    pub node: Arc<NodeState>,
+    pub node: Arc<Hub>,
     pub kafka: Arc<KafkaOut>,
     pub mode: Mode,
 }
@@ -191,7 +191,7 @@ impl PushRouter {
 
 /// How a node reads the push topic in located routing: the partitions the fleet's etcd view
 /// gives it (see [`Membership::Share`]).
-pub fn push_topic_share(node: Arc<NodeState>) -> Membership {
+pub fn push_topic_share(node: Arc<Hub>) -> Membership {
     Membership::Share(Box::new(move |partitions| {
         let fleet = node.fleet.read().expect("fleet lock");
         fleet.share(&node.node_id, partitions)
@@ -205,7 +205,7 @@ fn device_of(push: &PushMessage) -> Option<String> {
 
 /// Gives the push to its receivers' owner cores, waiting while a core's inbox is full.
 pub async fn hand_off(
-    node: &NodeState,
+    node: &Hub,
     push: &PushMessage,
     mut users: Vec<String>,
     report_offline: bool,

@@ -18,18 +18,26 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
-use super::{NodeState, push_api, router};
+use super::{Hub, push_api, router};
 use crate::core::inbox::PushJob;
 use crate::metrics::{self, UndeliveredReason};
 use crate::proto::Node;
 
+/// Who may use the admin API, and how long its connections may wait (`--admin-token`,
+/// `--admin-allowed-origins`, `--admin-idle-timeout-ms`, `--demo`).
+pub struct AdminSettings {
+    /// Required on mutating endpoints, when set.
+    pub token: Option<String>,
+    /// Origins (besides the admin server's own) whose pages may call the admin API.
+    pub origins: Vec<String>,
+    /// Header and idle timeout of admin connections.
+    pub idle: Duration,
+    pub demo: super::demo::DemoSetup,
+}
+
 /// Serves the API, with `more` (routes of the layers above) beside its own.
-pub async fn serve(
-    node: Arc<NodeState>,
-    listener: tokio::net::TcpListener,
-    more: Router<Arc<NodeState>>,
-) {
-    let idle = node.admin_idle;
+pub async fn serve(node: Arc<Hub>, listener: tokio::net::TcpListener, more: Router<Arc<Hub>>) {
+    let idle = node.admin.idle;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -84,7 +92,7 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
 /// `Origin` on every cross-site POST (even a CORS-simple `text/plain` one it will not let the
 /// page read), so this is what keeps a page from driving the API.
 async fn same_site(
-    State(node): State<Arc<NodeState>>,
+    State(node): State<Arc<Hub>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -93,7 +101,7 @@ async fn same_site(
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let ok = origin
             .to_str()
-            .is_ok_and(|o| origin_allowed(o, host, &node.admin_origins));
+            .is_ok_and(|o| origin_allowed(o, host, &node.admin.origins));
         if !ok {
             node.counters.admin_refused_origins.inc();
             return error(
@@ -106,7 +114,7 @@ async fn same_site(
     next.run(req).await
 }
 
-async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
+async fn readyz(State(node): State<Arc<Hub>>) -> Response {
     if node.draining.load(Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
@@ -114,7 +122,7 @@ async fn readyz(State(node): State<Arc<NodeState>>) -> Response {
     }
 }
 
-async fn metrics_text(State(node): State<Arc<NodeState>>) -> Response {
+async fn metrics_text(State(node): State<Arc<Hub>>) -> Response {
     let gauges = [
         (
             "ringway_draining",
@@ -184,8 +192,8 @@ fn check_token(token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Fleet operations act on the whole node: they need a configured token, even on loopback.
-pub fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &node.admin_token {
+pub fn fleet_op(node: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &node.admin.token {
         Some(t) => check_token(t, headers),
         None => Err(error(
             StatusCode::FORBIDDEN,
@@ -196,8 +204,8 @@ pub fn fleet_op(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// The body is read (and ignored) so the connection stays usable for the caller's next request.
 /// Checks the admin token and that the node still takes work, or answers why not.
-fn admit(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(token) = &node.admin_token {
+fn admit(node: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(token) = &node.admin.token {
         check_token(token, headers)?;
     }
     if node.draining.load(Relaxed) {
@@ -211,7 +219,7 @@ fn admit(node: &NodeState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// [`admit`], then the JSON body.
 fn request<T: DeserializeOwned>(
-    node: &NodeState,
+    node: &Hub,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, ApiError> {
@@ -221,7 +229,7 @@ fn request<T: DeserializeOwned>(
 }
 
 async fn push(
-    State(node): State<Arc<NodeState>>,
+    State(node): State<Arc<Hub>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -288,7 +296,7 @@ struct KickRequest {
 }
 
 async fn kick(
-    State(node): State<Arc<NodeState>>,
+    State(node): State<Arc<Hub>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -331,7 +339,7 @@ fn opt_biz_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
 }
 
 async fn redirect(
-    State(node): State<Arc<NodeState>>,
+    State(node): State<Arc<Hub>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::NodeState;
+use super::Hub;
 use crate::auth::{self, Identity};
 
 /// What the demo page needs from the node.
@@ -29,7 +29,7 @@ const SDK: &str = include_str!("../../web/ringway.js");
 const PAGE: &str = include_str!("../../web/demo/index.html");
 const PAGE_JS: &str = include_str!("../../web/demo/demo.js");
 
-pub fn routes() -> Router<Arc<NodeState>> {
+pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
         .route("/sdk/ringway.js", get(|| file("text/javascript", SDK)))
         .route("/demo", get(|| file("text/html; charset=utf-8", PAGE)))
@@ -50,11 +50,11 @@ async fn file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn config(State(node): State<Arc<NodeState>>) -> Response {
+async fn config(State(node): State<Arc<Hub>>) -> Response {
     axum::Json(json!({
-        "ws_port": node.demo.ws_port,
+        "ws_port": node.admin.demo.ws_port,
         "node_id": node.node_id,
-        "can_mint": node.demo.mint_secret.is_some(),
+        "can_mint": node.admin.demo.mint_secret.is_some(),
     }))
     .into_response()
 }
@@ -68,8 +68,8 @@ struct TokenRequest {
 }
 
 /// Mints a one-hour token for the demo page's sign-in form.
-async fn token(State(node): State<Arc<NodeState>>, body: axum::body::Bytes) -> Response {
-    let Some(secret) = &node.demo.mint_secret else {
+async fn token(State(node): State<Arc<Hub>>, body: axum::body::Bytes) -> Response {
+    let Some(secret) = &node.admin.demo.mint_secret else {
         let msg = "token minting is off: start the node with --demo (and an HS256 secret)";
         return (StatusCode::FORBIDDEN, axum::Json(json!({ "error": msg }))).into_response();
     };

@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use super::NodeState;
+use super::Hub;
 use super::grpc_backend::to_request;
 use crate::auth::Identity;
 use crate::backend_proto::BatchOnReceiveRequest;
@@ -364,7 +364,7 @@ async fn partitions_of(
 }
 
 /// Decodes a push record; an undecodable one is counted and logged, since retrying cannot fix it.
-pub fn decode_push(node: &NodeState, bytes: &[u8]) -> Option<PushMessage> {
+pub fn decode_push(node: &Hub, bytes: &[u8]) -> Option<PushMessage> {
     match PushMessage::decode(bytes) {
         Ok(p) => {
             node.counters.kafka_pushes.inc();

@@ -18,7 +18,7 @@ use tracing::warn;
 
 use crate::FastMap;
 use crate::auth::Identity;
-use crate::control::NodeState;
+use crate::control::Hub;
 
 /// For each KEYS[i], deletes field ARGV[i] only if it holds the last ARGV (this node).
 const FORGET_IF_MINE: &str = "local me = ARGV[#ARGV] \
@@ -45,7 +45,7 @@ pub struct Locations {
 
 impl Locations {
     /// Starts the writer task; must run inside the control runtime.
-    pub fn start(client: Client, node: Arc<NodeState>, ttl: Duration) -> Arc<Locations> {
+    pub fn start(client: Client, node: Arc<Hub>, ttl: Duration) -> Arc<Locations> {
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(Locations {
             client,
@@ -81,7 +81,7 @@ impl Locations {
     async fn write_loop(
         self: Arc<Self>,
         mut rx: mpsc::UnboundedReceiver<Vec<(Arc<Identity>, bool)>>,
-        node: Arc<NodeState>,
+        node: Arc<Hub>,
     ) {
         let counters = &node.counters;
         let mut here: FastMap<Device, u32> = FastMap::default();

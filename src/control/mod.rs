@@ -35,17 +35,13 @@ use kafka::KafkaOut;
 use routes::LiveRoutes;
 
 /// What the control thread shares with its tasks and request handlers.
-pub struct NodeState {
+pub struct Hub {
     pub node_id: String,
     pub cores: Vec<CoreHandle>,
     pub metrics: Vec<Arc<CoreMetrics>>,
     pub draining: AtomicBool,
     pub counters: NodeCounters,
-    pub admin_token: Option<String>,
-    /// Origins (besides the admin server's own) whose pages may call the admin API.
-    pub admin_origins: Vec<String>,
-    /// Header and idle timeout of admin connections.
-    pub admin_idle: Duration,
+    pub admin: admin::AdminSettings,
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
     /// The fleet as etcd shows it (empty without --etcd).
@@ -55,7 +51,6 @@ pub struct NodeState {
     pub drain_rate: u32,
     /// Set by `POST /admin/drain`.
     pub drain_requested: Notify,
-    pub demo: demo::DemoSetup,
     /// `--max-outbound-bytes`: a push whose frame would not fit is refused (413).
     pub max_outbound_bytes: usize,
     /// While draining with cluster routing: pushes that found no link here, kept to be put
@@ -73,40 +68,34 @@ struct NodeTopic {
     done: Notify,
 }
 
-/// What `NodeState::new` needs beyond the cores.
+/// What `Hub::new` needs beyond the cores.
 pub struct NodeSetup {
     pub node_id: String,
-    pub admin_token: Option<String>,
-    pub admin_origins: Vec<String>,
-    pub admin_idle: Duration,
+    pub admin: admin::AdminSettings,
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
     pub kafka: Option<Arc<KafkaOut>>,
     pub drain_rate: u32,
-    pub demo: demo::DemoSetup,
     pub max_outbound_bytes: usize,
     /// Put a draining node's undelivered pushes back on the push topic (cluster routing).
     pub republish: bool,
 }
 
-impl NodeState {
-    pub fn new(cores: Vec<CoreHandle>, metrics: Vec<Arc<CoreMetrics>>, s: NodeSetup) -> NodeState {
-        NodeState {
+impl Hub {
+    pub fn new(cores: Vec<CoreHandle>, metrics: Vec<Arc<CoreMetrics>>, s: NodeSetup) -> Hub {
+        Hub {
             node_id: s.node_id,
             cores,
             metrics,
             draining: AtomicBool::new(false),
             counters: NodeCounters::default(),
-            admin_token: s.admin_token,
-            admin_origins: s.admin_origins,
-            admin_idle: s.admin_idle,
+            admin: s.admin,
             admission: s.admission,
             routes: s.routes,
             fleet: RwLock::default(),
             kafka: s.kafka,
             drain_rate: s.drain_rate.max(1),
             drain_requested: Notify::new(),
-            demo: s.demo,
             max_outbound_bytes: s.max_outbound_bytes,
             held: Mutex::new(None),
             republish: s.republish,
@@ -117,7 +106,7 @@ impl NodeState {
     /// A node with `cores` and nothing else configured (embedded, no services), for tests of
     /// the control side's rules.
     #[cfg(test)]
-    pub fn for_tests(cores: Vec<CoreHandle>) -> NodeState {
+    pub fn for_tests(cores: Vec<CoreHandle>) -> Hub {
         let metrics = cores.iter().map(|_| Arc::default()).collect();
         let ramp = crate::core::admission::Ramp {
             initial: 1000,
@@ -128,22 +117,24 @@ impl NodeState {
         let no_grpc = Box::new(|_: &str| Err("no gRPC in tests".to_owned()));
         let (routes, _) =
             LiveRoutes::new(routes::Target::Loopback, Vec::new(), false, no_grpc).expect("routes");
-        NodeState::new(
+        Hub::new(
             cores,
             metrics,
             NodeSetup {
                 node_id: "test".into(),
-                admin_token: None,
-                admin_origins: Vec::new(),
-                admin_idle: Duration::from_secs(10),
+                admin: admin::AdminSettings {
+                    token: None,
+                    origins: Vec::new(),
+                    idle: Duration::from_secs(10),
+                    demo: demo::DemoSetup {
+                        ws_port: 0,
+                        mint_secret: None,
+                    },
+                },
                 admission: Arc::new(Admission::new(ramp, 0, std::time::Instant::now())),
                 routes: Arc::new(routes),
                 kafka: None,
                 drain_rate: 1000,
-                demo: demo::DemoSetup {
-                    ws_port: 0,
-                    mint_secret: None,
-                },
                 max_outbound_bytes: 1 << 20,
                 republish: false,
             },
@@ -291,7 +282,7 @@ pub fn ignore_hangup() {
 
 /// SIGHUP reloads what can be reloaded (the TLS certificate) and never stops the node: a
 /// logrotate or a habitual `systemctl reload` must not drop every user.
-pub async fn reload_on_hangup(node: Arc<NodeState>, tls: Option<Arc<crate::core::tls::TlsFiles>>) {
+pub async fn reload_on_hangup(node: Arc<Hub>, tls: Option<Arc<crate::core::tls::TlsFiles>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     while hup.recv().await.is_some() {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::NodeState;
+use super::Hub;
 use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect};
 use crate::owner_core;
 use crate::proto::Node;
@@ -19,7 +19,7 @@ pub struct Routed {
 
 /// Splits `push`'s receivers by owner core and queues one job per core, so each core encodes
 /// the body once for all its receivers.
-pub fn push(node: &NodeState, mut push: PushJob) -> Routed {
+pub fn push(node: &Hub, mut push: PushJob) -> Routed {
     let mut by_core: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for u in std::mem::take(&mut push.user_ids) {
         by_core
@@ -52,7 +52,7 @@ pub fn push(node: &NodeState, mut push: PushJob) -> Routed {
 
 /// Queues a kick on the user's owner core; false if that core's inbox is full.
 pub fn kick(
-    node: &NodeState,
+    node: &Hub,
     biz_id: u64,
     user_id: String,
     device_id: Option<String>,
@@ -71,7 +71,7 @@ pub fn kick(
 
 /// Redirects one user's links, or with no user every link of the node.
 pub fn redirect(
-    node: &NodeState,
+    node: &Hub,
     target: Option<(u64, String, Option<String>)>,
     nodes: Vec<Node>,
     retry_after_ms: u32,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::NodeState;
+use super::Hub;
 use super::kafka::KafkaOut;
 use super::location::Locations;
 use super::redis_idem::RedisIdem;
@@ -28,7 +28,7 @@ pub struct Remote {
 
 /// Serves the cores' calls until every sender is gone. Each batch runs as its own task, so a
 /// slow service delays only the batches waiting on it.
-pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, remote: Remote) {
+pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<Hub>, remote: Remote) {
     while let Some(call) = calls.recv().await {
         let node = node.clone();
         match call {
@@ -114,7 +114,7 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<NodeState>, r
 /// a dropped one would leave its messages claimed and unanswered. A full inbox is waited out,
 /// however long, as the Kafka path waits; only what has a sender to answer (the push API, an
 /// upgrade) is refused at once with 503. The wait is logged every 5 s while it lasts.
-async fn deliver(node: &NodeState, core: usize, mut msg: CoreMsg) {
+async fn deliver(node: &Hub, core: usize, mut msg: CoreMsg) {
     let started = tokio::time::Instant::now();
     loop {
         match node.send_within(core, msg, Duration::from_secs(5)).await {
@@ -141,7 +141,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_backend_answer_waits_out_a_full_inbox_however_long() {
         let (core, inbox) = inbox::channel(1).unwrap();
-        let node = NodeState::for_tests(vec![core.clone()]);
+        let node = Hub::for_tests(vec![core.clone()]);
         assert!(
             core.send(CoreMsg::Shutdown).is_ok(),
             "the inbox is full now"

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::NodeState;
+use super::Hub;
 use super::startup::StartError;
 
 /// Beyond a scheduling hiccup, short enough that links barely notice.
@@ -52,7 +52,7 @@ pub fn install_wakeup_signal() -> Result<(), StartError> {
     Ok(())
 }
 
-pub async fn run(node: Arc<NodeState>) {
+pub async fn run(node: Arc<Hub>) {
     let mut stalls = Stalls::new(
         node.cores.len(),
         (STALL.as_millis() / CHECK.as_millis()) as u32,
