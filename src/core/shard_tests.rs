@@ -251,6 +251,16 @@ impl Harness {
         );
     }
 
+    /// Kicks every link of `user`.
+    fn kick(&mut self, user: &str, reason: &str, ms: u64) {
+        let all = Target {
+            biz_id: 1,
+            user_id: user,
+            device_id: None,
+        };
+        self.shard.kick(&all, reason, self.at(ms));
+    }
+
     fn answer_upstream(&mut self, ms: u64, result: Result<Bytes, BackendError>) -> UpstreamRequest {
         let mut reqs = self.shard.take_upstream();
         assert_eq!(reqs.len(), 1);
@@ -722,15 +732,7 @@ fn no_retransmit_follows_any_close() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     h.push("alice", None, "p1", 0);
-    h.shard.kick(
-        &Target {
-            biz_id: 1,
-            user_id: "alice",
-            device_id: None,
-        },
-        "bye",
-        h.at(1),
-    );
+    h.kick("alice", "bye", 1);
     h.shard.handle_timeout(h.at(1500));
     let out = h.drain(1);
     assert_eq!(out.last(), Some(&Out::Close(close_code::KICKED)));
@@ -1169,15 +1171,7 @@ fn long_poll_batches_frames_and_answers_empty_when_due() {
     assert_eq!(same, 1);
     assert!(!poll_due(&mut h.shard));
     // A kick ends the link; the waiting poll is answered with the close.
-    h.shard.kick(
-        &Target {
-            biz_id: 1,
-            user_id: "alice",
-            device_id: None,
-        },
-        "bye",
-        h.at(13_100),
-    );
+    h.kick("alice", "bye", 13_100);
     let link = h.shard.link_mut(1).unwrap();
     assert!(link.wire.attachment().unwrap().poll_due && !link.is_open());
     assert_eq!(link.close_note.as_ref().unwrap().0, close_code::KICKED);
@@ -1299,15 +1293,7 @@ fn transmit_offers_the_queue_then_idle_then_the_close() {
     // Queued at 1 ms, out at 5 ms.
     let waits = &h.shard.latencies.push_write_wait;
     assert!(waits.len() == 1 && waits.equivalent(waits.max(), 4_000));
-    h.shard.kick(
-        &Target {
-            biz_id: 1,
-            user_id: "alice",
-            device_id: None,
-        },
-        "bye",
-        h.at(6),
-    );
+    h.kick("alice", "bye", 6);
     assert!(matches!(h.shard.poll_transmit(1), Transmit::Bytes(_)));
     h.drain(1);
     assert_eq!(h.shard.poll_transmit(1), Transmit::Idle { closing: true });
