@@ -5,7 +5,7 @@ use crate::core::embedded::LocalBizs;
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::metrics::Transport;
 use crate::protocol::Codec;
-use crate::protocol::handshake::Upgrade;
+use crate::protocol::handshake::{HttpRequest, Route, Upgrade};
 use crate::protocol::ws;
 use prost::Message;
 use std::io::Cursor;
