@@ -41,7 +41,7 @@ pub use node::NodeArgs;
 #[derive(Parser, Debug)]
 #[command(
     name = "ringway",
-    version,
+    version = crate::VERSION,
     about = "IM WebSocket gateway: thread-per-core on io_uring"
 )]
 pub struct Cli {

@@ -3,6 +3,16 @@
 //! `protocol` and `link` hold the wire and link rules as pure code; `core` runs them on each
 //! worker core; `control` is the node-wide side (admin API, routing pushes to owner cores).
 
+/// The git commit this binary was built from (`unknown` outside a git checkout).
+pub const GIT_SHA: &str = env!("RINGWAY_GIT_SHA");
+/// What `--version` prints: the crate's version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RINGWAY_GIT_SHA"),
+    ")"
+);
+
 pub mod auth;
 pub mod cluster;
 pub mod config;

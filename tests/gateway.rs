@@ -603,3 +603,29 @@ fn http_transport_mistakes_get_clear_statuses() {
     let (code, _) = send_frames(&gw, &token, r#"{"cmd":"HEARTBEAT"}"#);
     assert_eq!(code, 202);
 }
+
+#[test]
+fn metrics_give_latency_histograms_the_build_and_the_process() {
+    let gw = Gateway::start(&[]);
+    let mut c = gw.connect("alice", "phone", Codec::Json);
+    gw.push("alice", "p1", b"body");
+    assert_eq!(c.frame().key, "p1");
+    c.send(&frame(Cmd::DownstreamAck, "p1", b""));
+    // Each core publishes its latencies once a second.
+    let ack = "ringway_push_ack_latency_seconds";
+    gw.wait_metric(&format!("{ack}_count"), 1.0);
+    assert_eq!(gw.metric(&format!("{ack}_bucket{{le=\"+Inf\"}}")), 1.0);
+    assert_eq!(gw.metric(&format!("{ack}_bucket{{le=\"10\"}}")), 1.0);
+    let (_, text) = gw.get("/metrics");
+    assert!(text.contains(&format!("# TYPE {ack} histogram\n")));
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("ringway_build_info{"))
+        .expect("ringway_build_info");
+    assert!(
+        build.contains("git_sha=\"") && build.ends_with(" 1"),
+        "{build}"
+    );
+    assert!(gw.metric("process_open_fds") > 0.0);
+    assert!(gw.metric("process_cpu_seconds_total") >= 0.0);
+}

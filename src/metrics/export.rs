@@ -2,12 +2,16 @@
 //! crate owns the format (escaping, types, summaries); this file only says how a core-local
 //! field becomes rows.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hdrhistogram::Histogram;
+use prometheus::core::Collector;
+use prometheus::process_collector::ProcessCollector;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
 use super::{CoreMetrics, Counter, Gauge, LabelSet, Labeled, Latencies, NodeCounters, PerCore};
+
+static PROCESS: OnceLock<ProcessCollector> = OnceLock::new();
 
 /// A field of a metric set, as rows of one family.
 pub trait Export {
@@ -90,13 +94,21 @@ fn named(name: &str, help: &str, kind: MetricType, rows: Vec<proto::Metric>) -> 
 }
 
 fn sample(kind: MetricType, label: Option<(&str, &str)>, value: f64) -> proto::Metric {
+    labeled(kind, label.as_slice(), value)
+}
+
+fn labeled(kind: MetricType, labels: &[(&str, &str)], value: f64) -> proto::Metric {
     let mut m = proto::Metric::default();
-    if let Some((k, v)) = label {
-        let mut pair = LabelPair::default();
-        pair.set_name(k.to_owned());
-        pair.set_value(v.to_owned());
-        m.set_label(vec![pair]);
-    }
+    let pairs = labels
+        .iter()
+        .map(|(k, v)| {
+            let mut pair = LabelPair::default();
+            pair.set_name((*k).to_owned());
+            pair.set_value((*v).to_owned());
+            pair
+        })
+        .collect();
+    m.set_label(pairs);
     if kind == MetricType::GAUGE {
         let mut g = proto::Gauge::default();
         g.set_value(value);
@@ -118,12 +130,24 @@ pub fn render(
 ) -> String {
     let sets: Vec<&CoreMetrics> = cores.iter().map(|c| &**c).collect();
     let links: i64 = sets.iter().map(|c| c.links.get()).sum();
-    let mut out = vec![named(
-        "ringway_links",
-        "Links open now.",
-        MetricType::GAUGE,
-        vec![sample(MetricType::GAUGE, None, links as f64)],
-    )];
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("git_sha", crate::GIT_SHA),
+    ];
+    let mut out = vec![
+        named(
+            "ringway_build_info",
+            "Always 1; the labels say which build runs.",
+            MetricType::GAUGE,
+            vec![labeled(MetricType::GAUGE, &build, 1.0)],
+        ),
+        named(
+            "ringway_links",
+            "Links open now.",
+            MetricType::GAUGE,
+            vec![sample(MetricType::GAUGE, None, links as f64)],
+        ),
+    ];
     CoreMetrics::export(&sets, &mut out);
     NodeCounters::export(&[node], &mut out);
     for (name, help, value) in gauges {
@@ -137,27 +161,31 @@ pub fn render(
         }
     }
     out.extend([
-        summary(
+        histogram(
             "ringway_upstream_latency_seconds",
             "UPSTREAM received to UPSTREAM_ACK queued.",
             &merged.upstream,
         ),
-        summary(
+        histogram(
             "ringway_push_delivery_latency_seconds",
             "Push accepted to DOWNSTREAM queued on the link.",
             &merged.push_delivery,
         ),
-        summary(
+        histogram(
             "ringway_push_ack_latency_seconds",
             "DOWNSTREAM sent to DOWNSTREAM_ACK received.",
             &merged.push_ack,
         ),
-        summary(
+        histogram(
             "ringway_push_write_wait_seconds",
             "DOWNSTREAM queued on the link to written to its socket.",
             &merged.push_write_wait,
         ),
     ]);
+    // CPU seconds, resident memory, open and allowed fds, threads, start time.
+    out.extend(PROCESS.get_or_init(ProcessCollector::for_self).collect());
+    // The encoder refuses a family without rows (a per-core one with no cores).
+    out.retain(|f| !f.get_metric().is_empty());
     let mut s = String::with_capacity(16 * 1024);
     prometheus::TextEncoder::new()
         .encode_utf8(&out, &mut s)
@@ -165,27 +193,46 @@ pub fn render(
     s
 }
 
-fn summary(name: &str, help: &str, h: &Histogram<u64>) -> MetricFamily {
-    let quantiles = [0.5, 0.9, 0.99, 0.999]
-        .into_iter()
-        .map(|q| {
-            let mut row = proto::Quantile::default();
-            row.set_quantile(q);
-            row.set_value(if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(q) as f64 / 1e6
-            });
-            row
+/// Bucket bounds of the latency histograms, in seconds: 100 µs (a push written at once) to
+/// 10 s (a backend at its deadline), about three per decade, so a p99 is placed within a
+/// factor of ~2.5 and a fleet's buckets add up.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A Prometheus histogram from a core-merged HDR histogram of microseconds. The HDR histogram
+/// is never reset, which is what Prometheus buckets are: counters, read with `rate()`.
+fn histogram(name: &str, help: &str, h: &Histogram<u64>) -> MetricFamily {
+    // One pass over the recorded values; a value goes in the first bucket whose bound it does
+    // not exceed (at the HDR histogram's resolution, 0.1 %).
+    let mut counts = [0u64; LATENCY_BUCKETS.len()];
+    for v in h.iter_recorded() {
+        let secs = h.lowest_equivalent(v.value_iterated_to()) as f64 / 1e6;
+        let i = LATENCY_BUCKETS.partition_point(|&le| le < secs);
+        if let Some(c) = counts.get_mut(i) {
+            *c += v.count_at_value();
+        }
+    }
+    let mut cumulative = 0;
+    let buckets = LATENCY_BUCKETS
+        .iter()
+        .zip(counts)
+        .map(|(&le, n)| {
+            cumulative += n;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(cumulative);
+            b
         })
         .collect();
-    let mut s = proto::Summary::default();
-    s.set_quantile(quantiles);
-    s.set_sample_count(h.len());
-    s.set_sample_sum(h.mean() * h.len() as f64 / 1e6);
+    let mut hist = proto::Histogram::default();
+    hist.set_bucket(buckets);
+    hist.set_sample_count(h.len());
+    hist.set_sample_sum(h.mean() * h.len() as f64 / 1e6);
     let mut m = proto::Metric::default();
-    m.set_summary(s);
-    named(name, help, MetricType::SUMMARY, vec![m])
+    m.set_histogram(hist);
+    named(name, help, MetricType::HISTOGRAM, vec![m])
 }
 
 #[cfg(test)]
@@ -242,5 +289,42 @@ mod tests {
         assert_eq!(line(&text, other), Some("1"));
         let unauthorized = "ringway_handshake_rejected_total{status=\"401\"}";
         assert_eq!(line(&text, unauthorized), Some("1"));
+    }
+
+    #[test]
+    fn latencies_are_histograms_with_cumulative_buckets() {
+        let m = Arc::new(CoreMetrics::default());
+        let mut l = Latencies::default();
+        for us in [50, 100, 300, 2_000, 20_000_000] {
+            Latencies::record(&mut l.push_delivery, us);
+        }
+        *m.published.lock().unwrap() = Some(l);
+        let text = render(&[m], &NodeCounters::default(), &[]);
+        let name = "ringway_push_delivery_latency_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram\n")));
+        let bucket = |le: &str| line(&text, &format!("{name}_bucket{{le=\"{le}\"}}"));
+        assert_eq!(bucket("0.0001"), Some("2"), "50 and 100 µs");
+        assert_eq!(bucket("0.0005"), Some("3"));
+        assert_eq!(bucket("0.0025"), Some("4"));
+        assert_eq!(bucket("10"), Some("4"), "20 s is past the last bound");
+        assert_eq!(bucket("+Inf"), Some("5"));
+        assert_eq!(line(&text, &format!("{name}_count")), Some("5"));
+    }
+
+    #[test]
+    fn the_build_and_the_process_are_described() {
+        let text = render(&[], &NodeCounters::default(), &[]);
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("ringway_build_info{"))
+            .expect("build info");
+        assert!(build.contains(concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"")));
+        assert!(
+            build.contains("git_sha=\"") && build.ends_with(" 1"),
+            "{build}"
+        );
+        let fds: f64 = line(&text, "process_open_fds").unwrap().parse().unwrap();
+        assert!(fds > 0.0);
+        assert!(line(&text, "process_resident_memory_bytes").is_some());
     }
 }
