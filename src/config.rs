@@ -45,8 +45,18 @@ pub use node::NodeArgs;
     about = "IM WebSocket gateway: thread-per-core on io_uring"
 )]
 pub struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line:
+    /// timestamp, level, target, message and fields) for a log pipeline.
+    #[arg(long, global = true, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,5 +201,50 @@ impl ServeArgs {
             scale: Arc::new(self.cluster.scale_setup()),
             shutdown_timeout: Duration::from_millis(self.node.shutdown_timeout_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from([&["ringway", "serve"], args].concat()).unwrap();
+        match cli.command {
+            Command::Serve(a) => *a,
+            Command::Token(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn boolean_flags_take_the_usual_spellings() {
+        for (v, want) in [
+            ("0", false),
+            ("1", true),
+            ("false", false),
+            ("yes", true),
+            ("off", false),
+        ] {
+            assert_eq!(serve(&["--deflate", v]).links.deflate, want, "{v}");
+            assert_eq!(serve(&["--pin-cores", v]).node.pin_cores, want, "{v}");
+        }
+        assert!(serve(&[]).links.deflate && serve(&[]).node.pin_cores);
+        assert!(Cli::try_parse_from(["ringway", "serve", "--deflate", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_log_format_is_given_before_or_after_the_subcommand() {
+        let after = Cli::try_parse_from(["ringway", "serve", "--log-format", "json"]).unwrap();
+        let before = Cli::try_parse_from(["ringway", "--log-format", "json", "serve"]).unwrap();
+        assert_eq!(
+            (after.log_format, before.log_format),
+            (LogFormat::Json, LogFormat::Json)
+        );
+        assert_eq!(
+            Cli::try_parse_from(["ringway", "serve"])
+                .unwrap()
+                .log_format,
+            LogFormat::Text
+        );
     }
 }

@@ -6,7 +6,7 @@ use clap::Parser;
 use tracing::info;
 
 use ringway::cluster::{self, registry::Registry};
-use ringway::config::{Cli, Command, ServeArgs};
+use ringway::config::{Cli, Command, LogFormat, ServeArgs};
 use ringway::control::remotes::Remotes;
 use ringway::control::startup::StartError;
 use ringway::control::{self, Hub, listeners};
@@ -27,13 +27,17 @@ fn main() -> ExitCode {
         eprintln!("ringway: a thread panicked; aborting so the node is restarted whole");
         std::process::abort();
     }));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(t) => {

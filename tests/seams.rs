@@ -425,3 +425,51 @@ fn a_node_restarted_on_its_port_starts_while_old_connections_linger() {
     let _ = second.wait();
     drop(clients);
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_whatever_a_client_sends() {
+    let log = std::env::temp_dir().join(format!("ringway-json-{}.log", std::process::id()));
+    let (ws, admin) = (common::free_port(), common::free_port());
+    let mut child = common::serve_command(ws, admin)
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_until("the node answers", Duration::from_secs(20), || {
+        common::metric_at(admin, "ringway_links").is_some()
+    });
+    let forged_key = "k\"}\n{\"level\":\"ERROR\",\"fields\":{\"message\":\"FORGED\"}}";
+    let body = json!({"biz_id": 1, "user_id": "nobody", "key": forged_key, "body": ""});
+    let status = ureq::post(format!("http://{admin}/v1/push"))
+        .send(body.to_string())
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_until("the tally is logged", Duration::from_secs(10), || {
+        text().contains("undelivered pushes")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text();
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "ringway ready")
+    );
+    let tally = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "undelivered pushes")
+        .expect("the tally line");
+    // The key reaches the log as a value of its own (Debug-escaped inside the JSON string).
+    let logged = tally["fields"]["example_key"].as_str().unwrap();
+    assert_eq!(logged, format!("{forged_key:?}"));
+    assert!(!lines.iter().any(|l| l["fields"]["message"] == "FORGED"));
+}

@@ -47,7 +47,8 @@ pub struct LinkArgs {
     #[arg(long, env = "RINGWAY_MAX_KEY_BYTES", default_value_t = 128)]
     pub max_key_bytes: usize,
     /// Accept permessage-deflate (RFC 7692) when a client offers it (browsers always do).
-    #[arg(long, env = "RINGWAY_DEFLATE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RINGWAY_DEFLATE", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub deflate: bool,
     /// Messages shorter than this are sent uncompressed even on a deflate link.
     #[arg(long, env = "RINGWAY_DEFLATE_MIN_BYTES", default_value_t = 256)]

@@ -31,7 +31,8 @@ pub struct NodeArgs {
     #[arg(long, env = "RINGWAY_WORKERS")]
     pub workers: Option<usize>,
     /// Pin worker N to the N-th allowed CPU. Turn off when sharing cores with other programs.
-    #[arg(long, env = "RINGWAY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RINGWAY_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub pin_cores: bool,
     /// Node id sent in CONNECTED (default: the host name).
     #[arg(long, env = "RINGWAY_NODE_ID")]
