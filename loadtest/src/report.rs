@@ -125,6 +125,9 @@ pub fn finish(
     let text = serde_json::to_string_pretty(&summary).expect("json");
     println!("{text}");
     eprint!("{}", table(&summary));
+    if let Some(warning) = rate_limit_warning(&summary) {
+        eprintln!("{warning}");
+    }
     if let Some(path) = &common.json_out {
         std::fs::write(path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
@@ -139,6 +142,17 @@ pub fn finish(
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Said when the gateway answered RATE_LIMITED: the run then measured the per-link limit, not
+/// the gateway, and the figures are not comparable with a peer's.
+fn rate_limit_warning(summary: &serde_json::Value) -> Option<String> {
+    let limited = summary["rate_limited"].as_u64().filter(|n| *n > 0)?;
+    Some(format!(
+        "warning: the gateway rate-limited {limited} messages (RATE_LIMITED): this run measured \
+         its per-link limit. Start it with --link-rate 0, or raise --link-rate and --link-burst \
+         above this run's per-link rate."
+    ))
 }
 
 /// A two-column table of the summary's figures.
@@ -227,4 +241,21 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
         H - 10.0
     ));
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limited_run_says_which_flag_to_change() {
+        let limited = serde_json::json!({"rate_limited": 12});
+        let warning = rate_limit_warning(&limited).unwrap();
+        assert!(warning.contains("12 messages") && warning.contains("--link-rate 0"));
+        assert_eq!(
+            rate_limit_warning(&serde_json::json!({"rate_limited": 0})),
+            None
+        );
+        assert_eq!(rate_limit_warning(&serde_json::json!({"acks": 5})), None);
+    }
 }
