@@ -14,6 +14,7 @@ use crate::control::NodeSetup;
 use crate::control::admin::AdminSettings;
 use crate::control::demo::DemoSetup;
 use crate::control::remotes::{RemoteSetup, Remotes};
+use crate::control::startup::StartError;
 use crate::core::admission::Admission;
 use crate::core::shard::ShardConfig;
 use crate::protocol::body_crypt::KeySpecError;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Run a gateway node. With no flags: a complete single node with no external service
     /// (in-memory idempotency, built-in loopback backend, HTTP push API, metrics).
     Serve(Box<ServeArgs>),
+    /// Check `serve`'s flags and the files they name (JWT key, TLS certificate and key, body
+    /// keys, the Redis URL) without starting a node; exits 1 with the first problem.
+    Check(Box<ServeArgs>),
     /// Mint an HS256 client token (for trying the gateway out and for scripts).
     Token(TokenArgs),
 }
@@ -121,6 +125,46 @@ pub struct TokenArgs {
 
 /// The setups that take flags from more than one group.
 impl ServeArgs {
+    /// Builds what `serve` builds from its flags before it binds or connects anything; says
+    /// what was checked.
+    pub fn check(&self) -> Result<String, StartError> {
+        // Without a key, serve makes a development secret; there is nothing to check.
+        let keyed = self.clients.jwt_secret.is_some() || self.clients.jwt_public_key.is_some();
+        let key = if keyed {
+            let source = self.clients.key_source()?;
+            self.clients.verifier(&source)?;
+            match source {
+                KeySource::Secret(_) => "JWT secret",
+                KeySource::PublicKeyPem(_) => "JWT public key",
+            }
+        } else {
+            "no JWT key: a development secret at start"
+        };
+        self.shard_config("check")?;
+        let tls = self.node.tls_files()?;
+        if let Some(url) = &self.idem.redis {
+            crate::control::redis_idem::parse_url(url)?;
+        }
+        Ok(format!(
+            "ringway check: the flags are valid ({key}{}{}{})",
+            if tls.is_some() {
+                ", TLS certificate and key"
+            } else {
+                ""
+            },
+            if self.links.body_keys.is_empty() {
+                ""
+            } else {
+                ", body keys"
+            },
+            if self.idem.redis.is_some() {
+                ", Redis URL"
+            } else {
+                ""
+            },
+        ))
+    }
+
     /// Devices are recorded in the Redis location registry: a cluster with a shared Redis.
     fn tracks_locations(&self) -> bool {
         !self.cluster.etcd.is_empty() && self.idem.redis.is_some()
@@ -212,7 +256,7 @@ mod tests {
         let cli = Cli::try_parse_from([&["ringway", "serve"], args].concat()).unwrap();
         match cli.command {
             Command::Serve(a) => *a,
-            Command::Token(_) => unreachable!("parsed serve"),
+            _ => unreachable!("parsed serve"),
         }
     }
 

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Check(args) => args.check().map(|ok| println!("{ok}")),
         Command::Token(t) => {
             println!("{}", t.mint());
             Ok(())

@@ -473,3 +473,41 @@ fn json_logs_are_one_object_a_line_whatever_a_client_sends() {
     assert_eq!(logged, format!("{forged_key:?}"));
     assert!(!lines.iter().any(|l| l["fields"]["message"] == "FORGED"));
 }
+
+#[test]
+fn check_validates_flags_and_files_without_starting() {
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .arg("check")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = check(&["--jwt-secret", common::SECRET]);
+    assert!(
+        ok && text.contains("the flags are valid (JWT secret"),
+        "{text}"
+    );
+    let (ok, text) = check(&[
+        "--tls-cert",
+        "/nonexistent.pem",
+        "--tls-key",
+        "/nonexistent.pem",
+    ]);
+    assert!(
+        !ok && text.contains("--tls-cert /nonexistent.pem"),
+        "{text}"
+    );
+    let (ok, text) = check(&["--jwt-secret", "short"]);
+    assert!(!ok && text.contains("at least 16 bytes"), "{text}");
+    let (ok, text) = check(&["--body-key", "1=AAAA"]);
+    assert!(!ok && text.contains("need 32 bytes"), "{text}");
+    let (ok, text) = check(&["--redis", "redis://host:notaport"]);
+    assert!(!ok && text.contains("--redis redis://host:notaport"), "{text}");
+    // Nothing was started: the default ports stay free for whatever runs there.
+    let (ok, _) = check(&[]);
+    assert!(ok);
+}

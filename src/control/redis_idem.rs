@@ -47,11 +47,16 @@ fn millis(d: Duration) -> i64 {
     d.as_millis().clamp(1, i64::MAX as u128) as i64
 }
 
+/// A `--redis` URL as the client reads it (standalone, sentinel or cluster).
+pub fn parse_url(url: &str) -> Result<Config, String> {
+    Config::from_url(url).map_err(|e| format!("--redis {url}: {e}"))
+}
+
 impl RedisIdem {
     /// Connects in the background: a Redis that is down at start is retried forever, and
     /// commands meanwhile fail within `timeout` (the node's store-down policy applies).
     pub async fn connect(url: &str, ttl: IdemTtl, timeout: Duration) -> Result<RedisIdem, String> {
-        let config = Config::from_url(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        let config = parse_url(url)?;
         let client = Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = timeout)
             .with_connection_config(|c| {
