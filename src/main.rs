@@ -94,19 +94,15 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
         tls: tls.clone(),
         peers: handles.clone(),
     };
-    let executor = args.node.executor();
-    let mut threads = Vec::with_capacity(workers);
-    for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
-        let metrics = metrics[index].clone();
-        let core = worker::Core {
-            index,
-            listener,
-            inbox,
-            metrics,
-        };
-        let cpu = args.node.pin_cores.then(|| cpus[index % cpus.len()]);
-        threads.push(worker::spawn(rules.clone(), core, cpu, &executor)?);
-    }
+    let cores = listeners.into_iter().zip(inboxes).enumerate();
+    let cores = cores.map(|(index, (listener, inbox))| worker::Core {
+        index,
+        listener,
+        inbox,
+        metrics: metrics[index].clone(),
+    });
+    let pinned = args.node.pin_cores.then_some(&cpus[..]);
+    let threads = worker::start_all(&rules, cores.collect(), pinned, &args.node.executor())?;
 
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

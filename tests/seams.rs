@@ -506,7 +506,10 @@ fn check_validates_flags_and_files_without_starting() {
     let (ok, text) = check(&["--body-key", "1=AAAA"]);
     assert!(!ok && text.contains("need 32 bytes"), "{text}");
     let (ok, text) = check(&["--redis", "redis://host:notaport"]);
-    assert!(!ok && text.contains("--redis redis://host:notaport"), "{text}");
+    assert!(
+        !ok && text.contains("--redis redis://host:notaport"),
+        "{text}"
+    );
     // Nothing was started: the default ports stay free for whatever runs there.
     let (ok, _) = check(&[]);
     assert!(ok);

@@ -116,21 +116,42 @@ pub struct Executor {
 /// A worker core's thread, ended by [`CoreMsg::Stop`].
 pub type Thread = glommio::ExecutorJoinHandle<()>;
 
-/// Starts a worker core on a thread of its own, pinned to `cpu` if given.
-pub fn spawn(
-    rules: Rules,
-    core: Core,
-    cpu: Option<usize>,
+/// How long a worker core may take from its thread's start to its first accept.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// Starts a worker core per [`Core`], each on a thread of its own (core N pinned to the N-th
+/// of `cpus`, when given), and returns once every one accepts: a node that says it is ready
+/// serves on every core.
+pub fn start_all(
+    rules: &Rules,
+    cores: Vec<Core>,
+    cpus: Option<&[usize]>,
     executor: &Executor,
-) -> Result<Thread, String> {
-    let i = core.index;
-    let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
-    glommio::LocalExecutorBuilder::new(placement)
-        .name(&format!("ringway-w{i}"))
-        .preempt_timer(executor.preempt)
-        .ring_depth(executor.ring_depth)
-        .spawn(move || run(rules, core))
-        .map_err(|e| format!("starting worker {i}: {e}"))
+) -> Result<Vec<Thread>, String> {
+    let (accepting, started) = std::sync::mpsc::channel();
+    let n = cores.len();
+    let mut threads = Vec::with_capacity(n);
+    for core in cores {
+        let i = core.index;
+        let cpu = cpus.map(|c| c[i % c.len()]);
+        let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+        let (rules, accepting) = (rules.clone(), accepting.clone());
+        let thread = glommio::LocalExecutorBuilder::new(placement)
+            .name(&format!("ringway-w{i}"))
+            .preempt_timer(executor.preempt)
+            .ring_depth(executor.ring_depth)
+            .spawn(move || run(rules, core, accepting))
+            .map_err(|e| format!("starting worker {i}: {e}"))?;
+        threads.push(thread);
+    }
+    let deadline = Instant::now() + START_LIMIT;
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        started
+            .recv_timeout(left)
+            .map_err(|_| format!("a worker core did not start within {START_LIMIT:?}"))?;
+    }
+    Ok(threads)
 }
 
 /// Waits for the worker threads to end, at most `within` (a core that does not stop must not
@@ -146,7 +167,7 @@ pub fn join(threads: Vec<Thread>, within: Duration) -> bool {
     ended.recv_timeout(within).is_ok()
 }
 
-async fn run(setup: Rules, core: Core) {
+async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>) {
     setup.peers[core.index].adopt_current_thread();
     let readiness = Readiness::new().expect("a worker core needs an epoll set");
     let now = Instant::now();
@@ -191,12 +212,18 @@ async fn run(setup: Rules, core: Core) {
     // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
     let listener = unsafe { TcpListener::from_raw_fd(core.listener.into_raw_fd()) };
     glommio::spawn_local(readiness.run()).detach();
-    let acceptor = glommio::spawn_local(accept_loop(w.clone(), listener));
+    let acceptor = glommio::spawn_local(accept_loop(w.clone(), listener, accepting));
     glommio::spawn_local(timer_loop(w.clone())).detach();
     inbox_loop(w.clone(), core.inbox, acceptor).await;
 }
 
-async fn accept_loop(w: Rc<Worker>, listener: TcpListener) {
+async fn accept_loop(
+    w: Rc<Worker>,
+    listener: TcpListener,
+    accepting: std::sync::mpsc::Sender<usize>,
+) {
+    // The first accept is about to be armed: the node may say it is ready.
+    let _ = accepting.send(w.index);
     loop {
         match listener.accept().await {
             Ok(stream) => {
