@@ -187,6 +187,9 @@ struct EchoArgs {
     /// Mixed: the gateway's admin address.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: String,
+    /// Mixed: the gateway's `--admin-token`, when it has one.
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Args)]
@@ -196,6 +199,9 @@ struct PushArgs {
     /// The gateway's admin address (push API).
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: String,
+    /// The gateway's `--admin-token`, when it has one (sent as a bearer token on each push).
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Pushes per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
@@ -357,7 +363,7 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
     let mut admins = Vec::new();
     for _ in 0..a.senders {
-        admins.push(push::Admin::connect(&a.admin).await?);
+        admins.push(push::Admin::connect(&a.admin, a.admin_token.as_deref()).await?);
     }
     let schedule = push::Schedule::all(a.rate, Instant::now(), sending_until);
     let shares = admins
@@ -442,7 +448,7 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
                 .my_links()
                 .map(|i| format!("{}{i}", a.common.user_prefix))
                 .collect();
-            let mut admin = push::Admin::connect(&a.admin).await?;
+            let mut admin = push::Admin::connect(&a.admin, a.admin_token.as_deref()).await?;
             let (api, rate) = (push::Api::Ringway { biz: a.common.biz }, a.push_rate);
             sender = Some(tokio::spawn(async move {
                 let schedule = push::Schedule::all(rate, Instant::now(), deadline);

@@ -33,13 +33,16 @@ fn now_ns() -> u64 {
 pub struct Admin {
     stream: Option<BufReader<TcpStream>>,
     host: String,
+    /// The `Authorization` header line, for a gateway started with `--admin-token`.
+    auth: String,
 }
 
 impl Admin {
-    pub async fn connect(addr: &str) -> Result<Admin, String> {
+    pub async fn connect(addr: &str, token: Option<&str>) -> Result<Admin, String> {
         let mut admin = Admin {
             stream: None,
             host: addr.to_owned(),
+            auth: token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n")),
         };
         admin.reconnect().await?;
         Ok(admin)
@@ -56,8 +59,9 @@ impl Admin {
     /// POSTs JSON; returns the status code.
     pub async fn post(&mut self, path: &str, body: &str) -> Result<u16, String> {
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
+            self.auth,
             body.len()
         );
         let io = |e: std::io::Error| e.to_string();
