@@ -35,6 +35,8 @@ install() {
   command -v node >/dev/null || missing+=(nodejs npm)
   # scripts/autobahn.sh unpacks Python 2.7 from Debian 11's packages.
   command -v curl >/dev/null || missing+=(curl)
+  # promtool (Debian's prometheus package) lints a live /metrics in the tests.
+  command -v promtool >/dev/null || missing+=(prometheus)
   command -v xz >/dev/null || missing+=(xz-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }

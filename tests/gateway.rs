@@ -628,4 +628,25 @@ fn metrics_give_latency_histograms_the_build_and_the_process() {
     );
     assert!(gw.metric("process_open_fds") > 0.0);
     assert!(gw.metric("process_cpu_seconds_total") >= 0.0);
+    // Prometheus' own linter accepts the whole exposition.
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/services.sh install)");
+    use std::io::Write;
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
