@@ -16,6 +16,9 @@ python3 scripts/layers.py
 python3 scripts/sizes.py
 # README's layout table names every source file.
 python3 scripts/layout.py
+# The shipped Prometheus alert rules are valid, and each fires on the series made for it.
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # The demo page in headless Chromium, and permessage-deflate with a Node client, against the
