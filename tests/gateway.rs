@@ -628,6 +628,34 @@ fn metrics_give_latency_histograms_the_build_and_the_process() {
     );
     assert!(gw.metric("process_open_fds") > 0.0);
     assert!(gw.metric("process_cpu_seconds_total") >= 0.0);
+    // Every series the shipped dashboard queries is one this node exports.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/ringway.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 12, "{} queries", exprs.len());
+    for expr in exprs {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("ringway_") || w.starts_with("process_"));
+        for name in names {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which /metrics does not export: {expr}"
+            );
+        }
+    }
     // Prometheus' own linter accepts the whole exposition.
     let mut lint = std::process::Command::new("promtool")
         .args(["check", "metrics"])
