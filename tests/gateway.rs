@@ -412,6 +412,9 @@ fn admin_drain_needs_a_configured_token_and_then_drains_like_sigterm() {
 
     let mut gw = Gateway::start(&["--admin-token", "op-token"]);
     let mut a = gw.connect("alice", "phone", Codec::Json);
+    // A user's links show client addresses: the token guards this read too.
+    assert_eq!(gw.get("/v1/links?biz_id=1&user_id=alice").0, 401);
+    assert_eq!(gw.get("/v1/nodes").0, 200);
     assert_eq!(
         gw.post_as(Some("wrong"), "/admin/drain", serde_json::json!({}))
             .0,
@@ -677,4 +680,143 @@ fn metrics_give_latency_histograms_the_build_and_the_process() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Checks `value` against an OpenAPI schema of `doc`: types, required properties, array
+/// items and `$ref`s; says where it differs.
+fn conforms(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.trim_start_matches("#/components/schemas/");
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    };
+    if value.is_null() && schema["nullable"] == true {
+        return;
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_u64() || value.is_i64(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    assert!(ok, "{at}: {value} is not of type {}", schema["type"]);
+    for name in schema["required"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap();
+        assert!(
+            value.get(name).is_some(),
+            "{at}: required {name} missing from {value}"
+        );
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (k, v) in value.as_object().into_iter().flatten() {
+            if let Some(s) = props.get(k) {
+                conforms(doc, s, v, &format!("{at}.{k}"));
+            }
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        for (i, v) in value.as_array().into_iter().flatten().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"));
+        }
+    }
+}
+
+#[test]
+fn the_openapi_document_describes_the_admin_api_as_it_answers() {
+    let gw = Gateway::start(&["--push-retry-initial-ms", "60000"]);
+    let (status, text) = gw.get("/openapi.json");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let response = |path: &str, method: &str, status: u16| {
+        doc["paths"][path][method]["responses"][status.to_string()]["content"]["application/json"]
+            ["schema"]
+            .clone()
+    };
+    // Every documented route is served (nothing documented answers 404 or 405).
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            if path == "/admin/drain" {
+                continue; // served: it would drain this node
+            }
+            let status = match method.as_str() {
+                "get" => gw.get(path).0,
+                _ => gw.post(path, serde_json::json!({})).0,
+            };
+            assert!(
+                ![0, 404, 405].contains(&status),
+                "{method} {path} answered {status}"
+            );
+        }
+    }
+    // The answers have the documented shapes.
+    let mut phone = gw.connect("alice", "phone", Codec::Json);
+    let _web = gw.connect("alice", "web", Codec::Proto);
+    gw.push("alice", "p1", b"body");
+    assert_eq!(phone.frame().key, "p1");
+    let (status, body) = gw.get("/v1/links?biz_id=1&user_id=alice");
+    assert_eq!(status, 200);
+    let links: serde_json::Value = serde_json::from_str(&body).unwrap();
+    conforms(&doc, &response("/v1/links", "get", 200), &links, "links");
+    let devices: Vec<&str> = links["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["phone", "web"], "{body}");
+    let phone_link = &links["links"][0];
+    assert_eq!(phone_link["unacked_pushes"], 1, "{body}");
+    assert!(
+        phone_link["remote"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    let (status, body) = gw.get("/v1/links?biz_id=1&user_id=nobody");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["links"],
+        serde_json::json!([])
+    );
+    let (status, body) = gw.get("/v1/links?biz_id=x&user_id=alice");
+    assert_eq!(status, 400);
+    conforms(
+        &doc,
+        &response("/v1/links", "get", 400),
+        &serde_json::from_str(&body).unwrap(),
+        "error",
+    );
+    let (status, body) = gw.get("/v1/nodes");
+    assert_eq!(status, 200);
+    let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    conforms(&doc, &response("/v1/nodes", "get", 200), &nodes, "nodes");
+    let (status, body) = gw.post(
+        "/v1/push",
+        serde_json::json!({"biz_id": 1, "user_id": "bob", "key": "k"}),
+    );
+    assert_eq!(status, 202);
+    conforms(&doc, &response("/v1/push", "post", 202), &body, "push");
+    let (status, body) = gw.post("/v1/push", serde_json::json!({"biz_id": 1}));
+    assert_eq!(status, 400);
+    conforms(
+        &doc,
+        &response("/v1/push", "post", 400),
+        &body,
+        "push error",
+    );
+    let (status, body) = gw.post(
+        "/v1/kick",
+        serde_json::json!({"biz_id": 1, "user_id": "alice", "device_id": "web"}),
+    );
+    assert_eq!(status, 202);
+    conforms(&doc, &response("/v1/kick", "post", 202), &body, "kick");
 }

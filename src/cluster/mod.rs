@@ -68,8 +68,8 @@ pub async fn run(
         tokio::spawn(registry.clone().run(node.clone()));
     }
     start(&node, services, life.scale.topic.clone()).await?;
-    let fleet_ops = fleet_api::routes(life.scale.clone());
-    tokio::spawn(admin::serve(node.clone(), admin, fleet_ops));
+    let more = fleet_api::routes(life.scale.clone()).merge(crate::control::inspect::routes());
+    tokio::spawn(admin::serve(node.clone(), admin, more));
     tokio::spawn(watchdog::run(node.clone()));
     tokio::select! {
         _ = wait_for_signal() => info!("signal: draining"),

@@ -169,7 +169,7 @@ pub fn accepted(body: serde_json::Value) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
-fn check_token(token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn check_token(token: &str, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod demo;
 pub mod fleet;
 pub mod grpc_backend;
+pub mod inspect;
 pub mod kafka;
 pub mod listeners;
 pub mod location;

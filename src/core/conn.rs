@@ -8,7 +8,7 @@
 //! link's own outbound cap (slow consumer, 4002) still applies.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
@@ -88,6 +88,16 @@ pub struct TlsConn {
 }
 
 impl Conn {
+    /// The client's address (`None` if the socket is already gone).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        // SAFETY: borrows this connection's open fd for one getpeername; ManuallyDrop keeps
+        // the borrowed stream from closing it.
+        let tcp = std::mem::ManuallyDrop::new(unsafe {
+            std::net::TcpStream::from_raw_fd(self.as_raw_fd())
+        });
+        tcp.peer_addr().ok()
+    }
+
     pub fn tls(tcp: Socket, mut tls: ServerConnection) -> Conn {
         tls.set_buffer_limit(Some(TLS_BUFFER));
         Conn::Tls(Box::new(TlsConn {

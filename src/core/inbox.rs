@@ -37,10 +37,18 @@ pub enum CoreMsg {
     Claimed(Box<Vec<(UpstreamRequest, Option<Claim>)>>),
     /// The backend answered upstream messages.
     Answered(Box<Vec<(UpstreamRequest, Result<Bytes, BackendError>)>>),
+    /// Answer with a user's open links on this core (`GET /v1/links`).
+    Inspect(Box<Inspect>),
     /// Stop accepting and close every link with 1001.
     Shutdown,
     /// The node is done: end the core's executor, so its thread can be joined.
     Stop,
+}
+
+pub struct Inspect {
+    pub biz_id: u64,
+    pub user_id: String,
+    pub reply: tokio::sync::oneshot::Sender<Vec<crate::core::shard::LinkInfo>>,
 }
 
 pub struct Handoff {

@@ -105,6 +105,19 @@ pub struct Undelivered {
     pub hold: Option<Arc<Unsettled>>,
 }
 
+/// One open link as `GET /v1/links` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LinkInfo {
+    pub device_id: String,
+    pub transport: &'static str,
+    /// When it opened, in milliseconds since the epoch.
+    pub connected_ms: u64,
+    pub unacked_pushes: usize,
+    /// Bytes waiting for its socket.
+    pub queued_bytes: usize,
+    pub remote: Option<String>,
+}
+
 /// Which links a push, kick or redirect is for.
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
@@ -1106,6 +1119,35 @@ impl Shard {
                 let l = &self.links[c];
                 l.who.device_id == who.device_id && wire(&l.wire)
             })
+    }
+
+    /// A user's open links on this core, oldest first, as the operator sees them.
+    pub fn inspect(&self, biz_id: u64, user_id: &str, now: Instant) -> Vec<LinkInfo> {
+        let wall_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.user_conns(biz_id, user_id)
+            .iter()
+            .map(|c| {
+                let l = &self.links[c];
+                let age = now.saturating_duration_since(l.connected_at);
+                LinkInfo {
+                    device_id: l.who.device_id.clone(),
+                    transport: l.wire.transport().label(),
+                    connected_ms: wall_now.saturating_sub(age).as_millis() as u64,
+                    unacked_pushes: l.inflight.len(),
+                    queued_bytes: l.out.len(),
+                    remote: l.peer.map(|p| p.to_string()),
+                }
+            })
+            .collect()
+    }
+
+    /// The client's address of a link, once its socket is known.
+    pub fn set_peer(&mut self, conn: ConnId, peer: Option<std::net::SocketAddr>) {
+        if let Some(link) = self.links.get_mut(&conn) {
+            link.peer = peer;
+        }
     }
 
     /// A user's open links on this core, oldest first.

@@ -495,6 +495,7 @@ fn open_link(
             {
                 let mut shard = w.shard.borrow_mut();
                 shard.open(conn, who, &up, now);
+                shard.set_peer(conn, stream.peer());
                 if !leftover.is_empty() {
                     shard.handle_bytes(conn, &mut leftover, now);
                 }
@@ -525,6 +526,8 @@ fn open_link(
     }
     let poll = h.route == Route::Poll;
     let (conn, generation) = w.shard.borrow_mut().attach(conn, who, &h, now);
+    // The link now answers through this request's socket.
+    w.shard.borrow_mut().set_peer(conn, stream.peer());
     w.after_events(now);
     let task = http_link_task(w.clone(), conn, generation, poll, stream, origin, ticket);
     glommio::spawn_local(task).detach();
@@ -847,6 +850,11 @@ impl Worker {
                 self.shard
                     .borrow_mut()
                     .close_all("server shutting down", now);
+            }
+            CoreMsg::Inspect(i) => {
+                let links = self.shard.borrow().inspect(i.biz_id, &i.user_id, now);
+                // The asker may have given up waiting; nothing to do then.
+                let _ = i.reply.send(links);
             }
             CoreMsg::Stop => unreachable!("the inbox loop ends on Stop"),
         }

@@ -145,6 +145,8 @@ pub struct Link {
     pub inflight: Vec<Inflight>,
     pub last_activity: Instant,
     pub connected_at: Instant,
+    /// The client's address, as the socket says (`GET /v1/links`).
+    pub peer: Option<std::net::SocketAddr>,
     pub liveness: Option<TimerId>,
     /// Bytes waiting for the socket. Empty (and unallocated) on an idle link. The shell reports
     /// what the socket took with [`Link::written`], never by editing it.
@@ -200,6 +202,7 @@ impl Link {
             inflight: Vec::new(),
             last_activity: now,
             connected_at: now,
+            peer: None,
             liveness: None,
             out: Vec::new(),
             unbroken: 0,

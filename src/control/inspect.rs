@@ -1,0 +1,89 @@
+//! What an operator can look at without changing anything: a user's links on this node
+//! (`GET /v1/links`), the fleet as etcd shows it (`GET /v1/nodes`), and the admin API's own
+//! description (`GET /openapi.json`, the document `docs/openapi.json`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, State, rejection::QueryRejection};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Hub;
+use super::admin::{ApiError, check_token, error};
+use crate::core::inbox::{CoreMsg, Inspect};
+
+/// How long a core may take to list a user's links.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/v1/links", get(links))
+        .route("/v1/nodes", get(nodes))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinksQuery {
+    biz_id: u64,
+    user_id: String,
+}
+
+/// A user's open links on this node, asked of the core that owns the user. Client addresses
+/// are personal data: with `--admin-token` this read needs the token too.
+async fn links(
+    State(node): State<Arc<Hub>>,
+    headers: HeaderMap,
+    query: Result<Query<LinksQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &node.admin.token {
+        check_token(token, &headers)?;
+    }
+    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    crate::auth::check_id("user_id", &q.user_id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let core = crate::owner_core(q.biz_id, &q.user_id, node.cores.len());
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let ask = CoreMsg::Inspect(Box::new(Inspect {
+        biz_id: q.biz_id,
+        user_id: q.user_id.clone(),
+        reply,
+    }));
+    let busy = || error(StatusCode::SERVICE_UNAVAILABLE, "owner core busy; retry");
+    node.cores[core].send(ask).map_err(|_| busy())?;
+    let links = tokio::time::timeout(ANSWER_WITHIN, answer)
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    let body = json!({
+        "node_id": node.node_id,
+        "core": core,
+        "biz_id": q.biz_id,
+        "user_id": q.user_id,
+        "links": links,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+/// The fleet as this node sees it in etcd (empty without `--etcd`), each node as its etcd
+/// record says (the proto3 JSON of `Node`).
+async fn nodes(State(node): State<Arc<Hub>>) -> Response {
+    let records: Vec<serde_json::Value> = node
+        .fleet
+        .read()
+        .expect("fleet lock")
+        .nodes
+        .values()
+        .filter_map(|r| serde_json::from_slice(&r.to_json()).ok())
+        .collect();
+    axum::Json(json!({ "node_id": node.node_id, "nodes": records })).into_response()
+}
