@@ -37,6 +37,8 @@ install() {
   command -v curl >/dev/null || missing+=(curl)
   # promtool (Debian's prometheus package) lints a live /metrics in the tests.
   command -v promtool >/dev/null || missing+=(prometheus)
+  # systemd-analyze rates the shipped units' sandbox (it runs offline; no systemd needed).
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v xz >/dev/null || missing+=(xz-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
