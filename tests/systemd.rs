@@ -9,8 +9,8 @@ fn exposure_ok(unit: &str) -> (bool, String) {
         .args(["security", "--offline=true", "--threshold=40", &path])
         .output()
         .expect("systemd-analyze (Debian's systemd package; scripts/services.sh install)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -25,9 +25,11 @@ fn the_units_are_sandboxed_to_an_exposure_of_four_or_less() {
         assert!(ok, "{unit}: {overall}\n{text}");
     }
     // The template names each node after its instance and reads that instance's env file.
-    let template =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/ringway@.service"))
-            .unwrap();
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tuning/ringway@.service"
+    ))
+    .unwrap();
     assert!(template.contains("EnvironmentFile=/etc/ringway/%i.env"));
     assert!(template.contains("Environment=RINGWAY_NODE_ID=%i"));
     assert!(template.contains("ExecReload=/bin/kill -HUP $MAINPID"));

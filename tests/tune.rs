@@ -26,8 +26,8 @@ fn tune(root: &Path, mode: &str) -> (bool, String) {
         .env("SYSCTL_D", root.join("sysctl.d"))
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -56,7 +56,7 @@ fn tune_checks_minimums_exact_values_and_ram_and_applies_only_the_difference() {
         ("net.core.netdev_max_backlog", "16384"),
         ("net.ipv4.ip_local_port_range", "1024 65535"),
         ("net.ipv4.ip_local_reserved_ports", ""),
-        ("net.ipv4.tcp_tw_reuse", "2"),    // not a minimum: 2 is not "more" than 1
+        ("net.ipv4.tcp_tw_reuse", "2"), // not a minimum: 2 is not "more" than 1
         ("net.ipv4.tcp_fin_timeout", "60"), // nor is 60 more than 15
         ("net.ipv4.tcp_mem", "65536 87381 131072"),
         ("net.ipv4.tcp_rmem", "4096 8192 4194304"),
@@ -87,12 +87,19 @@ fn tune_checks_minimums_exact_values_and_ram_and_applies_only_the_difference() {
     assert_eq!(read(&sys, "net.ipv4.tcp_fin_timeout"), "15");
     assert_eq!(read(&sys, "net.ipv4.tcp_tw_reuse"), "1");
     assert_eq!(read(&sys, "net.ipv4.ip_local_reserved_ports"), "8080,9090");
-    assert_eq!(read(&sys, "fs.file-max"), "4194304", "a larger value is kept");
+    assert_eq!(
+        read(&sys, "fs.file-max"),
+        "4194304",
+        "a larger value is kept"
+    );
     let persisted = std::fs::read_to_string(root.join("sysctl.d/90-ringway.conf")).unwrap();
     let lines: Vec<&str> = persisted.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 4, "only what had to change:\n{persisted}");
     assert!(!persisted.contains("fs.file-max"));
     // The check after applying finds the kernel settings right (this shell's limits may not be).
-    assert!(text.contains("0 kernel settings differ") || !text.contains("differ"), "{text}");
+    assert!(
+        text.contains("0 kernel settings differ") || !text.contains("differ"),
+        "{text}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
