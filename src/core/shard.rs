@@ -343,6 +343,10 @@ impl Shard {
                 let us = now.saturating_duration_since(queued).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_write_wait, us);
             }
+            if let Some(accepted) = link.push_accepted_at.take() {
+                let us = now.saturating_duration_since(accepted).as_micros() as u64;
+                Latencies::record(&mut self.latencies.push_written, us);
+            }
             // A burst's buffer is not kept for an idle link.
             if link.out.capacity() > 4096 {
                 link.out = Vec::new();
@@ -433,7 +437,7 @@ impl Shard {
         }
 
         for f in carried {
-            self.deliver(conn, f.push, now, Some(f.first_sent));
+            self.deliver(conn, f.push, now, f.accepted_at, Some(f.first_sent));
         }
     }
 
@@ -761,6 +765,8 @@ impl Shard {
                 self.metrics.push_acked.inc();
                 let us = now.saturating_duration_since(f.first_sent).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_ack, us);
+                let us = now.saturating_duration_since(f.accepted_at).as_micros() as u64;
+                Latencies::record(&mut self.latencies.push_acked, us);
             } else {
                 i += 1;
             }
@@ -796,7 +802,7 @@ impl Shard {
                 continue;
             }
             for conn in conns {
-                self.deliver(conn, push.clone(), now, None);
+                self.deliver(conn, push.clone(), now, accepted_at, None);
                 let us = now.saturating_duration_since(accepted_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_delivery, us);
             }
@@ -808,6 +814,7 @@ impl Shard {
         conn: ConnId,
         push: Rc<EncodedPush>,
         now: Instant,
+        accepted_at: Instant,
         first_sent: Option<Instant>,
     ) {
         let delay = self.cfg.retry.delay(1, self.rng.random());
@@ -817,6 +824,7 @@ impl Shard {
             .expect("delivering to a live link");
         let seq = link.take_seq();
         link.push_queued_at.get_or_insert(now);
+        link.push_accepted_at.get_or_insert(accepted_at);
         link.send_push(&push, seq);
         let timer = self
             .wheel
@@ -827,6 +835,7 @@ impl Shard {
             attempts: 1,
             timer,
             first_sent: first_sent.unwrap_or(now),
+            accepted_at,
         });
         self.metrics.pushes_sent.inc();
         self.metrics.frame_out(Cmd::Downstream);

@@ -1377,3 +1377,26 @@ fn with_a_shared_store_claims_go_out_and_an_unreachable_store_follows_the_policy
         }
     }
 }
+
+#[test]
+fn a_push_is_timed_from_its_acceptance_to_written_and_to_acked() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    let p = EncodedPush::new("p1", Bytes::from_static(b"x"));
+    // Accepted at 0 ms, delivered by the core at 3 ms.
+    let user = ["alice".to_owned()];
+    h.shard.push(1, &user, None, &p, true, h.at(0), h.at(3));
+    let Transmit::Bytes(out) = h.shard.poll_transmit(1) else {
+        panic!("queued")
+    };
+    let len = out.len();
+    h.shard.handle_written(1, len, h.at(5));
+    let mut ack = client(Codec::Json, &cmd_frame(Cmd::DownstreamAck, "p1"));
+    h.shard.handle_bytes(1, &mut ack, h.at(9));
+    let l = &h.shard.latencies;
+    let ms = |h: &hdrhistogram::Histogram<u64>| (h.len(), h.lowest_equivalent(h.max()) / 1000);
+    assert_eq!(ms(&l.push_delivery), (1, 3), "accepted → queued");
+    assert_eq!(ms(&l.push_written), (1, 5), "accepted → written");
+    assert_eq!(ms(&l.push_ack), (1, 6), "sent → acked");
+    assert_eq!(ms(&l.push_acked), (1, 9), "accepted → acked");
+}

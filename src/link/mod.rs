@@ -53,6 +53,8 @@ pub struct Inflight {
     pub attempts: u32,
     pub timer: TimerId,
     pub first_sent: Instant,
+    /// When the node accepted the push (API, Kafka, loopback): where its whole path starts.
+    pub accepted_at: Instant,
 }
 
 /// A link's compression contexts and the counters that show it is used.
@@ -163,6 +165,8 @@ pub struct Link {
     pub backlog: Option<(u64, TimerId)>,
     /// When the oldest push still in `out` was queued.
     pub push_queued_at: Option<Instant>,
+    /// When the node accepted the oldest push still in `out`.
+    pub push_accepted_at: Option<Instant>,
     /// Set once the link is closing: the shell flushes `out`, then closes the socket.
     pub closing: Option<CloseReason>,
     /// The closing handshake is over (the client answered, or the linger ran out): the shell
@@ -209,6 +213,7 @@ impl Link {
             written_total: 0,
             backlog: None,
             push_queued_at: None,
+            push_accepted_at: None,
             closing: None,
             finished: false,
             close_note: None,

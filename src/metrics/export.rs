@@ -181,6 +181,16 @@ pub fn render(
             "DOWNSTREAM queued on the link to written to its socket.",
             &merged.push_write_wait,
         ),
+        histogram(
+            "ringway_push_accepted_to_written_seconds",
+            "Push accepted by the node to its DOWNSTREAM fully written to the socket.",
+            &merged.push_written,
+        ),
+        histogram(
+            "ringway_push_accepted_to_acked_seconds",
+            "Push accepted by the node to the device's DOWNSTREAM_ACK (the whole path).",
+            &merged.push_acked,
+        ),
     ]);
     // CPU seconds, resident memory, open and allowed fds, threads, start time.
     out.extend(PROCESS.get_or_init(ProcessCollector::for_self).collect());

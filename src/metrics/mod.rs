@@ -363,6 +363,12 @@ pub struct Latencies {
     /// DOWNSTREAM queued on the link → the link's buffer written to its socket: how long a
     /// woken link waits for its core.
     pub push_write_wait: Histogram<u64>,
+    /// Push accepted by the node → its DOWNSTREAM fully written to the socket: the server's
+    /// whole part of a delivery (core inbox, queue, socket).
+    pub push_written: Histogram<u64>,
+    /// Push accepted by the node → the device's DOWNSTREAM_ACK: the whole path, retransmits
+    /// and the client included.
+    pub push_acked: Histogram<u64>,
 }
 
 impl Default for Latencies {
@@ -373,6 +379,8 @@ impl Default for Latencies {
             push_delivery: h(),
             push_ack: h(),
             push_write_wait: h(),
+            push_written: h(),
+            push_acked: h(),
         }
     }
 }
@@ -387,6 +395,8 @@ impl Latencies {
         let _ = self.push_delivery.add(&other.push_delivery);
         let _ = self.push_ack.add(&other.push_ack);
         let _ = self.push_write_wait.add(&other.push_write_wait);
+        let _ = self.push_written.add(&other.push_written);
+        let _ = self.push_acked.add(&other.push_acked);
     }
 }
 
