@@ -631,6 +631,9 @@ fn metrics_give_latency_histograms_the_build_and_the_process() {
     );
     assert!(gw.metric("process_open_fds") > 0.0);
     assert!(gw.metric("process_cpu_seconds_total") >= 0.0);
+    // The admin API times itself: the push above was one 202 on /v1/push.
+    let pushes = "ringway_admin_request_duration_seconds_count{path=\"/v1/push\",status=\"202\"}";
+    assert_eq!(gw.metric(pushes), 1.0);
     // Every series the shipped dashboard queries is one this node exports.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/ringway.json");
     let dashboard: serde_json::Value =

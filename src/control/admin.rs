@@ -47,6 +47,8 @@ pub async fn serve(node: Arc<Hub>, listener: tokio::net::TcpListener, more: Rout
         .route("/v1/redirect", post(redirect))
         .merge(more)
         .merge(super::demo::routes())
+        // After routing, so each request is timed under its route's pattern.
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), timed))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             same_site,
@@ -86,6 +88,22 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
     authority.is_some_and(|a| Some(a) == host)
+}
+
+/// Times each routed request into `ringway_admin_request_duration_seconds`.
+async fn timed(
+    State(node): State<Arc<Hub>>,
+    path: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    node.api_latency
+        .with_label_values(&[path.as_str(), status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 /// Refuses requests from web pages other than the admin server's own: a browser sends
@@ -145,7 +163,13 @@ async fn metrics_text(State(node): State<Arc<Hub>>) -> Response {
             node.fleet.read().expect("fleet lock").nodes.len() as u64,
         ),
     ];
-    let body = metrics::render(&node.metrics, &node.counters, &gauges);
+    use prometheus::core::Collector;
+    let body = metrics::render(
+        &node.metrics,
+        &node.counters,
+        &gauges,
+        node.api_latency.collect(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

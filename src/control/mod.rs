@@ -42,6 +42,8 @@ pub struct Hub {
     pub metrics: Vec<Arc<CoreMetrics>>,
     pub draining: AtomicBool,
     pub counters: NodeCounters,
+    /// `ringway_admin_request_duration_seconds`, by route and status.
+    pub api_latency: prometheus::HistogramVec,
     pub admin: admin::AdminSettings,
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
@@ -90,6 +92,7 @@ impl Hub {
             metrics,
             draining: AtomicBool::new(false),
             counters: NodeCounters::default(),
+            api_latency: crate::metrics::api_latency(),
             admin: s.admin,
             admission: s.admission,
             routes: s.routes,

@@ -127,6 +127,7 @@ pub fn render(
     cores: &[Arc<CoreMetrics>],
     node: &NodeCounters,
     gauges: &[(&str, &str, u64)],
+    more: Vec<MetricFamily>,
 ) -> String {
     let sets: Vec<&CoreMetrics> = cores.iter().map(|c| &**c).collect();
     let links: i64 = sets.iter().map(|c| c.links.get()).sum();
@@ -192,6 +193,7 @@ pub fn render(
             &merged.push_acked,
         ),
     ]);
+    out.extend(more);
     // CPU seconds, resident memory, open and allowed fds, threads, start time.
     out.extend(PROCESS.get_or_init(ProcessCollector::for_self).collect());
     // The encoder refuses a family without rows (a per-core one with no cores).
@@ -268,7 +270,12 @@ mod tests {
         a.closed(CloseReason::Kicked);
         b.closed(CloseReason::Kicked);
         b.links_by_transport.inc(Transport::EventStream);
-        let text = render(&[a, b], &NodeCounters::default(), &[("ringway_x", "X.", 7)]);
+        let text = render(
+            &[a, b],
+            &NodeCounters::default(),
+            &[("ringway_x", "X.", 7)],
+            Vec::new(),
+        );
         assert_eq!(line(&text, "ringway_links"), Some("3"));
         assert_eq!(line(&text, "ringway_core_links{core=\"0\"}"), Some("1"));
         assert_eq!(line(&text, "ringway_core_links{core=\"1\"}"), Some("2"));
@@ -290,7 +297,7 @@ mod tests {
         m.frame_out(Cmd::Downstream);
         m.rejected(418);
         m.rejected(401);
-        let text = render(&[m], &NodeCounters::default(), &[]);
+        let text = render(&[m], &NodeCounters::default(), &[], Vec::new());
         let unknown = "ringway_frames_in_total{cmd=\"CMD_UNSPECIFIED\"}";
         assert_eq!(line(&text, unknown), Some("2"));
         let down = "ringway_frames_out_total{cmd=\"CMD_DOWNSTREAM\"}";
@@ -309,7 +316,7 @@ mod tests {
             Latencies::record(&mut l.push_delivery, us);
         }
         *m.published.lock().unwrap() = Some(l);
-        let text = render(&[m], &NodeCounters::default(), &[]);
+        let text = render(&[m], &NodeCounters::default(), &[], Vec::new());
         let name = "ringway_push_delivery_latency_seconds";
         assert!(text.contains(&format!("# TYPE {name} histogram\n")));
         let bucket = |le: &str| line(&text, &format!("{name}_bucket{{le=\"{le}\"}}"));
@@ -323,7 +330,7 @@ mod tests {
 
     #[test]
     fn the_build_and_the_process_are_described() {
-        let text = render(&[], &NodeCounters::default(), &[]);
+        let text = render(&[], &NodeCounters::default(), &[], Vec::new());
         let build = text
             .lines()
             .find(|l| l.starts_with("ringway_build_info{"))

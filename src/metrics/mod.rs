@@ -18,7 +18,18 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use hdrhistogram::Histogram;
 
 use crate::proto::Cmd;
-pub use export::render;
+pub use export::{LATENCY_BUCKETS, render};
+
+/// The admin API's answer times, by route and status: the control thread's only histogram,
+/// so the crate's own type (a mutex per sample is nothing at the API's rates).
+pub fn api_latency() -> prometheus::HistogramVec {
+    let opts = prometheus::HistogramOpts::new(
+        "ringway_admin_request_duration_seconds",
+        "Admin API requests, from routed to answered, by route and status.",
+    )
+    .buckets(LATENCY_BUCKETS.to_vec());
+    prometheus::HistogramVec::new(opts, &["path", "status"]).expect("a valid histogram")
+}
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);
