@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use progress::Progress;
 
 #[derive(Parser)]
-#[command(name = "ringway-load", version, about = "Load generator for ringway")]
+#[command(name = "ringway-load", version = ringway::VERSION, about = "Load generator for ringway")]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,

@@ -39,6 +39,9 @@ impl Progress {
             let (mut last_events, mut last_at) = (0, t0);
             while !me.done.load(Relaxed) {
                 tokio::time::sleep(every).await;
+                if me.done.load(Relaxed) {
+                    break;
+                }
                 let events = me.events.load(Relaxed);
                 let now = Instant::now();
                 let rate =
@@ -62,14 +65,18 @@ impl Progress {
                     let _ = writeln!(err, "{line}");
                 }
             }
-            if tty {
-                let _ = writeln!(std::io::stderr());
-            }
         });
         p
     }
 
+    /// Stops the ticker and clears its line at once, so what follows (the summary, the JSON
+    /// on stdout) starts on a line of its own.
     pub fn finish(&self) {
-        self.done.store(true, Relaxed);
+        if !self.done.swap(true, Relaxed)
+            && std::env::var_os(QUIET_ENV).is_none()
+            && std::io::stderr().is_terminal()
+        {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        }
     }
 }

@@ -124,7 +124,7 @@ pub fn finish(
     }
     let text = serde_json::to_string_pretty(&summary).expect("json");
     println!("{text}");
-    eprint!("{}", table(&summary));
+    eprint!("{}", human(&summary));
     if let Some(warning) = rate_limit_warning(&summary) {
         eprintln!("{warning}");
     }
@@ -155,34 +155,116 @@ fn rate_limit_warning(summary: &serde_json::Value) -> Option<String> {
     ))
 }
 
-/// A two-column table of the summary's figures.
-fn table(summary: &serde_json::Value) -> String {
-    let mut rows: Vec<(String, String)> = Vec::new();
-    for (k, v) in summary.as_object().into_iter().flatten() {
-        match v {
-            serde_json::Value::Object(inner) => {
-                for (ik, iv) in inner {
-                    rows.push((format!("{k}.{ik}"), iv.to_string()));
-                }
-            }
-            serde_json::Value::Number(n) => rows.push((
-                k.clone(),
-                n.as_f64()
-                    .filter(|f| f.fract() != 0.0)
-                    .map_or(n.to_string(), |f| format!("{f:.2}")),
-            )),
-            serde_json::Value::Null => {}
-            other => rows.push((k.clone(), other.to_string().trim_matches('"').to_owned())),
+/// A rate for people: 14824 → "14.8k/s".
+fn rate(per_s: f64) -> String {
+    match per_s {
+        r if r >= 1e6 => format!("{:.2}M/s", r / 1e6),
+        r if r >= 1e3 => format!("{:.1}k/s", r / 1e3),
+        r => format!("{r:.1}/s"),
+    }
+}
+
+/// A latency for people: 834 µs → "0.83 ms", 201000 → "201 ms".
+fn micros(us: u64) -> String {
+    match us {
+        u if u >= 10_000_000 => format!("{:.1} s", u as f64 / 1e6),
+        u if u >= 1_000_000 => format!("{:.2} s", u as f64 / 1e6),
+        u if u >= 100_000 => format!("{:.0} ms", u as f64 / 1e3),
+        u if u >= 100 => format!("{:.2} ms", u as f64 / 1e3),
+        u => format!("{u} µs"),
+    }
+}
+
+/// What went wrong in the run, if anything; empty is a clean run.
+fn problems(s: &serde_json::Value) -> Vec<String> {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let mut out = Vec::new();
+    for (key, what) in [
+        ("errors", "errors"),
+        ("rate_limited", "messages rate-limited"),
+        ("pushes_refused", "pushes refused"),
+    ] {
+        if n(key) > 0 {
+            out.push(format!("{} {what}", n(key)));
         }
     }
-    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let vw = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
-    let line = format!("+{}+{}+\n", "-".repeat(w + 2), "-".repeat(vw + 2));
-    let mut out = line.clone();
-    for (k, v) in rows {
-        out.push_str(&format!("| {k:<w$} | {v:>vw$} |\n"));
+    if let (Some(got), Some(want)) = (s["deliveries"].as_u64(), s["deliveries_expected"].as_u64())
+        && got < want
+    {
+        out.push(format!("{} of {want} deliveries missing", want - got));
     }
-    out.push_str(&line);
+    out
+}
+
+/// The summary for people, in the manner of k6: the run, its rates and latency, the server,
+/// then a verdict line. The JSON on stdout stays what scripts read.
+fn human(s: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let text = |k: &str| s[k].as_str().unwrap_or("").to_owned();
+    let secs = s["seconds"].as_f64().or(s["open_seconds"].as_f64());
+    out.push_str(&format!(
+        "\n  {} against {}: {} links{}\n\n",
+        text("scenario"),
+        text("target"),
+        s["links"],
+        secs.map_or(String::new(), |t| format!(", {t:.1} s"))
+    ));
+    let row = |out: &mut String, name: &str, value: String| {
+        out.push_str(&format!("  {name:.<28} {value}\n"));
+    };
+    // A count and its rate share a row: "deliveries ...... 148250   14.8k/s".
+    let mut shown = vec![
+        "links",
+        "seconds",
+        "server_cores_busy",
+        "latency_us",
+        "hist",
+    ];
+    for (k, v) in s.as_object().into_iter().flatten() {
+        if let (Some(name), Some(r)) = (k.strip_suffix("_per_second"), v.as_f64()) {
+            let count = s.get(name).and_then(|c| c.as_u64());
+            let value = count.map_or(rate(r), |c| format!("{c}   {}", rate(r)));
+            row(&mut out, name, value);
+            shown.extend([k.as_str(), name]);
+        }
+    }
+    if let Some(l) = s["latency_us"].as_object() {
+        let q = |k: &str| micros(l.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
+        let line = format!(
+            "p50 {}   p90 {}   p99 {}   p99.9 {}   max {}",
+            q("p50"),
+            q("p90"),
+            q("p99"),
+            q("p999"),
+            q("max")
+        );
+        row(&mut out, "latency", line);
+    }
+    if let Some(busy) = s["server_cores_busy"].as_f64() {
+        row(
+            &mut out,
+            "server",
+            format!("{:.0} % of a core busy", busy * 100.0),
+        );
+    }
+    for (k, v) in s.as_object().into_iter().flatten() {
+        if !shown.contains(&k.as_str()) && v.is_number() {
+            let value = v
+                .as_f64()
+                .filter(|f| f.fract() != 0.0)
+                .map_or(v.to_string(), |f| format!("{f:.2}"));
+            row(&mut out, k, value);
+        }
+    }
+    let problems = problems(s);
+    out.push('\n');
+    if problems.is_empty() {
+        out.push_str(
+            "  ✓ clean run: no errors, nothing refused or rate-limited, nothing missing\n",
+        );
+    } else {
+        out.push_str(&format!("  ✗ {}\n", problems.join(", ")));
+    }
     out
 }
 
@@ -223,15 +305,17 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
             H - B + 18.0
         ));
     }
-    for i in 0..=4 {
-        let us = max * f64::from(i) / 4.0;
+    let step = tick_step(max);
+    for i in 0..=((max / step) as u32) {
+        let us = step * f64::from(i);
         let y = y_of(us);
         svg.push_str(&format!(
             "<line x1=\"{L}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{us:.0} µs</text>\n",
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
             W - 40.0,
             L - 6.0,
-            y + 4.0
+            y + 4.0,
+            micros(us as u64)
         ));
     }
     svg.push_str(&format!(
@@ -243,9 +327,58 @@ pub fn plot_svg(h: &Histogram<u64>, title: &str) -> String {
     svg
 }
 
+/// A round step (1, 2 or 5 times a power of ten) that cuts `max` into at most 8 ticks.
+fn tick_step(max: f64) -> f64 {
+    let raw = (max / 5.0).max(1.0);
+    let power = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|s| max / s <= 7.0)
+        .unwrap_or(10.0 * power)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_read_in_human_units_and_ticks_are_round() {
+        assert_eq!(rate(14_824.0), "14.8k/s");
+        assert_eq!(rate(2_500_000.0), "2.50M/s");
+        assert_eq!(micros(834), "0.83 ms");
+        assert_eq!(micros(201_000), "201 ms");
+        assert_eq!(micros(1_500_000), "1.50 s");
+        assert_eq!(micros(70), "70 µs");
+        assert_eq!(tick_step(1234.0), 200.0);
+        assert_eq!(tick_step(9_700.0), 2_000.0);
+        assert_eq!(tick_step(3.0), 1.0);
+    }
+
+    #[test]
+    fn the_verdict_names_what_went_wrong() {
+        let clean = serde_json::json!({"scenario": "push", "target": "ringway", "links": 10,
+            "seconds": 10.0, "deliveries": 50, "deliveries_expected": 50, "errors": 0,
+            "deliveries_per_second": 5.0, "latency_us": {"p50": 400, "p99": 900}});
+        assert!(problems(&clean).is_empty());
+        let text = human(&clean);
+        assert!(
+            text.contains("✓ clean run") && text.contains("5.0/s"),
+            "{text}"
+        );
+        assert!(text.contains("p99 0.90 ms"), "{text}");
+        let bad = serde_json::json!({"errors": 2, "rate_limited": 3, "deliveries": 40,
+            "deliveries_expected": 50});
+        assert_eq!(
+            problems(&bad),
+            [
+                "2 errors",
+                "3 messages rate-limited",
+                "10 of 50 deliveries missing"
+            ]
+        );
+        assert!(human(&bad).contains("✗ 2 errors"));
+    }
 
     #[test]
     fn a_rate_limited_run_says_which_flag_to_change() {
