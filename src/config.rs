@@ -110,12 +110,16 @@ impl TokenArgs {
 
 #[derive(Args, Debug)]
 pub struct TokenArgs {
+    /// The HS256 secret the gateway checks tokens with (its --jwt-secret).
     #[arg(long, env = "RINGWAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+    /// The token's `biz_id` claim.
     #[arg(long, default_value_t = 1)]
     pub biz: u64,
+    /// The token's `user_id` claim.
     #[arg(long)]
     pub user: String,
+    /// The token's `device_id` claim: one link per device.
     #[arg(long, default_value = "default")]
     pub device: String,
     /// Seconds until the token expires.
@@ -274,6 +278,27 @@ mod tests {
         }
         assert!(serve(&[]).links.deflate && serve(&[]).node.pin_cores);
         assert!(Cli::try_parse_from(["ringway", "serve", "--deflate", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn every_flag_says_what_it_does() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let flag = arg.get_long().unwrap_or(id);
+                assert!(
+                    help.len() > 10,
+                    "{} --{flag} has no help text",
+                    sub.get_name()
+                );
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct AdmissionArgs {
     /// How many more links the ramp admits every --admit-interval-ms.
     #[arg(long, env = "RINGWAY_ADMIT_STEP", default_value_t = 1_000)]
     pub admit_step: u64,
+    /// How often the admission ramp takes its next step of --admit-step links.
     #[arg(long, env = "RINGWAY_ADMIT_INTERVAL_MS", default_value_t = 1_000)]
     pub admit_interval_ms: u64,
     /// TCP connections one client address may hold, counted from accept (a link is one; a
