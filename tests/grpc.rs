@@ -159,6 +159,9 @@ fn backend_down_means_fast_errors_then_recovery() {
         );
     }
 
+    // The failures opened the circuit; /metrics says so until a call succeeds.
+    assert_eq!(gw.metric("ringway_backend_breakers_open"), 1.0);
+
     backend.restart();
     wait_until(
         "acks after the backend is back",
@@ -168,4 +171,5 @@ fn backend_down_means_fast_errors_then_recovery() {
             c.frame().cmd == Cmd::UpstreamAck as i32
         },
     );
+    assert_eq!(gw.metric("ringway_backend_breakers_open"), 0.0);
 }

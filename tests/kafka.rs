@@ -47,11 +47,14 @@ fn a_kafka_push_is_committed_only_once_the_client_acked_it() {
     // now would re-read k1 instead of losing it.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(committed(&broker), None);
+    // ... and /metrics shows the record waiting.
+    gw.wait_metric("ringway_kafka_uncommitted_records", 1.0);
     c.send(&common::frame(Cmd::DownstreamAck, "k1", b""));
     wait_until("offset 1 committed", Duration::from_secs(15), || {
         committed(&broker) == Some(1)
     });
     assert_eq!(gw.metric("ringway_kafka_pushes_total"), 1.0);
+    gw.wait_metric("ringway_kafka_uncommitted_records", 0.0);
 
     // A new node in the same group starts after the committed offset: k1 is not read again.
     gw.signal(libc::SIGTERM);

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::orphans::adopt_orphans;
 use super::rebalance::{ScaleEvent, on_scale_event};
-use super::routing::{Mode, PushRouter, hand_off, push_topic_share};
+use super::routing::{Mode, PushRouter, hand_off, push_topic_share, uncommitted};
 use crate::control::Hub;
 use crate::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
 
@@ -50,6 +50,7 @@ pub async fn start(
             Membership::Group
         },
         fetch_wait_ms: cfg.latency.fetch_wait_ms,
+        uncommitted: uncommitted(node),
     };
     consume_push_topic(node, &cfg.brokers, push_sub, router.clone());
     if located {
@@ -93,6 +94,7 @@ fn consume_node_topic(node: &Arc<Hub>, cfg: &KafkaConfig, node_topic: String) {
         group: format!("{}.node.{}", cfg.group, node.node_id),
         membership: Membership::All,
         fetch_wait_ms: cfg.latency.fetch_wait_ms,
+        uncommitted: uncommitted(node),
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {
@@ -126,6 +128,7 @@ fn consume_scale_events(node: &Arc<Hub>, cfg: &KafkaConfig, topic: String, start
         group: format!("{}.scale.{}.{started_ms}", cfg.group, node.node_id),
         membership: Membership::Group,
         fetch_wait_ms: cfg.latency.fetch_wait_ms,
+        uncommitted: uncommitted(node),
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {

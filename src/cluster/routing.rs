@@ -231,3 +231,9 @@ pub async fn hand_off(
         }
     }
 }
+
+/// Keeps `ringway_kafka_uncommitted_records` for a consumer (every consumer adds its own).
+pub fn uncommitted(node: &Arc<Hub>) -> Arc<dyn Fn(i64) + Send + Sync> {
+    let node = node.clone();
+    Arc::new(move |change| node.counters.kafka_uncommitted.add(change))
+}

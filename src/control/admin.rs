@@ -158,6 +158,11 @@ async fn metrics_text(State(node): State<Arc<Hub>>) -> Response {
             node.admission.held(),
         ),
         (
+            "ringway_backend_breakers_open",
+            "gRPC backends whose circuit breaker is open now: their calls fail at once.",
+            node.routes.open_breakers(),
+        ),
+        (
             "ringway_fleet_nodes",
             "Nodes registered in etcd, as this node sees them.",
             node.fleet.read().expect("fleet lock").nodes.len() as u64,

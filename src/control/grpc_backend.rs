@@ -59,6 +59,11 @@ fn classify(status: &Status) -> BackendError {
 }
 
 impl GrpcBackend {
+    /// Its circuit is open (or half open, letting one probe through): calls fail at once.
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.lock().expect("breaker lock").is_open()
+    }
+
     pub fn new(cfg: &GrpcConfig) -> Result<GrpcBackend, String> {
         let uri = match cfg.endpoint.strip_prefix("grpc://") {
             Some(rest) => format!("http://{rest}"),

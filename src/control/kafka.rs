@@ -412,6 +412,8 @@ pub struct Subscription {
     pub membership: Membership,
     /// Longest one fetch waits for records (`Latency::fetch_wait_ms`).
     pub fetch_wait_ms: u32,
+    /// Told each change in the number of records read and not yet committed (+n, -n).
+    pub uncommitted: Arc<dyn Fn(i64) + Send + Sync>,
 }
 
 /// How a consumer gets its partitions.
@@ -488,8 +490,15 @@ pub async fn consume<F: Future<Output = ()>>(
     let mut looked = Instant::now();
     let mut unsettled: BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>> = BTreeMap::new();
     let mut errors = Throttle::new(Duration::from_secs(10));
+    let mut counted = 0i64;
+    let mut count = |unsettled: &BTreeMap<i32, VecDeque<(i64, Weak<Unsettled>)>>| {
+        let now = unsettled.values().map(VecDeque::len).sum::<usize>() as i64;
+        (sub.uncommitted)(now - counted);
+        counted = now;
+    };
     while keep_going() {
         store_settled(&consumer, &sub.topic, &mut unsettled);
+        count(&unsettled);
         // The share is asked again a few times a second, not per record.
         if owned.is_none() || looked.elapsed() >= SHARE_CHECK {
             looked = Instant::now();
@@ -526,6 +535,8 @@ pub async fn consume<F: Future<Output = ()>>(
     }
     store_settled(&consumer, &sub.topic, &mut unsettled);
     let left: usize = unsettled.values().map(VecDeque::len).sum();
+    // This consumer's records leave the count: read again, they are counted by the next one.
+    (sub.uncommitted)(-counted);
     if left > 0 {
         info!(topic = %sub.topic, records = left, "stopping with unsettled records: they will be read again");
     }

@@ -195,6 +195,12 @@ impl LiveRoutes {
         }
     }
 
+    /// How many gRPC backends have their circuit breaker open now.
+    pub fn open_breakers(&self) -> u64 {
+        let clients = self.clients.lock().expect("routes lock");
+        clients.values().filter(|c| c.breaker_open()).count() as u64
+    }
+
     fn build(&self, by_biz: &[(u64, Target)]) -> Result<(Routes, LocalBizs), String> {
         let mut clients = self.clients.lock().expect("routes lock");
         Routes::build(&self.default, by_biz, |url| {

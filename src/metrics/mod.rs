@@ -64,6 +64,9 @@ impl Gauge {
     pub fn set(&self, v: i64) {
         self.0.store(v, Relaxed);
     }
+    pub fn add(&self, v: i64) {
+        self.0.fetch_add(v, Relaxed);
+    }
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }
@@ -456,6 +459,9 @@ metric_set! {
         pub pushes_adopted: Counter => "ringway_pushes_adopted_total",
         /// Links asked to move by drain and rebalance batches.
         pub links_moved: Counter => "ringway_links_moved_total",
+        /// Kafka records read and not committed yet: their pushes are not all acked or
+        /// reported. A count that keeps growing is a consumer that cannot commit.
+        pub kafka_uncommitted: Gauge => "ringway_kafka_uncommitted_records",
     }
     unexported {}
 }
