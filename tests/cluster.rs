@@ -640,22 +640,36 @@ fn draining_a_node_under_push_traffic_loses_nothing_and_exits_once_empty() {
     let audit = f.audited_on(1, &users);
 
     let mut drained = f.nodes[1].take().unwrap();
-    let (mut signalled, mut empty, mut exited) = (None, None, None);
+    let (pid, admin) = (drained.pid(), drained.admin);
+    let mut signalled = None;
+    // The node is watched on a thread of its own, every few ms: between the pushes (each
+    // produce takes ~100 ms) the node can go from its last link to its exit unseen.
+    let (signal_sent, signalled_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        signalled_rx.recv().unwrap();
+        let mut empty = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = drained.exited() {
+                return (empty, Some((Instant::now(), status)));
+            }
+            if empty.is_none() && metric_at(admin, "ringway_links") == Some(0.0) {
+                empty = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (empty, None)
+    });
     let keys = steady_pushes(&f.broker, &users, 300, Duration::from_millis(10), |i| {
         if i == 60 {
-            drained.signal(libc::SIGTERM);
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             signalled = Some(Instant::now());
-        }
-        if signalled.is_none() || exited.is_some() {
-            return;
-        }
-        if let Some(status) = drained.exited() {
-            exited = Some((Instant::now(), status));
-        } else if empty.is_none() && metric_at(drained.admin, "ringway_links") == Some(0.0) {
-            empty = Some(Instant::now());
+            signal_sent.send(()).unwrap();
         }
     });
-    let (exit_at, status) = exited.expect("the drained node exited while pushes flowed");
+    let (empty, exited) = watcher.join().unwrap();
+    let (exit_at, status) = exited.expect("the drained node exited within 30 s");
     assert!(status.success());
     let (signalled, empty) = (signalled.unwrap(), empty.expect("its link count reached 0"));
     let (to_empty, to_exit) = (empty - signalled, exit_at - empty);
