@@ -72,6 +72,9 @@ chmod 0755 "$stage/DEBIAN/postinst"
 
 mkdir -p "$OUT"
 deb="$OUT/ringway_${version}_${arch}.deb"
-# Debug builds are large: the tests skip compression.
-fakeroot dpkg-deb --build ${DEB_COMPRESS:+-Z"$DEB_COMPRESS"} "$stage" "$deb" >/dev/null
+# Files owned by root in the package: as root directly, else through fakeroot. Debug builds
+# are large: the tests skip compression.
+as_root=()
+[ "$(id -u)" = 0 ] || as_root=(fakeroot)
+"${as_root[@]}" dpkg-deb --root-owner-group --build ${DEB_COMPRESS:+-Z"$DEB_COMPRESS"} "$stage" "$deb" >/dev/null
 echo "$deb"

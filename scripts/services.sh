@@ -39,6 +39,8 @@ install() {
   command -v promtool >/dev/null || missing+=(prometheus)
   # systemd-analyze rates the shipped units' sandbox (it runs offline; no systemd needed).
   command -v systemd-analyze >/dev/null || missing+=(systemd)
+  # scripts/deb.sh builds the package through fakeroot when not root.
+  [ "$(id -u)" = 0 ] || command -v fakeroot >/dev/null || missing+=(fakeroot)
   command -v xz >/dev/null || missing+=(xz-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null || { echo "install ${missing[*]} with your package manager" >&2; exit 1; }
