@@ -309,7 +309,7 @@ impl Shard {
             return Some(e);
         }
         if self.woken.is_empty() {
-            self.woken = self.ready.take();
+            self.ready.swap_into(&mut self.woken);
             self.woken.reverse();
         }
         let conn = self.woken.pop()?;

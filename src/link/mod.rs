@@ -95,8 +95,11 @@ pub struct Attachment {
 pub struct ReadyList(RefCell<Vec<ConnId>>);
 
 impl ReadyList {
-    pub fn take(&self) -> Vec<ConnId> {
-        std::mem::take(&mut self.0.borrow_mut())
+    /// Moves the listed links into `into` (empty) and keeps its buffer for the next ones, so
+    /// a busy core allocates no list per batch.
+    pub fn swap_into(&self, into: &mut Vec<ConnId>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut *self.0.borrow_mut(), into);
     }
 }
 
