@@ -28,6 +28,7 @@ mod idem;
 mod kafka;
 mod links;
 mod node;
+mod streams;
 
 pub use admin::AdminArgs;
 pub use admission::AdmissionArgs;
@@ -38,6 +39,7 @@ pub use idem::IdemArgs;
 pub use kafka::KafkaArgs;
 pub use links::LinkArgs;
 pub use node::NodeArgs;
+pub use streams::StreamArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,6 +88,8 @@ pub struct ServeArgs {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub idem: IdemArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[command(flatten)]

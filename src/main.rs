@@ -81,6 +81,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
         allowed_origins: Arc::new(args.clients.origins()),
         echo: args.links.echo,
         idem_ttl: args.idem.idem_ttl(),
+        streams: args.streams.limits(),
         calls: calls_rx.is_some().then_some(calls_tx),
         shared_store: remotes
             .redis

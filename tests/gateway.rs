@@ -496,7 +496,7 @@ fn event_stream_and_post_send_carry_frames_and_a_resumed_stream_gets_lost_pushes
     assert!(seen.contains("retry: 2000\n"));
 
     gw.push("sse-user", "p-1", b"one");
-    read_until(&mut stream, &mut seen, "id: 1\ndata: ");
+    read_until(&mut stream, &mut seen, ":1\ndata: ");
     let (code, _) = send_frames(
         &gw,
         &token,
@@ -509,12 +509,14 @@ fn event_stream_and_post_send_carry_frames_and_a_resumed_stream_gets_lost_pushes
         r#""cmd":"CMD_UPSTREAM_ACK","key":"m-1""#,
     );
 
-    // The stream drops with p-1 unacked; the client resumes having seen nothing after CONNECTED.
+    // The stream drops with p-1 unacked; the client re-attaches having seen nothing after
+    // CONNECTED (an id without a colon: the same link, not a stream resume). p-1 is stored, so
+    // its event id is EPOCH:1.
     drop(stream);
     gw.wait_metric("ringway_links", 1.0);
     let mut stream = open_stream(gw.ws, &sse("Last-Event-ID: 0\r\n"));
     let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "id: 1\ndata: ");
+    read_until(&mut stream, &mut seen, ":1\ndata: ");
     assert!(seen.contains(r#""key":"p-1""#));
     let (code, _) = send_frames(&gw, &token, r#"[{"cmd":"DOWNSTREAM_ACK","key":"p-1"}]"#);
     assert_eq!(code, 202);

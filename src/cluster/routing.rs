@@ -182,6 +182,8 @@ impl PushRouter {
             key: push.key.clone(),
             body: push.body.clone(),
             reason,
+            epoch: String::new(),
+            offset: 0,
             // The consumer holds the push until this returns, after the report is written.
             hold: None,
         };
@@ -221,6 +223,7 @@ pub async fn hand_off(
             key: push.key.clone(),
             body: push.body.clone(),
             report_offline,
+            ephemeral: push.ephemeral,
             unsettled: Some(unsettled.clone()),
             accepted_at,
         };

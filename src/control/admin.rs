@@ -283,6 +283,7 @@ async fn push(
             key: req.key.clone(),
             body: req.body.into(),
             report_offline: true,
+            ephemeral: req.ephemeral,
             unsettled: None,
             accepted_at: std::time::Instant::now(),
         },

@@ -90,6 +90,8 @@ impl KafkaOut {
             reason: u.reason.label().to_owned(),
             node_id: self.cfg.node_id.clone(),
             at_ms,
+            epoch: u.epoch.clone(),
+            offset: u.offset,
         };
         let key = format!("{}:{}", record.biz_id, record.user_id);
         let payload = record.encode_to_vec();
@@ -207,6 +209,7 @@ impl KafkaOut {
             key: u.key.clone(),
             body: u.body.clone(),
             user_ids: Vec::new(),
+            ephemeral: false,
         };
         self.forward(&self.cfg.push_topic, &push).await
     }

@@ -15,10 +15,13 @@ struct PushRequest {
     user_ids: Vec<String>,
     #[serde(default)]
     device_id: Option<String>,
+    #[serde(default)]
     key: String,
     /// Standard base64.
     #[serde(default)]
     body: String,
+    #[serde(default)]
+    ephemeral: bool,
 }
 
 /// A push request that names a key, at least one receiver and a decodable body.
@@ -29,13 +32,18 @@ pub struct ValidPush {
     pub device_id: Option<String>,
     pub key: String,
     pub body: Vec<u8>,
+    /// No stream, no ack, no retransmit, no report.
+    pub ephemeral: bool,
 }
 
 /// Checks a `/v1/push` body; the error is the 400 answer's text.
 pub fn parse(body: &[u8]) -> Result<ValidPush, String> {
     let req: PushRequest = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-    if req.key.is_empty() {
-        return Err("key is required (clients dedup and ack by it)".into());
+    if req.key.is_empty() && !req.ephemeral {
+        return Err(
+            "key is required (clients dedup and ack by it; only ephemeral pushes may omit it)"
+                .into(),
+        );
     }
     let mut users = req.user_ids;
     users.extend(req.user_id);
@@ -58,6 +66,7 @@ pub fn parse(body: &[u8]) -> Result<ValidPush, String> {
         device_id: req.device_id.filter(|d| !d.is_empty()),
         key: req.key,
         body: payload,
+        ephemeral: req.ephemeral,
     })
 }
 
@@ -86,7 +95,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.user_ids, ["b", "a"]);
-        assert_eq!((ok.biz_id, &ok.body[..]), (7, &b"hi"[..]));
+        assert_eq!(
+            (ok.biz_id, &ok.body[..], ok.ephemeral),
+            (7, &b"hi"[..], false)
+        );
+        let typing = parse(br#"{"biz_id":1,"user_id":"a","ephemeral":true}"#).unwrap();
+        assert!(typing.ephemeral && typing.key.is_empty());
         let why = |b: &str| parse(b.as_bytes()).unwrap_err();
         assert!(why(r#"{"biz_id":1,"user_id":"a","key":""}"#).starts_with("key is required"));
         assert!(why(r#"{"biz_id":1,"key":"k"}"#).starts_with("name a receiver"));

@@ -1,9 +1,11 @@
 //! What a core answers itself, without the control thread: idempotency claims in its own
-//! store, and upstream messages of the bizs served by the built-in loopback backend.
+//! store, its users' streams, and upstream messages of the bizs served by the built-in
+//! loopback backend.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::stream::Streams;
 use crate::link::idem::MemoryIdemStore;
 
 /// Which bizs the cores serve locally; shared read-only by every core.
@@ -56,4 +58,6 @@ pub struct Embedded {
     pub local_bizs: Arc<LocalBizs>,
     /// The loopback backend pushes each body back to its sender.
     pub echo: bool,
+    /// The users' streams, for the users this core owns.
+    pub streams: Streams,
 }

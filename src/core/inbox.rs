@@ -89,6 +89,8 @@ pub struct PushJob {
     pub body: Bytes,
     /// Report users with no link here undelivered (false in broadcast routing).
     pub report_offline: bool,
+    /// No stream, no ack, no retransmit, no report.
+    pub ephemeral: bool,
     /// Held until the push is settled on this core (see `EncodedPush`).
     pub unsettled: Option<Arc<Unsettled>>,
     pub accepted_at: Instant,
@@ -230,6 +232,7 @@ mod tests {
             key: "k".into(),
             body: Bytes::new(),
             report_offline: true,
+            ephemeral: false,
             unsettled: None,
             accepted_at: Instant::now(),
         }))

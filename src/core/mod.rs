@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod readiness;
 pub mod services;
 pub mod shard;
+pub mod stream;
 pub mod tally;
 pub mod tls;
 pub mod worker;

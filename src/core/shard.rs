@@ -21,12 +21,12 @@ use rand::{Rng, SeedableRng};
 use tungstenite::protocol::frame::coding::Control;
 
 use super::embedded::{Embedded, StoreDownPolicy};
+use super::stream::Resume;
 use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
 use crate::link::idem::{Claim, IdemStore, IdemUpdate};
-use crate::link::push::EncodedPush;
-use crate::link::push::Unsettled;
+use crate::link::push::{EncodedPush, StreamAt, Unsettled};
 use crate::link::retry::RetryPolicy;
 use crate::link::timer_wheel::TimerWheel;
 use crate::link::{ConnId, Deflating, Inflight, Link, ReadyList, Wire, close_code};
@@ -35,7 +35,7 @@ use crate::proto::{Cmd, Code, Connected, Frame, Node};
 use crate::protocol::Codec;
 use crate::protocol::body_crypt::BodyKeys;
 use crate::protocol::deflate::{self, DeflatePolicy};
-use crate::protocol::handshake;
+use crate::protocol::handshake::{self, Since};
 use crate::protocol::ws::{WsError, WsEvent};
 
 /// The knobs a shard runs by.
@@ -100,6 +100,10 @@ pub struct Undelivered {
     /// The push's body, so whoever reads the report can store or resend it.
     pub body: Bytes,
     pub reason: UndeliveredReason,
+    /// Where the push sits in the user's stream (empty and 0: not stored), so whoever reads
+    /// the report knows a resuming client will still get it.
+    pub epoch: String,
+    pub offset: u64,
     /// Keeps the push unsettled (its Kafka offset uncommitted) until the report is written: a
     /// crash in between re-reads the push instead of losing the report.
     pub hold: Option<Arc<Unsettled>>,
@@ -116,6 +120,18 @@ pub struct LinkInfo {
     /// Bytes waiting for its socket.
     pub queued_bytes: usize,
     pub remote: Option<String>,
+}
+
+/// How a push travels.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// Report users with no link here undelivered (false in broadcast routing, where another
+    /// node may hold them: they are only counted, and not stored here).
+    pub report_offline: bool,
+    /// No stream, no ack, no retransmit, no report; dropped for a backlogged link.
+    pub ephemeral: bool,
+    /// When the node accepted the push: where its whole path starts.
+    pub accepted_at: Instant,
 }
 
 /// Which links a push, kick or redirect is for.
@@ -199,8 +215,9 @@ pub struct Shard {
     inflated: Vec<u8>,
 }
 
-/// The first frame of every link, and of every resumed event stream.
-fn connected_frame(cfg: &ShardConfig, link: &Link) -> Frame {
+/// The first frame of every link, and of every re-attached event stream, with its user's
+/// stream as it stands.
+fn connected_frame(cfg: &ShardConfig, link: &Link, stream: &Resume) -> Frame {
     Frame {
         cmd: Cmd::Connected as i32,
         connected: Some(Connected {
@@ -210,6 +227,9 @@ fn connected_frame(cfg: &ShardConfig, link: &Link) -> Frame {
             server_time_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            epoch: stream.epoch.to_string(),
+            offset: stream.top,
+            recovered: stream.recovered(),
         }),
         ..Default::default()
     }
@@ -237,6 +257,7 @@ fn inflate(
 }
 
 mod http;
+mod resume;
 
 const TICK: Duration = Duration::from_millis(10);
 /// The coarsest rounding of a liveness check (see `Shard::next_liveness`).
@@ -371,11 +392,13 @@ impl Shard {
         let mut head = Vec::new();
         handshake::accept_response(up, deflate.as_ref().map(|d| &d.ctx.agreed), &mut head);
         let wire = Wire::WebSocket(deflate);
-        self.install(conn, Arc::new(who), up.codec, wire, head, now);
+        let since = up.since.as_ref();
+        self.install(conn, Arc::new(who), up.codec, wire, head, since, now);
     }
 
     /// Makes room in the user's device slots, then adds the link with its transport's opening
-    /// bytes and CONNECTED.
+    /// bytes and CONNECTED, and replays its stream after `since`.
+    #[allow(clippy::too_many_arguments)]
     fn install(
         &mut self,
         conn: ConnId,
@@ -383,6 +406,7 @@ impl Shard {
         codec: Codec,
         wire: Wire,
         head: Vec<u8>,
+        since: Option<&Since>,
         now: Instant,
     ) {
         let existing = self.user_conns(who.biz_id, &who.user_id).to_vec();
@@ -415,9 +439,11 @@ impl Shard {
         let ready = self.ready.clone();
         let mut link = Link::new(conn, ready, who.clone(), codec, wire, bucket, now);
         link.set_head(head);
+        let stream = self.open_stream(&who, since, now);
+        link.seen = stream.at();
         // A conformance suite expects nothing before its first echo.
         if !self.cfg.ws_echo {
-            let connected = connected_frame(&self.cfg, &link);
+            let connected = connected_frame(&self.cfg, &link, &stream);
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);
         }
@@ -436,9 +462,7 @@ impl Shard {
             self.events.push_back(Event::Presence(who.clone(), true));
         }
 
-        for f in carried {
-            self.deliver(conn, f.push, now, f.accepted_at, Some(f.first_sent));
-        }
+        self.replay(conn, &stream, carried, now);
     }
 
     /// Bytes arrived on a link's socket. `input` is the shell's scratch buffer; it is unmasked
@@ -773,18 +797,17 @@ impl Shard {
         }
     }
 
-    /// Delivers a push to every matching open link of each user. Users with no matching link are
-    /// reported undelivered (offline) when `report_offline`; in broadcast routing another node
-    /// may hold them, so they are only counted.
-    #[allow(clippy::too_many_arguments)]
+    /// Delivers a push to every matching open link of each user, after appending it to the
+    /// user's stream (unless it is for one device, or ephemeral). Users with no matching link
+    /// are reported undelivered (offline) when `report_offline`; in broadcast routing another
+    /// node may hold them, so they are only counted.
     pub fn push(
         &mut self,
         biz_id: u64,
         user_ids: &[String],
         device_id: Option<&str>,
         push: &Rc<EncodedPush>,
-        report_offline: bool,
-        accepted_at: Instant,
+        how: Delivery,
         now: Instant,
     ) {
         for user in user_ids {
@@ -793,19 +816,56 @@ impl Shard {
                 user_id: user,
                 device_id,
             });
+            if how.ephemeral {
+                self.send_ephemeral(&conns, push);
+                continue;
+            }
+            let stored = if device_id.is_none() && (how.report_offline || !conns.is_empty()) {
+                Some(self.append(biz_id, user, push, now))
+            } else {
+                None
+            };
             if conns.is_empty() {
-                if report_offline {
-                    self.report(biz_id, user, device_id, push, UndeliveredReason::Offline);
+                if how.report_offline {
+                    let at = stored.as_ref().map(|(at, _)| at);
+                    let offline = UndeliveredReason::Offline;
+                    self.report(biz_id, user, device_id, push, at, offline);
                 } else {
                     self.metrics.pushes_not_here.inc();
                 }
                 continue;
             }
             for conn in conns {
-                self.deliver(conn, push.clone(), now, accepted_at, None);
-                let us = now.saturating_duration_since(accepted_at).as_micros() as u64;
+                let at = match &stored {
+                    // A push read twice goes only to links that never had its offset.
+                    Some((at, false)) if self.links[&conn].has_seen(at) => continue,
+                    Some((at, _)) => Some(at.clone()),
+                    None => None,
+                };
+                self.deliver(conn, push.clone(), at, now, how.accepted_at, None);
+                let us = now.saturating_duration_since(how.accepted_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_delivery, us);
             }
+        }
+    }
+
+    /// Ephemeral pushes go out once, with a seq but no ack or retransmit, and never onto a
+    /// queue the socket is not taking: there they are dropped and counted.
+    fn send_ephemeral(&mut self, conns: &[ConnId], push: &EncodedPush) {
+        let backlogged = self.cfg.max_outbound_bytes / 4;
+        if conns.is_empty() {
+            self.metrics.ephemeral_dropped.inc();
+        }
+        for conn in conns {
+            let link = self.links.get_mut(conn).expect("matched link exists");
+            if link.out.len() > backlogged {
+                self.metrics.ephemeral_dropped.inc();
+                continue;
+            }
+            let seq = link.take_seq();
+            link.send_push(push, seq, None);
+            self.metrics.ephemeral_sent.inc();
+            self.metrics.frame_out(Cmd::Downstream);
         }
     }
 
@@ -813,6 +873,7 @@ impl Shard {
         &mut self,
         conn: ConnId,
         push: Rc<EncodedPush>,
+        at: Option<StreamAt>,
         now: Instant,
         accepted_at: Instant,
         first_sent: Option<Instant>,
@@ -825,13 +886,17 @@ impl Shard {
         let seq = link.take_seq();
         link.push_queued_at.get_or_insert(now);
         link.push_accepted_at.get_or_insert(accepted_at);
-        link.send_push(&push, seq);
+        link.send_push(&push, seq, at.as_ref());
+        if let Some(at) = &at {
+            link.seen = Some(at.clone());
+        }
         let timer = self
             .wheel
             .insert(now + delay, TimerEvent::Retransmit(conn, seq));
         link.inflight.push(Inflight {
             push,
             seq,
+            at,
             attempts: 1,
             timer,
             first_sent: first_sent.unwrap_or(now),
@@ -848,6 +913,7 @@ impl Shard {
         user: &str,
         device: Option<&str>,
         push: &EncodedPush,
+        at: Option<&StreamAt>,
         reason: UndeliveredReason,
     ) {
         self.metrics.undelivered(reason);
@@ -858,6 +924,8 @@ impl Shard {
             key: push.key.to_string(),
             body: push.body().clone(),
             reason,
+            epoch: at.map_or_else(String::new, |a| a.epoch.to_string()),
+            offset: at.map_or(0, |a| a.offset),
             hold: push.hold(),
         }));
     }
@@ -905,6 +973,7 @@ impl Shard {
                 &who.user_id,
                 Some(&who.device_id),
                 &f.push,
+                f.at.as_ref(),
                 UndeliveredReason::RetriesExhausted,
             );
             return;
@@ -915,8 +984,8 @@ impl Shard {
         f.timer = self
             .wheel
             .insert(now + delay, TimerEvent::Retransmit(conn, seq));
-        let push = f.push.clone();
-        link.send_push(&push, seq);
+        let (push, at) = (f.push.clone(), f.at.clone());
+        link.send_push(&push, seq, at.as_ref());
         self.metrics.push_retransmits.inc();
         self.metrics.frame_out(Cmd::Downstream);
         self.check_backlog(conn, now);
@@ -1263,6 +1332,7 @@ impl Shard {
                 &link.who.user_id,
                 Some(&link.who.device_id),
                 &f.push,
+                f.at.as_ref(),
                 reason,
             );
         }
@@ -1274,6 +1344,9 @@ impl Shard {
         *self.metrics.published.lock().expect("metrics lock") = Some(self.latencies.clone());
         let evicted = self.embedded.store.evicted();
         self.metrics.idem_evictions.set(evicted);
+        let streams = &self.embedded.streams;
+        self.metrics.stream_evictions.set(streams.evicted());
+        self.metrics.stream_bytes.set(streams.bytes() as i64);
     }
 
     /// Answers what the shard can answer itself, and turns the rest into events, until nothing
@@ -1317,7 +1390,12 @@ impl Shard {
             let push = self.encode_push(who.biz_id, &req.key, req.body.clone(), None);
             let user = [who.user_id.clone()];
             let device = Some(who.device_id.as_str());
-            self.push(who.biz_id, &user, device, &push, true, now, now);
+            let how = Delivery {
+                report_offline: true,
+                ephemeral: false,
+                accepted_at: now,
+            };
+            self.push(who.biz_id, &user, device, &push, how, now);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::core::embedded::LocalBizs;
+use crate::core::stream::{StreamLimits, Streams};
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::metrics::Transport;
 use crate::protocol::Codec;
@@ -54,6 +55,25 @@ fn embedded() -> Embedded {
         shared_store: None,
         local_bizs: Arc::new(LocalBizs::default()),
         echo: false,
+        streams: Streams::new(stream_limits(), SmallRng::seed_from_u64(3)),
+    }
+}
+
+fn stream_limits() -> StreamLimits {
+    StreamLimits {
+        max_len: 8,
+        ttl: 60_000 * MS,
+        resume_max: 5,
+        max_bytes: 1 << 20,
+    }
+}
+
+/// Delivered as the push API delivers: reported when offline, stored, acked.
+fn stored(accepted_at: Instant) -> Delivery {
+    Delivery {
+        report_offline: true,
+        ephemeral: false,
+        accepted_at,
     }
 }
 
@@ -122,6 +142,7 @@ fn upgrade(codec: Codec) -> Upgrade {
         echo_subprotocol: true,
         origin: None,
         extensions: None,
+        since: None,
         head_len: 0,
     }
 }
@@ -240,15 +261,9 @@ impl Harness {
 
     fn push(&mut self, user: &str, device: Option<&str>, key: &str, ms: u64) {
         let p = EncodedPush::new(key, Bytes::from_static(b"hello"));
-        self.shard.push(
-            1,
-            &[user.to_owned()],
-            device,
-            &p,
-            true,
-            self.at(ms),
-            self.at(ms),
-        );
+        let how = stored(self.at(ms));
+        self.shard
+            .push(1, &[user.to_owned()], device, &p, how, self.at(ms));
     }
 
     /// Kicks every link of `user`.
@@ -749,7 +764,7 @@ fn a_report_keeps_its_push_unsettled_until_the_report_itself_is_gone() {
         .shard
         .encode_push(1, "p1", Bytes::from_static(b"x"), Some(token));
     let users = ["alice".to_owned(), "nobody".to_owned()];
-    h.shard.push(1, &users, None, &p, true, h.at(0), h.at(0));
+    h.shard.push(1, &users, None, &p, stored(h.at(0)), h.at(0));
     drop(p);
     // alice's link closes with the push unacked: two reports, and the push is settled by
     // neither link nor shard, only once the reports are written.
@@ -865,7 +880,11 @@ fn broadcast_pushes_count_absent_users_without_reporting_them() {
     h.open(1, "alice", "phone", Codec::Json);
     let p = EncodedPush::new("k", Bytes::from_static(b"x"));
     let users = ["alice".to_owned(), "zed".to_owned()];
-    h.shard.push(1, &users, None, &p, false, h.at(0), h.at(0));
+    let how = Delivery {
+        report_offline: false,
+        ..stored(h.at(0))
+    };
+    h.shard.push(1, &users, None, &p, how, h.at(0));
     assert!(h.shard.take_undelivered().is_empty());
     assert_eq!(h.shard.metrics.pushes_not_here.get(), 1);
     assert_eq!(h.frames(1)[0].cmd, Cmd::Downstream as i32);
@@ -1026,6 +1045,7 @@ fn http_req(route: Route, last_event_id: u64) -> HttpRequest {
         token: None,
         origin: Some("http://demo".into()),
         last_event_id,
+        since: None,
         content_length: 0,
         head_len: 0,
     }
@@ -1058,8 +1078,9 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
         h.t0,
     );
     assert_eq!(conn, 1);
-    h.push("alice", None, "p-1", 1);
-    h.push("alice", None, "p-2", 2);
+    // Pushes for the device: not stored, so their event ids are the link's seq.
+    h.push("alice", Some("web"), "p-1", 1);
+    h.push("alice", Some("web"), "p-2", 2);
     let link = h.shard.link_mut(1).unwrap();
     let out = std::mem::take(&mut link.out);
     assert!(out.starts_with(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
@@ -1091,7 +1112,7 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
 
     // The stream drops; pushes wait on the link. EventStream resumes with Last-Event-ID 1.
     h.shard.detach(1, g1, h.at(4));
-    h.push("alice", None, "p-3", 5);
+    h.push("alice", Some("web"), "p-3", 5);
     let (again, g2) = h.shard.attach(
         9,
         who("alice", "web"),
@@ -1227,8 +1248,7 @@ fn sealed_bizs_get_bodies_opened_upstream_and_sealed_once_downstream() {
         &["alice".to_owned()],
         None,
         &push,
-        true,
-        h.at(3),
+        stored(h.at(3)),
         h.at(3),
     );
     let first = h.frames(1).remove(0);
@@ -1385,7 +1405,7 @@ fn a_push_is_timed_from_its_acceptance_to_written_and_to_acked() {
     let p = EncodedPush::new("p1", Bytes::from_static(b"x"));
     // Accepted at 0 ms, delivered by the core at 3 ms.
     let user = ["alice".to_owned()];
-    h.shard.push(1, &user, None, &p, true, h.at(0), h.at(3));
+    h.shard.push(1, &user, None, &p, stored(h.at(0)), h.at(3));
     let Transmit::Bytes(out) = h.shard.poll_transmit(1) else {
         panic!("queued")
     };
@@ -1400,3 +1420,6 @@ fn a_push_is_timed_from_its_acceptance_to_written_and_to_acked() {
     assert_eq!(ms(&l.push_ack), (1, 6), "sent → acked");
     assert_eq!(ms(&l.push_acked), (1, 9), "accepted → acked");
 }
+
+#[path = "shard/resume_tests.rs"]
+mod resume;

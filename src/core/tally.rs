@@ -54,6 +54,8 @@ mod tests {
             key: "k".into(),
             body: Bytes::new(),
             reason: UndeliveredReason::Offline,
+            epoch: String::new(),
+            offset: 0,
             hold: None,
         }
     }

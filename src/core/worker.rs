@@ -22,7 +22,8 @@ use super::embedded::{Embedded, LocalBizs, StoreDownPolicy};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::readiness::Readiness;
 use super::services::{ServiceCall, Services};
-use super::shard::{Event, Shard, ShardConfig, Target, Transmit};
+use super::shard::{Delivery, Event, Shard, ShardConfig, Target, Transmit};
+use super::stream::{StreamLimits, Streams};
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::core::admission::{Admission, Refusal, Ticket};
 use crate::core::tls::TlsFiles;
@@ -32,6 +33,8 @@ use crate::metrics::CoreMetrics;
 use crate::protocol::events;
 use crate::protocol::handshake::{self, Reject, Request, Route};
 use crate::{FastMap, owner_core};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 
 /// The settings every worker core shares, cloned onto each core's thread at start.
 #[derive(Clone)]
@@ -41,6 +44,7 @@ pub struct Rules {
     pub allowed_origins: Arc<Vec<String>>,
     pub echo: bool,
     pub idem_ttl: IdemTtl,
+    pub streams: StreamLimits,
     /// Calls to the control thread, when Redis or a gRPC backend is configured.
     pub calls: Option<tokio::sync::mpsc::Sender<ServiceCall>>,
     /// Set with Redis: what to do while it is unreachable.
@@ -171,6 +175,9 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
     setup.peers[core.index].adopt_current_thread();
     let readiness = Readiness::new().expect("a worker core needs an epoll set");
     let now = Instant::now();
+    let seed = core.index as u64 ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64;
+    // Epochs must differ across restarts and cores: a clock-seeded generator of their own.
+    let epochs = SmallRng::seed_from_u64(rand::random());
     let w = Rc::new(Worker {
         index: core.index,
         shard: RefCell::new(Shard::new(
@@ -180,9 +187,10 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
                 shared_store: setup.shared_store,
                 local_bizs: setup.local_bizs,
                 echo: setup.echo,
+                streams: Streams::new(setup.streams, epochs),
             },
             core.metrics.clone(),
-            core.index as u64 ^ now.elapsed().as_nanos() as u64 ^ std::process::id() as u64,
+            seed,
             now,
         )),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
@@ -797,15 +805,12 @@ impl Worker {
                 let mut shard = self.shard.borrow_mut();
                 let push = shard.encode_push(job.biz_id, &job.key, job.body, job.unsettled);
                 let device = job.device_id.as_deref();
-                shard.push(
-                    job.biz_id,
-                    &job.user_ids,
-                    device,
-                    &push,
-                    job.report_offline,
-                    job.accepted_at,
-                    now,
-                );
+                let how = Delivery {
+                    report_offline: job.report_offline,
+                    ephemeral: job.ephemeral,
+                    accepted_at: job.accepted_at,
+                };
+                shard.push(job.biz_id, &job.user_ids, device, &push, how, now);
             }
             CoreMsg::Kick(k) => {
                 let t = Target {

@@ -20,9 +20,10 @@ use crate::auth::Identity;
 use crate::metrics::{CloseReason, CoreMetrics, Transport};
 use crate::proto::Frame;
 use crate::protocol::deflate::LinkDeflate;
+use crate::protocol::events::EventId;
 use crate::protocol::{Codec, events, ws};
 use bucket::TokenBucket;
-use push::EncodedPush;
+use push::{EncodedPush, StreamAt};
 use timer_wheel::TimerId;
 
 /// Identifies a link within its core for its whole life (never reused).
@@ -49,6 +50,8 @@ pub mod close_code {
 pub struct Inflight {
     pub push: Rc<EncodedPush>,
     pub seq: u64,
+    /// Its place in the user's stream, when stored.
+    pub at: Option<StreamAt>,
     /// Sends so far, the first included.
     pub attempts: u32,
     pub timer: TimerId,
@@ -148,6 +151,10 @@ pub struct Link {
     pub bucket: TokenBucket,
     next_seq: u64,
     pub inflight: Vec<Inflight>,
+    /// The newest place in the user's stream this link holds: the top when it opened, then
+    /// each stored push sent. A push read twice keeps its first offset and is not sent again
+    /// to a link at or past it.
+    pub seen: Option<StreamAt>,
     pub last_activity: Instant,
     pub connected_at: Instant,
     /// The client's address, as the socket says (`GET /v1/links`).
@@ -207,6 +214,7 @@ impl Link {
             bucket,
             next_seq: 1,
             inflight: Vec::new(),
+            seen: None,
             last_activity: now,
             connected_at: now,
             peer: None,
@@ -288,6 +296,14 @@ impl Link {
         self.closing.is_none()
     }
 
+    /// Whether this link already holds the stream entry at `at` (sent, or older than the
+    /// link).
+    pub fn has_seen(&self, at: &StreamAt) -> bool {
+        self.seen
+            .as_ref()
+            .is_some_and(|s| s.epoch == at.epoch && s.offset >= at.offset)
+    }
+
     /// Downstream sequence numbers start at 1 on each link; 0 means unset.
     pub fn take_seq(&mut self) -> u64 {
         let s = self.next_seq;
@@ -302,31 +318,39 @@ impl Link {
 
     pub fn send_frame(&mut self, frame: &Frame) {
         let codec = self.codec;
-        self.write_message(frame.seq, codec.is_text(), |out| codec.encode(frame, out));
+        let id = match frame.seq {
+            0 => EventId::None,
+            seq => EventId::Seq(seq),
+        };
+        self.write_message(id, codec.is_text(), |out| codec.encode(frame, out));
     }
 
     /// Sends `payload` as one data message of the given kind (`--ws-echo`).
     pub fn send_data(&mut self, text: bool, payload: &[u8]) {
-        self.write_message(0, text, |out| out.extend_from_slice(payload));
+        self.write_message(EventId::None, text, |out| out.extend_from_slice(payload));
     }
 
-    pub fn send_push(&mut self, push: &EncodedPush, seq: u64) {
+    pub fn send_push(&mut self, push: &EncodedPush, seq: u64, at: Option<&StreamAt>) {
         let codec = self.codec;
+        let offset = at.map_or(0, |a| a.offset);
         match &self.wire {
             // The common case: the shared prefix copied once, with its exact header.
             Wire::WebSocket(None) => {
-                push.write(codec, seq, &mut self.out);
+                push.write(codec, seq, offset, &mut self.out);
                 self.wake();
             }
-            _ => self.write_message(seq, codec.is_text(), |out| {
-                push.write_payload(codec, seq, out)
-            }),
+            _ => {
+                let id = at.map_or(EventId::Seq(seq), |a| EventId::Stream(&a.epoch, a.offset));
+                self.write_message(id, codec.is_text(), |out| {
+                    push.write_payload(codec, seq, offset, out)
+                })
+            }
         }
     }
 
     /// Queues one message in the link's transport: a WebSocket message (compressed when agreed
-    /// and long enough), an event with `seq` as its id, or an item of the next poll's batch.
-    fn write_message(&mut self, seq: u64, text: bool, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// and long enough), an event with its id, or an item of the next poll's batch.
+    fn write_message(&mut self, id: EventId<'_>, text: bool, encode: impl FnOnce(&mut Vec<u8>)) {
         let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
         match &mut self.wire {
             Wire::WebSocket(None) => {
@@ -349,7 +373,7 @@ impl Link {
                     ws::write_frame(&mut self.out, opcode, plain);
                 }
             }),
-            Wire::EventStream(_) => events::write_event(&mut self.out, seq, encode),
+            Wire::EventStream(_) => events::write_event(&mut self.out, id, encode),
             Wire::LongPoll(_) => events::write_batch_item(&mut self.out, encode),
         }
         self.wake();

@@ -1,8 +1,9 @@
 //! A push encoded once, written to every device as the same bytes.
 //!
-//! The only per-link field of a DOWNSTREAM frame is `seq`, so each codec's encoding is split into
-//! a shared prefix (everything but `seq`) and a tiny per-link suffix. Protobuf allows fields in any
-//! order, so the suffix is field 4 appended; for JSON the prefix stops before the closing brace.
+//! The only per-link fields of a DOWNSTREAM frame are `seq` and, since one push may name many
+//! users, the stream `offset`, so each codec's encoding is split into a shared prefix
+//! (everything else) and a tiny per-link suffix. Protobuf allows fields in any order, so the
+//! suffix is fields 10 and 4 appended; for JSON the prefix stops before the closing brace.
 //! Retransmits reuse the prefix too, so a body is never encoded (or encrypted) twice.
 
 use std::cell::OnceCell;
@@ -22,6 +23,16 @@ use crate::protocol::{Codec, json, ws};
 /// one too, until Kafka has taken the report.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unsettled;
+
+/// Where a stored push sits in its user's stream (DESIGN §2a).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAt {
+    pub epoch: Rc<str>,
+    pub offset: u64,
+}
+
+/// A suffix's room: `,"offset":"` and `,"seq":"` with 20 digits each, and the brace.
+const SUFFIX_BYTES: usize = 64;
 
 pub struct EncodedPush {
     pub key: Rc<str>,
@@ -62,6 +73,11 @@ impl EncodedPush {
         &self.body
     }
 
+    /// The body as frames carry it.
+    pub fn wire_body(&self) -> &Bytes {
+        &self.wire_body
+    }
+
     /// A hold on the push's source for a report about it: the source may not settle the push
     /// before the report is written.
     pub fn hold(&self) -> Option<Arc<Unsettled>> {
@@ -90,40 +106,49 @@ impl EncodedPush {
         }
     }
 
-    /// The per-link suffix: `seq`, and for JSON the closing brace.
-    fn suffix(codec: Codec, seq: u64, suffix: &mut [u8; 32]) -> usize {
+    /// The per-link suffix: `offset` when stored, `seq`, and for JSON the closing brace.
+    fn suffix(codec: Codec, seq: u64, offset: u64, suffix: &mut [u8; SUFFIX_BYTES]) -> usize {
+        let mut n = 0;
         match codec {
             Codec::Proto => {
-                suffix[0] = 4 << 3; // field 4, varint
-                1 + put_varint(seq, &mut suffix[1..])
+                if offset != 0 {
+                    suffix[0] = 10 << 3; // field 10, varint
+                    n = 1 + put_varint(offset, &mut suffix[1..]);
+                }
+                suffix[n] = 4 << 3; // field 4, varint
+                n + 1 + put_varint(seq, &mut suffix[n + 1..])
             }
             Codec::Json => {
-                let mut digits = itoa::Buffer::new();
-                let s = digits.format(seq).as_bytes();
-                let parts: [&[u8]; 3] = [b",\"seq\":\"", s, b"\"}"];
-                let mut n = 0;
-                for p in parts {
+                let mut put = |p: &[u8]| {
                     suffix[n..n + p.len()].copy_from_slice(p);
                     n += p.len();
+                };
+                if offset != 0 {
+                    put(b",\"offset\":\"");
+                    put(itoa::Buffer::new().format(offset).as_bytes());
+                    put(b"\"");
                 }
+                put(b",\"seq\":\"");
+                put(itoa::Buffer::new().format(seq).as_bytes());
+                put(b"\"}");
                 n
             }
         }
     }
 
     /// Appends the encoded frame for one link, without transport framing.
-    pub fn write_payload(&self, codec: Codec, seq: u64, out: &mut Vec<u8>) {
-        let mut suffix = [0u8; 32];
-        let n = Self::suffix(codec, seq, &mut suffix);
+    pub fn write_payload(&self, codec: Codec, seq: u64, offset: u64, out: &mut Vec<u8>) {
+        let mut suffix = [0u8; SUFFIX_BYTES];
+        let n = Self::suffix(codec, seq, offset, &mut suffix);
         out.extend_from_slice(self.prefix(codec));
         out.extend_from_slice(&suffix[..n]);
     }
 
     /// Appends the whole WebSocket message for one link.
-    pub fn write(&self, codec: Codec, seq: u64, out: &mut Vec<u8>) {
+    pub fn write(&self, codec: Codec, seq: u64, offset: u64, out: &mut Vec<u8>) {
         let prefix = self.prefix(codec);
-        let mut suffix = [0u8; 32];
-        let n = Self::suffix(codec, seq, &mut suffix);
+        let mut suffix = [0u8; SUFFIX_BYTES];
+        let n = Self::suffix(codec, seq, offset, &mut suffix);
         let opcode = OpCode::Data(if codec.is_text() {
             Data::Text
         } else {
@@ -146,6 +171,7 @@ pub fn largest_frame_bytes(key: &str, body_len: usize) -> usize {
         cmd: Cmd::Downstream as i32,
         key: key.to_owned(),
         seq: u64::MAX,
+        offset: u64::MAX,
         ..Default::default()
     };
     json::encode_frame(&frame, &mut head);
@@ -177,7 +203,7 @@ mod tests {
         let body = Bytes::from(vec![0xff; 1000]);
         let push = EncodedPush::new("k\"ey", body);
         let mut out = Vec::new();
-        push.write(Codec::Json, u64::MAX, &mut out);
+        push.write(Codec::Json, u64::MAX, u64::MAX, &mut out);
         let bound = largest_frame_bytes("k\"ey", 1000);
         assert!(
             out.len() <= bound && bound < out.len() + 128,
@@ -190,9 +216,9 @@ mod tests {
     fn same_frame_as_a_full_encode() {
         let push = EncodedPush::new("p-1", Bytes::from_static(b"\x01body"));
         for codec in [Codec::Proto, Codec::Json] {
-            for seq in [1u64, 300, u64::MAX] {
+            for (seq, offset) in [(1u64, 0u64), (300, 1), (u64::MAX, u64::MAX)] {
                 let mut out = Vec::new();
-                push.write(codec, seq, &mut out);
+                push.write(codec, seq, offset, &mut out);
                 let mut cur = Cursor::new(&out);
                 let (h, len) = FrameHeader::parse(&mut cur).unwrap().unwrap();
                 assert_eq!(
@@ -213,6 +239,7 @@ mod tests {
                         key: "p-1".into(),
                         body: Bytes::from_static(b"\x01body"),
                         seq,
+                        offset,
                         ..Default::default()
                     }
                 );

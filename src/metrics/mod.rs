@@ -217,6 +217,19 @@ labels! {
 }
 
 labels! {
+    /// How a request to resume a stream (`since=`) was answered: recovered, or not for want
+    /// of the epoch (history lost), of old entries (trimmed, evicted), of room (more than
+    /// --resume-max), or of the store.
+    ResumeResult "result" {
+        Recovered = "recovered",
+        Epoch = "epoch",
+        TooOld = "too_old",
+        TooMany = "too_many",
+        StoreDown = "store_down",
+    }
+}
+
+labels! {
     /// Why an inbound message was not processed.
     DropReason "reason" {
         RateLimited = "rate_limited",
@@ -330,6 +343,24 @@ metric_set! {
         /// Keys the in-memory idempotency stores forgot before their TTL because they were
         /// full (copied from the store once a second).
         pub idem_evictions: Counter => "ringway_idem_evictions_total",
+        /// Pushes appended to their user's stream.
+        pub stream_appends: Counter => "ringway_stream_appends_total",
+        /// Pushes whose key their user's stream already held (a re-read or a retried post):
+        /// they keep the first offset and are not sent again to a link that had it.
+        pub stream_duplicates: Counter => "ringway_stream_duplicates_total",
+        /// Stream entries the in-memory store dropped before their TTL for its byte budget
+        /// (copied from the store once a second).
+        pub stream_evictions: Counter => "ringway_stream_evictions_total",
+        /// Bytes the in-memory stream store holds, per core (copied once a second).
+        pub stream_bytes: PerCore<Gauge> => "ringway_stream_bytes",
+        /// Links that asked to resume (since=), by answer.
+        pub resumes: Labeled<ResumeResult> => "ringway_resumes_total",
+        /// Stored pushes sent again to a resuming link.
+        pub replayed: Counter => "ringway_replayed_pushes_total",
+        /// Ephemeral pushes written to a link.
+        pub ephemeral_sent: Counter => "ringway_ephemeral_sent_total",
+        /// Ephemeral pushes dropped for a link with a backlog.
+        pub ephemeral_dropped: Counter => "ringway_ephemeral_dropped_total",
     }
     unexported {
         /// The core's latency histograms, as of its last copy.

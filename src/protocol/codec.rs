@@ -91,6 +91,9 @@ mod tests {
                     node_id: "n1".into(),
                     heartbeat_interval_ms: 10_000,
                     server_time_ms: 1_700_000_000_000,
+                    epoch: "5f3a".into(),
+                    offset: 12,
+                    recovered: true,
                 }),
                 ..Default::default()
             },

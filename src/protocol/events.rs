@@ -10,14 +10,33 @@ use super::http::{cors, status_text};
 /// What the `retry:` field tells EventSource to wait before it reconnects.
 pub const SSE_RETRY_MS: u32 = 2000;
 
-/// Appends one event; a frame with a `seq` (a push) carries it as the event id, so a
-/// reconnecting EventSource reports the last push it saw in `Last-Event-ID`. The JSON codec
-/// escapes every newline, so one `data:` line always suffices.
-pub fn write_event(out: &mut Vec<u8>, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
-    if seq > 0 {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-        out.push(b'\n');
+/// An event's id, which a reconnecting EventSource reports back in `Last-Event-ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventId<'a> {
+    None,
+    /// A push's `seq`: the same link is re-attached.
+    Seq(u64),
+    /// A stored push's `EPOCH:OFFSET`: the user's stream is resumed, on any node.
+    Stream(&'a str, u64),
+}
+
+/// Appends one event with its id. The JSON codec escapes every newline, so one `data:` line
+/// always suffices.
+pub fn write_event(out: &mut Vec<u8>, id: EventId<'_>, encode: impl FnOnce(&mut Vec<u8>)) {
+    match id {
+        EventId::None => {}
+        EventId::Seq(seq) => {
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+            out.push(b'\n');
+        }
+        EventId::Stream(epoch, offset) => {
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(epoch.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+            out.push(b'\n');
+        }
     }
     out.extend_from_slice(b"data: ");
     encode(out);
@@ -123,15 +142,20 @@ mod tests {
     #[test]
     fn events_and_batches() {
         let mut out = Vec::new();
-        write_event(&mut out, 0, |o| {
+        write_event(&mut out, EventId::None, |o| {
             o.extend_from_slice(b"{\"cmd\":\"CMD_CONNECTED\"}")
         });
-        write_event(&mut out, 7, |o| o.extend_from_slice(b"{\"seq\":\"7\"}"));
+        write_event(&mut out, EventId::Seq(7), |o| {
+            o.extend_from_slice(b"{\"seq\":\"7\"}")
+        });
+        write_event(&mut out, EventId::Stream("e0", 3), |o| {
+            o.extend_from_slice(b"{}")
+        });
         write_comment(&mut out);
         write_close(&mut out, 4003, "kicked \"now\"");
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "data: {\"cmd\":\"CMD_CONNECTED\"}\n\nid: 7\ndata: {\"seq\":\"7\"}\n\n:\n\nevent: close\ndata: {\"code\":4003,\"reason\":\"kicked \\\"now\\\"\"}\n\n"
+            "data: {\"cmd\":\"CMD_CONNECTED\"}\n\nid: 7\ndata: {\"seq\":\"7\"}\n\nid: e0:3\ndata: {}\n\n:\n\nevent: close\ndata: {\"code\":4003,\"reason\":\"kicked \\\"now\\\"\"}\n\n"
         );
         let mut batch = Vec::new();
         write_batch_item(&mut batch, |o| o.extend_from_slice(b"{\"a\":1}"));

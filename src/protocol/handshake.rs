@@ -6,6 +6,24 @@ use super::codec::Codec;
 use super::deflate::Agreed;
 use super::http::{cors, status_text};
 
+/// Where a client says it stopped reading its stream: `since=EPOCH:OFFSET` on `/ws`, `/sse`
+/// and `/poll`, or an SSE `Last-Event-ID` with a colon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl Since {
+    pub fn parse(s: &str) -> Option<Since> {
+        let (epoch, offset) = s.rsplit_once(':')?;
+        Some(Since {
+            epoch: epoch.to_owned(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
 /// Upper bound for the request head; browsers send well under 2 KiB.
 pub const MAX_REQUEST_BYTES: usize = 8192;
 
@@ -20,6 +38,7 @@ pub struct Upgrade {
     pub origin: Option<String>,
     /// Every `Sec-WebSocket-Extensions` line, joined by commas (offers may span lines).
     pub extensions: Option<String>,
+    pub since: Option<Since>,
     /// Bytes of the request head; anything after it already belongs to the WebSocket stream.
     pub head_len: usize,
 }
@@ -43,8 +62,11 @@ pub struct HttpRequest {
     pub route: Route,
     pub token: Option<String>,
     pub origin: Option<String>,
-    /// `Last-Event-ID` (or `?lastEventId=`): the last push a resumed stream saw.
+    /// `Last-Event-ID` (or `?lastEventId=`) without a colon: the last push's seq a
+    /// re-attached stream saw.
     pub last_event_id: u64,
+    /// `since=`, or a `Last-Event-ID` with a colon: resume the user's stream.
+    pub since: Option<Since>,
     /// `POST /send`'s body length; the body follows the head.
     pub content_length: usize,
     pub head_len: usize,
@@ -149,12 +171,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Reject> {
     });
     let token = bearer.or_else(|| param("token"));
     let origin = header("origin").map(str::to_owned);
+    let since = match param("since") {
+        Some(v) => Some(Since::parse(&v).ok_or(Reject::new(400, "since must be EPOCH:OFFSET"))?),
+        None => None,
+    };
 
     let method = req.method.unwrap_or("");
     let route = match (method, path) {
         ("OPTIONS", "/ws" | "/sse" | "/poll" | "/send") => Route::Preflight,
         ("GET", "/ws") => {
-            return websocket(&req, token, origin, head_len).map(|u| Some(Request::WebSocket(u)));
+            return websocket(&req, token, origin, head_len)
+                .map(|u| Some(Request::WebSocket(Upgrade { since, ..u })));
         }
         ("GET", "/sse") => Route::EventStream,
         ("GET", "/poll") => Route::Poll,
@@ -184,16 +211,27 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Reject> {
             "send a Content-Length, not a chunked body",
         ));
     }
-    let last_event_id = header("last-event-id")
+    let event_id = header("last-event-id")
         .map(str::to_owned)
-        .or_else(|| param("lastEventId"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .or_else(|| param("lastEventId"));
+    let (last_event_id, since) = match event_id {
+        // A stored push's id: the stream resumes, unless `since` says otherwise.
+        Some(id) if id.contains(':') => {
+            let resumed = Since::parse(&id).ok_or(Reject::new(
+                400,
+                "Last-Event-ID must be EPOCH:OFFSET or a seq",
+            ))?;
+            (0, since.or(Some(resumed)))
+        }
+        Some(id) => (id.parse().unwrap_or(0), since),
+        None => (0, since),
+    };
     Ok(Some(Request::Http(HttpRequest {
         route,
         token,
         origin,
         last_event_id,
+        since,
         content_length,
         head_len,
     })))
@@ -261,6 +299,7 @@ fn websocket(
         echo_subprotocol,
         origin,
         extensions: (!extensions.is_empty()).then(|| extensions.join(",")),
+        since: None,
         head_len,
     })
 }
@@ -357,6 +396,34 @@ mod tests {
         match parse(s.as_bytes()).unwrap().unwrap() {
             Request::Http(h) => h,
             other => panic!("not an HTTP-transport request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn since_on_every_route_and_in_last_event_id() {
+        let at = |e: &str, o| {
+            Some(Since {
+                epoch: e.into(),
+                offset: o,
+            })
+        };
+        assert_eq!(
+            ws(req("/ws?since=ab12:7", "").as_bytes()).since,
+            at("ab12", 7)
+        );
+        assert_eq!(ws(req("/ws", "").as_bytes()).since, None);
+        let poll = http("GET /poll?since=e:3 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(poll.since, at("e", 3));
+        let sse = http("GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e:9\r\n\r\n");
+        assert_eq!((sse.since, sse.last_event_id), (at("e", 9), 0));
+        let sse = http("GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 9\r\n\r\n");
+        assert_eq!((sse.since, sse.last_event_id), (None, 9));
+        for bad in [
+            "GET /ws?since=7 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /sse?since=e:x HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e:-1\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad.as_bytes()).unwrap_err().status, 400, "{bad}");
         }
     }
 

@@ -48,6 +48,9 @@ pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
             node_id: c.node_id.unwrap_or_default(),
             heartbeat_interval_ms: c.heartbeat_interval_ms,
             server_time_ms: c.server_time_ms,
+            epoch: c.epoch.unwrap_or_default(),
+            offset: c.offset,
+            recovered: c.recovered.unwrap_or_default(),
         }),
         nodes: f
             .nodes
@@ -55,6 +58,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
             .into_iter()
             .map(JsonNode::into_node)
             .collect(),
+        offset: f.offset,
     })
 }
 
@@ -106,6 +110,9 @@ pub fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
         }
         w.out.push(b']');
     }
+    if f.offset != 0 {
+        w.u64_field("offset", f.offset);
+    }
     w.close();
 }
 
@@ -122,6 +129,16 @@ fn encode_connected(c: &Connected, out: &mut Vec<u8>) {
     }
     if c.server_time_ms != 0 {
         w.u64_field("serverTimeMs", c.server_time_ms);
+    }
+    if !c.epoch.is_empty() {
+        w.str_field("epoch", &c.epoch);
+    }
+    if c.offset != 0 {
+        w.u64_field("offset", c.offset);
+    }
+    if c.recovered {
+        w.name("recovered");
+        w.out.extend_from_slice(b"true");
     }
     w.close();
 }
@@ -298,6 +315,8 @@ struct JsonFrame {
     connected: Option<JsonConnected>,
     #[serde(default)]
     nodes: Option<Vec<JsonNode>>,
+    #[serde(default, deserialize_with = "uint")]
+    offset: u64,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +330,12 @@ struct JsonConnected {
     heartbeat_interval_ms: u32,
     #[serde(default, alias = "server_time_ms", deserialize_with = "uint")]
     server_time_ms: u64,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default, deserialize_with = "uint")]
+    offset: u64,
+    #[serde(default)]
+    recovered: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -531,6 +556,46 @@ mod tests {
         let f =
             decode_frame(br#"{"connected":{"link_id":"x","heartbeatIntervalMs":"10"}}"#).unwrap();
         assert_eq!(f.connected.unwrap().heartbeat_interval_ms, 10);
+    }
+
+    /// A field the JSON codec forgets is a silent loss: every field of a frame survives the
+    /// trip, as protobuf carries it.
+    #[test]
+    fn every_field_round_trips() {
+        let f = Frame {
+            cmd: Cmd::Connected as i32,
+            key: "k".into(),
+            body: Bytes::from_static(b"b"),
+            seq: u64::MAX,
+            code: Code::Internal as i32,
+            reason: "r".into(),
+            retry_after_ms: 9,
+            connected: Some(Connected {
+                link_id: "1:u:d".into(),
+                node_id: "n".into(),
+                heartbeat_interval_ms: 3,
+                server_time_ms: 4,
+                epoch: "e".into(),
+                offset: 6,
+                recovered: true,
+            }),
+            nodes: vec![Node {
+                id: "n".into(),
+                ip: "127.0.0.1".into(),
+                port: 1,
+                weight: 2,
+                capacity: 3,
+                load: 4,
+                labels: vec!["l".into()],
+                location: "z".into(),
+                state: 2,
+                started_ms: 5,
+            }],
+            offset: 10,
+        };
+        let mut out = Vec::new();
+        encode_frame(&f, &mut out);
+        assert_eq!(decode_frame(&out).unwrap(), f);
     }
 
     #[test]

@@ -78,7 +78,20 @@ pub fn connect_at(
     device: &str,
     codec: Codec,
 ) -> Result<(Client, Frame), u16> {
-    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    connect_query(addr, user, device, codec, "")
+}
+
+/// As [`connect_at`], with a query string (`since=EPOCH:OFFSET`) on `/ws`.
+pub fn connect_query(
+    addr: SocketAddr,
+    user: &str,
+    device: &str,
+    codec: Codec,
+    query: &str,
+) -> Result<(Client, Frame), u16> {
+    let mut req = format!("ws://{addr}/ws?{query}")
+        .into_client_request()
+        .unwrap();
     let h = req.headers_mut();
     h.insert(
         "Authorization",

@@ -26,12 +26,15 @@ impl Shard {
     ) -> (ConnId, u32) {
         let origin = req.origin.as_deref();
         let poll = req.route == Route::Poll;
-        let existing = self.device_link(&who, |w| {
-            matches!(
-                (w, poll),
-                (Wire::EventStream(_), false) | (Wire::LongPoll(_), true)
-            )
-        });
+        // A resume is a new link, which replaces the device's old one as a new login does.
+        let existing = self
+            .device_link(&who, |w| {
+                matches!(
+                    (w, poll),
+                    (Wire::EventStream(_), false) | (Wire::LongPoll(_), true)
+                )
+            })
+            .filter(|_| req.since.is_none());
         let Some(existing) = existing else {
             let attachment = Box::new(Attachment {
                 attached: true,
@@ -42,10 +45,12 @@ impl Shard {
             } else {
                 (Wire::EventStream(attachment), events::stream_head(origin))
             };
-            self.install(conn, Arc::new(who), Codec::Json, wire, head, now);
+            let since = req.since.as_ref();
+            self.install(conn, Arc::new(who), Codec::Json, wire, head, since, now);
             return (conn, 0);
         };
         self.metrics.http_attaches.inc();
+        let stream = self.open_stream(&who, None, now);
         let link = self.links.get_mut(&existing).expect("indexed link exists");
         let last_seq = link.last_seq();
         let a = link.wire.attachment_mut().expect("an HTTP-transport link");
@@ -64,7 +69,7 @@ impl Shard {
         if !poll {
             // A new response: its head first, then whatever waited while no stream was open.
             link.set_head(events::stream_head(origin));
-            let connected = connected_frame(&self.cfg, link);
+            let connected = connected_frame(&self.cfg, link, &stream);
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);
             // Pushes the old socket took after the last one the stream showed may have died

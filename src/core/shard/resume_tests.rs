@@ -1,0 +1,231 @@
+//! The stream rules as a link sees them: offsets on pushes, CONNECTED's epoch and top, resume
+//! with `since`, pushes read twice, ephemeral pushes.
+
+use super::*;
+use crate::metrics::ResumeResult;
+
+impl Harness {
+    /// Opens a WebSocket link at `ms`, resuming after `since`; returns its frames.
+    fn open_since(
+        &mut self,
+        conn: ConnId,
+        device: &str,
+        since: Option<Since>,
+        ms: u64,
+    ) -> Vec<Frame> {
+        let up = Upgrade {
+            since,
+            ..upgrade(Codec::Json)
+        };
+        self.shard
+            .open(conn, who("alice", device), &up, self.at(ms));
+        let link = self.shard.link_mut(conn).unwrap();
+        let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        link.out.drain(..end);
+        self.frames(conn)
+    }
+
+    fn ack(&mut self, conn: ConnId, key: &str, ms: u64) {
+        self.send(conn, ms, &cmd_frame(Cmd::DownstreamAck, key));
+    }
+}
+
+fn connected(f: &Frame) -> &Connected {
+    assert_eq!(f.cmd, Cmd::Connected as i32);
+    f.connected.as_ref().unwrap()
+}
+
+/// (key, offset) of each DOWNSTREAM.
+fn pushes(frames: &[Frame]) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .filter(|f| f.cmd == Cmd::Downstream as i32)
+        .map(|f| (f.key.clone(), f.offset))
+        .collect()
+}
+
+fn since(epoch: &str, offset: u64) -> Option<Since> {
+    Some(Since {
+        epoch: epoch.into(),
+        offset,
+    })
+}
+
+#[test]
+fn pushes_for_a_user_carry_dense_offsets_and_device_pushes_none() {
+    let mut h = Harness::new();
+    let first = h.open_since(1, "phone", None, 0);
+    let c = connected(&first[0]);
+    assert_eq!((c.epoch.as_str(), c.offset, c.recovered), ("", 0, false));
+    h.push("alice", None, "a", 1);
+    h.push("alice", Some("phone"), "d", 2);
+    h.push("alice", None, "b", 3);
+    let got = pushes(&h.frames(1));
+    assert_eq!(got, [("a".into(), 1), ("d".into(), 0), ("b".into(), 2)]);
+    // A second device opens: CONNECTED gives the epoch and the top, nothing is replayed.
+    let second = h.open_since(2, "tablet", None, 4);
+    let c = connected(&second[0]);
+    assert_eq!((c.epoch.len(), c.offset, c.recovered), (16, 2, false));
+    assert_eq!(second.len(), 1);
+    assert_eq!(h.shard.metrics.stream_appends.get(), 2);
+}
+
+#[test]
+fn a_reconnect_with_since_gets_what_it_missed_in_order_before_live_pushes() {
+    let mut h = Harness::new();
+    h.open_since(1, "phone", None, 0);
+    h.push("alice", None, "a", 1);
+    let epoch = h.frames(1)[0].clone();
+    assert_eq!(epoch.offset, 1);
+    h.ack(1, "a", 2);
+    h.shard.closed(1);
+    // Offline: stored and reported, with its offset.
+    h.push("alice", None, "b", 4);
+    h.push("alice", None, "c", 5);
+    let reports = h.shard.take_undelivered();
+    assert_eq!(reports.iter().map(|u| u.offset).collect::<Vec<_>>(), [2, 3]);
+    assert!(reports.iter().all(|u| u.epoch.len() == 16));
+    let e = reports[0].epoch.clone();
+
+    let frames = h.open_since(2, "phone", since(&e, 1), 6);
+    let c = connected(&frames[0]);
+    assert_eq!((c.epoch.as_str(), c.offset, c.recovered), (&*e, 3, true));
+    assert_eq!(pushes(&frames), [("b".into(), 2), ("c".into(), 3)]);
+    h.push("alice", None, "d", 7);
+    assert_eq!(pushes(&h.frames(2)), [("d".into(), 4)]);
+    // Replayed pushes are acked and retransmitted like live ones.
+    assert_eq!(h.shard.link_mut(2).unwrap().inflight.len(), 3);
+    h.shard.handle_timeout(h.at(1100));
+    let again = pushes(&h.frames(2));
+    assert_eq!(again.len(), 3, "each is retransmitted once: {again:?}");
+    assert_eq!(h.shard.metrics.resumes.get(ResumeResult::Recovered), 1);
+    assert_eq!(h.shard.metrics.replayed.get(), 2);
+}
+
+#[test]
+fn a_resume_that_cannot_be_served_says_recovered_false_and_replays_nothing() {
+    let mut h = Harness::new();
+    for (i, k) in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+        .iter()
+        .enumerate()
+    {
+        h.push("alice", None, k, i as u64);
+    }
+    h.shard.take_undelivered();
+    let e = h.open_since(1, "phone", None, 10)[0]
+        .connected
+        .clone()
+        .unwrap()
+        .epoch;
+    // max_len 8 keeps 3..=10; resume_max is 5.
+    let cases = [since("other", 9), since(&e, 1), since(&e, 11), since(&e, 4)];
+    for (i, s) in cases.into_iter().enumerate() {
+        let frames = h.open_since(2 + i as u64, "phone", s, 11);
+        let c = connected(&frames[0]);
+        assert_eq!((c.offset, c.recovered, frames.len()), (10, false, 1));
+    }
+    let m = &h.shard.metrics.resumes;
+    let by_reason = [
+        ResumeResult::Epoch,
+        ResumeResult::TooOld,
+        ResumeResult::TooMany,
+    ];
+    assert_eq!(by_reason.map(|r| m.get(r)), [1, 2, 1]);
+    let frames = h.open_since(9, "phone", since(&e, 5), 12);
+    assert!(connected(&frames[0]).recovered);
+    let offsets: Vec<u64> = pushes(&frames).iter().map(|p| p.1).collect();
+    assert_eq!(offsets, [6, 7, 8, 9, 10]);
+}
+
+#[test]
+fn a_push_read_twice_keeps_its_offset_and_is_not_sent_again() {
+    let mut h = Harness::new();
+    h.open_since(1, "phone", None, 0);
+    h.push("alice", None, "a", 1);
+    h.push("alice", None, "a", 2);
+    assert_eq!(pushes(&h.frames(1)), [("a".into(), 1)]);
+    assert_eq!(h.shard.metrics.stream_duplicates.get(), 1);
+    // A link opened since then starts past it.
+    h.open_since(2, "tablet", None, 3);
+    h.push("alice", None, "a", 4);
+    assert!(pushes(&h.frames(2)).is_empty());
+    h.push("alice", None, "b", 5);
+    assert_eq!(pushes(&h.frames(2)), [("b".into(), 2)]);
+}
+
+#[test]
+fn a_newer_login_resuming_gets_each_offset_once() {
+    let mut h = Harness::new();
+    h.open_since(1, "phone", None, 0);
+    h.push("alice", None, "a", 1);
+    h.push("alice", None, "b", 2);
+    h.push("alice", Some("phone"), "dev", 3);
+    let e = h.frames(1)[0].clone();
+    let epoch = h.shard.link_mut(1).unwrap().seen.clone().unwrap().epoch;
+    assert_eq!(e.offset, 1);
+    // The same device logs in again from offset 1: b comes from the stream; of the old link's
+    // unacked pushes, a is one the client says it has, b was just replayed, and dev (not
+    // stored) moves over.
+    let frames = h.open_since(2, "phone", since(&epoch, 1), 4);
+    assert!(connected(&frames[0]).recovered);
+    assert_eq!(pushes(&frames), [("b".into(), 2), ("dev".into(), 0)]);
+    // Without a resume, everything unacked moves over.
+    let frames = h.open_since(3, "phone", None, 5);
+    let got = pushes(&frames);
+    assert_eq!(got, [("b".into(), 2), ("dev".into(), 0)]);
+}
+
+#[test]
+fn ephemeral_pushes_are_sent_once_never_stored_acked_or_reported() {
+    let mut h = Harness::new();
+    h.open_since(1, "phone", None, 0);
+    let typing = EncodedPush::new("", Bytes::from_static(b"typing"));
+    let how = Delivery {
+        ephemeral: true,
+        ..stored(h.at(1))
+    };
+    let users = ["alice".to_owned()];
+    h.shard.push(1, &users, None, &typing, how, h.at(1));
+    let f = h.frames(1);
+    assert_eq!((f.len(), f[0].offset, f[0].seq), (1, 0, 1));
+    assert!(h.shard.link_mut(1).unwrap().inflight.is_empty());
+    h.shard.handle_timeout(h.at(5000));
+    assert!(pushes(&h.frames(1)).is_empty(), "never retransmitted");
+    // Offline and backlogged: dropped and counted, never reported.
+    h.shard
+        .push(1, &["bob".to_owned()], None, &typing, how, h.at(2));
+    h.shard.link_mut(1).unwrap().out = vec![0; 2000];
+    h.shard.push(1, &users, None, &typing, how, h.at(3));
+    assert_eq!(h.shard.metrics.ephemeral_dropped.get(), 2);
+    assert_eq!(h.shard.metrics.ephemeral_sent.get(), 1);
+    assert!(h.shard.take_undelivered().is_empty());
+    assert_eq!(h.shard.metrics.stream_appends.get(), 0);
+}
+
+#[test]
+fn an_event_stream_names_stored_pushes_by_epoch_and_offset_and_resumes_by_them() {
+    let mut h = Harness::new();
+    h.shard.attach(
+        1,
+        who("alice", "web"),
+        &http_req(Route::EventStream, 0),
+        h.t0,
+    );
+    h.push("alice", None, "a", 1);
+    h.push("alice", None, "b", 2);
+    let out = String::from_utf8(std::mem::take(&mut h.shard.link_mut(1).unwrap().out)).unwrap();
+    let ids: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let epoch = ids[0].split_once(':').unwrap().0.to_owned();
+    assert_eq!(ids, [format!("{epoch}:1"), format!("{epoch}:2")]);
+    // A browser's Last-Event-ID of the first: a new link takes over and replays the second.
+    let req = HttpRequest {
+        since: since(&epoch, 1),
+        ..http_req(Route::EventStream, 0)
+    };
+    let (conn, _) = h.shard.attach(5, who("alice", "web"), &req, h.at(3));
+    assert_eq!(conn, 5);
+    let out = String::from_utf8(std::mem::take(&mut h.shard.link_mut(5).unwrap().out)).unwrap();
+    assert!(out.contains("\"recovered\":true"), "{out}");
+    let ids: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids, [format!("{epoch}:2")]);
+}
