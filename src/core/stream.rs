@@ -51,6 +51,51 @@ pub struct Entry {
     stored_at: Instant,
 }
 
+/// A push for a shared store (Redis) to append; answered with a [`Stored`] under `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    pub id: u64,
+    pub biz_id: u64,
+    pub user_id: String,
+    pub key: String,
+    pub body: Bytes,
+}
+
+/// Where a shared store put a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub epoch: String,
+    pub offset: u64,
+    /// False when the key was already there: `offset` is the first copy's.
+    pub fresh: bool,
+}
+
+/// A link's question to a shared store: the stream's state, and after `since` its entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRead {
+    pub conn: u64,
+    pub biz_id: u64,
+    pub user_id: String,
+    pub since: Option<Since>,
+}
+
+/// A shared store's answer to a [`StreamRead`]: as [`Resume`], in owned values that can
+/// cross threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamState {
+    pub epoch: String,
+    pub top: u64,
+    pub replay: Option<Result<Vec<StoredEntry>, ResumeMiss>>,
+}
+
+/// An entry as a shared store returns it: the body as the backend sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub offset: u64,
+    pub key: String,
+    pub body: Bytes,
+}
+
 impl Entry {
     fn bytes(&self) -> usize {
         let sealed = if self.wire_body.as_ptr() == self.body.as_ptr() {
