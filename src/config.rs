@@ -196,6 +196,7 @@ impl ServeArgs {
                 .redis
                 .clone()
                 .map(|url| (url, self.idem.idem_ttl(), self.idem.redis_timeout())),
+            streams: self.streams.limits(),
             kafka: self.kafka.config(node_id),
             grpc: self.backend.grpc_config(node_id),
             backend: self.backend.backend.clone(),

@@ -82,6 +82,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
         echo: args.links.echo,
         idem_ttl: args.idem.idem_ttl(),
         streams: args.streams.limits(),
+        shared_streams: remotes.redis.is_some(),
         calls: calls_rx.is_some().then_some(calls_tx),
         shared_store: remotes
             .redis

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Client, Gateway, Got, connect_query, frame, report};
+use common::{Client, Gateway, Got, Redis, connect_query, frame, report};
 use ringway::proto::{Cmd, Connected, Frame};
 use ringway::protocol::Codec;
 
@@ -212,4 +212,65 @@ fn an_ephemeral_push_is_neither_retransmitted_nor_reported() {
         0.0
     );
     assert_eq!(gw.metric("ringway_stream_appends_total"), 0.0);
+}
+
+#[test]
+fn a_client_resumes_on_another_node_from_the_redis_stream() {
+    let redis = Redis::start();
+    let a = Gateway::start(&["--redis", &redis.url()]);
+    let b = Gateway::start(&["--redis", &redis.url()]);
+    let mut c = a.connect("frank", "phone", Codec::Proto);
+    assert_eq!(connected(&c).epoch, "");
+    a.push("frank", "f-1", b"one");
+    assert_eq!(take_acked(&mut c, 1), [("f-1".to_owned(), 1)]);
+    let mut other = b.connect("frank", "tablet", Codec::Json);
+    let epoch = connected(&other).epoch.clone();
+    assert_eq!(
+        (epoch.len(), connected(&other).offset),
+        (16, 1),
+        "B sees A's stream"
+    );
+    drop(c);
+    a.wait_metric("ringway_links", 0.0);
+
+    // Away: pushes through A's API (which, without Kafka, reaches A's links only) are
+    // stored in Redis and reported offline.
+    for i in 2..=4 {
+        a.push("frank", &format!("f-{i}"), b"missed");
+    }
+    a.wait_metric("ringway_undelivered_total{reason=\"offline\"}", 3.0);
+    let mut c = resume(&b, "frank", &format!("{epoch}:1"));
+    let cc = connected(&c);
+    assert_eq!((cc.offset, cc.recovered), (4, true));
+    let got = take_acked(&mut c, 3);
+    assert_eq!(got, [2, 3, 4].map(|o| (format!("f-{o}"), o)));
+    b.push("frank", "f-5", b"live");
+    assert_eq!(take_acked(&mut c, 1), [("f-5".to_owned(), 5)]);
+    assert_eq!(take_acked(&mut other, 1), [("f-5".to_owned(), 5)]);
+    report(&format!("resume on another node through Redis: {got:?}"));
+}
+
+#[test]
+fn while_redis_is_down_pushes_go_out_unstored_and_resumes_are_not_recovered() {
+    let mut redis = Redis::start();
+    let gw = Gateway::start(&["--redis", &redis.url(), "--redis-timeout-ms", "200"]);
+    let mut c = gw.connect("gina", "phone", Codec::Json);
+    gw.push("gina", "g-1", b"x");
+    assert_eq!(take_acked(&mut c, 1), [("g-1".to_owned(), 1)]);
+    let epoch = {
+        let t = gw.connect("gina", "tablet", Codec::Json);
+        connected(&t).epoch.clone()
+    };
+    redis.stop();
+    gw.push("gina", "g-2", b"x");
+    assert_eq!(
+        take_acked(&mut c, 1),
+        [("g-2".to_owned(), 0)],
+        "live, unstored"
+    );
+    let c2 = resume(&gw, "gina", &format!("{epoch}:1"));
+    let cc = connected(&c2);
+    assert_eq!((cc.epoch.as_str(), cc.offset, cc.recovered), ("", 0, false));
+    gw.wait_metric("ringway_resumes_total{result=\"store_down\"}", 1.0);
+    assert!(gw.metric("ringway_stream_store_errors_total") >= 2.0);
 }

@@ -95,6 +95,7 @@ async fn start(node: &Arc<Hub>, s: Services, scale_topic: Option<String>) -> Res
     if let Some(rx) = s.calls {
         let remote = Remote {
             redis: s.remotes.redis,
+            streams: s.remotes.streams,
             routes: s.remotes.routes,
             kafka: s.remotes.kafka_out.clone(),
             locations: locations.clone(),

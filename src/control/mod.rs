@@ -19,6 +19,7 @@ pub mod router;
 pub mod routes;
 pub mod services;
 pub mod startup;
+pub mod throttle;
 pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

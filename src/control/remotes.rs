@@ -8,14 +8,18 @@ use std::time::Duration;
 use super::grpc_backend::{GrpcBackend, GrpcConfig};
 use super::kafka::{KafkaConfig, KafkaOut};
 use super::redis_idem::RedisIdem;
+use super::redis_streams::RedisStreams;
 use super::routes::{LiveRoutes, Target};
 use crate::core::embedded::LocalBizs;
+use crate::core::stream::StreamLimits;
 use crate::link::idem::IdemTtl;
 
 /// What to connect, from the flags.
 pub struct RemoteSetup {
     /// `--redis`, with the dedup window it keeps and the deadline of one round trip.
     pub redis: Option<(String, IdemTtl, Duration)>,
+    /// The users' streams' limits; with Redis, the streams live there.
+    pub streams: StreamLimits,
     pub kafka: Option<KafkaConfig>,
     /// The client settings gRPC routes share (each fills in its endpoint).
     pub grpc: GrpcConfig,
@@ -27,6 +31,8 @@ pub struct RemoteSetup {
 
 pub struct Remotes {
     pub redis: Option<Arc<RedisIdem>>,
+    /// The users' streams, on the idempotency store's connection.
+    pub streams: Option<Arc<RedisStreams>>,
     pub kafka: Option<KafkaConfig>,
     pub kafka_out: Option<Arc<KafkaOut>>,
     pub routes: Arc<LiveRoutes>,
@@ -44,6 +50,9 @@ impl Remotes {
             )),
             None => None,
         };
+        let streams = redis
+            .as_ref()
+            .map(|r| Arc::new(RedisStreams::new(r.client(), setup.streams)));
         let kafka_out = match &setup.kafka {
             Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
             None => None,
@@ -72,6 +81,7 @@ impl Remotes {
         });
         Ok(Remotes {
             redis,
+            streams,
             kafka: setup.kafka,
             kafka_out,
             routes: Arc::new(routes),

@@ -1,8 +1,8 @@
 //! Calls from worker cores to services that live on the control thread: the shared Redis store
 //! and the gRPC backend. Cores send without waiting; answers go back through each core's inbox.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -11,15 +11,19 @@ use super::Hub;
 use super::kafka::KafkaOut;
 use super::location::Locations;
 use super::redis_idem::RedisIdem;
+use super::redis_streams::RedisStreams;
 use super::routes::{LiveRoutes, Route};
-use crate::core::inbox::CoreMsg;
+use super::throttle::Throttle;
+use crate::core::inbox::{CoreMsg, Streamed};
 use crate::core::services::ServiceCall;
+use crate::core::stream::{Stored, StreamAppend, StreamRead};
 use bytes::Bytes;
 
 /// The services cores may call; each is present when configured.
 #[derive(Clone)]
 pub struct Remote {
     pub redis: Option<Arc<RedisIdem>>,
+    pub streams: Option<Arc<RedisStreams>>,
     pub routes: Arc<LiveRoutes>,
     pub kafka: Option<Arc<KafkaOut>>,
     /// The location registry, in a cluster.
@@ -29,9 +33,33 @@ pub struct Remote {
 /// Serves the cores' calls until every sender is gone. Each batch runs as its own task, so a
 /// slow service delays only the batches waiting on it.
 pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<Hub>, remote: Remote) {
+    let appenders: Vec<_> = match &remote.streams {
+        Some(store) => (0..node.cores.len())
+            .map(|core| appender(store.clone(), node.clone(), core))
+            .collect(),
+        None => Vec::new(),
+    };
+    let reads = Arc::new(Mutex::new(Throttle::new(Duration::from_secs(10))));
     while let Some(call) = calls.recv().await {
         let node = node.clone();
         match call {
+            ServiceCall::Streams {
+                core,
+                appends,
+                reads: batch,
+            } => {
+                if !appends.is_empty() {
+                    // The appender lives as long as this loop.
+                    let _ = appenders[core].send(appends);
+                }
+                if !batch.is_empty() {
+                    let store = remote
+                        .streams
+                        .clone()
+                        .expect("reads are sent only with --redis");
+                    tokio::spawn(read(store, node, core, batch, reads.clone()));
+                }
+            }
             ServiceCall::Claim { core, reqs } => {
                 let redis = remote
                     .redis
@@ -108,6 +136,67 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<Hub>, remote:
             }
         }
     }
+}
+
+/// Reads the streams of a core's opening links; they may overtake appends (the core holds
+/// what it gets meanwhile).
+async fn read(
+    store: Arc<RedisStreams>,
+    node: Arc<Hub>,
+    core: usize,
+    batch: Vec<StreamRead>,
+    log: Arc<Mutex<Throttle>>,
+) {
+    let answers = match store.read(&batch).await {
+        Ok(states) => states.into_iter().map(Result::ok).collect(),
+        Err(e) => {
+            if let Some(held) = log.lock().expect("log").pass(Instant::now()) {
+                warn!(error = %e, reads = batch.len(), since_last = held, "redis stream reads failed; links open with no stream");
+            }
+            vec![None; batch.len()]
+        }
+    };
+    let reads = batch.iter().map(|r| r.conn).zip(answers).collect();
+    let msg = Streamed {
+        appends: Vec::new(),
+        reads,
+    };
+    deliver(&node, core, CoreMsg::Streamed(Box::new(msg))).await;
+}
+
+/// One core's appends, applied in the order the core sent them: a user's pushes are delivered
+/// in the order of their offsets, so a batch must not overtake the one before it. Batches that
+/// queue up while one is out go together in the next pipeline.
+fn appender(
+    store: Arc<RedisStreams>,
+    node: Arc<Hub>,
+    core: usize,
+) -> mpsc::UnboundedSender<Vec<StreamAppend>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<StreamAppend>>();
+    tokio::spawn(async move {
+        let mut log = Throttle::new(Duration::from_secs(10));
+        while let Some(mut batch) = rx.recv().await {
+            while let Ok(more) = rx.try_recv() {
+                batch.extend(more);
+            }
+            let stored: Vec<Option<Stored>> = match store.append(&batch).await {
+                Ok(results) => results.into_iter().map(Result::ok).collect(),
+                Err(e) => {
+                    if let Some(held) = log.pass(Instant::now()) {
+                        warn!(error = %e, appends = batch.len(), since_last = held, "redis stream appends failed; pushes go out unstored");
+                    }
+                    vec![None; batch.len()]
+                }
+            };
+            let appends = batch.iter().map(|a| a.id).zip(stored).collect();
+            let msg = Streamed {
+                appends,
+                reads: Vec::new(),
+            };
+            deliver(&node, core, CoreMsg::Streamed(Box::new(msg))).await;
+        }
+    });
+    tx
 }
 
 /// Answers must reach the core: they have no sender to refuse (the backend has answered), and

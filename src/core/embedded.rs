@@ -59,5 +59,14 @@ pub struct Embedded {
     /// The loopback backend pushes each body back to its sender.
     pub echo: bool,
     /// The users' streams, for the users this core owns.
-    pub streams: Streams,
+    pub streams: StreamStore,
+}
+
+/// Where a core's users' streams are kept.
+pub enum StreamStore {
+    /// In the core's memory, answered at once; lost on restart (a new epoch).
+    Local(Streams),
+    /// In Redis, through the control thread: appends and reads leave as events, and the
+    /// answers come back to the shard later.
+    Shared,
 }

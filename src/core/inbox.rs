@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::auth::Identity;
 use crate::core::admission::Ticket;
 use crate::core::shard::{BackendError, UpstreamRequest};
+use crate::core::stream::{Stored, StreamState};
 use crate::link::idem::Claim;
 use crate::link::push::Unsettled;
 use crate::proto::Node;
@@ -35,6 +36,8 @@ pub enum CoreMsg {
     Redirect(Box<Redirect>),
     /// The shared store answered claims (`None`: it was unreachable).
     Claimed(Box<Vec<(UpstreamRequest, Option<Claim>)>>),
+    /// The shared stream store answered appends and reads (`None`: it could not be reached).
+    Streamed(Box<Streamed>),
     /// The backend answered upstream messages.
     Answered(Box<Vec<(UpstreamRequest, Result<Bytes, BackendError>)>>),
     /// Answer with a user's open links on this core (`GET /v1/links`).
@@ -43,6 +46,13 @@ pub enum CoreMsg {
     Shutdown,
     /// The node is done: end the core's executor, so its thread can be joined.
     Stop,
+}
+
+/// The stream store's answers to one batch of a core's appends (by id) and reads (by link).
+#[derive(Default)]
+pub struct Streamed {
+    pub appends: Vec<(u64, Option<Stored>)>,
+    pub reads: Vec<(crate::link::ConnId, Option<StreamState>)>,
 }
 
 pub struct Inspect {

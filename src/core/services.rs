@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::batcher::{Added, Batcher};
 use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
+use super::stream::{StreamAppend, StreamRead};
 use super::tally::Tally;
 use crate::auth::Identity;
 use crate::link::idem::IdemUpdate;
@@ -30,6 +31,13 @@ pub enum ServiceCall {
         core: usize,
         batch: Vec<UpstreamRequest>,
     },
+    /// Append pushes to and read streams from the shared stream store, and answer core
+    /// `core` with `CoreMsg::Streamed`. A core's appends must be applied in the order sent.
+    Streams {
+        core: usize,
+        appends: Vec<StreamAppend>,
+        reads: Vec<StreamRead>,
+    },
     /// Write these reports to the undelivered topic.
     Undelivered(Vec<Undelivered>),
     /// Devices that came online (true) or went offline, for the presence topic.
@@ -47,8 +55,10 @@ pub struct Services {
     pub batcher: Batcher<UpstreamRequest>,
     /// Claims for the shared store gathered during the current executor pass.
     pub pending_claims: Vec<UpstreamRequest>,
-    /// A flush of `pending_claims` is already scheduled.
-    pub claim_flush_queued: bool,
+    /// Stream appends and reads gathered during the current executor pass.
+    pub pending_streams: (Vec<StreamAppend>, Vec<StreamRead>),
+    /// A flush of the pending claims and stream operations is already scheduled.
+    pub flush_queued: bool,
     /// Batches that started waiting: the shell calls [`Services::flush_due`] at each deadline.
     pub timers: Vec<(u64, u64, Instant)>,
     /// Undelivered pushes also go to the Kafka undelivered topic (they are always logged and
@@ -114,21 +124,74 @@ impl Services {
         self.pending_claims.push(req);
     }
 
+    /// A stream append, held like a claim until the end of the pass.
+    pub fn append(&mut self, a: StreamAppend) {
+        self.pending_streams.0.push(a);
+    }
+
+    /// A stream read for an opening link, held like a claim until the end of the pass.
+    pub fn read(&mut self, r: StreamRead) {
+        self.pending_streams.1.push(r);
+    }
+
     fn send(&self, call: ServiceCall) -> bool {
         self.calls
             .as_ref()
             .is_some_and(|c| c.try_send(call).is_ok())
     }
 
-    /// Sends the claims gathered in this pass as one batch (the shell calls this once per pass
-    /// while `pending_claims` is not empty).
-    /// True once per pass when claims wait: the caller schedules [`Services::flush_claims`].
-    pub fn wants_claim_flush(&mut self) -> bool {
-        !self.pending_claims.is_empty() && !std::mem::replace(&mut self.claim_flush_queued, true)
+    /// True once per pass when claims or stream operations wait: the caller schedules
+    /// [`Services::flush`].
+    pub fn wants_flush(&mut self) -> bool {
+        let waiting = !self.pending_claims.is_empty()
+            || !self.pending_streams.0.is_empty()
+            || !self.pending_streams.1.is_empty();
+        waiting && !std::mem::replace(&mut self.flush_queued, true)
     }
 
-    pub fn flush_claims(&mut self, shard: &mut Shard, now: Instant) {
-        self.claim_flush_queued = false;
+    /// Sends the claims and the stream operations gathered in this pass, one batch each.
+    pub fn flush(&mut self, shard: &mut Shard, now: Instant) {
+        self.flush_queued = false;
+        self.flush_claims(shard, now);
+        self.flush_streams(shard, now);
+    }
+
+    /// When the control thread cannot take them, the appends go out unstored and the
+    /// links open with no stream, as when Redis is down.
+    fn flush_streams(&mut self, shard: &mut Shard, now: Instant) {
+        let (appends, reads) = std::mem::take(&mut self.pending_streams);
+        if appends.is_empty() && reads.is_empty() {
+            return;
+        }
+        let call = ServiceCall::Streams {
+            core: self.core,
+            appends,
+            reads,
+        };
+        if let Err(e) = self
+            .calls
+            .as_ref()
+            .expect("a shared stream store has a channel")
+            .try_send(call)
+        {
+            let ServiceCall::Streams { appends, reads, .. } = e.into_inner() else {
+                unreachable!("sent stream operations")
+            };
+            warn!(
+                appends = appends.len(),
+                reads = reads.len(),
+                "control thread saturated: stream operations answered as store-down"
+            );
+            for a in appends {
+                shard.on_appended(a.id, None, now);
+            }
+            for r in reads {
+                shard.on_stream_read(r.conn, None, now);
+            }
+        }
+    }
+
+    fn flush_claims(&mut self, shard: &mut Shard, now: Instant) {
         let claims = std::mem::take(&mut self.pending_claims);
         if claims.is_empty() {
             return;

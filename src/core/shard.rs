@@ -20,8 +20,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tungstenite::protocol::frame::coding::Control;
 
-use super::embedded::{Embedded, StoreDownPolicy};
-use super::stream::Resume;
+use super::embedded::{Embedded, StoreDownPolicy, StreamStore};
+use super::stream::{Resume, StreamAppend, StreamRead};
 use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::TokenBucket;
@@ -29,7 +29,7 @@ use crate::link::idem::{Claim, IdemStore, IdemUpdate};
 use crate::link::push::{EncodedPush, StreamAt, Unsettled};
 use crate::link::retry::RetryPolicy;
 use crate::link::timer_wheel::TimerWheel;
-use crate::link::{ConnId, Deflating, Inflight, Link, ReadyList, Wire, close_code};
+use crate::link::{ConnId, Deflating, Held, Inflight, Link, ReadyList, Wire, close_code};
 use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
 use crate::protocol::Codec;
@@ -158,6 +158,11 @@ pub enum Event {
     Presence(Arc<Identity>, bool),
     /// A push reached no device: report it.
     Undelivered(Undelivered),
+    /// Append to the shared stream store; answer with [`Shard::on_appended`].
+    StreamAppend(StreamAppend),
+    /// Read a stream from the shared store for a link that opens; answer with
+    /// [`Shard::on_stream_read`].
+    StreamRead(StreamRead),
 }
 
 /// What a link's socket should do next (see [`Shard::poll_transmit`]).
@@ -210,6 +215,8 @@ pub struct Shard {
     /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
     upstream: Vec<UpstreamRequest>,
     events: VecDeque<Event>,
+    /// Pushes waiting for the shared stream store, in arrival order.
+    appends: resume::Appends,
     inbound: Vec<Inbound>,
     /// Scratch for inflating compressed messages, reused across links and messages.
     inflated: Vec<u8>,
@@ -288,6 +295,7 @@ impl Shard {
             idem_updates: Vec::new(),
             upstream: Vec::new(),
             events: VecDeque::new(),
+            appends: resume::Appends::default(),
             inbound: Vec::new(),
             inflated: Vec::new(),
         }
@@ -439,14 +447,6 @@ impl Shard {
         let ready = self.ready.clone();
         let mut link = Link::new(conn, ready, who.clone(), codec, wire, bucket, now);
         link.set_head(head);
-        let stream = self.open_stream(&who, since, now);
-        link.seen = stream.at();
-        // A conformance suite expects nothing before its first echo.
-        if !self.cfg.ws_echo {
-            let connected = connected_frame(&self.cfg, &link, &stream);
-            link.send_frame(&connected);
-            self.metrics.frame_out(Cmd::Connected);
-        }
         let check = self.next_liveness(now);
         link.liveness = Some(self.wheel.insert(check, TimerEvent::Liveness(conn)));
         self.links.insert(conn, link);
@@ -462,13 +462,16 @@ impl Shard {
             self.events.push_back(Event::Presence(who.clone(), true));
         }
 
-        self.replay(conn, &stream, carried, now);
+        self.open_stream(conn, &who, since, carried, now);
     }
 
     /// Bytes arrived on a link's socket. `input` is the shell's scratch buffer; it is unmasked
     /// in place.
     pub fn handle_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
         let max = self.cfg.max_message_bytes;
+        if self.hold_input(conn, input, now) {
+            return;
+        }
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
@@ -811,20 +814,43 @@ impl Shard {
         now: Instant,
     ) {
         for user in user_ids {
+            if how.ephemeral {
+                let conns = self.matching(&Target {
+                    biz_id,
+                    user_id: user,
+                    device_id,
+                });
+                self.send_ephemeral(&conns, push);
+            } else {
+                self.push_user(biz_id, user, device_id, push, how, now);
+            }
+        }
+    }
+
+    /// Whether the user has an open link on this core.
+    fn has_links(&self, biz_id: u64, user: &str) -> bool {
+        !self.user_conns(biz_id, user).is_empty()
+    }
+
+    /// Delivers a push, stored or not, to the user's matching links, or reports it when there
+    /// is none.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out(
+        &mut self,
+        biz_id: u64,
+        user: &str,
+        device_id: Option<&str>,
+        push: &Rc<EncodedPush>,
+        stored: Option<(StreamAt, bool)>,
+        how: Delivery,
+        now: Instant,
+    ) {
+        {
             let conns = self.matching(&Target {
                 biz_id,
                 user_id: user,
                 device_id,
             });
-            if how.ephemeral {
-                self.send_ephemeral(&conns, push);
-                continue;
-            }
-            let stored = if device_id.is_none() && (how.report_offline || !conns.is_empty()) {
-                Some(self.append(biz_id, user, push, now))
-            } else {
-                None
-            };
             if conns.is_empty() {
                 if how.report_offline {
                     let at = stored.as_ref().map(|(at, _)| at);
@@ -833,12 +859,12 @@ impl Shard {
                 } else {
                     self.metrics.pushes_not_here.inc();
                 }
-                continue;
+                return;
             }
             for conn in conns {
                 let at = match &stored {
                     // A push read twice goes only to links that never had its offset.
-                    Some((at, false)) if self.links[&conn].has_seen(at) => continue,
+                    Some((at, _)) if self.links[&conn].has_seen(at) => continue,
                     Some((at, _)) => Some(at.clone()),
                     None => None,
                 };
@@ -883,6 +909,15 @@ impl Shard {
             .links
             .get_mut(&conn)
             .expect("delivering to a live link");
+        if let Some(opening) = &mut link.opening {
+            // Its CONNECTED has not gone out yet: the push follows it.
+            let held = Held {
+                push,
+                at,
+                accepted_at,
+            };
+            return opening.held.push(held);
+        }
         let seq = link.take_seq();
         link.push_queued_at.get_or_insert(now);
         link.push_accepted_at.get_or_insert(accepted_at);
@@ -1336,6 +1371,15 @@ impl Shard {
                 reason,
             );
         }
+        // Gone before its stream was read: what it held for after CONNECTED never went out.
+        if let Some(o) = link.opening {
+            let who = &link.who;
+            let device = Some(who.device_id.as_str());
+            let waiting = o.carried.into_iter().map(|f| (f.push, f.at));
+            for (push, at) in waiting.chain(o.held.into_iter().map(|h| (h.push, h.at))) {
+                self.report(who.biz_id, &who.user_id, device, &push, at.as_ref(), reason);
+            }
+        }
     }
 
     /// Copies what only the shard sees (latency histograms, the store's evictions) where
@@ -1344,9 +1388,10 @@ impl Shard {
         *self.metrics.published.lock().expect("metrics lock") = Some(self.latencies.clone());
         let evicted = self.embedded.store.evicted();
         self.metrics.idem_evictions.set(evicted);
-        let streams = &self.embedded.streams;
-        self.metrics.stream_evictions.set(streams.evicted());
-        self.metrics.stream_bytes.set(streams.bytes() as i64);
+        if let StreamStore::Local(streams) = &self.embedded.streams {
+            self.metrics.stream_evictions.set(streams.evicted());
+            self.metrics.stream_bytes.set(streams.bytes() as i64);
+        }
     }
 
     /// Answers what the shard can answer itself, and turns the rest into events, until nothing

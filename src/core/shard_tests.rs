@@ -1,7 +1,7 @@
 //! The shard's rules, driven with a hand-moved clock and raw client frames.
 
 use super::*;
-use crate::core::embedded::LocalBizs;
+use crate::core::embedded::{LocalBizs, StreamStore};
 use crate::core::stream::{StreamLimits, Streams};
 use crate::link::idem::{IdemTtl, MemoryIdemStore};
 use crate::metrics::Transport;
@@ -55,7 +55,7 @@ fn embedded() -> Embedded {
         shared_store: None,
         local_bizs: Arc::new(LocalBizs::default()),
         echo: false,
-        streams: Streams::new(stream_limits(), SmallRng::seed_from_u64(3)),
+        streams: StreamStore::Local(Streams::new(stream_limits(), SmallRng::seed_from_u64(3))),
     }
 }
 

@@ -97,6 +97,22 @@ pub struct StoredEntry {
 }
 
 impl Entry {
+    pub fn new(
+        offset: u64,
+        key: Rc<str>,
+        body: Bytes,
+        wire_body: Bytes,
+        stored_at: Instant,
+    ) -> Entry {
+        Entry {
+            offset,
+            key,
+            body,
+            wire_body,
+            stored_at,
+        }
+    }
+
     fn bytes(&self) -> usize {
         let sealed = if self.wire_body.as_ptr() == self.body.as_ptr() {
             0
@@ -141,6 +157,8 @@ pub enum ResumeMiss {
     TooOld,
     /// More entries than `resume_max` to replay.
     TooMany,
+    /// The shared store did not answer.
+    StoreDown,
 }
 
 /// A stream's state as a new link sees it.
@@ -157,6 +175,15 @@ pub struct Resume {
 impl Resume {
     pub fn recovered(&self) -> bool {
         matches!(self.replay, Some(Ok(_)))
+    }
+
+    /// A stream as a link has followed it, with nothing to replay.
+    pub fn at_seen(seen: Option<&StreamAt>) -> Resume {
+        Resume {
+            epoch: seen.map_or_else(|| Rc::from(""), |s| s.epoch.clone()),
+            top: seen.map_or(0, |s| s.offset),
+            replay: None,
+        }
     }
 
     /// The stream's top, where a new link starts (`None`: no stream).

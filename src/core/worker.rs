@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::alarm::Alarm;
 use super::batcher::Batcher;
 use super::conn::{Conn, Socket};
-use super::embedded::{Embedded, LocalBizs, StoreDownPolicy};
+use super::embedded::{Embedded, LocalBizs, StoreDownPolicy, StreamStore};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::readiness::Readiness;
 use super::services::{ServiceCall, Services};
@@ -45,6 +45,8 @@ pub struct Rules {
     pub echo: bool,
     pub idem_ttl: IdemTtl,
     pub streams: StreamLimits,
+    /// The users' streams live in Redis, not in each core.
+    pub shared_streams: bool,
     /// Calls to the control thread, when Redis or a gRPC backend is configured.
     pub calls: Option<tokio::sync::mpsc::Sender<ServiceCall>>,
     /// Set with Redis: what to do while it is unreachable.
@@ -187,7 +189,10 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
                 shared_store: setup.shared_store,
                 local_bizs: setup.local_bizs,
                 echo: setup.echo,
-                streams: Streams::new(setup.streams, epochs),
+                streams: match setup.shared_streams {
+                    true => StreamStore::Shared,
+                    false => StreamStore::Local(Streams::new(setup.streams, epochs)),
+                },
             },
             core.metrics.clone(),
             seed,
@@ -202,7 +207,8 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
             batcher: Batcher::new(setup.batching.0, setup.batching.1),
             timers: Vec::new(),
             pending_claims: Vec::new(),
-            claim_flush_queued: false,
+            pending_streams: Default::default(),
+            flush_queued: false,
             report_to_kafka: setup.report_to_kafka,
             tally: Default::default(),
         }),
@@ -740,6 +746,8 @@ impl Worker {
                 Event::IdemUpdate(u) => updates.push(u),
                 Event::Presence(who, online) => presence.push((who, online)),
                 Event::Undelivered(u) => undelivered.push(u),
+                Event::StreamAppend(a) => services.append(a),
+                Event::StreamRead(r) => services.read(r),
             }
         }
         if !updates.is_empty() {
@@ -752,10 +760,8 @@ impl Worker {
             services.report(undelivered);
         }
         // Claims gathered in this pass leave together once the other ready tasks have run.
-        if services.wants_claim_flush() {
-            self.defer(None, |services, shard, now| {
-                services.flush_claims(shard, now)
-            });
+        if services.wants_flush() {
+            self.defer(None, |services, shard, now| services.flush(shard, now));
         }
         // A batch started waiting: flush it at its deadline unless it fills first.
         for (biz_id, id, due) in services.timers.drain(..) {
@@ -838,6 +844,15 @@ impl Worker {
                 let mut shard = self.shard.borrow_mut();
                 for (req, result) in *answers {
                     shard.on_upstream_result(&req, result, now);
+                }
+            }
+            CoreMsg::Streamed(answers) => {
+                let mut shard = self.shard.borrow_mut();
+                for (id, stored) in answers.appends {
+                    shard.on_appended(id, stored, now);
+                }
+                for (conn, state) in answers.reads {
+                    shard.on_stream_read(conn, state, now);
                 }
             }
             CoreMsg::Claimed(answers) => {

@@ -21,6 +21,7 @@ use crate::metrics::{CloseReason, CoreMetrics, Transport};
 use crate::proto::Frame;
 use crate::protocol::deflate::LinkDeflate;
 use crate::protocol::events::EventId;
+use crate::protocol::handshake::Since;
 use crate::protocol::{Codec, events, ws};
 use bucket::TokenBucket;
 use push::{EncodedPush, StreamAt};
@@ -57,6 +58,27 @@ pub struct Inflight {
     pub timer: TimerId,
     pub first_sent: Instant,
     /// When the node accepted the push (API, Kafka, loopback): where its whole path starts.
+    pub accepted_at: Instant,
+}
+
+/// A link whose stream a shared store is still reading (DESIGN §2a): CONNECTED waits for the
+/// answer, and so do the client's bytes and the pushes that come meanwhile, so every push
+/// lands in offset order after the replay.
+#[derive(Default)]
+pub struct Opening {
+    pub since: Option<Since>,
+    /// Unacked pushes of the link this one replaced.
+    pub carried: Vec<Inflight>,
+    /// Pushes for this link that came before the answer.
+    pub held: Vec<Held>,
+    /// What the client sent before CONNECTED.
+    pub input: Vec<u8>,
+}
+
+/// A push waiting for its link's CONNECTED.
+pub struct Held {
+    pub push: Rc<EncodedPush>,
+    pub at: Option<StreamAt>,
     pub accepted_at: Instant,
 }
 
@@ -155,6 +177,8 @@ pub struct Link {
     /// each stored push sent. A push read twice keeps its first offset and is not sent again
     /// to a link at or past it.
     pub seen: Option<StreamAt>,
+    /// Set until the shared store answers for the link's stream.
+    pub opening: Option<Box<Opening>>,
     pub last_activity: Instant,
     pub connected_at: Instant,
     /// The client's address, as the socket says (`GET /v1/links`).
@@ -215,6 +239,7 @@ impl Link {
             next_seq: 1,
             inflight: Vec::new(),
             seen: None,
+            opening: None,
             last_activity: now,
             connected_at: now,
             peer: None,

@@ -353,6 +353,9 @@ metric_set! {
         pub stream_evictions: Counter => "ringway_stream_evictions_total",
         /// Bytes the in-memory stream store holds, per core (copied once a second).
         pub stream_bytes: PerCore<Gauge> => "ringway_stream_bytes",
+        /// Appends and reads the shared stream store did not answer: those pushes went out
+        /// with offset 0, those links opened with no stream (a resume: recovered false).
+        pub stream_store_errors: Counter => "ringway_stream_store_errors_total",
         /// Links that asked to resume (since=), by answer.
         pub resumes: Labeled<ResumeResult> => "ringway_resumes_total",
         /// Stored pushes sent again to a resuming link.

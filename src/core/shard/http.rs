@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::{Inbound, Shard, connected_frame};
 use crate::auth::Identity;
+use crate::core::stream::Resume;
 use crate::link::{Attachment, ConnId, Wire};
 use crate::proto::{Cmd, Frame};
 use crate::protocol::handshake::{HttpRequest, Route};
@@ -50,7 +51,6 @@ impl Shard {
             return (conn, 0);
         };
         self.metrics.http_attaches.inc();
-        let stream = self.open_stream(&who, None, now);
         let link = self.links.get_mut(&existing).expect("indexed link exists");
         let last_seq = link.last_seq();
         let a = link.wire.attachment_mut().expect("an HTTP-transport link");
@@ -69,6 +69,8 @@ impl Shard {
         if !poll {
             // A new response: its head first, then whatever waited while no stream was open.
             link.set_head(events::stream_head(origin));
+            // The stream as far as this link has followed it.
+            let stream = Resume::at_seen(link.seen.as_ref());
             let connected = connected_frame(&self.cfg, link, &stream);
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);

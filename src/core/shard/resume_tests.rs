@@ -2,6 +2,7 @@
 //! with `since`, pushes read twice, ephemeral pushes.
 
 use super::*;
+use crate::core::stream::{ResumeMiss, Stored, StoredEntry, StreamState};
 use crate::metrics::ResumeResult;
 
 impl Harness {
@@ -19,10 +20,15 @@ impl Harness {
         };
         self.shard
             .open(conn, who("alice", device), &up, self.at(ms));
+        self.skip_head(conn);
+        self.frames(conn)
+    }
+
+    /// Drops the 101 response head queued on a new link.
+    fn skip_head(&mut self, conn: ConnId) {
         let link = self.shard.link_mut(conn).unwrap();
         let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         link.out.drain(..end);
-        self.frames(conn)
     }
 
     fn ack(&mut self, conn: ConnId, key: &str, ms: u64) {
@@ -228,4 +234,158 @@ fn an_event_stream_names_stored_pushes_by_epoch_and_offset_and_resumes_by_them()
     assert!(out.contains("\"recovered\":true"), "{out}");
     let ids: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
     assert_eq!(ids, [format!("{epoch}:2")]);
+}
+
+/// A shard whose streams live in a shared store the test answers by hand.
+fn shared() -> Harness {
+    let mut h = Harness::new();
+    h.shard.embedded.streams = StreamStore::Shared;
+    h
+}
+
+impl Shard {
+    fn take_appends(&mut self) -> Vec<StreamAppend> {
+        take_events!(self, Event::StreamAppend(a) => a)
+    }
+
+    fn take_reads(&mut self) -> Vec<StreamRead> {
+        take_events!(self, Event::StreamRead(r) => r)
+    }
+}
+
+fn appended(epoch: &str, offset: u64, fresh: bool) -> Option<Stored> {
+    Some(Stored {
+        epoch: epoch.into(),
+        offset,
+        fresh,
+    })
+}
+
+fn state(top: u64, replay: Option<Result<Vec<StoredEntry>, ResumeMiss>>) -> Option<StreamState> {
+    Some(StreamState {
+        epoch: "e".into(),
+        top,
+        replay,
+    })
+}
+
+fn entry(offset: u64, key: &str) -> StoredEntry {
+    StoredEntry {
+        offset,
+        key: key.into(),
+        body: Bytes::from_static(b"stored"),
+    }
+}
+
+#[test]
+fn with_a_shared_store_connected_waits_for_the_stream_and_so_do_pushes_and_input() {
+    let mut h = shared();
+    h.shard.open(
+        1,
+        who("alice", "phone"),
+        &Upgrade {
+            since: since("e", 1),
+            ..upgrade(Codec::Json)
+        },
+        h.t0,
+    );
+    let read = h.shard.take_reads();
+    assert_eq!((read.len(), read[0].since.clone()), (1, since("e", 1)));
+    h.skip_head(1);
+    assert!(h.frames(1).is_empty(), "nothing before CONNECTED");
+    // A live push comes while the stream is read: its append is answered (offset 4).
+    h.push("alice", None, "live", 1);
+    let appends = h.shard.take_appends();
+    assert_eq!(appends[0].key, "live");
+    h.shard
+        .on_appended(appends[0].id, appended("e", 4, true), h.at(2));
+    // The client says something before CONNECTED; it waits too.
+    h.send(1, 2, &cmd_frame(Cmd::Heartbeat, "hb"));
+    assert!(h.frames(1).is_empty());
+    // The stream: top 4, entries 2..=4 (4 is the live push, appended before the read ran).
+    let replay = vec![entry(2, "b"), entry(3, "c"), entry(4, "live")];
+    h.shard
+        .on_stream_read(1, state(4, Some(Ok(replay))), h.at(3));
+    let frames = h.frames(1);
+    let c = connected(&frames[0]);
+    assert_eq!((c.epoch.as_str(), c.offset, c.recovered), ("e", 4, true));
+    let got = pushes(&frames);
+    assert_eq!(got, [("b".into(), 2), ("c".into(), 3), ("live".into(), 4)]);
+    assert_eq!(
+        frames.last().unwrap().cmd,
+        Cmd::Heartbeat as i32,
+        "then the held input"
+    );
+}
+
+#[test]
+fn with_a_shared_store_pushes_go_out_in_offset_order_whatever_order_answers_come_in() {
+    let mut h = shared();
+    h.shard
+        .open(1, who("alice", "phone"), &upgrade(Codec::Json), h.t0);
+    h.shard.take_reads();
+    h.shard.on_stream_read(1, state(0, None), h.t0);
+    h.skip_head(1);
+    h.drain(1);
+    h.push("alice", None, "a", 1);
+    h.push("alice", Some("phone"), "dev", 1);
+    h.push("alice", None, "b", 1);
+    let appends = h.shard.take_appends();
+    assert_eq!(appends.len(), 2, "the device's push is not stored");
+    h.shard
+        .on_appended(appends[1].id, appended("e", 2, true), h.at(2));
+    assert!(
+        h.frames(1).is_empty(),
+        "b waits for a, and dev (behind a) too"
+    );
+    h.shard
+        .on_appended(appends[0].id, appended("e", 1, true), h.at(3));
+    assert_eq!(
+        pushes(&h.frames(1)),
+        [("a".into(), 1), ("dev".into(), 0), ("b".into(), 2)]
+    );
+    assert_eq!(h.shard.metrics.stream_appends.get(), 2);
+}
+
+#[test]
+fn while_the_shared_store_is_down_pushes_go_out_unstored_and_resumes_are_not_recovered() {
+    let mut h = shared();
+    h.shard.open(
+        1,
+        who("alice", "phone"),
+        &Upgrade {
+            since: since("e", 1),
+            ..upgrade(Codec::Json)
+        },
+        h.t0,
+    );
+    h.shard.take_reads();
+    h.shard.on_stream_read(1, None, h.at(1));
+    h.skip_head(1);
+    let c = connected(&h.frames(1)[0]).clone();
+    assert_eq!((c.epoch.as_str(), c.offset, c.recovered), ("", 0, false));
+    h.push("alice", None, "a", 2);
+    let a = h.shard.take_appends();
+    h.shard.on_appended(a[0].id, None, h.at(3));
+    assert_eq!(pushes(&h.frames(1)), [("a".into(), 0)]);
+    assert_eq!(h.shard.metrics.stream_store_errors.get(), 2);
+    assert_eq!(h.shard.metrics.resumes.get(ResumeResult::StoreDown), 1);
+}
+
+#[test]
+fn a_link_gone_before_its_stream_was_read_reports_what_it_held() {
+    let mut h = shared();
+    h.shard
+        .open(1, who("alice", "phone"), &upgrade(Codec::Json), h.t0);
+    h.push("alice", Some("phone"), "dev", 1);
+    h.shard.take_undelivered();
+    h.shard.closed(1);
+    let reports = h.shard.take_undelivered();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (reports[0].key.as_str(), reports[0].reason),
+        ("dev", UndeliveredReason::LinkClosed)
+    );
+    // Its stream's answer, arriving late, changes nothing.
+    h.shard.on_stream_read(1, state(0, None), h.at(2));
 }
