@@ -3,13 +3,14 @@
 //! - `Local` (one node): hand the push to this node's cores; users with no link are reported.
 //! - `Located`: the push topic is shared by the fleet's consumer group, so each push is read by
 //!   one node. It looks the receivers up in the location registry, hands its own users to its
-//!   cores, forwards the others to the holding node's own topic, and reports users with no live
-//!   location undelivered. Cost: a Redis round trip per push and a second Kafka hop for users
+//!   cores, forwards the others to the holding node's own topic, and hands users with no live
+//!   location to its own cores too, which store the push in their streams and report it
+//!   offline. Cost: a Redis round trip per push and a second Kafka hop for users
 //!   held elsewhere; every push is read once.
 //! - `Broadcast`: every node reads every push (a consumer group per node) and delivers to the
 //!   links it holds. No lookups, but each node reads the whole stream; fine for small fleets.
-//!   Users held nowhere are reported by one node only (the lowest live id), which checks the
-//!   location registry first; without Redis they are counted, not reported.
+//!   Users held nowhere are stored and reported by one node only (the lowest live id), which
+//!   checks the location registry first; without Redis they are counted, not reported.
 //!
 //! The caller commits the push's offset only once it is settled: forwarded with the broker's
 //! confirmation, reported, and acked or reported by every core it was handed to (`Unsettled`).
@@ -68,10 +69,16 @@ impl PushRouter {
                     && self.is_reporter()
                 {
                     let held = self.lookup(loc, &push, &users).await;
-                    let nowhere = users.into_iter().zip(held).filter(|(_, n)| n.is_empty());
-                    for (user, _) in nowhere {
-                        self.unroutable(&push, user, UndeliveredReason::Offline)
-                            .await;
+                    let nowhere: Vec<String> = users
+                        .into_iter()
+                        .zip(held)
+                        .filter(|(_, n)| n.is_empty())
+                        .map(|(u, _)| u)
+                        .collect();
+                    // Stored and reported offline by this node's owner cores, as in located
+                    // routing.
+                    if !nowhere.is_empty() {
+                        hand_off(&self.node, &push, nowhere, true, unsettled).await;
                     }
                 }
             }
@@ -91,8 +98,9 @@ impl PushRouter {
         let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (user, nodes) in users.into_iter().zip(held) {
             if nodes.is_empty() {
-                self.unroutable(&push, user, UndeliveredReason::Offline)
-                    .await;
+                // Held nowhere: this node's owner core stores it in the user's stream (for a
+                // resume on any node) and reports it offline, with its offset.
+                here.push(user);
                 continue;
             }
             for n in nodes {

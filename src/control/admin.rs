@@ -18,10 +18,11 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
+use super::kafka::KafkaOut;
 use super::{Hub, push_api, router};
 use crate::core::inbox::PushJob;
 use crate::metrics::{self, UndeliveredReason};
-use crate::proto::Node;
+use crate::proto::{Node, PushMessage};
 
 /// Who may use the admin API, and how long its connections may wait (`--admin-token`,
 /// `--admin-allowed-origins`, `--admin-idle-timeout-ms`, `--demo`).
@@ -274,6 +275,9 @@ async fn push(
             ),
         ));
     }
+    if let Some(kafka) = &node.kafka {
+        return Ok(through_kafka(kafka, req).await);
+    }
     let routed = router::push(
         &node,
         PushJob {
@@ -311,6 +315,31 @@ async fn push(
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     Ok(resp)
+}
+
+/// With Kafka, a push posted to any node takes the push topic's way, so it reaches its users
+/// on whichever node holds them; accepted once the broker has it.
+async fn through_kafka(kafka: &KafkaOut, req: push_api::ValidPush) -> Response {
+    let users = req.user_ids.len();
+    let push = PushMessage {
+        biz_id: req.biz_id,
+        user_id: String::new(),
+        device_id: req.device_id.unwrap_or_default(),
+        key: req.key,
+        body: req.body.into(),
+        user_ids: req.user_ids,
+        ephemeral: req.ephemeral,
+    };
+    if kafka.to_push_topic(&push).await {
+        let body = json!({ "accepted": users, "rejected": 0 });
+        return (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    }
+    let body =
+        json!({ "accepted": 0, "rejected": users, "error": "kafka did not take the push; retry" });
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
 }
 
 #[derive(Deserialize)]

@@ -201,6 +201,12 @@ impl KafkaOut {
         sent.is_ok()
     }
 
+    /// Writes a push to the push topic, whence the fleet's routing delivers it wherever its
+    /// users are; false if the broker did not take it.
+    pub async fn to_push_topic(&self, push: &PushMessage) -> bool {
+        self.forward(&self.cfg.push_topic, push).await
+    }
+
     /// Puts a push that a draining node could not deliver back on the push topic.
     pub async fn republish(&self, u: &Undelivered) -> bool {
         let push = PushMessage {
@@ -212,7 +218,7 @@ impl KafkaOut {
             user_ids: Vec::new(),
             ephemeral: false,
         };
-        self.forward(&self.cfg.push_topic, &push).await
+        self.to_push_topic(&push).await
     }
 
     /// Writes presence events, enqueued in order (keyed by user, so they stay in order).

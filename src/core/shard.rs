@@ -889,7 +889,7 @@ impl Shard {
                 continue;
             }
             let seq = link.take_seq();
-            link.send_push(push, seq, None);
+            link.send_push(push, seq, None, false);
             self.metrics.ephemeral_sent.inc();
             self.metrics.frame_out(Cmd::Downstream);
         }
@@ -918,10 +918,15 @@ impl Shard {
             };
             return opening.held.push(held);
         }
+        // The stream began (or began again, its history lost) while the link was open: this
+        // push names its epoch, so the client can resume from it.
+        let announce = at
+            .as_ref()
+            .is_some_and(|at| link.seen.as_ref().is_none_or(|s| s.epoch != at.epoch));
         let seq = link.take_seq();
         link.push_queued_at.get_or_insert(now);
         link.push_accepted_at.get_or_insert(accepted_at);
-        link.send_push(&push, seq, at.as_ref());
+        link.send_push(&push, seq, at.as_ref(), announce);
         if let Some(at) = &at {
             link.seen = Some(at.clone());
         }
@@ -932,6 +937,7 @@ impl Shard {
             push,
             seq,
             at,
+            announce,
             attempts: 1,
             timer,
             first_sent: first_sent.unwrap_or(now),
@@ -1019,8 +1025,8 @@ impl Shard {
         f.timer = self
             .wheel
             .insert(now + delay, TimerEvent::Retransmit(conn, seq));
-        let (push, at) = (f.push.clone(), f.at.clone());
-        link.send_push(&push, seq, at.as_ref());
+        let (push, at, announce) = (f.push.clone(), f.at.clone(), f.announce);
+        link.send_push(&push, seq, at.as_ref(), announce);
         self.metrics.push_retransmits.inc();
         self.metrics.frame_out(Cmd::Downstream);
         self.check_backlog(conn, now);

@@ -18,7 +18,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::Identity;
 use crate::metrics::{CloseReason, CoreMetrics, Transport};
-use crate::proto::Frame;
+use crate::proto::{Connected, Frame};
 use crate::protocol::deflate::LinkDeflate;
 use crate::protocol::events::EventId;
 use crate::protocol::handshake::Since;
@@ -53,6 +53,8 @@ pub struct Inflight {
     pub seq: u64,
     /// Its place in the user's stream, when stored.
     pub at: Option<StreamAt>,
+    /// The first push of an epoch the link did not know: it carries the epoch.
+    pub announce: bool,
     /// Sends so far, the first included.
     pub attempts: u32,
     pub timer: TimerId,
@@ -355,9 +357,30 @@ impl Link {
         self.write_message(EventId::None, text, |out| out.extend_from_slice(payload));
     }
 
-    pub fn send_push(&mut self, push: &EncodedPush, seq: u64, at: Option<&StreamAt>) {
+    /// Queues a DOWNSTREAM. With `announce`, the frame also names the stream's epoch in its
+    /// `connected` field (a client that opened before the stream began learns it there), so
+    /// it is encoded for this link alone.
+    pub fn send_push(
+        &mut self,
+        push: &EncodedPush,
+        seq: u64,
+        at: Option<&StreamAt>,
+        announce: bool,
+    ) {
         let codec = self.codec;
         let offset = at.map_or(0, |a| a.offset);
+        if let Some(at) = at.filter(|_| announce) {
+            let frame = Frame {
+                connected: Some(Connected {
+                    epoch: at.epoch.to_string(),
+                    offset: at.offset - 1,
+                    ..Connected::default()
+                }),
+                ..push.frame(seq, offset)
+            };
+            let id = EventId::Stream(&at.epoch, at.offset);
+            return self.write_message(id, codec.is_text(), |out| codec.encode(&frame, out));
+        }
         match &self.wire {
             // The common case: the shared prefix copied once, with its exact header.
             Wire::WebSocket(None) => {

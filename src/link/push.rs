@@ -84,13 +84,20 @@ impl EncodedPush {
         self.unsettled.clone()
     }
 
-    fn prefix(&self, codec: Codec) -> &[u8] {
-        let frame = || Frame {
+    /// The whole frame for one link, for a link that needs more than `seq` and `offset`.
+    pub fn frame(&self, seq: u64, offset: u64) -> Frame {
+        Frame {
             cmd: Cmd::Downstream as i32,
             key: self.key.to_string(),
             body: self.wire_body.clone(),
+            seq,
+            offset,
             ..Default::default()
-        };
+        }
+    }
+
+    fn prefix(&self, codec: Codec) -> &[u8] {
+        let frame = || self.frame(0, 0);
         match codec {
             Codec::Proto => self.proto.get_or_init(|| {
                 let mut out = Vec::new();
@@ -176,8 +183,9 @@ pub fn largest_frame_bytes(key: &str, body_len: usize) -> usize {
     };
     json::encode_frame(&frame, &mut head);
     let sealed = body_len + crate::protocol::body_crypt::SEAL_OVERHEAD;
-    /// `,"body":""`, a WebSocket header or an SSE event's `id:` and `data:` lines.
-    const FRAMING: usize = 64;
+    /// `,"body":""`, a WebSocket header or an SSE event's `id:` and `data:` lines, and the
+    /// epoch a stream's first push on a link names (`"connected":{"epoch":..,"offset":..}`).
+    const FRAMING: usize = 160;
     head.len() + sealed.div_ceil(3) * 4 + FRAMING
 }
 
@@ -206,7 +214,7 @@ mod tests {
         push.write(Codec::Json, u64::MAX, u64::MAX, &mut out);
         let bound = largest_frame_bytes("k\"ey", 1000);
         assert!(
-            out.len() <= bound && bound < out.len() + 128,
+            out.len() <= bound && bound < out.len() + 192,
             "{} vs {bound}",
             out.len()
         );

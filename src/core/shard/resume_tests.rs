@@ -81,8 +81,14 @@ fn a_reconnect_with_since_gets_what_it_missed_in_order_before_live_pushes() {
     let mut h = Harness::new();
     h.open_since(1, "phone", None, 0);
     h.push("alice", None, "a", 1);
-    let epoch = h.frames(1)[0].clone();
-    assert_eq!(epoch.offset, 1);
+    // The stream begins while the link is open: its first push names the epoch.
+    let frames = h.frames(1);
+    let c = frames[0].connected.as_ref().expect("the epoch");
+    assert_eq!(
+        (frames[0].cmd, frames[0].offset),
+        (Cmd::Downstream as i32, 1)
+    );
+    assert_eq!((c.epoch.len(), c.offset), (16, 0));
     h.ack(1, "a", 2);
     h.shard.closed(1);
     // Offline: stored and reported, with its offset.
@@ -166,9 +172,9 @@ fn a_newer_login_resuming_gets_each_offset_once() {
     h.push("alice", None, "a", 1);
     h.push("alice", None, "b", 2);
     h.push("alice", Some("phone"), "dev", 3);
-    let e = h.frames(1)[0].clone();
-    let epoch = h.shard.link_mut(1).unwrap().seen.clone().unwrap().epoch;
-    assert_eq!(e.offset, 1);
+    let frames = h.frames(1);
+    let epoch = frames[0].connected.clone().unwrap().epoch;
+    assert_eq!(pushes(&frames)[0], ("a".into(), 1));
     // The same device logs in again from offset 1: b comes from the stream; of the old link's
     // unacked pushes, a is one the client says it has, b was just replayed, and dev (not
     // stored) moves over.
@@ -388,4 +394,31 @@ fn a_link_gone_before_its_stream_was_read_reports_what_it_held() {
     );
     // Its stream's answer, arriving late, changes nothing.
     h.shard.on_stream_read(1, state(0, None), h.at(2));
+}
+
+#[test]
+fn a_stream_begun_again_while_the_link_is_open_names_its_new_epoch_on_its_first_push() {
+    let mut h = Harness::new();
+    h.open_since(1, "phone", None, 0);
+    h.push("alice", None, "a", 0);
+    let first = h.frames(1)[0].connected.clone().unwrap().epoch;
+    // The TTL (60 s) passes with no push: the stream is forgotten; the next opens a new epoch.
+    h.push("alice", None, "b", 61_000);
+    let frames = h.frames(1);
+    let c = frames[0].connected.as_ref().expect("the new epoch");
+    assert_ne!(c.epoch, first);
+    assert_eq!(c.offset, 0);
+    assert_eq!(pushes(&frames), [("b".into(), 1)]);
+    // Within one epoch, nothing more; a retransmit of the first still names it.
+    h.push("alice", None, "c", 61_001);
+    let next = h.frames(1);
+    assert_eq!(
+        (pushes(&next), next[0].connected.is_none()),
+        (vec![("c".into(), 2)], true)
+    );
+    h.send(1, 61_500, &cmd_frame(Cmd::Heartbeat, ""));
+    h.shard.handle_timeout(h.at(62_100));
+    let again = h.frames(1);
+    let b = again.iter().find(|f| f.key == "b").expect("b resent");
+    assert!(b.connected.is_some());
 }
