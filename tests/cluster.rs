@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{
-    Backend, Broker, Collector, Etcd, Gateway, Got, Redis, connect_at, free_port, metric_at, push,
-    wait_until,
+    Backend, Broker, Collector, Etcd, Gateway, Got, Redis, connect_at, connect_query, free_port,
+    metric_at, push, wait_until,
 };
 use prost::Message as _;
 use ringway::proto::{Cmd, PushMessage, UndeliveredPush};
@@ -210,12 +210,59 @@ impl Fleet {
 struct Seen {
     /// Push key → times received.
     received: Mutex<BTreeMap<String, u32>>,
+    /// Each user's stream as its client followed it.
+    streams: Mutex<BTreeMap<String, Followed>>,
     redirects: AtomicU64,
     reconnects: AtomicU64,
+    /// Reconnects with `since` that CONNECTED answered recovered: true, and false.
+    recovered: AtomicU64,
+    not_recovered: AtomicU64,
+    /// Jumps in offsets on a live link, each mended by reconnecting with `since`.
+    jumps: AtomicU64,
+}
+
+/// A user's stream as its client knows it: the epoch, and the offsets received.
+#[derive(Default, Debug)]
+struct Followed {
+    epoch: String,
+    /// Every offset up to here was received (or came before the client's first link).
+    last: u64,
+    offsets: BTreeSet<u64>,
+}
+
+impl Followed {
+    /// Takes a DOWNSTREAM's offset (and the epoch it names); false on a jump past `last`.
+    fn take(&mut self, f: &ringway::proto::Frame) -> bool {
+        if let Some(named) = &f.connected {
+            *self = Followed {
+                epoch: named.epoch.clone(),
+                last: named.offset,
+                offsets: BTreeSet::new(),
+            };
+        }
+        if f.offset == 0 {
+            return true;
+        }
+        self.offsets.insert(f.offset);
+        let jump = f.offset > self.last + 1;
+        while self.offsets.contains(&(self.last + 1)) {
+            self.last += 1;
+        }
+        !jump
+    }
+
+    /// Offsets missing between the first received and the last.
+    fn holes(&self) -> u64 {
+        let (Some(lo), Some(hi)) = (self.offsets.first(), self.offsets.last()) else {
+            return 0;
+        };
+        hi - lo + 1 - self.offsets.len() as u64
+    }
 }
 
 /// A device that acks every push, follows REDIRECT, and reconnects to another node when its
-/// link drops, as the JS client does.
+/// link drops, as the JS client does: resuming its stream (`since=EPOCH:OFFSET`) and
+/// reconnecting on a jump in offsets.
 fn audited_client(
     user: String,
     first: SocketAddr,
@@ -227,12 +274,39 @@ fn audited_client(
         let mut addr = first;
         let mut next = 0;
         while !stop.load(Relaxed) {
-            let Ok((mut c, _)) = connect_at(addr, &user, "phone", Codec::Proto) else {
+            let since = {
+                let streams = seen.streams.lock().unwrap();
+                streams
+                    .get(&user)
+                    .filter(|s| !s.epoch.is_empty())
+                    .map(|s| format!("since={}:{}", s.epoch, s.last))
+            };
+            let query = since.clone().unwrap_or_default();
+            let Ok((mut c, hello)) = connect_query(addr, &user, "phone", Codec::Proto, &query)
+            else {
                 addr = others[next % others.len()];
                 next += 1;
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             };
+            let hello = hello.connected.unwrap_or_default();
+            {
+                let mut streams = seen.streams.lock().unwrap();
+                let s = streams.entry(user.clone()).or_default();
+                if since.is_some() && hello.recovered {
+                    seen.recovered.fetch_add(1, Relaxed);
+                } else {
+                    if since.is_some() {
+                        seen.not_recovered.fetch_add(1, Relaxed);
+                    }
+                    // Starting over: this link's pushes begin after the stream's top.
+                    if hello.epoch != s.epoch {
+                        *s = Followed::default();
+                    }
+                    s.epoch = hello.epoch;
+                    s.last = s.last.max(hello.offset);
+                }
+            }
             c.set_timeout(Duration::from_millis(100));
             loop {
                 if stop.load(Relaxed) {
@@ -248,6 +322,19 @@ fn audited_client(
                             .or_default() += 1;
                         let ack = common::frame(Cmd::DownstreamAck, &f.key, b"");
                         let _ = c.ws.send(tungstenite::Message::binary(ack.encode_to_vec()));
+                        let steady = seen
+                            .streams
+                            .lock()
+                            .unwrap()
+                            .entry(user.clone())
+                            .or_default()
+                            .take(&f);
+                        if !steady {
+                            // Something was stored for this user elsewhere meanwhile: resume
+                            // from the last offset held, on the same node.
+                            seen.jumps.fetch_add(1, Relaxed);
+                            break;
+                        }
                     }
                     Got::Frame(f) if f.cmd == Cmd::Redirect as i32 => {
                         seen.redirects.fetch_add(1, Relaxed);
@@ -295,6 +382,12 @@ impl Audit {
         self.seen.received.lock().unwrap().contains_key(key)
     }
 
+    /// Offsets the clients never received, between the first and the last of each user's.
+    fn holes(&self) -> u64 {
+        let streams = self.seen.streams.lock().unwrap();
+        streams.values().map(Followed::holes).sum()
+    }
+
     /// Waits until every key was received or reported undelivered; prints and returns the
     /// counts (delivered, reported, duplicates).
     fn settle(&self, fleet: &Fleet, keys: &[String], limit: Duration) -> (usize, usize, u32) {
@@ -330,11 +423,22 @@ impl Audit {
                 *m.entry(r.reason.clone()).or_default() += 1;
                 m
             });
+        let holes: u64 = self
+            .seen
+            .streams
+            .lock()
+            .unwrap()
+            .values()
+            .map(Followed::holes)
+            .sum();
         common::report(&format!(
-            "audit: sent {}, delivered {delivered}, reported undelivered {reported} {reasons:?}, duplicates {duplicates}, redirects {}, reconnects {}",
+            "audit: sent {}, delivered {delivered}, reported undelivered {reported} {reasons:?}, duplicates {duplicates}, redirects {}, reconnects {}, resumes recovered {} / not {}, jumps mended {}, holes in offsets {holes}",
             keys.len(),
             self.seen.redirects.load(Relaxed),
             self.seen.reconnects.load(Relaxed),
+            self.seen.recovered.load(Relaxed),
+            self.seen.not_recovered.load(Relaxed),
+            self.seen.jumps.load(Relaxed),
         ));
         assert_eq!(delivered + reported, keys.len());
         (delivered, reported, duplicates)
@@ -634,7 +738,7 @@ fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
 /// goes (reading its topic to the end, republishing, deregistering) is a few loopback round
 /// trips, not seconds.
 #[test]
-fn draining_a_node_under_push_traffic_loses_nothing_and_exits_once_empty() {
+fn draining_a_node_under_push_traffic_delivers_everything_and_exits_once_empty() {
     let mut f = Fleet::start(3, &["--drain-rate", "10"]);
     let users: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
     let audit = f.audited_on(1, &users);
@@ -680,8 +784,11 @@ fn draining_a_node_under_push_traffic_loses_nothing_and_exits_once_empty() {
         to_exit < Duration::from_secs(3),
         "exited {to_exit:?} after it was empty"
     );
+    // Every push reaches its device: what the drained node could not deliver, each client's
+    // resume on its new node replays.
     let (delivered, _, _) = audit.settle(&f, &keys, Duration::from_secs(90));
-    assert!(delivered > 0);
+    assert_eq!(delivered, keys.len(), "every push delivered");
+    assert_eq!(audit.holes(), 0, "no offset skipped");
     assert!(
         audit.seen.redirects.load(Relaxed) >= 20,
         "every link was redirected"
@@ -694,7 +801,7 @@ fn draining_a_node_under_push_traffic_loses_nothing_and_exits_once_empty() {
 }
 
 #[test]
-fn a_killed_node_s_pushes_are_delivered_after_reconnect_or_reported() {
+fn a_killed_node_s_pushes_reach_its_clients_resuming_on_other_nodes() {
     let f = Fleet::start(3, &[]);
     let users: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     let audit = f.audited_on(1, &users);
@@ -705,8 +812,10 @@ fn a_killed_node_s_pushes_are_delivered_after_reconnect_or_reported() {
             killed.signal(libc::SIGKILL);
         }
     });
+    // The killed node's unacked pushes are in Redis: each client resumes on another node.
     let (delivered, _, _) = audit.settle(&f, &keys, Duration::from_secs(120));
-    assert!(delivered > 0);
+    assert_eq!(delivered, keys.len(), "every push delivered");
+    assert_eq!(audit.holes(), 0, "no offset skipped");
     assert!(audit.seen.reconnects.load(Relaxed) >= 10);
     assert_eq!(f.node(0).metric("ringway_fleet_nodes"), 2.0);
 }

@@ -6,8 +6,9 @@
 //! 3. Links are redirected in paced batches to the least-loaded open nodes; with none, closed
 //!    with 1001 and a retry hint.
 //! 4. Once empty (or at the timeout, when the rest are closed), the node topic is read to its
-//!    end and committed, and every push that was unacked on a moved link or found no link here
-//!    is put back on the push topic, so routing finds the user's new node.
+//!    end and committed, the cores' pushes still waiting for their stream appends are
+//!    answered, and every push that was unacked on a moved link or found no link here is put
+//!    back on the push topic, so routing finds the user's new node.
 //! 5. The node deregisters and exits; it waits for nothing once it is empty.
 
 use std::sync::Arc;
@@ -57,6 +58,12 @@ pub async fn drain(node: Arc<Hub>, registry: Option<&Registry>, timeout: Duratio
         }
     }
     node.finish_node_topic().await;
+    // Pushes still waiting for their stream appends are the cores' until answered: delivered
+    // nowhere now, they are reported (and held for the republish) once the store answers.
+    let answered = Instant::now() + Duration::from_secs(5);
+    while node.appends_waiting() > 0 && Instant::now() < answered {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let republished = node.republish_held().await;
     if let Some(registry) = registry {
         registry.deregister(Duration::from_secs(2)).await;

@@ -151,6 +151,11 @@ impl Hub {
         self.metrics.iter().map(|m| m.links.get()).sum()
     }
 
+    /// Pushes the cores hold until the shared stream store answers their appends.
+    pub fn appends_waiting(&self) -> i64 {
+        self.metrics.iter().map(|m| m.appends_waiting.get()).sum()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
     }

@@ -864,7 +864,7 @@ impl Shard {
             for conn in conns {
                 let at = match &stored {
                     // A push read twice goes only to links that never had its offset.
-                    Some((at, _)) if self.links[&conn].has_seen(at) => continue,
+                    Some((at, _)) if self.links[&conn].has_had(at) => continue,
                     Some((at, _)) => Some(at.clone()),
                     None => None,
                 };
@@ -920,15 +920,13 @@ impl Shard {
         }
         // The stream began (or began again, its history lost) while the link was open: this
         // push names its epoch, so the client can resume from it.
-        let announce = at
-            .as_ref()
-            .is_some_and(|at| link.seen.as_ref().is_none_or(|s| s.epoch != at.epoch));
+        let announce = at.as_ref().is_some_and(|at| !link.knows_epoch(at));
         let seq = link.take_seq();
         link.push_queued_at.get_or_insert(now);
         link.push_accepted_at.get_or_insert(accepted_at);
         link.send_push(&push, seq, at.as_ref(), announce);
         if let Some(at) = &at {
-            link.seen = Some(at.clone());
+            link.record(at);
         }
         let timer = self
             .wheel

@@ -21,7 +21,7 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use crate::FastMap;
-use crate::link::push::StreamAt;
+use crate::link::Followed;
 use crate::protocol::handshake::Since;
 
 /// Retention and resume limits (`--stream-max-len`, `--stream-ttl-ms`, `--resume-max`,
@@ -178,19 +178,26 @@ impl Resume {
     }
 
     /// A stream as a link has followed it, with nothing to replay.
-    pub fn at_seen(seen: Option<&StreamAt>) -> Resume {
+    pub fn as_followed(seen: Option<&Followed>) -> Resume {
         Resume {
             epoch: seen.map_or_else(|| Rc::from(""), |s| s.epoch.clone()),
-            top: seen.map_or(0, |s| s.offset),
+            top: seen.map_or(0, |s| s.upto),
             replay: None,
         }
     }
 
-    /// The stream's top, where a new link starts (`None`: no stream).
-    pub fn at(&self) -> Option<StreamAt> {
-        (!self.epoch.is_empty()).then(|| StreamAt {
+    /// Where a new link begins in the stream (`None`: no stream): after `since` when the
+    /// replay follows, else at the top (the replay raises `upto` as it goes out).
+    pub fn followed(&self) -> Option<Followed> {
+        let from = match &self.replay {
+            Some(Ok(entries)) => entries.first().map_or(self.top, |e| e.offset - 1),
+            _ => self.top,
+        };
+        (!self.epoch.is_empty()).then(|| Followed {
             epoch: self.epoch.clone(),
-            offset: self.top,
+            from,
+            upto: from,
+            older: Vec::new(),
         })
     }
 }

@@ -77,6 +77,17 @@ pub struct Opening {
     pub input: Vec<u8>,
 }
 
+/// The offsets of one epoch in `(from, upto]` went out on a link: `from` is where it began
+/// (its resume point, or the top when it opened), `upto` the newest sent; `older`, those
+/// before `from` sent since (re-read pushes it never had).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Followed {
+    pub epoch: Rc<str>,
+    pub from: u64,
+    pub upto: u64,
+    pub older: Vec<u64>,
+}
+
 /// A push waiting for its link's CONNECTED.
 pub struct Held {
     pub push: Rc<EncodedPush>,
@@ -175,10 +186,9 @@ pub struct Link {
     pub bucket: TokenBucket,
     next_seq: u64,
     pub inflight: Vec<Inflight>,
-    /// The newest place in the user's stream this link holds: the top when it opened, then
-    /// each stored push sent. A push read twice keeps its first offset and is not sent again
-    /// to a link at or past it.
-    pub seen: Option<StreamAt>,
+    /// The part of its user's stream this link holds. A push read twice keeps its first
+    /// offset and is not sent again to a link that had it.
+    pub seen: Option<Followed>,
     /// Set until the shared store answers for the link's stream.
     pub opening: Option<Box<Opening>>,
     pub last_activity: Instant,
@@ -323,12 +333,33 @@ impl Link {
         self.closing.is_none()
     }
 
-    /// Whether this link already holds the stream entry at `at` (sent, or older than the
-    /// link).
-    pub fn has_seen(&self, at: &StreamAt) -> bool {
-        self.seen
-            .as_ref()
-            .is_some_and(|s| s.epoch == at.epoch && s.offset >= at.offset)
+    /// Whether the stream entry at `at` went out on this link (live or replayed).
+    pub fn has_had(&self, at: &StreamAt) -> bool {
+        self.seen.as_ref().is_some_and(|s| {
+            s.epoch == at.epoch
+                && ((s.from < at.offset && at.offset <= s.upto) || s.older.contains(&at.offset))
+        })
+    }
+
+    /// Whether the link knows the epoch of `at` (else a push names it).
+    pub fn knows_epoch(&self, at: &StreamAt) -> bool {
+        self.seen.as_ref().is_some_and(|s| s.epoch == at.epoch)
+    }
+
+    /// A stored push went out on the link.
+    pub fn record(&mut self, at: &StreamAt) {
+        match &mut self.seen {
+            Some(s) if s.epoch == at.epoch && at.offset <= s.from => s.older.push(at.offset),
+            Some(s) if s.epoch == at.epoch => s.upto = s.upto.max(at.offset),
+            _ => {
+                self.seen = Some(Followed {
+                    epoch: at.epoch.clone(),
+                    from: at.offset - 1,
+                    upto: at.offset,
+                    older: Vec::new(),
+                })
+            }
+        }
     }
 
     /// Downstream sequence numbers start at 1 on each link; 0 means unset.

@@ -351,6 +351,8 @@ metric_set! {
         /// Stream entries the in-memory store dropped before their TTL for its byte budget
         /// (copied from the store once a second).
         pub stream_evictions: Counter => "ringway_stream_evictions_total",
+        /// Pushes waiting for the shared stream store to answer their appends, per core.
+        pub appends_waiting: PerCore<Gauge> => "ringway_stream_appends_waiting",
         /// Bytes the in-memory stream store holds, per core (copied once a second).
         pub stream_bytes: PerCore<Gauge> => "ringway_stream_bytes",
         /// Appends and reads the shared stream store did not answer: those pushes went out

@@ -70,7 +70,7 @@ impl Shard {
             // A new response: its head first, then whatever waited while no stream was open.
             link.set_head(events::stream_head(origin));
             // The stream as far as this link has followed it.
-            let stream = Resume::at_seen(link.seen.as_ref());
+            let stream = Resume::as_followed(link.seen.as_ref());
             let connected = connected_frame(&self.cfg, link, &stream);
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);

@@ -73,6 +73,7 @@ impl Shard {
                         body: push.body().clone(),
                     }));
                 }
+                self.metrics.appends_waiting.inc();
                 self.appends.queue.push_back(Appending {
                     id,
                     biz_id,
@@ -143,6 +144,7 @@ impl Shard {
             .is_some_and(|a| a.answer.is_some())
         {
             let a = self.appends.queue.pop_front().expect("checked");
+            self.metrics.appends_waiting.dec();
             let stored = a.answer.expect("checked");
             self.count_append(stored.as_ref());
             let device = a.device.as_deref();
@@ -252,7 +254,7 @@ impl Shard {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
-        link.seen = stream.at();
+        link.seen = stream.followed();
         // A conformance suite expects nothing before its first echo.
         if !self.cfg.ws_echo {
             let connected = connected_frame(&self.cfg, link, &stream);
@@ -283,7 +285,7 @@ impl Shard {
         for h in held {
             let seen =
                 h.at.as_ref()
-                    .is_some_and(|at| self.links[&conn].has_seen(at));
+                    .is_some_and(|at| self.links[&conn].has_had(at));
             if !seen {
                 self.deliver(conn, h.push, h.at, now, h.accepted_at, None);
             }
