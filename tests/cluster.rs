@@ -704,6 +704,43 @@ fn a_push_read_by_one_node_reaches_users_on_the_others() {
     assert!(forwarded >= 4.0, "forwarded {forwarded}");
 }
 
+/// With Kafka, `POST /v1/push` on any node takes the push topic's way: it reaches a user held
+/// by another node, and a user held nowhere is stored in the stream and reported with it.
+#[test]
+fn an_http_push_on_any_node_reaches_the_user_wherever_it_is() {
+    let f = Fleet::start(3, &[]);
+    let mut c = f.node(2).connect("zoe", "phone", Codec::Proto);
+    wait_until("location written", Duration::from_secs(10), || {
+        f.located("zoe")
+    });
+    let post = |user: &str, key: &str| {
+        let body = serde_json::json!({"biz_id": 1, "user_id": user, "key": key, "body": "aGk="});
+        f.node(0).post_as(Some(ADMIN), "/v1/push", body)
+    };
+    let (status, body) = post("zoe", "h1");
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(1)),
+        "{body}"
+    );
+    c.set_timeout(Duration::from_secs(45)); // consumer groups join slowly on Tansu
+    let d = c.frame();
+    assert_eq!(
+        (d.cmd, d.key.as_str(), d.offset),
+        (Cmd::Downstream as i32, "h1", 1)
+    );
+    c.send(&common::frame(Cmd::DownstreamAck, "h1", b""));
+    assert_eq!(post("nobody", "h2").0, 202);
+    wait_until("the offline push reported", Duration::from_secs(30), || {
+        f.reports().iter().any(|r| r.key == "h2")
+    });
+    let r = f.reports().into_iter().find(|r| r.key == "h2").unwrap();
+    assert_eq!(
+        (r.reason.as_str(), r.offset, r.epoch.len()),
+        ("offline", 1, 16)
+    );
+}
+
 #[test]
 fn broadcast_routing_delivers_on_every_node_and_reports_the_absent_once() {
     let f = Fleet::start(2, &["--push-routing", "broadcast"]);

@@ -137,59 +137,78 @@ fn a_push_posted_twice_keeps_its_offset_and_reaches_a_link_once() {
     assert_eq!(gw.metric("ringway_stream_duplicates_total"), 1.0);
 }
 
-#[test]
-fn an_event_stream_resumes_from_the_last_event_id_a_browser_kept() {
-    let gw = Gateway::start(&[]);
-    let token = gw.token("dana", "web");
-    let open = |extra: &str| {
-        let mut s = TcpStream::connect(gw.ws).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = format!("GET /sse?token={token} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
-        s.write_all(req.as_bytes()).unwrap();
-        s
-    };
-    let read_until = |s: &mut TcpStream, seen: &mut String, needle: &str| {
-        let mut buf = [0u8; 4096];
-        while !seen.contains(needle) {
-            let n = s.read(&mut buf).expect("stream answers in time");
-            assert!(n > 0, "stream ended before {needle:?}; got {seen:?}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    };
-    let mut s = open("");
+/// `GET /sse` as `user`'s browser sends it, with `extra` header lines.
+fn open_sse(gw: &Gateway, user: &str, extra: &str) -> TcpStream {
+    let token = gw.token(user, "web");
+    let mut s = TcpStream::connect(gw.ws).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!("GET /sse?token={token} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s
+}
+
+/// Reads an event stream until `needle` has come; returns everything read.
+fn read_until(s: &mut TcpStream, needle: &str) -> String {
     let mut seen = String::new();
-    read_until(&mut s, &mut seen, "CMD_CONNECTED");
-    gw.push("dana", "a", b"1");
-    gw.push("dana", "b", b"2");
-    read_until(&mut s, &mut seen, ":2\ndata: ");
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = s.read(&mut buf).expect("stream answers in time");
+        assert!(n > 0, "stream ended before {needle:?}; got {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}
+
+/// The keys of the DOWNSTREAM events in `seen`, in order.
+fn event_keys(seen: &str) -> Vec<&str> {
+    seen.lines()
+        .filter(|l| l.contains("CMD_DOWNSTREAM"))
+        .filter_map(|l| l.split("\"key\":\"").nth(1)?.split('"').next())
+        .collect()
+}
+
+/// Two stored pushes on a browser's event stream, which drops; then a third while it is
+/// away. Returns the first push's event id, the one the browser is said to have kept.
+fn a_browser_misses_a_push(gw: &Gateway, user: &str) -> String {
+    let mut s = open_sse(gw, user, "");
+    read_until(&mut s, "CMD_CONNECTED");
+    gw.push(user, "a", b"1");
+    gw.push(user, "b", b"2");
+    let seen = read_until(&mut s, ":2\ndata: ");
     let ids: Vec<&str> = seen
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
         .collect();
     assert_eq!(ids.len(), 2);
+    assert!(ids[0].ends_with(":1"), "{}", ids[0]);
     let first = ids[0].to_owned();
-    assert!(first.ends_with(":1"), "{first}");
+    // The stream drops; its link waits for the next request, and takes the third push.
     drop(s);
-    gw.push("dana", "c", b"3");
+    gw.push(user, "c", b"3");
+    first
+}
 
+#[test]
+fn an_event_stream_resumes_from_the_last_event_id_a_browser_kept() {
+    let gw = Gateway::start(&[]);
+    let first = a_browser_misses_a_push(&gw, "dana");
     // EventSource reconnects with the last id it saw; say it only kept the first.
-    let mut s = open(&format!("Last-Event-ID: {first}\r\n"));
-    let mut seen = String::new();
-    read_until(&mut s, &mut seen, ":3\ndata: ");
+    let mut s = open_sse(&gw, "dana", &format!("Last-Event-ID: {first}\r\n"));
+    let seen = read_until(&mut s, ":3\ndata: ");
     assert!(seen.contains("\"recovered\":true"), "{seen}");
-    let keys: Vec<&str> = seen
-        .lines()
-        .filter(|l| l.contains("CMD_DOWNSTREAM"))
-        .map(|l| {
-            l.split("\"key\":\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(keys, ["b", "c"]);
+    assert_eq!(event_keys(&seen), ["b", "c"]);
+}
+
+#[test]
+fn an_event_stream_resumes_on_another_node_through_redis() {
+    let redis = Redis::start();
+    let a = Gateway::start(&["--redis", &redis.url()]);
+    let b = Gateway::start(&["--redis", &redis.url()]);
+    let first = a_browser_misses_a_push(&a, "hana");
+    let mut s = open_sse(&b, "hana", &format!("Last-Event-ID: {first}\r\n"));
+    let seen = read_until(&mut s, ":3\ndata: ");
+    assert!(seen.contains("\"recovered\":true"), "{seen}");
+    assert_eq!(event_keys(&seen), ["b", "c"]);
 }
 
 #[test]
