@@ -372,6 +372,21 @@ fn undelivered_pushes_are_logged_as_a_tally_with_client_values_escaped() {
     let _ = std::fs::remove_file(&log);
     let lines = text.matches("undelivered pushes").count();
     assert!(lines <= 4, "{lines} lines for 2,001 reports:\n{text}");
+    // Each went to its user's stream: the lines say so, with the example's offset.
+    let tally: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("undelivered pushes"))
+        .collect();
+    assert!(
+        tally
+            .iter()
+            .all(|l| l.contains("stored=") && !l.contains("stored=0")),
+        "{tally:?}"
+    );
+    assert!(
+        tally.iter().all(|l| l.contains("example_offset=1")),
+        "{tally:?}"
+    );
     assert!(
         !text.lines().any(|l| l.starts_with("INFO ringway: FORGED")),
         "a client's key forged a log line:\n{text}"

@@ -98,9 +98,11 @@ impl Services {
                 core = self.core,
                 reason = reason.label(),
                 count = l.count,
+                stored = l.stored,
                 example_biz_id = l.biz_id,
                 example_user_id = ?l.user_id,
                 example_key = ?l.key,
+                example_offset = l.offset,
                 "undelivered pushes"
             );
         }

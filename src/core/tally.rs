@@ -10,9 +10,13 @@ use super::shard::Undelivered;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Line {
     pub count: u64,
+    /// How many of them are in their user's stream: a resume still gets those.
+    pub stored: u64,
     pub biz_id: u64,
     pub user_id: String,
     pub key: String,
+    /// The example's place in its stream (0: not stored).
+    pub offset: u64,
 }
 
 #[derive(Debug, Default)]
@@ -24,10 +28,12 @@ impl Tally {
     pub fn add(&mut self, u: &Undelivered) {
         let line = &mut self.lines[u.reason as usize];
         line.count += 1;
+        line.stored += u64::from(u.offset > 0);
         if line.count == 1 {
             line.biz_id = u.biz_id;
             line.user_id.clone_from(&u.user_id);
             line.key.clone_from(&u.key);
+            line.offset = u.offset;
         }
     }
 
@@ -70,11 +76,15 @@ mod tests {
             reason: UndeliveredReason::SlowConsumer,
             ..offline("slow")
         });
+        t.add(&Undelivered {
+            offset: 7,
+            ..offline("stored")
+        });
         let lines: Vec<_> = t.flush().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(
-            (lines[0].0, lines[0].1.count),
-            (UndeliveredReason::Offline, 250_000)
+            (lines[0].0, lines[0].1.count, lines[0].1.stored),
+            (UndeliveredReason::Offline, 250_001, 1)
         );
         assert_eq!(lines[0].1.user_id, "u0", "the first one is the example");
         assert_eq!(lines[1].1.count, 1);
