@@ -1,18 +1,29 @@
-//! The shared idempotency store against a real redis-server.
+//! The shared idempotency store and the location registry against a real redis-server and a
+//! real Redis Cluster.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, Got, Redis, frame, wait_until};
+use common::{Etcd, Gateway, Got, Redis, RedisCluster, frame, wait_until};
 use ringway::proto::{Cmd, Code};
 use ringway::protocol::Codec;
 
 #[test]
 fn a_duplicate_through_another_gateway_is_reacked_not_forwarded() {
     let redis = Redis::start();
-    let a = Gateway::start(&["--redis", &redis.url()]);
-    let b = Gateway::start(&["--redis", &redis.url()]);
+    a_duplicate_is_reacked_through_any_gateway(&redis.url());
+}
+
+#[test]
+fn a_duplicate_is_reacked_through_any_gateway_of_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    a_duplicate_is_reacked_through_any_gateway(&cluster.url());
+}
+
+fn a_duplicate_is_reacked_through_any_gateway(url: &str) {
+    let a = Gateway::start(&["--redis", url]);
+    let b = Gateway::start(&["--redis", url]);
     let mut phone = a.connect("alice", "phone", Codec::Proto);
     phone.send(&frame(Cmd::Upstream, "m1", b"hello"));
     assert_eq!(phone.frame().cmd, Cmd::UpstreamAck as i32);
@@ -133,4 +144,29 @@ fn claims_from_many_links_share_redis_round_trips() {
         batches < claims,
         "{claims} claims in {batches} round trips: no batching across links"
     );
+}
+
+/// Locations are written as devices come online and forgotten when they go, in a cluster too:
+/// devices of many users going offline together are forgotten one slot at a time (one script
+/// over keys of many slots is refused with CROSSSLOT).
+#[test]
+fn locations_come_and_go_in_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let etcd = Etcd::start();
+    let gw = Gateway::start(&["--redis", &cluster.url(), "--etcd", &etcd.url()]);
+    let users: Vec<String> = (0..40).map(|i| format!("loc-{i}")).collect();
+    let clients: Vec<_> = users
+        .iter()
+        .map(|u| gw.connect(u, "phone", Codec::Proto))
+        .collect();
+    let key = |u: &str| format!("loc:{{1:{u}}}");
+    wait_until("every location written", Duration::from_secs(10), || {
+        users.iter().all(|u| cluster.exists(&key(u)))
+    });
+    drop(clients);
+    gw.wait_metric("ringway_links", 0.0);
+    wait_until("every location forgotten", Duration::from_secs(10), || {
+        users.iter().all(|u| !cluster.exists(&key(u)))
+    });
+    assert_eq!(gw.metric("ringway_location_errors_total"), 0.0);
 }

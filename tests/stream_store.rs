@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Redis, wait_until};
+use common::{Redis, RedisCluster, wait_until};
 use ringway::control::redis_idem::RedisIdem;
 use ringway::control::redis_streams::{RedisStreams, keys};
 use ringway::core::stream::{ResumeMiss, Stored, StreamAppend, StreamLimits, StreamRead};
@@ -58,7 +58,7 @@ fn read(user: &str, since: Option<(&str, u64)>) -> StreamRead {
 }
 
 /// The rules every store keeps, against the Redis at `url`.
-pub fn streams_keep_their_rules(url: &str) {
+fn streams_keep_their_rules(url: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = connect(&rt, url, limits());
     let appended: Vec<Stored> = rt
@@ -140,7 +140,7 @@ pub fn streams_keep_their_rules(url: &str) {
 }
 
 /// An idle stream expires whole after its TTL.
-pub fn streams_age_out(url: &str) {
+fn streams_age_out(url: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = connect(
         &rt,
@@ -174,4 +174,11 @@ fn streams_keep_their_rules_in_redis() {
     let redis = Redis::start();
     streams_keep_their_rules(&redis.url());
     streams_age_out(&redis.url());
+}
+
+#[test]
+fn streams_keep_their_rules_in_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    streams_keep_their_rules(&cluster.url());
+    streams_age_out(&cluster.url());
 }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Client, Gateway, Got, Redis, connect_query, frame, report};
+use common::{Client, Gateway, Got, Redis, RedisCluster, connect_query, frame, report};
 use ringway::proto::{Cmd, Connected, Frame};
 use ringway::protocol::Codec;
 
@@ -242,8 +242,18 @@ fn an_ephemeral_push_is_neither_retransmitted_nor_reported() {
 #[test]
 fn a_client_resumes_on_another_node_from_the_redis_stream() {
     let redis = Redis::start();
-    let a = Gateway::start(&["--redis", &redis.url()]);
-    let b = Gateway::start(&["--redis", &redis.url()]);
+    resumes_on_another_node(&redis.url());
+}
+
+#[test]
+fn a_client_resumes_on_another_node_from_a_redis_cluster_stream() {
+    let cluster = RedisCluster::start();
+    resumes_on_another_node(&cluster.url());
+}
+
+fn resumes_on_another_node(url: &str) {
+    let a = Gateway::start(&["--redis", url]);
+    let b = Gateway::start(&["--redis", url]);
     let mut c = a.connect("frank", "phone", Codec::Proto);
     assert_eq!(connected(&c).epoch, "");
     a.push("frank", "f-1", b"one");

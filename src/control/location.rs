@@ -6,19 +6,22 @@
 //! field still names this node: a device that reconnected elsewhere first keeps its new
 //! location. The TTL cleans up after a node that died without removing anything. Updates are
 //! applied by one task in the order the cores reported them, so an online and the offline that
-//! follows it can never land reversed.
+//! follows it can never land reversed; those reported while a write is out share the next.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::interfaces::LuaInterface;
+use std::collections::BTreeMap;
+
 use fred::prelude::*;
+use fred::util::redis_keyslot;
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::FastMap;
 use crate::auth::Identity;
 use crate::control::Hub;
+use crate::control::redis_script::{Call, Script};
 
 /// For each KEYS[i], deletes field ARGV[i] only if it holds the last ARGV (this node).
 const FORGET_IF_MINE: &str = "local me = ARGV[#ARGV] \
@@ -38,6 +41,7 @@ type Device = (u64, String, String);
 
 pub struct Locations {
     client: Client,
+    forget: Script,
     node_id: String,
     ttl: Duration,
     updates: mpsc::UnboundedSender<Vec<(Arc<Identity>, bool)>>,
@@ -49,6 +53,7 @@ impl Locations {
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(Locations {
             client,
+            forget: Script::new(FORGET_IF_MINE),
             node_id: node.node_id.clone(),
             ttl,
             updates: tx,
@@ -90,7 +95,11 @@ impl Locations {
         loop {
             tokio::select! {
                 batch = rx.recv() => {
-                    let Some(batch) = batch else { return };
+                    let Some(mut batch) = batch else { return };
+                    // What the cores reported while the last write was out goes in this one.
+                    while let Ok(more) = rx.try_recv() {
+                        batch.extend(more);
+                    }
                     let (online, offline) = apply(&mut here, batch);
                     if let Err(e) = self.write(&online, &offline).await {
                         counters.location_errors.inc();
@@ -131,13 +140,31 @@ impl Locations {
                 .collect::<Result<Vec<_>, _>>()?;
         }
         for chunk in offline.chunks(REFRESH_CHUNK) {
-            let keys: Vec<String> = chunk.iter().map(|(b, u, _)| key(*b, u)).collect();
-            let mut args: Vec<&str> = chunk.iter().map(|(_, _, d)| d.as_str()).collect();
-            args.push(&self.node_id);
-            let _: Value = self.client.eval(FORGET_IF_MINE, keys, args).await?;
+            let calls = by_slot(chunk, &self.node_id);
+            for answer in self.forget.run(&self.client, &calls).await? {
+                answer?;
+            }
         }
         Ok(())
     }
+}
+
+/// One FORGET_IF_MINE call per hash slot: a script's keys must share a slot in a cluster.
+fn by_slot(devices: &[Device], node_id: &str) -> Vec<Call> {
+    let mut slots: BTreeMap<u16, (Vec<String>, Vec<Value>)> = BTreeMap::new();
+    for (b, u, d) in devices {
+        let k = key(*b, u);
+        let (keys, args) = slots.entry(redis_keyslot(k.as_bytes())).or_default();
+        keys.push(k);
+        args.push(Value::from(d.as_str()));
+    }
+    slots
+        .into_values()
+        .map(|(keys, mut args)| {
+            args.push(Value::from(node_id));
+            (keys, args)
+        })
+        .collect()
 }
 
 /// Counts links per device and returns the devices that just came online and those whose last
@@ -187,6 +214,19 @@ mod tests {
     #[test]
     fn keys_are_hash_tagged_by_user() {
         assert_eq!(key(7, "alice"), "loc:{7:alice}");
+    }
+
+    #[test]
+    fn forgets_go_one_call_per_slot_each_with_this_node_last() {
+        let devices = [dev("a", "p"), dev("a", "t"), dev("b", "p")];
+        let calls = by_slot(&devices, "gw-1");
+        assert_eq!(calls.len(), 2, "a's two devices share a's slot");
+        for (keys, args) in &calls {
+            let slot = redis_keyslot(keys[0].as_bytes());
+            assert!(keys.iter().all(|k| redis_keyslot(k.as_bytes()) == slot));
+            assert_eq!(args.len(), keys.len() + 1);
+            assert_eq!(args.last(), Some(&Value::from("gw-1")));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod listeners;
 pub mod location;
 pub mod push_api;
 pub mod redis_idem;
+pub mod redis_script;
 pub mod redis_streams;
 pub mod remotes;
 pub mod router;

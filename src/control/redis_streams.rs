@@ -5,7 +5,7 @@
 //! and `stream:{BIZ:USER}:log` a list of entries, oldest first, each `MS KEYLEN\nKEYBODY`. One
 //! script appends a push in one round trip (the offset, the entry, the trims by length and
 //! age, the expiry); another reads a stream's state and what follows an offset. A core's
-//! appends and reads of one executor pass go out as one pipeline.
+//! appends and reads of one executor pass go out as one pipeline (`redis_script`).
 //!
 //! Both keys expire `--stream-ttl-ms` after the last append, so an idle stream leaves nothing
 //! behind; a stream whose hash is gone is rebuilt under a new epoch (the caller's random
@@ -14,10 +14,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fred::interfaces::LuaInterface;
 use fred::prelude::*;
-use fred::types::{ClusterHash, CustomCommand};
 
+use super::redis_script::{Call, Script};
 use crate::core::stream::{
     ResumeMiss, Stored, StoredEntry, StreamAppend, StreamLimits, StreamRead, StreamState,
 };
@@ -87,8 +86,8 @@ pub fn keys(biz_id: u64, user_id: &str) -> (String, String) {
 pub struct RedisStreams {
     client: Client,
     limits: StreamLimits,
-    append_sha: String,
-    read_sha: String,
+    append: Script,
+    read: Script,
 }
 
 fn now_ms() -> u64 {
@@ -111,8 +110,8 @@ impl RedisStreams {
         RedisStreams {
             client,
             limits,
-            append_sha: fred::util::sha1_hash(APPEND),
-            read_sha: fred::util::sha1_hash(READ),
+            append: Script::new(APPEND),
+            read: Script::new(READ),
         }
     }
 
@@ -129,7 +128,7 @@ impl RedisStreams {
         let now = now_ms();
         let ttl = millis(self.limits.ttl);
         let max_len = self.limits.max_len as u64;
-        let calls: Vec<(Vec<String>, Vec<Value>)> = batch
+        let calls: Vec<Call> = batch
             .iter()
             .map(|a| {
                 let (h, log) = keys(a.biz_id, &a.user_id);
@@ -145,7 +144,7 @@ impl RedisStreams {
                 (vec![h, log], args)
             })
             .collect();
-        let values = self.run(&self.append_sha, APPEND, &calls).await?;
+        let values = self.append.run(&self.client, &calls).await?;
         Ok(values
             .into_iter()
             .map(|v| v.and_then(decode_stored))
@@ -159,7 +158,7 @@ impl RedisStreams {
     ) -> Result<Vec<Result<StreamState, Error>>, Error> {
         let now = now_ms();
         let ttl = millis(self.limits.ttl);
-        let calls: Vec<(Vec<String>, Vec<Value>)> = batch
+        let calls: Vec<Call> = batch
             .iter()
             .map(|r| {
                 let (h, log) = keys(r.biz_id, &r.user_id);
@@ -178,46 +177,12 @@ impl RedisStreams {
                 (vec![h, log], args)
             })
             .collect();
-        let values = self.run(&self.read_sha, READ, &calls).await?;
+        let values = self.read.run(&self.client, &calls).await?;
         Ok(batch
             .iter()
             .zip(values)
             .map(|(r, v)| v.and_then(|v| decode_state(v, r.since.as_ref().map(|s| s.offset))))
             .collect())
-    }
-
-    /// One script over many key sets as one pipeline; the script is loaded (on every primary
-    /// of a cluster) and the batch sent again when Redis does not know it yet. Both scripts
-    /// are safe to repeat: an append of a key already there keeps its offset.
-    async fn run(
-        &self,
-        sha: &str,
-        lua: &str,
-        calls: &[(Vec<String>, Vec<Value>)],
-    ) -> Result<Vec<Result<Value, Error>>, Error> {
-        for attempt in 0..2 {
-            let pipe = self.client.pipeline();
-            for (keys, args) in calls {
-                // EVALSHA sha numkeys key...: a cluster routes it by its first key.
-                let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
-                let mut line = Vec::with_capacity(2 + keys.len() + args.len());
-                line.push(Value::from(sha));
-                line.push(Value::Integer(keys.len() as i64));
-                line.extend(keys.iter().map(|k| Value::from(k.as_str())));
-                line.extend(args.iter().cloned());
-                let _: () = pipe.custom(cmd, line).await?;
-            }
-            let values = pipe.try_all::<Value>().await;
-            let unknown = values.iter().any(|v| {
-                v.as_ref()
-                    .is_err_and(|e| e.details().starts_with("NOSCRIPT"))
-            });
-            if !unknown || attempt == 1 {
-                return Ok(values);
-            }
-            let _: Value = self.client.script_load_cluster(lua).await?;
-        }
-        unreachable!("the second attempt returns")
     }
 }
 

@@ -520,6 +520,113 @@ impl Drop for Redis {
     }
 }
 
+/// A real Redis Cluster on loopback: three primaries (`redis-server --cluster-enabled yes`),
+/// joined by `redis-cli --cluster create` and waited for until every node says the cluster is
+/// ok; stopped and removed on drop.
+pub struct RedisCluster {
+    children: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port().port()).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "ringway-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = RedisCluster {
+            children: Vec::new(),
+            ports: ports.clone(),
+            dir,
+        };
+        for port in &ports {
+            // The bus port is chosen too: port + 10000 may not exist or be free.
+            let bus = free_port().port();
+            let conf = cluster.dir.join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--cluster-config-file", conf.to_str().unwrap()])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", cluster.dir.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (scripts/services.sh install)");
+            cluster.children.push(child);
+            wait_until("redis PING", Duration::from_secs(10), || {
+                cluster.cli(*port, &["PING"]) == "PONG"
+            });
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        wait_until("the cluster is ok", Duration::from_secs(20), || {
+            ports.iter().all(|p| {
+                cluster
+                    .cli(*p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            })
+        });
+        cluster
+    }
+
+    /// fred's cluster URL: one node, and the others as `node=` seeds.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.ports[1..]
+            .iter()
+            .map(|p| format!("node=127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis-cluster://127.0.0.1:{}?{}",
+            self.ports[0],
+            seeds.join("&")
+        )
+    }
+
+    /// A command on one node, through redis-cli; its output, trimmed.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Whether `key` exists, asked of the cluster (redis-cli follows the redirect).
+    pub fn exists(&self, key: &str) -> bool {
+        self.cli(self.ports[0], &["-c", "EXISTS", key]) == "1"
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The repo's test gRPC backend on a free loopback port; every line it prints is kept.
 pub struct Backend {
     child: Option<Child>,
