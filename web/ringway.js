@@ -8,7 +8,13 @@
 //
 // Transports: a WebSocket when the page has one, else server-sent events (downstream) with
 // POST /send (upstream), else long polling. Every transport speaks the same JSON frames, so the
-// rules below (acks, retries, dedup, redirect, backoff) are written once.
+// rules below (acks, retries, dedup, redirect, backoff, resume) are written once.
+//
+// Resume: the client keeps its user's stream position {epoch, offset} (in localStorage with
+// `persist: true`) and reconnects with since=EPOCH:OFFSET, after a drop, a REDIRECT or a
+// reload, so the gateway replays what it missed. It emits "recovered" when that worked and
+// "discontinuity" when pushes may have been missed (history lost, too old, a jump in offsets
+// it could not mend): the app then re-syncs from its own source of truth.
 
 const CMD = {
   HEARTBEAT: "CMD_HEARTBEAT",
@@ -133,6 +139,9 @@ export const protoCodec = {
       2: ["nodeId", str],
       3: ["heartbeatIntervalMs", num],
       4: ["serverTimeMs", big],
+      5: ["epoch", str],
+      6: ["offset", big],
+      7: ["recovered", (v) => v === 1n],
     };
     return message(buf, {
       1: ["cmd", (v) => CMD_NAMES[Number(v)] || Number(v)],
@@ -144,6 +153,7 @@ export const protoCodec = {
       7: ["retryAfterMs", num],
       8: ["connected", (b) => message(b, connected)],
       9: ["nodes", (b) => message(b, node), true],
+      10: ["offset", big],
     });
   },
 };
@@ -153,6 +163,8 @@ class Message {
   constructor(frame, body) {
     this.key = frame.key;
     this.seq = Number(frame.seq || 0);
+    // Its place in the user's stream; 0: not stored (a device's push, an ephemeral one).
+    this.offset = Number(frame.offset || 0);
     this.body = body;
   }
   text() {
@@ -171,6 +183,7 @@ export class RingwayClient {
       backoffMaxMs: 30000,
       dedupKeys: 2048,
       bodyKey: null, // base64 AES-256 key when the gateway runs with --body-key for this biz
+      persist: false, // keep the stream position in localStorage, to resume after a reload
       ...opts,
     };
     this.url = this.opts.url.replace(/\/+$/, "");
@@ -184,6 +197,78 @@ export class RingwayClient {
     this.heartbeatMs = 30000;
     this.timers = new Set();
     this.nextKey = 0;
+    this.stream = this.loadStream(); // { epoch, offset }: where this user's stream was left
+    this.asked = null; // the position the current link asked to resume from
+  }
+
+  /// Where the position is kept: one entry per biz, user and device of the token.
+  storageKey() {
+    try {
+      const claims = JSON.parse(atob(this.opts.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return `ringway:stream:${claims.biz_id}:${claims.user_id}:${claims.device_id || "default"}`;
+    } catch {
+      return "ringway:stream";
+    }
+  }
+
+  loadStream() {
+    if (!this.opts.persist || typeof localStorage === "undefined") return { epoch: "", offset: 0 };
+    try {
+      return JSON.parse(localStorage.getItem(this.storageKey())) || { epoch: "", offset: 0 };
+    } catch {
+      return { epoch: "", offset: 0 };
+    }
+  }
+
+  saveStream() {
+    if (this.opts.persist && typeof localStorage !== "undefined") {
+      localStorage.setItem(this.storageKey(), JSON.stringify(this.stream));
+    }
+  }
+
+  /// The position this client resumes from, as `since` wants it.
+  since() {
+    return this.stream.epoch ? `${this.stream.epoch}:${this.stream.offset}` : "";
+  }
+
+  /// Pushes may have been missed: the app should re-sync. The position starts over at `to`.
+  discontinuity(reason, to) {
+    const from = { ...this.stream };
+    this.stream = { epoch: to.epoch || "", offset: Number(to.offset || 0) };
+    this.saveStream();
+    this.emit("discontinuity", { reason, from, to: { ...this.stream } });
+  }
+
+  /// A stored push's offset: the position moves on, or a jump says something was stored
+  /// while this link was elsewhere; a resume from the last position held mends it.
+  takeOffset(f) {
+    const named = f.connected;
+    if (named && named.epoch && named.epoch !== this.stream.epoch) {
+      // The stream began (or began again) while this link was open.
+      if (this.stream.epoch) this.discontinuity("history lost", named);
+      else this.stream = { epoch: named.epoch, offset: Number(named.offset || 0) };
+    }
+    const offset = Number(f.offset || 0);
+    if (!offset || offset <= this.stream.offset) return;
+    if (offset > this.stream.offset + 1) {
+      this.emit("gap", { expected: this.stream.offset + 1, got: offset });
+      this.resumeNow();
+      return;
+    }
+    this.stream.offset = offset;
+    this.saveStream();
+  }
+
+  /// Reconnects at once, resuming from the position held.
+  resumeNow() {
+    if (this.resuming) return;
+    this.resuming = true;
+    this.transport?.close(1000, "resuming");
+    this.transport = null;
+    this.later(0, () => {
+      this.resuming = false;
+      if (!this.closedByUser) this.open();
+    });
   }
 
   on(event, fn) {
@@ -233,7 +318,10 @@ export class RingwayClient {
 
   open() {
     const kind = this.pickTransport();
+    const since = this.since();
+    this.asked = since || null;
     const token = encodeURIComponent(this.opts.token);
+    const resume = since ? `&since=${encodeURIComponent(since)}` : "";
     const httpBase = this.url.replace(/^ws/, "http");
     const handlers = {
       frame: (f) => this.onFrame(f),
@@ -241,12 +329,12 @@ export class RingwayClient {
     };
     this.setState("connecting", { transport: kind });
     if (kind === "websocket") {
-      const url = `${this.url}/ws?token=${token}`;
+      const url = `${this.url}/ws?token=${token}${resume}`;
       this.transport = new WsTransport(url, this.opts.codec === "proto", handlers);
     } else if (kind === "sse") {
-      this.transport = new SseTransport(httpBase, token, handlers);
+      this.transport = new SseTransport(httpBase, token, resume, handlers);
     } else {
-      this.transport = new PollTransport(httpBase, token, handlers);
+      this.transport = new PollTransport(httpBase, token, resume, handlers);
     }
     this.transportKind = kind;
   }
@@ -315,6 +403,16 @@ export class RingwayClient {
     switch (f.cmd) {
       case CMD.CONNECTED: {
         const c = f.connected || {};
+        if (this.asked && c.recovered) {
+          this.emit("recovered", { epoch: c.epoch, offset: Number(c.offset || 0), from: this.asked });
+        } else if (this.asked) {
+          this.discontinuity("not recovered", c);
+        } else if (c.epoch) {
+          this.stream = { epoch: c.epoch, offset: Number(c.offset || 0) };
+          this.saveStream();
+        }
+        // An event stream that EventSource re-attached by itself resumes by Last-Event-ID.
+        this.asked = null;
         this.heartbeatMs = c.heartbeatIntervalMs || 30000;
         this.attempt = 0;
         this.setState("open", { transport: this.transportKind, linkId: c.linkId, nodeId: c.nodeId });
@@ -338,6 +436,7 @@ export class RingwayClient {
       case CMD.DOWNSTREAM: {
         // Ack every copy (a lost ack means a resend); hand each key to the app once.
         this.transport?.send({ cmd: CMD.DOWNSTREAM_ACK, key: f.key });
+        this.takeOffset(f);
         if (this.seen.has(f.key)) {
           this.emit("duplicate", { key: f.key });
           break;
@@ -499,9 +598,11 @@ class HttpTransport {
 }
 
 class SseTransport extends HttpTransport {
-  constructor(base, token, handlers) {
+  constructor(base, token, resume, handlers) {
     super(base, token, handlers);
-    this.es = new EventSource(`${base}/sse?token=${token}`);
+    // EventSource's own reconnects send the last id in Last-Event-ID, which the gateway
+    // prefers to this `since`.
+    this.es = new EventSource(`${base}/sse?token=${token}${resume}`);
     this.es.onmessage = (e) => this.frame(JSON.parse(e.data));
     this.es.addEventListener("close", (e) => {
       const { code, reason } = JSON.parse(e.data);
@@ -518,16 +619,19 @@ class SseTransport extends HttpTransport {
 }
 
 class PollTransport extends HttpTransport {
-  constructor(base, token, handlers) {
+  constructor(base, token, resume, handlers) {
     super(base, token, handlers);
     this.abort = new AbortController();
+    this.resume = resume; // on the first poll only: the next ones continue the same link
     this.loop();
   }
   async loop() {
     let failures = 0;
     while (this.closed) {
       try {
-        const r = await fetch(`${this.base}/poll?token=${this.token}`, { signal: this.abort.signal });
+        const url = `${this.base}/poll?token=${this.token}${this.resume}`;
+        this.resume = "";
+        const r = await fetch(url, { signal: this.abort.signal });
         if (!r.ok) throw new Error(`poll answered ${r.status}`);
         const { frames, close } = await r.json();
         failures = 0;

@@ -215,13 +215,14 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>, Reject> {
         .map(str::to_owned)
         .or_else(|| param("lastEventId"));
     let (last_event_id, since) = match event_id {
-        // A stored push's id: the stream resumes, unless `since` says otherwise.
+        // A stored push's id: the stream resumes from it. It wins over `since`, which an
+        // EventSource repeats from its URL on every reconnect of its own.
         Some(id) if id.contains(':') => {
             let resumed = Since::parse(&id).ok_or(Reject::new(
                 400,
                 "Last-Event-ID must be EPOCH:OFFSET or a seq",
             ))?;
-            (0, since.or(Some(resumed)))
+            (0, Some(resumed))
         }
         Some(id) => (id.parse().unwrap_or(0), since),
         None => (0, since),
@@ -418,6 +419,12 @@ mod tests {
         assert_eq!((sse.since, sse.last_event_id), (at("e", 9), 0));
         let sse = http("GET /sse HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 9\r\n\r\n");
         assert_eq!((sse.since, sse.last_event_id), (None, 9));
+        let again = http("GET /sse?since=e:2 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e:5\r\n\r\n");
+        assert_eq!(
+            again.since,
+            at("e", 5),
+            "the browser's last id wins over its URL's since"
+        );
         for bad in [
             "GET /ws?since=7 HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET /sse?since=e:x HTTP/1.1\r\nHost: x\r\n\r\n",

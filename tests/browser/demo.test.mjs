@@ -1,7 +1,8 @@
-// The demo page in Debian's Chromium, against two real gateway nodes: WebSocket (with
-// permessage-deflate), server-sent events when the page has no WebSocket, long polling, a
-// REDIRECT to the other node and a restart of the node the page is on. Plus permessage-deflate
-// with a non-browser client (the `ws` package).
+// The demo page in Debian's Chromium, against two real gateway nodes sharing a real Redis:
+// WebSocket (with permessage-deflate), server-sent events when the page has no WebSocket, long
+// polling, a REDIRECT to the other node and a restart of the node the page is on, each time
+// resuming the user's stream. Plus permessage-deflate with a non-browser client (the `ws`
+// package).
 //
 // Run by scripts/test.sh after `cargo test` built target/debug/ringway; RINGWAY_BIN overrides.
 // SCREENSHOT=path saves the demo page once it has chatted (the README's picture).
@@ -98,11 +99,34 @@ class Node {
   }
 }
 
-let a, b, browser;
+let a, b, browser, redis;
+
+/// A redis-server of the test's own, for the nodes' shared streams.
+async function startRedis() {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  const deadline = Date.now() + 10000;
+  while (Date.now() < deadline) {
+    const up = await new Promise((resolve) => {
+      const s = net.connect(port, "127.0.0.1", () => {
+        s.end();
+        resolve(true);
+      });
+      s.on("error", () => resolve(false));
+    });
+    if (up) return { port, proc };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("redis-server did not come up");
+}
 
 before(async () => {
-  a = await (await new Node("node-a").init());
-  b = await (await new Node("node-b").init());
+  redis = await startRedis();
+  const shared = ["--redis", `redis://127.0.0.1:${redis.port}`];
+  a = await (await new Node("node-a", shared).init());
+  b = await (await new Node("node-b", shared).init());
   await Promise.all([a.start(), b.start()]);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -122,6 +146,7 @@ after(async () => {
   await browser?.close();
   await a?.stop();
   await b?.stop();
+  redis?.proc.kill("SIGKILL");
 });
 
 /// Opens the demo page from node A and signs in as `user` with the chosen transport.
@@ -201,22 +226,31 @@ test("WebSocket: chat, pushes, deflate, a REDIRECT and a restart", async () => {
     await page.screenshot({ path: process.env.SCREENSHOT });
   }
 
-  // The gateway sends the link elsewhere: the SDK reconnects to node B.
+  // The gateway sends the link elsewhere: the SDK reconnects to node B, resuming its stream.
   await a.redirect("alice", b);
   const moved = await waitOpen(page, 2);
   assert.equal(moved.nodeId, "node-b");
+  await page.waitForFunction(() => window.ringwayDemo.recovered.length >= 1);
   await b.push("alice", "p-2", "after redirect");
   await waitPush(page, "p-2");
 
-  // Node B dies and comes back on the same port: the SDK backs off and reconnects.
+  // Node B dies; a push comes meanwhile (through A, which stores it in Redis); B comes back on
+  // the same port: the SDK backs off, reconnects and gets the push it missed.
   await b.stop();
   await page.waitForFunction(() => window.ringwayDemo.states.at(-1).state === "reconnecting");
+  await a.push("alice", "while-away", "stored while away");
   await b.start();
   const back = await waitOpen(page, 3);
   assert.equal(back.nodeId, "node-b");
+  assert.equal((await waitPush(page, "while-away")).text, "stored while away");
+  await page.waitForFunction(() => window.ringwayDemo.recovered.length >= 2);
+  const offsets = await page.evaluate(() => window.ringwayDemo.pushes.map((p) => p.offset));
+  assert.deepEqual(offsets, [1, 2, 3, 4], "one stream, no offset skipped");
+  assert.equal(await page.evaluate(() => window.ringwayDemo.discontinuities.length), 0);
   await sendText(page, "after restart");
   await b.push("alice", "p-3", "after restart");
   await waitPush(page, "p-3");
+  assert.match(await page.textContent("#stream"), /:5$/);
   await page.close();
 });
 
@@ -235,6 +269,7 @@ test("EventSource when the page has no WebSocket: chat, pushes, acks by POST, RE
   const moved = await waitOpen(page, 2);
   assert.equal(moved.nodeId, "node-b");
   assert.equal(moved.transport, "sse");
+  await page.waitForFunction(() => window.ringwayDemo.recovered.length >= 1);
   await b.push("bob", "s-2", "after redirect");
   await waitPush(page, "s-2");
   await sendText(page, "still sending");

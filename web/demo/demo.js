@@ -4,7 +4,20 @@
 import { RingwayClient } from "/sdk/ringway.js";
 
 const $ = (id) => document.getElementById(id);
-const demo = (window.ringwayDemo = { states: [], pushes: [], acks: [], client: null });
+const demo = (window.ringwayDemo = {
+  states: [],
+  pushes: [],
+  acks: [],
+  recovered: [],
+  discontinuities: [],
+  client: null,
+});
+
+/// The user's stream position as the SDK holds it, in the header.
+function showStream(client) {
+  const s = client.stream;
+  $("stream").textContent = s.epoch ? `stream ${s.epoch.slice(0, 6)}…:${s.offset}` : "no stream yet";
+}
 
 function log(cls, text) {
   const line = document.createElement("div");
@@ -43,6 +56,7 @@ $("login").addEventListener("submit", async (e) => {
     token,
     transport: $("mode").value,
     codec: $("codec").value,
+    persist: true,
   });
   demo.client = client;
   client.on("state", (s) => {
@@ -55,8 +69,19 @@ $("login").addEventListener("submit", async (e) => {
     log("sys", `${s.state}${s.transport ? " via " + s.transport : ""}${extra}`);
   });
   client.on("message", (m) => {
-    demo.pushes.push({ key: m.key, seq: m.seq, text: m.text() });
-    log("push", `push ${m.key} #${m.seq}: ${m.text()}`);
+    demo.pushes.push({ key: m.key, seq: m.seq, offset: m.offset, text: m.text() });
+    log("push", `push ${m.key} #${m.seq}${m.offset ? " @" + m.offset : ""}: ${m.text()}`);
+    showStream(client);
+  });
+  client.on("connected", () => showStream(client));
+  client.on("recovered", (r) => {
+    demo.recovered.push(r);
+    log("sys", `resumed from ${r.from}: what was missed follows`);
+  });
+  client.on("discontinuity", (d) => {
+    demo.discontinuities.push(d);
+    log("err", `pushes may have been missed (${d.reason}): re-sync from the app's own store`);
+    showStream(client);
   });
   client.on("redirect", (r) => log("sys", `redirected; reconnecting in ${r.waitMs} ms`));
   client.on("kicked", (k) => log("err", `kicked: ${k.reason}`));
