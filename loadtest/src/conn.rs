@@ -26,6 +26,8 @@ pub struct Link {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub codec: Codec,
     pub target: Target,
+    /// What CONNECTED said (ringway): the user's stream, and whether a resume recovered.
+    pub hello: Option<ringway::proto::Connected>,
 }
 
 /// Links opened at once at most, so a ramp does not flood the accept queue.
@@ -36,6 +38,15 @@ const IN_FLIGHT: usize = 256;
 pub async fn open_all(
     common: &Common,
     progress: &Arc<Progress>,
+) -> Result<(Vec<Link>, Histogram<u64>), String> {
+    open_resuming(common, progress, &|_| None).await
+}
+
+/// As [`open_all`], each link `i` resuming its user's stream from `since(i)` when given.
+pub async fn open_resuming(
+    common: &Common,
+    progress: &Arc<Progress>,
+    since: &(dyn Fn(usize) -> Option<String> + Sync),
 ) -> Result<(Vec<Link>, Histogram<u64>), String> {
     let server: SocketAddr = tokio::net::lookup_host(&common.server)
         .await
@@ -66,6 +77,7 @@ pub async fn open_all(
             target: common.target,
             app_key: common.app_key.clone(),
             tls: tls.clone(),
+            since: since(i),
         };
         let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
@@ -114,6 +126,8 @@ struct How {
     app_key: String,
     /// Set with --tls-ca: the links speak wss://.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// `EPOCH:OFFSET` to resume the user's stream from.
+    since: Option<String>,
 }
 
 /// A TLS client that trusts exactly the certificates in `ca` (a bench's own self-signed one).
@@ -203,7 +217,10 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
             "{scheme}://{server}/app/{}?protocol=7&client=ringway-load&version=1.0",
             how.app_key
         ),
-        _ => format!("{scheme}://{server}/ws"),
+        _ => match &how.since {
+            Some(since) => format!("{scheme}://{server}/ws?since={since}"),
+            None => format!("{scheme}://{server}/ws"),
+        },
     };
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     let h = req.headers_mut();
@@ -245,6 +262,7 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
         ws,
         codec: how.codec,
         target: how.target,
+        hello: None,
     };
     match how.target {
         Target::Plain | Target::Tcp => Ok(link),
@@ -253,7 +271,10 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
             Ok(link)
         }
         Target::Ringway => match link.next_frame().await {
-            Some(f) if f.cmd == Cmd::Connected as i32 => Ok(link),
+            Some(f) if f.cmd == Cmd::Connected as i32 => {
+                link.hello = f.connected;
+                Ok(link)
+            }
             other => Err(format!("expected CONNECTED, got {other:?}").into()),
         },
     }

@@ -2,7 +2,8 @@
 //!
 //! Scenarios: `idle` (memory per open link, read from the server's /proc entry), `echo`
 //! (closed-loop UPSTREAM → UPSTREAM_ACK: throughput and latency percentiles), `connect`
-//! (handshakes per second), `push` (fan-out through the push API). Links spread over several
+//! (handshakes per second), `push` (fan-out through the push API), `resume` (a storm of links
+//! resuming their streams after missing pushes). Links spread over several
 //! source addresses (127.0.0.x) so one process is not limited by one address's ephemeral ports,
 //! and over several processes (`--procs`) so none hits the per-process file limit.
 
@@ -11,6 +12,7 @@ mod procs;
 mod progress;
 mod push;
 mod report;
+mod resume;
 mod tcp;
 
 use std::net::IpAddr;
@@ -47,6 +49,26 @@ enum Scenario {
     /// Pushes through the gateway's HTTP push API to N links: deliveries per second and
     /// push-to-client latency.
     Push(PushArgs),
+    /// N links get a push, drop, miss --missed pushes each, and reconnect at once with
+    /// since=EPOCH:OFFSET: time until all recovered, replayed pushes per second, the server's
+    /// CPU, Redis round trips per resume.
+    Resume(ResumeArgs),
+}
+
+#[derive(Args)]
+struct ResumeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The gateway's admin address (push API, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: String,
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Pushes each user misses while its link is away.
+    #[arg(long, default_value_t = 10)]
+    missed: usize,
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args, Clone)]
@@ -254,6 +276,19 @@ async fn main() {
             Err("push runs in one process (its sender must see every link)".into())
         }
         Scenario::Push(a) => push_run(a).await,
+        Scenario::Resume(a) if a.common.procs > 1 => {
+            Err("resume runs in one process (it must see every link)".into())
+        }
+        Scenario::Resume(a) => {
+            let run = resume::Resume {
+                common: &a.common,
+                admin: &a.admin,
+                admin_token: a.admin_token.as_deref(),
+                missed: a.missed,
+                server_pid: a.server_pid,
+            };
+            run.run().await
+        }
     };
     if let Err(e) = result {
         eprintln!("ringway-load: {e}");

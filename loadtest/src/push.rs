@@ -58,8 +58,24 @@ impl Admin {
 
     /// POSTs JSON; returns the status code.
     pub async fn post(&mut self, path: &str, body: &str) -> Result<u16, String> {
+        self.request("POST", path, body)
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// GETs `path`; returns the status code and the body.
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        self.request("GET", path, "").await
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, Vec<u8>), String> {
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
             self.auth,
             body.len()
@@ -95,12 +111,12 @@ impl Admin {
                 }
             }
         }
-        let mut sink = vec![0u8; length];
-        stream.read_exact(&mut sink).await.map_err(io)?;
+        let mut answer = vec![0u8; length];
+        stream.read_exact(&mut answer).await.map_err(io)?;
         if close {
             self.stream = None;
         }
-        Ok(status)
+        Ok((status, answer))
     }
 }
 

@@ -310,3 +310,19 @@ fn a_reconnect_storm_retries_refusals_until_every_link_is_back() {
         "the ramp refused some: {s}"
     );
 }
+
+#[test]
+fn a_resume_storm_recovers_every_link_with_every_missed_push() {
+    let gw = start(&[]);
+    let s = load(&[
+        "resume", "--server", &gw.1, "--admin", &gw.2, "--links", "200", "--missed", "10",
+    ]);
+    assert_eq!(
+        (s["recovered"].as_u64(), s["not_recovered"].as_u64()),
+        (Some(200), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["replayed"].as_u64(), Some(2000), "{s}");
+    // The embedded store reads no Redis.
+    assert_eq!(s["redis_reads"].as_f64(), Some(0.0), "{s}");
+}

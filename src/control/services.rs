@@ -147,6 +147,8 @@ async fn read(
     batch: Vec<StreamRead>,
     log: Arc<Mutex<Throttle>>,
 ) {
+    node.counters.stream_read_batches.inc();
+    node.counters.stream_reads.add(batch.len() as u64);
     let answers = match store.read(&batch).await {
         Ok(states) => states.into_iter().map(Result::ok).collect(),
         Err(e) => {
@@ -179,6 +181,7 @@ fn appender(
             while let Ok(more) = rx.try_recv() {
                 batch.extend(more);
             }
+            node.counters.stream_append_batches.inc();
             let stored: Vec<Option<Stored>> = match store.append(&batch).await {
                 Ok(results) => results.into_iter().map(Result::ok).collect(),
                 Err(e) => {

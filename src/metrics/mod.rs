@@ -461,6 +461,13 @@ metric_set! {
         pub tls_reload_errors: Counter => "ringway_tls_reload_errors_total",
         /// Failed round trips to the shared idempotency store (Redis).
         pub store_errors: Counter => "ringway_idem_store_errors_total",
+        /// Pipelines of stream appends sent to Redis (one round trip each).
+        pub stream_append_batches: Counter => "ringway_stream_append_batches_total",
+        /// Pipelines of stream reads sent to Redis: links opening (resuming or not) share
+        /// round trips.
+        pub stream_read_batches: Counter => "ringway_stream_read_batches_total",
+        /// Stream reads sent to Redis (one per opening link).
+        pub stream_reads: Counter => "ringway_stream_reads_total",
         /// Claims sent to the shared idempotency store.
         pub idem_claims: Counter => "ringway_idem_claims_total",
         /// Redis pipelines (round trips) that carried them; claims/batches is the mean batch.
