@@ -14,6 +14,7 @@ bench/push-vs-sockudo.sh 2000 2000 50 10 8 # saturating: 8 senders keep both ser
 bench/push-vs-sockudo.sh 2000 300 50 10    # below both servers' capacity
 bench/push-vs-sockudo.sh 10000 300 50 10   # 10,000 links
 bench/stall.sh 4 3                         # a busy-loop on the server's CPU: nothing lost
+bench/streams.sh 10000 10                  # stored pushes: memory, appends/s, a resume storm
 scripts/services.sh install                # Node's ws package for the deflate bench
 bench/deflate-savings.sh
 bench/soak.sh 10 2000

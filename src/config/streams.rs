@@ -22,7 +22,7 @@ pub struct StreamArgs {
     /// recovered: false, so a storm of reconnects cannot replay without bound.
     #[arg(long, env = "RINGWAY_RESUME_MAX", default_value_t = 100)]
     pub resume_max: u64,
-    /// Bytes each core's in-memory streams hold at most: keys, bodies and ~160 bytes of
+    /// Bytes each core's in-memory streams hold at most: keys, bodies and ~400 bytes of
     /// bookkeeping per push. Past it the core's oldest pushes are dropped early
     /// (ringway_stream_evictions_total).
     #[arg(long, env = "RINGWAY_STREAM_MAX_BYTES", default_value_t = 512 << 20)]

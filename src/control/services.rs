@@ -1,6 +1,7 @@
 //! Calls from worker cores to services that live on the control thread: the shared Redis store
 //! and the gRPC backend. Cores send without waiting; answers go back through each core's inbox.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,9 +167,13 @@ async fn read(
     deliver(&node, core, CoreMsg::Streamed(Box::new(msg))).await;
 }
 
+/// Appends per pipeline at most: a bigger one would wait behind Redis running every script
+/// in it, past the round trip's deadline.
+const APPENDS_PER_PIPELINE: usize = 1024;
+
 /// One core's appends, applied in the order the core sent them: a user's pushes are delivered
-/// in the order of their offsets, so a batch must not overtake the one before it. Batches that
-/// queue up while one is out go together in the next pipeline.
+/// in the order of their offsets, so a pipeline must not overtake the one before it. What
+/// queues up while one is out goes in the next, up to [`APPENDS_PER_PIPELINE`] each.
 fn appender(
     store: Arc<RedisStreams>,
     node: Arc<Hub>,
@@ -177,10 +182,21 @@ fn appender(
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<StreamAppend>>();
     tokio::spawn(async move {
         let mut log = Throttle::new(Duration::from_secs(10));
-        while let Some(mut batch) = rx.recv().await {
-            while let Ok(more) = rx.try_recv() {
-                batch.extend(more);
+        let mut queue: VecDeque<StreamAppend> = VecDeque::new();
+        loop {
+            if queue.is_empty() {
+                match rx.recv().await {
+                    Some(batch) => queue.extend(batch),
+                    None => return,
+                }
             }
+            while queue.len() < APPENDS_PER_PIPELINE
+                && let Ok(more) = rx.try_recv()
+            {
+                queue.extend(more);
+            }
+            let take = queue.len().min(APPENDS_PER_PIPELINE);
+            let batch: Vec<StreamAppend> = queue.drain(..take).collect();
             node.counters.stream_append_batches.inc();
             let stored: Vec<Option<Stored>> = match store.append(&batch).await {
                 Ok(results) => results.into_iter().map(Result::ok).collect(),
