@@ -55,15 +55,29 @@ enum Scenario {
     Resume(ResumeArgs),
 }
 
+/// Where the gateway's admin API is (push API, /metrics).
+#[derive(Args)]
+pub struct AdminAddr {
+    /// The gateway's admin address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: String,
+    /// The gateway's `--admin-token`, when it has one (sent as a bearer token).
+    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl AdminAddr {
+    pub async fn connect(&self) -> Result<push::Admin, String> {
+        push::Admin::connect(&self.admin, self.admin_token.as_deref()).await
+    }
+}
+
 #[derive(Args)]
 struct ResumeArgs {
     #[command(flatten)]
     common: Common,
-    /// The gateway's admin address (push API, /metrics).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    admin: String,
-    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    admin: AdminAddr,
     /// Pushes each user misses while its link is away.
     #[arg(long, default_value_t = 10)]
     missed: usize,
@@ -206,24 +220,17 @@ struct EchoArgs {
     /// Mixed: pushes per second posted meanwhile (one user each, round robin over the links).
     #[arg(long, default_value_t = 0)]
     push_rate: u32,
-    /// Mixed: the gateway's admin address.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    admin: String,
-    /// Mixed: the gateway's `--admin-token`, when it has one.
-    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    /// Mixed: where pushes are posted.
+    #[command(flatten)]
+    admin: AdminAddr,
 }
 
 #[derive(Args)]
 struct PushArgs {
     #[command(flatten)]
     common: Common,
-    /// The gateway's admin address (push API).
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    admin: String,
-    /// The gateway's `--admin-token`, when it has one (sent as a bearer token on each push).
-    #[arg(long, env = "RINGWAY_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    admin: AdminAddr,
     /// Pushes per second.
     #[arg(long, default_value_t = 1000)]
     rate: u32,
@@ -283,7 +290,6 @@ async fn main() {
             let run = resume::Resume {
                 common: &a.common,
                 admin: &a.admin,
-                admin_token: a.admin_token.as_deref(),
                 missed: a.missed,
                 server_pid: a.server_pid,
             };
@@ -398,7 +404,7 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
     let mut admins = Vec::new();
     for _ in 0..a.senders {
-        admins.push(push::Admin::connect(&a.admin, a.admin_token.as_deref()).await?);
+        admins.push(a.admin.connect().await?);
     }
     let schedule = push::Schedule::all(a.rate, Instant::now(), sending_until);
     let shares = admins
@@ -483,7 +489,7 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
                 .my_links()
                 .map(|i| format!("{}{i}", a.common.user_prefix))
                 .collect();
-            let mut admin = push::Admin::connect(&a.admin, a.admin_token.as_deref()).await?;
+            let mut admin = a.admin.connect().await?;
             let (api, rate) = (push::Api::Ringway { biz: a.common.biz }, a.push_rate);
             sender = Some(tokio::spawn(async move {
                 let schedule = push::Schedule::all(rate, Instant::now(), deadline);

@@ -14,15 +14,14 @@ use ringway::proto::{Cmd, Frame};
 use crate::conn::{self, Link};
 use crate::progress::Progress;
 use crate::push::Admin;
-use crate::{Common, report};
+use crate::{AdminAddr, Common, report};
 
 /// Users a push names at most: one request reaches many offline users.
 const PER_PUSH: usize = 500;
 
 pub struct Resume<'a> {
     pub common: &'a Common,
-    pub admin: &'a str,
-    pub admin_token: Option<&'a str>,
+    pub admin: &'a AdminAddr,
     /// Pushes each user gets while away.
     pub missed: usize,
     pub server_pid: Option<u32>,
@@ -36,7 +35,7 @@ impl Resume<'_> {
         let users: Vec<String> = (0..links.len())
             .map(|i| format!("{}{i}", c.user_prefix))
             .collect();
-        let mut admin = Admin::connect(self.admin, self.admin_token).await?;
+        let mut admin = self.admin.connect().await?;
         push_all(&mut admin, c.biz, &users, "first").await?;
         // Each stream's first push names its epoch; the client keeps it and the offset.
         let mut since = Vec::with_capacity(links.len());

@@ -20,15 +20,10 @@ impl Harness {
         };
         self.shard
             .open(conn, who("alice", device), &up, self.at(ms));
-        self.skip_head(conn);
-        self.frames(conn)
-    }
-
-    /// Drops the 101 response head queued on a new link.
-    fn skip_head(&mut self, conn: ConnId) {
         let link = self.shard.link_mut(conn).unwrap();
         let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         link.out.drain(..end);
+        self.frames(conn)
     }
 
     fn ack(&mut self, conn: ConnId, key: &str, ms: u64) {
@@ -290,19 +285,10 @@ fn entry(offset: u64, key: &str) -> StoredEntry {
 #[test]
 fn with_a_shared_store_connected_waits_for_the_stream_and_so_do_pushes_and_input() {
     let mut h = shared();
-    h.shard.open(
-        1,
-        who("alice", "phone"),
-        &Upgrade {
-            since: since("e", 1),
-            ..upgrade(Codec::Json)
-        },
-        h.t0,
-    );
+    let first = h.open_since(1, "phone", since("e", 1), 0);
+    assert!(first.is_empty(), "nothing before CONNECTED");
     let read = h.shard.take_reads();
     assert_eq!((read.len(), read[0].since.clone()), (1, since("e", 1)));
-    h.skip_head(1);
-    assert!(h.frames(1).is_empty(), "nothing before CONNECTED");
     // A live push comes while the stream is read: its append is answered (offset 4).
     h.push("alice", None, "live", 1);
     let appends = h.shard.take_appends();
@@ -331,11 +317,9 @@ fn with_a_shared_store_connected_waits_for_the_stream_and_so_do_pushes_and_input
 #[test]
 fn with_a_shared_store_pushes_go_out_in_offset_order_whatever_order_answers_come_in() {
     let mut h = shared();
-    h.shard
-        .open(1, who("alice", "phone"), &upgrade(Codec::Json), h.t0);
+    h.open_since(1, "phone", None, 0);
     h.shard.take_reads();
     h.shard.on_stream_read(1, state(0, None), h.t0);
-    h.skip_head(1);
     h.drain(1);
     h.push("alice", None, "a", 1);
     h.push("alice", Some("phone"), "dev", 1);
@@ -360,18 +344,9 @@ fn with_a_shared_store_pushes_go_out_in_offset_order_whatever_order_answers_come
 #[test]
 fn while_the_shared_store_is_down_pushes_go_out_unstored_and_resumes_are_not_recovered() {
     let mut h = shared();
-    h.shard.open(
-        1,
-        who("alice", "phone"),
-        &Upgrade {
-            since: since("e", 1),
-            ..upgrade(Codec::Json)
-        },
-        h.t0,
-    );
+    h.open_since(1, "phone", since("e", 1), 0);
     h.shard.take_reads();
     h.shard.on_stream_read(1, None, h.at(1));
-    h.skip_head(1);
     let c = connected(&h.frames(1)[0]).clone();
     assert_eq!((c.epoch.as_str(), c.offset, c.recovered), ("", 0, false));
     h.push("alice", None, "a", 2);
