@@ -11,11 +11,13 @@
 //! behind; a stream whose hash is gone is rebuilt under a new epoch (the caller's random
 //! candidate), and a client holding the old one learns that its history was lost.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fred::prelude::*;
 
+use super::breaker::Breaker;
 use super::redis_script::{Call, Script};
 use crate::core::stream::{
     ResumeMiss, Stored, StoredEntry, StreamAppend, StreamLimits, StreamRead, StreamState,
@@ -88,6 +90,10 @@ pub struct RedisStreams {
     limits: StreamLimits,
     append: Script,
     read: Script,
+    /// While Redis is down, appends and reads fail at once (pushes go out unstored, links open
+    /// with no stream) instead of each waiting out the round trip's deadline; one probe a
+    /// second finds it back.
+    breaker: Mutex<Breaker>,
 }
 
 fn now_ms() -> u64 {
@@ -112,11 +118,38 @@ impl RedisStreams {
             limits,
             append: Script::new(APPEND),
             read: Script::new(READ),
+            breaker: Mutex::new(Breaker::new(1, Duration::from_secs(1))),
         }
     }
 
     pub fn limits(&self) -> &StreamLimits {
         &self.limits
+    }
+
+    /// Runs a pipeline unless the breaker is open; a pipeline that failed whole, or whose
+    /// every call failed, opens it.
+    async fn guarded(
+        &self,
+        run: impl Future<Output = Result<Vec<Result<Value, Error>>, Error>>,
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        if !self.breaker.lock().expect("breaker").allow(Instant::now()) {
+            return Err(Error::new(
+                ErrorKind::IO,
+                "redis unreachable; retrying once a second",
+            ));
+        }
+        let result = run.await;
+        let failed = match &result {
+            Ok(values) => !values.is_empty() && values.iter().all(Result::is_err),
+            Err(_) => true,
+        };
+        let mut breaker = self.breaker.lock().expect("breaker");
+        if failed {
+            breaker.on_failure(Instant::now());
+        } else {
+            breaker.on_success();
+        }
+        result
     }
 
     /// Appends a batch in one pipeline, in order; each answer is the push's place, or the
@@ -144,7 +177,7 @@ impl RedisStreams {
                 (vec![h, log], args)
             })
             .collect();
-        let values = self.append.run(&self.client, &calls).await?;
+        let values = self.guarded(self.append.run(&self.client, &calls)).await?;
         Ok(values
             .into_iter()
             .map(|v| v.and_then(decode_stored))
@@ -177,7 +210,7 @@ impl RedisStreams {
                 (vec![h, log], args)
             })
             .collect();
-        let values = self.read.run(&self.client, &calls).await?;
+        let values = self.guarded(self.read.run(&self.client, &calls)).await?;
         Ok(batch
             .iter()
             .zip(values)
