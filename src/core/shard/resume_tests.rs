@@ -401,3 +401,23 @@ fn a_stream_begun_again_while_the_link_is_open_names_its_new_epoch_on_its_first_
     let b = again.iter().find(|f| f.key == "b").expect("b resent");
     assert!(b.connected.is_some());
 }
+
+#[test]
+fn a_long_poll_with_since_resumes_too() {
+    let mut h = Harness::new();
+    h.push("alice", None, "a", 0);
+    h.push("alice", None, "b", 1);
+    let epoch = h.shard.take_undelivered()[0].epoch.clone();
+    let req = HttpRequest {
+        since: since(&epoch, 1),
+        ..http_req(Route::Poll, 0)
+    };
+    let (conn, _) = h.shard.attach(1, who("alice", "web"), &req, h.at(2));
+    let answer = h.shard.take_poll_answer(conn, None).expect("frames wait");
+    let text = String::from_utf8(answer).unwrap();
+    assert!(text.contains("\"recovered\":true"), "{text}");
+    assert!(
+        text.contains("\"key\":\"b\"") && !text.contains("\"key\":\"a\""),
+        "{text}"
+    );
+}
