@@ -220,7 +220,7 @@ fn an_ephemeral_push_is_neither_retransmitted_nor_reported() {
     let (status, _) = gw.post("/v1/push", typing.clone());
     assert_eq!(status, 202);
     let f = c.frame();
-    assert_eq!((f.cmd, f.offset, f.seq), (Cmd::Downstream as i32, 0, 1));
+    assert_eq!((f.cmd, f.offset, f.seq), (Cmd::Downstream as i32, 0, 0));
     c.set_timeout(Duration::from_millis(500));
     assert!(
         matches!(c.recv(), Got::Quiet),

@@ -875,8 +875,8 @@ impl Shard {
         }
     }
 
-    /// Ephemeral pushes go out once, with a seq but no ack or retransmit, and never onto a
-    /// queue the socket is not taking: there they are dropped and counted.
+    /// Ephemeral pushes go out once, best effort (DESIGN §4a): no seq, no ack, no retransmit,
+    /// and never onto a queue the socket is not taking: there they are dropped and counted.
     fn send_ephemeral(&mut self, conns: &[ConnId], push: &EncodedPush) {
         let backlogged = self.cfg.max_outbound_bytes / 4;
         if conns.is_empty() {
@@ -888,8 +888,8 @@ impl Shard {
                 self.metrics.ephemeral_dropped.inc();
                 continue;
             }
-            let seq = link.take_seq();
-            link.send_push(push, seq, None, false);
+            // No seq: a dropped one must not look like a gap.
+            link.send_push(push, 0, None, false);
             self.metrics.ephemeral_sent.inc();
             self.metrics.frame_out(Cmd::Downstream);
         }

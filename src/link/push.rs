@@ -113,7 +113,8 @@ impl EncodedPush {
         }
     }
 
-    /// The per-link suffix: `offset` when stored, `seq`, and for JSON the closing brace.
+    /// The per-link suffix: `offset` when stored, `seq` when set (best-effort messages have
+    /// none), and for JSON the closing brace.
     fn suffix(codec: Codec, seq: u64, offset: u64, suffix: &mut [u8; SUFFIX_BYTES]) -> usize {
         let mut n = 0;
         match codec {
@@ -122,8 +123,11 @@ impl EncodedPush {
                     suffix[0] = 10 << 3; // field 10, varint
                     n = 1 + put_varint(offset, &mut suffix[1..]);
                 }
-                suffix[n] = 4 << 3; // field 4, varint
-                n + 1 + put_varint(seq, &mut suffix[n + 1..])
+                if seq != 0 {
+                    suffix[n] = 4 << 3; // field 4, varint
+                    n += 1 + put_varint(seq, &mut suffix[n + 1..]);
+                }
+                n
             }
             Codec::Json => {
                 let mut put = |p: &[u8]| {
@@ -135,9 +139,12 @@ impl EncodedPush {
                     put(itoa::Buffer::new().format(offset).as_bytes());
                     put(b"\"");
                 }
-                put(b",\"seq\":\"");
-                put(itoa::Buffer::new().format(seq).as_bytes());
-                put(b"\"}");
+                if seq != 0 {
+                    put(b",\"seq\":\"");
+                    put(itoa::Buffer::new().format(seq).as_bytes());
+                    put(b"\"");
+                }
+                put(b"}");
                 n
             }
         }
@@ -224,7 +231,7 @@ mod tests {
     fn same_frame_as_a_full_encode() {
         let push = EncodedPush::new("p-1", Bytes::from_static(b"\x01body"));
         for codec in [Codec::Proto, Codec::Json] {
-            for (seq, offset) in [(1u64, 0u64), (300, 1), (u64::MAX, u64::MAX)] {
+            for (seq, offset) in [(1u64, 0u64), (300, 1), (u64::MAX, u64::MAX), (0, 0), (0, 7)] {
                 let mut out = Vec::new();
                 push.write(codec, seq, offset, &mut out);
                 let mut cur = Cursor::new(&out);
