@@ -18,6 +18,13 @@ pub struct Identity {
     pub device_id: String,
 }
 
+/// A token that passed: who it names, and until when (unix seconds) a link may live on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub who: Identity,
+    pub exp: u64,
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 struct Claims {
     biz_id: u64,
@@ -133,7 +140,7 @@ impl Verifier {
         Ok(Verifier { key, validation })
     }
 
-    pub fn verify(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+    pub fn verify(&self, token: Option<&str>) -> Result<Verified, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -145,11 +152,12 @@ impl Verifier {
         for (name, v) in [("user_id", &c.user_id), ("device_id", &device_id)] {
             check_id(name, v).map_err(AuthError::Invalid)?;
         }
-        Ok(Identity {
+        let who = Identity {
             biz_id: c.biz_id,
             user_id: c.user_id,
             device_id,
-        })
+        };
+        Ok(Verified { who, exp: c.exp })
     }
 }
 
@@ -208,12 +216,18 @@ mod tests {
     #[test]
     fn good_token() {
         let v = Verifier::new(&KeySource::Secret(SECRET.into()), None, None).unwrap();
-        assert_eq!(
-            v.verify(Some(&mint_hs256(SECRET, &alice(), 60))),
-            Ok(alice())
+        let minted = v.verify(Some(&mint_hs256(SECRET, &alice(), 60))).unwrap();
+        assert_eq!(minted.who, alice());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            (now + 59..=now + 61).contains(&minted.exp),
+            "exp is the token's"
         );
         let t = hs(serde_json::json!({"biz_id": 1, "user_id": 42, "exp": far()}));
-        let id = v.verify(Some(&t)).unwrap();
+        let id = v.verify(Some(&t)).unwrap().who;
         assert_eq!(
             (id.user_id.as_str(), id.device_id.as_str()),
             ("42", "default")
@@ -305,7 +319,7 @@ mod tests {
             };
             let token = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
             let v = Verifier::new(&KeySource::PublicKeyPem(public.to_vec()), None, None).unwrap();
-            assert_eq!(v.verify(Some(&token)).unwrap().biz_id, 3, "{alg:?}");
+            assert_eq!(v.verify(Some(&token)).unwrap().who.biz_id, 3, "{alg:?}");
             // Algorithm confusion: an HS256 token "signed" with the public key as secret.
             let forged = jsonwebtoken::encode(
                 &Header::new(Algorithm::HS256),

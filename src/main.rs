@@ -78,6 +78,7 @@ fn serve(args: ServeArgs) -> Result<(), StartError> {
     let rules = worker::Rules {
         shard: args.shard_config(&node_id)?,
         verifier,
+        token_grace: Duration::from_millis(args.clients.token_grace_ms),
         allowed_origins: Arc::new(args.clients.origins()),
         echo: args.links.echo,
         idem_ttl: args.idem.idem_ttl(),

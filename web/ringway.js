@@ -27,12 +27,13 @@ const CMD = {
   KICKED: "CMD_KICKED",
   ERROR: "CMD_ERROR",
   CONNECTED: "CMD_CONNECTED",
+  REFRESH: "CMD_REFRESH",
 };
 
 const CMD_NAMES = [
   "CMD_UNSPECIFIED", "CMD_HEARTBEAT", "CMD_UPSTREAM", "CMD_UPSTREAM_ACK", "CMD_DOWNSTREAM",
   "CMD_DOWNSTREAM_ACK", "CMD_REDIRECT", "CMD_RATE_LIMITED", "CMD_KICKED", "CMD_ERROR",
-  "CMD_CONNECTED",
+  "CMD_CONNECTED", "CMD_REFRESH",
 ];
 
 // Close codes after which reconnecting would only repeat the refusal.
@@ -95,6 +96,7 @@ export const protoCodec = {
     }
     if (f.key) field(2, utf8.encode(f.key));
     if (f.body) field(3, fromBase64(f.body));
+    if (f.token) field(12, utf8.encode(f.token));
     return new Uint8Array(out);
   },
 
@@ -184,6 +186,8 @@ export class RingwayClient {
       dedupKeys: 2048,
       bodyKey: null, // base64 AES-256 key when the gateway runs with --body-key for this biz
       persist: false, // keep the stream position in localStorage, to resume after a reload
+      getToken: null, // async () => a fresh JWT: refreshed before exp, and after a 4005
+      refreshBeforeMs: 30000,
       ...opts,
     };
     this.url = this.opts.url.replace(/\/+$/, "");
@@ -201,14 +205,40 @@ export class RingwayClient {
     this.asked = null; // the position the current link asked to resume from
   }
 
+  /// The token's claims (unverified: the gateway checks it), or {} when it does not parse.
+  claims() {
+    try {
+      return JSON.parse(atob(this.opts.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    } catch {
+      return {};
+    }
+  }
+
   /// Where the position is kept: one entry per biz, user and device of the token.
   storageKey() {
+    const c = this.claims();
+    return c.user_id ? `ringway:stream:${c.biz_id}:${c.user_id}:${c.device_id || "default"}` : "ringway:stream";
+  }
+
+  /// With getToken, a new token goes out as REFRESH before the link's runs out.
+  scheduleRefresh() {
+    clearTimeout(this.refreshTimer);
+    const exp = this.claims().exp;
+    if (!this.opts.getToken || !exp) return;
+    const wait = Math.max(1000, exp * 1000 - Date.now() - this.opts.refreshBeforeMs);
+    this.refreshTimer = this.later(wait, () => this.refreshToken());
+  }
+
+  async refreshToken() {
     try {
-      const claims = JSON.parse(atob(this.opts.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-      return `ringway:stream:${claims.biz_id}:${claims.user_id}:${claims.device_id || "default"}`;
-    } catch {
-      return "ringway:stream";
+      this.opts.token = await this.opts.getToken();
+    } catch (e) {
+      this.emit("error", new Error(`getToken failed: ${e.message || e}`));
+      return;
     }
+    // The HTTP transports' next requests present it too.
+    this.transport?.setToken?.(encodeURIComponent(this.opts.token));
+    this.transport?.send({ cmd: CMD.REFRESH, token: this.opts.token });
   }
 
   loadStream() {
@@ -415,6 +445,7 @@ export class RingwayClient {
         this.asked = null;
         this.heartbeatMs = c.heartbeatIntervalMs || 30000;
         this.attempt = 0;
+        this.scheduleRefresh();
         this.setState("open", { transport: this.transportKind, linkId: c.linkId, nodeId: c.nodeId });
         this.emit("connected", c);
         this.startHeartbeat();
@@ -422,6 +453,10 @@ export class RingwayClient {
         break;
       }
       case CMD.HEARTBEAT:
+        break;
+      case CMD.REFRESH:
+        this.emit("refreshed", {});
+        this.scheduleRefresh();
         break;
       case CMD.UPSTREAM_ACK: {
         const p = this.pending.get(f.key);
@@ -502,9 +537,25 @@ export class RingwayClient {
   onClosed(code, reason) {
     this.transport = null;
     clearTimeout(this.heartbeatTimer);
+    clearTimeout(this.refreshTimer);
     if (this.closedByUser) return;
-    if (FINAL_CLOSES.has(code)) {
+    if (FINAL_CLOSES.has(code) || (code === 4005 && !this.opts.getToken)) {
       this.setState("closed", { code, reason });
+      return;
+    }
+    if (code === 4005) {
+      // The token ran out: reconnect with a fresh one.
+      this.setState("reconnecting", { code, reason, waitMs: 0 });
+      this.opts
+        .getToken()
+        .then((t) => {
+          this.opts.token = t;
+          if (!this.closedByUser) this.open();
+        })
+        .catch((e) => {
+          this.emit("error", new Error(`getToken failed: ${e.message || e}`));
+          this.setState("closed", { code, reason });
+        });
       return;
     }
     const wait = this.redirectWaitMs ?? backoffDelay(this.attempt++, this.opts.backoffBaseMs, this.opts.backoffMaxMs);
@@ -590,6 +641,10 @@ class HttpTransport {
   }
   send(f) {
     this.sender.send(f);
+  }
+  setToken(token) {
+    this.token = token;
+    this.sender.token = token;
   }
   close() {
     this.closed = null;

@@ -32,6 +32,11 @@ pub struct ClientArgs {
     /// Time a new connection has to send its upgrade request (408 after).
     #[arg(long, env = "RINGWAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 5000)]
     pub handshake_timeout_ms: u64,
+    /// How long a link may outlive its token's `exp` (a client's clock skew, a refresh in
+    /// flight). At the deadline the link gets ERROR(CODE_TOKEN_EXPIRED) and close 4005, unless
+    /// a REFRESH with a newer token came first.
+    #[arg(long, env = "RINGWAY_TOKEN_GRACE_MS", default_value_t = 0)]
+    pub token_grace_ms: u64,
 }
 
 impl ClientArgs {

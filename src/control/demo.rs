@@ -65,9 +65,12 @@ struct TokenRequest {
     user_id: String,
     #[serde(default)]
     device_id: Option<String>,
+    /// Seconds the token lives (default an hour, at most a day): short ones show a refresh.
+    #[serde(default)]
+    ttl_s: Option<u64>,
 }
 
-/// Mints a one-hour token for the demo page's sign-in form.
+/// Mints a token (an hour unless asked) for the demo page's sign-in form.
 async fn token(State(node): State<Arc<Hub>>, body: axum::body::Bytes) -> Response {
     let Some(secret) = &node.admin.demo.mint_secret else {
         let msg = "token minting is off: start the node with --demo (and an HS256 secret)";
@@ -89,5 +92,6 @@ async fn token(State(node): State<Arc<Hub>>, body: axum::body::Bytes) -> Respons
         user_id: req.user_id,
         device_id: req.device_id.unwrap_or_else(|| "default".into()),
     };
-    axum::Json(json!({ "token": auth::mint_hs256(secret, &who, 3600) })).into_response()
+    let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 86_400);
+    axum::Json(json!({ "token": auth::mint_hs256(secret, &who, ttl) })).into_response()
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::auth::Identity;
+use crate::auth::Verified;
 use crate::core::admission::Ticket;
 use crate::core::shard::{BackendError, UpstreamRequest};
 use crate::core::stream::{Stored, StreamState};
@@ -65,7 +65,8 @@ pub struct Handoff {
     pub fd: OwnedFd,
     /// The TLS session, mid-stream: it moves with its socket.
     pub tls: Option<Box<rustls::ServerConnection>>,
-    pub who: Identity,
+    /// The token that passed, with the identity it names.
+    pub token: Verified,
     pub request: Request,
     /// Bytes the client sent after its request head: WebSocket frames, or a `POST /send`
     /// body.

@@ -163,6 +163,8 @@ pub enum Event {
     /// Read a stream from the shared store for a link that opens; answer with
     /// [`Shard::on_stream_read`].
     StreamRead(StreamRead),
+    /// Check a REFRESH's token; answer with [`Shard::on_refreshed`].
+    Refresh { conn: ConnId, token: String },
 }
 
 /// What a link's socket should do next (see [`Shard::poll_transmit`]).
@@ -182,6 +184,8 @@ enum TimerEvent {
     Retransmit(ConnId, u64),
     /// A link over its outbound cap: did its socket take anything since the check was armed?
     Backlog(ConnId),
+    /// The link's token ran out.
+    TokenExpiry(ConnId),
 }
 
 enum Inbound {
@@ -265,6 +269,7 @@ fn inflate(
 
 mod http;
 mod resume;
+mod token;
 
 const TICK: Duration = Duration::from_millis(10);
 /// The coarsest rounding of a liveness check (see `Shard::next_liveness`).
@@ -385,7 +390,15 @@ impl Shard {
 
     /// A WebSocket passed auth on this (its owner) core: answer 101, greet with CONNECTED, and
     /// make room in the user's device slots.
-    pub fn open(&mut self, conn: ConnId, who: Identity, up: &handshake::Upgrade, now: Instant) {
+    /// `expires`: when the token runs out (its `exp` plus the grace).
+    pub fn open(
+        &mut self,
+        conn: ConnId,
+        who: Identity,
+        up: &handshake::Upgrade,
+        expires: Instant,
+        now: Instant,
+    ) {
         let deflate =
             self.cfg
                 .deflate
@@ -402,6 +415,7 @@ impl Shard {
         let wire = Wire::WebSocket(deflate);
         let since = up.since.as_ref();
         self.install(conn, Arc::new(who), up.codec, wire, head, since, now);
+        self.extend_token(conn, expires);
     }
 
     /// Makes room in the user's device slots, then adds the link with its transport's opening
@@ -604,6 +618,7 @@ impl Shard {
                     }
                     Ok(Cmd::Upstream) => self.on_upstream(conn, f, now),
                     Ok(Cmd::DownstreamAck) => self.on_downstream_ack(conn, &f.key, now),
+                    Ok(Cmd::Refresh) => self.on_refresh(conn, f.token),
                     _ => {
                         self.metrics.dropped(DropReason::UnsupportedCmd);
                         if link.bucket.try_take(now).is_ok() {
@@ -978,6 +993,7 @@ impl Shard {
                 TimerEvent::Retransmit(conn, seq) => self.retransmit(conn, seq, now),
                 TimerEvent::Liveness(conn) => self.liveness(conn, now),
                 TimerEvent::Backlog(conn) => self.backlog(conn, now),
+                TimerEvent::TokenExpiry(conn) => self.token_expired(conn, now),
             }
         }
     }
@@ -1307,6 +1323,9 @@ impl Shard {
         if let Some((_, t)) = link.backlog.take() {
             self.wheel.cancel(t);
         }
+        if let Some((_, t)) = link.token_deadline.take() {
+            self.wheel.cancel(t);
+        }
         let detached = link.wire.attachment().is_some_and(|a| !a.attached);
         link.liveness = Some(
             self.wheel
@@ -1357,6 +1376,9 @@ impl Shard {
             self.wheel.cancel(t);
         }
         if let Some((_, t)) = link.backlog {
+            self.wheel.cancel(t);
+        }
+        if let Some((_, t)) = link.token_deadline {
             self.wheel.cancel(t);
         }
         let reason = if link.closing == Some(CloseReason::SlowConsumer) {

@@ -126,6 +126,11 @@ enum Out {
     Close(u16),
 }
 
+/// A token deadline no test reaches.
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(30 * 86_400)
+}
+
 fn who(user: &str, device: &str) -> Identity {
     Identity {
         biz_id: 1,
@@ -200,7 +205,7 @@ impl Harness {
     /// Opens a link and consumes its 101 response; returns all it sent after it.
     fn open_raw(&mut self, conn: ConnId, user: &str, device: &str, codec: Codec) -> Vec<Out> {
         self.shard
-            .open(conn, who(user, device), &upgrade(codec), self.t0);
+            .open(conn, who(user, device), &upgrade(codec), far(), self.t0);
         let link = self.shard.link_mut(conn).unwrap();
         let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert!(link.out.starts_with(b"HTTP/1.1 101"));
@@ -928,7 +933,7 @@ fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
     let mut h = Harness::new();
     let mut offer = upgrade(Codec::Json);
     offer.extensions = Some("permessage-deflate; client_max_window_bits".into());
-    h.shard.open(1, who("alice", "web"), &offer, h.t0);
+    h.shard.open(1, who("alice", "web"), &offer, far(), h.t0);
     let link = h.shard.link_mut(1).unwrap();
     let head = String::from_utf8_lossy(&link.out).into_owned();
     assert!(head.contains(
@@ -990,7 +995,7 @@ fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
     let mut junk = raw_client(0xC1, &[0xff, 0xff, 0xff]);
     h.shard.handle_bytes(1, &mut junk, h.at(3));
     assert!(!h.shard.link_mut(1).unwrap().is_open());
-    h.shard.open(2, who("bob", "web"), &offer, h.t0);
+    h.shard.open(2, who("bob", "web"), &offer, far(), h.t0);
     h.shard.link_mut(2).unwrap().out.clear();
     let mut bomb = Vec::new();
     client_side.compress(&vec![b' '; 4096], &mut bomb);
@@ -1004,14 +1009,14 @@ fn deflate_links_compress_long_messages_and_inflate_compressed_ones() {
 fn without_an_offer_or_with_deflate_off_nothing_is_compressed() {
     let mut h = Harness::new();
     h.shard
-        .open(1, who("alice", "web"), &upgrade(Codec::Json), h.t0);
+        .open(1, who("alice", "web"), &upgrade(Codec::Json), far(), h.t0);
     assert!(!String::from_utf8_lossy(&h.shard.link_mut(1).unwrap().out).contains("Extensions"));
     let mut off = cfg();
     off.deflate = None;
     let mut shard = Shard::new(off, embedded(), Arc::default(), 1, h.t0);
     let mut offer = upgrade(Codec::Json);
     offer.extensions = Some("permessage-deflate".into());
-    shard.open(1, who("alice", "web"), &offer, h.t0);
+    shard.open(1, who("alice", "web"), &offer, far(), h.t0);
     assert!(!String::from_utf8_lossy(&shard.link_mut(1).unwrap().out).contains("Extensions"));
     // RSV1 from a client that was not granted deflate is a protocol error.
     let mut bytes = raw_client(0xC1, b"x");
@@ -1075,6 +1080,7 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
         1,
         who("alice", "web"),
         &http_req(Route::EventStream, 0),
+        far(),
         h.t0,
     );
     assert_eq!(conn, 1);
@@ -1091,20 +1097,22 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
 
     // Upstream and the ack for p-1 come by POST /send.
     let body = br#"[{"cmd":"CMD_DOWNSTREAM_ACK","key":"p-1"},{"cmd":"UPSTREAM","key":"m1","body":"aGk="}]"#;
-    h.shard.post(&who("alice", "web"), body, h.at(3)).unwrap();
+    h.shard
+        .post(&who("alice", "web"), body, far(), h.at(3))
+        .unwrap();
     assert_eq!(h.shard.take_upstream().len(), 1);
     assert_eq!(h.shard.link_mut(1).unwrap().inflight.len(), 1);
     // Bad bodies and devices without a stream get HTTP errors, not link damage.
     assert_eq!(
         h.shard
-            .post(&who("alice", "web"), b"{", h.at(3))
+            .post(&who("alice", "web"), b"{", far(), h.at(3))
             .unwrap_err()
             .0,
         400
     );
     assert_eq!(
         h.shard
-            .post(&who("alice", "tablet"), b"{}", h.at(3))
+            .post(&who("alice", "tablet"), b"{}", far(), h.at(3))
             .unwrap_err()
             .0,
         409
@@ -1117,6 +1125,7 @@ fn event_stream_carries_frames_acks_arrive_by_post_and_a_resume_resends_what_was
         9,
         who("alice", "web"),
         &http_req(Route::EventStream, 1),
+        far(),
         h.at(6),
     );
     assert_eq!((again, g2), (1, g1 + 1));
@@ -1146,6 +1155,7 @@ fn a_detached_link_waits_one_heartbeat_timeout_then_reports_its_pushes() {
         1,
         who("alice", "web"),
         &http_req(Route::EventStream, 0),
+        far(),
         h.t0,
     );
     h.push("alice", None, "p-1", 1);
@@ -1166,9 +1176,13 @@ fn a_detached_link_waits_one_heartbeat_timeout_then_reports_its_pushes() {
 #[test]
 fn long_poll_batches_frames_and_answers_empty_when_due() {
     let mut h = Harness::new();
-    let (_, g) = h
-        .shard
-        .attach(1, who("alice", "old"), &http_req(Route::Poll, 0), h.t0);
+    let (_, g) = h.shard.attach(
+        1,
+        who("alice", "old"),
+        &http_req(Route::Poll, 0),
+        far(),
+        h.t0,
+    );
     h.push("alice", None, "p-1", 1);
     let link = h.shard.link_mut(1).unwrap();
     let batch = std::mem::take(&mut link.out);
@@ -1187,6 +1201,7 @@ fn long_poll_batches_frames_and_answers_empty_when_due() {
         2,
         who("alice", "old"),
         &http_req(Route::Poll, 0),
+        far(),
         h.at(13_000),
     );
     assert_eq!(same, 1);
@@ -1277,7 +1292,7 @@ fn poll_due(shard: &mut Shard) -> bool {
 fn a_link_is_handed_out_once_per_batch_of_output_then_again_after_more() {
     let mut h = Harness::new();
     h.shard
-        .open(1, who("alice", "phone"), &upgrade(Codec::Json), h.t0);
+        .open(1, who("alice", "phone"), &upgrade(Codec::Json), far(), h.t0);
     h.push("alice", None, "p-1", 1);
     h.push("alice", None, "p-2", 1);
     let wakes = |s: &mut Shard| {
@@ -1324,9 +1339,13 @@ fn transmit_offers_the_queue_then_idle_then_the_close() {
 #[test]
 fn a_long_poll_is_answered_once_when_due_and_a_newer_request_takes_over() {
     let mut h = Harness::new();
-    let (_, g) = h
-        .shard
-        .attach(1, who("alice", "old"), &http_req(Route::Poll, 0), h.t0);
+    let (_, g) = h.shard.attach(
+        1,
+        who("alice", "old"),
+        &http_req(Route::Poll, 0),
+        far(),
+        h.t0,
+    );
     assert!(h.shard.serves(1, g));
     // CONNECTED waits: the poll is answered with it at once.
     let answer = h.shard.take_poll_answer(1, None).unwrap();
@@ -1336,9 +1355,13 @@ fn a_long_poll_is_answered_once_when_due_and_a_newer_request_takes_over() {
         None,
         "nothing more is due"
     );
-    let (_, g2) = h
-        .shard
-        .attach(2, who("alice", "old"), &http_req(Route::Poll, 0), h.at(1));
+    let (_, g2) = h.shard.attach(
+        2,
+        who("alice", "old"),
+        &http_req(Route::Poll, 0),
+        far(),
+        h.at(1),
+    );
     assert!(!h.shard.serves(1, g) && h.shard.serves(1, g2));
 }
 
@@ -1423,3 +1446,6 @@ fn a_push_is_timed_from_its_acceptance_to_written_and_to_acked() {
 
 #[path = "shard/resume_tests.rs"]
 mod resume;
+
+#[path = "shard/token_tests.rs"]
+mod token;

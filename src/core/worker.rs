@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
@@ -24,7 +24,7 @@ use super::readiness::Readiness;
 use super::services::{ServiceCall, Services};
 use super::shard::{Delivery, Event, Shard, ShardConfig, Target, Transmit};
 use super::stream::{StreamLimits, Streams};
-use crate::auth::{AuthError, Identity, Verifier};
+use crate::auth::{AuthError, Verified, Verifier};
 use crate::core::admission::{Admission, Refusal, Ticket};
 use crate::core::tls::TlsFiles;
 use crate::link::ConnId;
@@ -41,6 +41,7 @@ use rand::rngs::SmallRng;
 pub struct Rules {
     pub shard: ShardConfig,
     pub verifier: Arc<Verifier>,
+    pub token_grace: Duration,
     pub allowed_origins: Arc<Vec<String>>,
     pub echo: bool,
     pub idem_ttl: IdemTtl,
@@ -94,6 +95,8 @@ struct Worker {
     shard: RefCell<Shard>,
     scratch: RefCell<Vec<u8>>,
     verifier: Arc<Verifier>,
+    /// Added to a token's `exp` for the link's deadline (`--token-grace-ms`).
+    token_grace: Duration,
     allowed_origins: Arc<Vec<String>>,
     services: RefCell<Services>,
     handshake_timeout: Duration,
@@ -200,6 +203,7 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
         )),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
         verifier: setup.verifier,
+        token_grace: setup.token_grace,
         allowed_origins: setup.allowed_origins,
         services: RefCell::new(Services {
             core: core.index,
@@ -330,8 +334,8 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal
         Ok(t) => t,
         Err(r) => return reject(&w, stream, refused(r), browser_origin(&req)).await,
     };
-    let who = match w.verifier.verify(req.token()) {
-        Ok(who) => who,
+    let token = match w.verifier.verify(req.token()) {
+        Ok(token) => token,
         Err(e) => {
             debug!(core = w.index, error = %e, "auth refused");
             let reason = match e {
@@ -342,12 +346,12 @@ async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal
         }
     };
     let leftover = buf[req.head_len()..].to_vec();
-    let owner = owner_core(who.biz_id, &who.user_id, w.peers.len());
+    let owner = owner_core(token.who.biz_id, &token.who.user_id, w.peers.len());
     if owner == w.index {
-        open_link(&w, stream, who, req, leftover, ticket);
+        open_link(&w, stream, token, req, leftover, ticket);
         return;
     }
-    hand_off(&w, owner, stream, who, req, leftover, ticket).await;
+    hand_off(&w, owner, stream, token, req, leftover, ticket).await;
 }
 
 /// Moves an authenticated socket to its owner core; if that core's inbox is full, the client
@@ -356,7 +360,7 @@ async fn hand_off(
     w: &Worker,
     owner: usize,
     stream: Conn,
-    who: Identity,
+    token: Verified,
     req: Request,
     leftover: Vec<u8>,
     ticket: Ticket,
@@ -376,7 +380,7 @@ async fn hand_off(
     let msg = CoreMsg::Handoff(Box::new(Handoff {
         fd,
         tls,
-        who,
+        token,
         request: req,
         leftover,
         ticket,
@@ -496,7 +500,7 @@ async fn answer(mut stream: Conn, bytes: Vec<u8>) {
 fn open_link(
     w: &Rc<Worker>,
     stream: Conn,
-    who: crate::auth::Identity,
+    token: Verified,
     req: Request,
     mut leftover: Vec<u8>,
     ticket: Ticket,
@@ -504,11 +508,13 @@ fn open_link(
     let conn = w.next_conn.get();
     w.next_conn.set(conn + 1);
     let now = Instant::now();
+    let expires = w.token_deadline(token.exp, now);
+    let who = token.who;
     let h = match req {
         Request::WebSocket(up) => {
             {
                 let mut shard = w.shard.borrow_mut();
-                shard.open(conn, who, &up, now);
+                shard.open(conn, who, &up, expires, now);
                 shard.set_peer(conn, stream.peer());
                 if !leftover.is_empty() {
                     shard.handle_bytes(conn, &mut leftover, now);
@@ -525,7 +531,7 @@ fn open_link(
         let posted = w
             .shard
             .borrow_mut()
-            .post(&who, &leftover[..h.content_length], now);
+            .post(&who, &leftover[..h.content_length], expires, now);
         w.after_events(now);
         let origin = origin.as_deref();
         let resp = match posted {
@@ -539,7 +545,7 @@ fn open_link(
         return;
     }
     let poll = h.route == Route::Poll;
-    let (conn, generation) = w.shard.borrow_mut().attach(conn, who, &h, now);
+    let (conn, generation) = w.shard.borrow_mut().attach(conn, who, &h, expires, now);
     // The link now answers through this request's socket.
     w.shard.borrow_mut().set_peer(conn, stream.peer());
     w.after_events(now);
@@ -709,6 +715,16 @@ impl Worker {
         Poll::Pending
     }
 
+    /// When a link on a token that expires at `exp` (unix seconds) must end: `exp` plus the
+    /// grace, as an instant of the core's clock (the wall clock is read only here).
+    fn token_deadline(&self, exp: u64, now: Instant) -> Instant {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let end = Duration::from_secs(exp) + self.token_grace;
+        now + end.saturating_sub(wall)
+    }
+
     /// Keeps the socket task's waker, for when the shard says its link has something for it.
     fn park(&self, conn: ConnId, generation: u32, cx: &Context<'_>) {
         let mut wakers = self.wakers.borrow_mut();
@@ -748,6 +764,13 @@ impl Worker {
                 Event::Undelivered(u) => undelivered.push(u),
                 Event::StreamAppend(a) => services.append(a),
                 Event::StreamRead(r) => services.read(r),
+                Event::Refresh { conn, token } => {
+                    let checked = match self.verifier.verify(Some(&token)) {
+                        Ok(t) => Ok((t.who.clone(), self.token_deadline(t.exp, now))),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    shard.on_refreshed(conn, checked, now);
+                }
             }
         }
         if !updates.is_empty() {
@@ -798,13 +821,13 @@ impl Worker {
                 let Handoff {
                     fd,
                     tls,
-                    who,
+                    token,
                     request,
                     leftover,
                     ticket,
                 } = *h;
                 if let Some(stream) = received(self, fd, tls) {
-                    open_link(self, stream, who, request, leftover, ticket);
+                    open_link(self, stream, token, request, leftover, ticket);
                 }
             }
             CoreMsg::Push(job) => {

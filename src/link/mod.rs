@@ -45,6 +45,8 @@ pub mod close_code {
     pub const KICKED: u16 = 4003;
     /// The link was told to reconnect elsewhere (a REDIRECT frame came first).
     pub const REDIRECTED: u16 = 4004;
+    /// The link's token expired with no REFRESH (an ERROR with CODE_TOKEN_EXPIRED came first).
+    pub const TOKEN_EXPIRED: u16 = 4005;
 }
 
 /// A push sent on this link and not yet acknowledged.
@@ -196,6 +198,9 @@ pub struct Link {
     /// The client's address, as the socket says (`GET /v1/links`).
     pub peer: Option<std::net::SocketAddr>,
     pub liveness: Option<TimerId>,
+    /// When the link's token runs out (its `exp` plus the grace), and the timer that closes
+    /// it then.
+    pub token_deadline: Option<(Instant, TimerId)>,
     /// Bytes waiting for the socket. Empty (and unallocated) on an idle link. The shell reports
     /// what the socket took with [`Link::written`], never by editing it.
     pub out: Vec<u8>,
@@ -256,6 +261,7 @@ impl Link {
             connected_at: now,
             peer: None,
             liveness: None,
+            token_deadline: None,
             out: Vec::new(),
             unbroken: 0,
             written_total: 0,

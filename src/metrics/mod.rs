@@ -192,6 +192,7 @@ labels! {
         Kicked = "kicked",
         Redirected = "redirected",
         Shutdown = "shutdown",
+        TokenExpired = "token_expired",
     }
 }
 
@@ -275,7 +276,7 @@ impl LabelSet for RejectStatus {
 /// Frames by command; an unknown command number counts as CMD_UNSPECIFIED.
 impl LabelSet for Cmd {
     const KEY: &'static str = "cmd";
-    const COUNT: usize = 11;
+    const COUNT: usize = 12;
     fn value(i: usize) -> &'static str {
         Cmd::try_from(i as i32).map_or("CMD_UNSPECIFIED", |c| c.as_str_name())
     }

@@ -59,6 +59,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
             .map(JsonNode::into_node)
             .collect(),
         offset: f.offset,
+        token: f.token.unwrap_or_default(),
     })
 }
 
@@ -112,6 +113,9 @@ pub fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
     }
     if f.offset != 0 {
         w.u64_field("offset", f.offset);
+    }
+    if !f.token.is_empty() {
+        w.str_field("token", &f.token);
     }
     w.close();
 }
@@ -317,6 +321,8 @@ struct JsonFrame {
     nodes: Option<Vec<JsonNode>>,
     #[serde(default, deserialize_with = "uint")]
     offset: u64,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -592,6 +598,7 @@ mod tests {
                 started_ms: 5,
             }],
             offset: 10,
+            token: "t.o.k".into(),
         };
         let mut out = Vec::new();
         encode_frame(&f, &mut out);

@@ -325,6 +325,31 @@ test("body encryption: the SDK seals with WebCrypto, the gateway opens and seals
   }
 });
 
+test("a token that runs out is refreshed by the SDK's getToken, and the link lives on", async () => {
+  const page = await browser.newPage();
+  await page.goto(`${a.adminUrl}/demo/`);
+  const result = await page.evaluate(async (port) => {
+    const { RingwayClient } = await import("/sdk/ringway.js");
+    const mint = async () => {
+      const r = await fetch("/demo/token", { method: "POST", body: JSON.stringify({ biz_id: 1, user_id: "ivy", ttl_s: 2 }) });
+      return (await r.json()).token;
+    };
+    const c = new RingwayClient({ url: `ws://127.0.0.1:${port}`, token: await mint(), getToken: mint, refreshBeforeMs: 1000 });
+    const states = [];
+    c.on("state", (s) => states.push(s.state));
+    let refreshed = 0;
+    c.on("refreshed", () => refreshed++);
+    c.connect();
+    // Two 2-second tokens' worth: each refreshed a second before it ran out.
+    await new Promise((r) => setTimeout(r, 4500));
+    c.close();
+    return { refreshed, states };
+  }, a.ws);
+  assert.ok(result.refreshed >= 2, JSON.stringify(result));
+  assert.deepEqual(result.states, ["connecting", "open", "closed"], "never dropped");
+  await page.close();
+});
+
 /// A Node client (the `ws` package) on `node`; returns the socket, the agreed extension header
 /// and a way to wait for a frame.
 async function wsClient(node, user) {

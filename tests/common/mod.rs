@@ -89,13 +89,27 @@ pub fn connect_query(
     codec: Codec,
     query: &str,
 ) -> Result<(Client, Frame), u16> {
+    connect_with(addr, &token(user, device), codec, query)
+}
+
+/// Connects with a token of the test's own making and reads CONNECTED.
+pub fn connect_token(addr: SocketAddr, token: &str, codec: Codec) -> Result<(Client, Frame), u16> {
+    connect_with(addr, token, codec, "")
+}
+
+fn connect_with(
+    addr: SocketAddr,
+    token: &str,
+    codec: Codec,
+    query: &str,
+) -> Result<(Client, Frame), u16> {
     let mut req = format!("ws://{addr}/ws?{query}")
         .into_client_request()
         .unwrap();
     let h = req.headers_mut();
     h.insert(
         "Authorization",
-        HeaderValue::from_str(&format!("Bearer {}", token(user, device))).unwrap(),
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
     );
     h.insert(
         "Sec-WebSocket-Protocol",

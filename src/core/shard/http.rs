@@ -18,11 +18,13 @@ impl Shard {
     /// A request of the HTTP transports opens a link, or takes over the one the same device
     /// already has (a resumed stream, the next poll). Returns the link the request's socket now
     /// serves and the attachment generation that socket holds.
+    /// `expires`: when the request's token runs out; the link lives until the latest one.
     pub fn attach(
         &mut self,
         conn: ConnId,
         who: Identity,
         req: &HttpRequest,
+        expires: Instant,
         now: Instant,
     ) -> (ConnId, u32) {
         let origin = req.origin.as_deref();
@@ -48,9 +50,11 @@ impl Shard {
             };
             let since = req.since.as_ref();
             self.install(conn, Arc::new(who), Codec::Json, wire, head, since, now);
+            self.extend_token(conn, expires);
             return (conn, 0);
         };
         self.metrics.http_attaches.inc();
+        self.extend_token(existing, expires);
         let link = self.links.get_mut(&existing).expect("indexed link exists");
         let last_seq = link.last_seq();
         let a = link.wire.attachment_mut().expect("an HTTP-transport link");
@@ -114,7 +118,13 @@ impl Shard {
 
     /// `POST /send`: frames for the device's open HTTP-transport link, handled as if they came
     /// over a WebSocket. Answers are queued on the link, not in the POST's response.
-    pub fn post(&mut self, who: &Identity, body: &[u8], now: Instant) -> Result<(), (u16, String)> {
+    pub fn post(
+        &mut self,
+        who: &Identity,
+        body: &[u8],
+        expires: Instant,
+        now: Instant,
+    ) -> Result<(), (u16, String)> {
         let conn = self.device_link(who, Wire::is_http).ok_or((
             409,
             "no open stream for this device: open GET /sse or /poll first".to_owned(),
@@ -125,6 +135,7 @@ impl Shard {
             .map(|raw| json::decode_frame(raw.get().as_bytes()).map_err(|e| (400, e.0)))
             .collect::<Result<_, _>>()?;
         self.metrics.http_sends.inc();
+        self.extend_token(conn, expires);
         if let Some(link) = self.links.get_mut(&conn) {
             link.last_activity = now;
         }

@@ -19,7 +19,7 @@ impl Harness {
             ..upgrade(Codec::Json)
         };
         self.shard
-            .open(conn, who("alice", device), &up, self.at(ms));
+            .open(conn, who("alice", device), &up, far(), self.at(ms));
         let link = self.shard.link_mut(conn).unwrap();
         let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         link.out.drain(..end);
@@ -224,6 +224,7 @@ fn an_event_stream_names_stored_pushes_by_epoch_and_offset_and_resumes_by_them()
         1,
         who("alice", "web"),
         &http_req(Route::EventStream, 0),
+        far(),
         h.t0,
     );
     h.push("alice", None, "a", 1);
@@ -237,7 +238,7 @@ fn an_event_stream_names_stored_pushes_by_epoch_and_offset_and_resumes_by_them()
         since: since(&epoch, 1),
         ..http_req(Route::EventStream, 0)
     };
-    let (conn, _) = h.shard.attach(5, who("alice", "web"), &req, h.at(3));
+    let (conn, _) = h.shard.attach(5, who("alice", "web"), &req, far(), h.at(3));
     assert_eq!(conn, 5);
     let out = String::from_utf8(std::mem::take(&mut h.shard.link_mut(5).unwrap().out)).unwrap();
     assert!(out.contains("\"recovered\":true"), "{out}");
@@ -365,7 +366,7 @@ fn while_the_shared_store_is_down_pushes_go_out_unstored_and_resumes_are_not_rec
 fn a_link_gone_before_its_stream_was_read_reports_what_it_held() {
     let mut h = shared();
     h.shard
-        .open(1, who("alice", "phone"), &upgrade(Codec::Json), h.t0);
+        .open(1, who("alice", "phone"), &upgrade(Codec::Json), far(), h.t0);
     h.push("alice", Some("phone"), "dev", 1);
     h.shard.take_undelivered();
     h.shard.closed(1);
@@ -416,7 +417,7 @@ fn a_long_poll_with_since_resumes_too() {
         since: since(&epoch, 1),
         ..http_req(Route::Poll, 0)
     };
-    let (conn, _) = h.shard.attach(1, who("alice", "web"), &req, h.at(2));
+    let (conn, _) = h.shard.attach(1, who("alice", "web"), &req, far(), h.at(2));
     let answer = h.shard.take_poll_answer(conn, None).expect("frames wait");
     let text = String::from_utf8(answer).unwrap();
     assert!(text.contains("\"recovered\":true"), "{text}");
