@@ -213,11 +213,11 @@ pub struct Shard {
     pub metrics: Arc<CoreMetrics>,
     latencies: Latencies,
     /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`].
-    claims: Vec<UpstreamRequest>,
+    claims: VecDeque<UpstreamRequest>,
     /// Changes to the idempotency stores, applied by [`Shard::settle`].
-    idem_updates: Vec<IdemUpdate>,
+    idem_updates: VecDeque<IdemUpdate>,
     /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
-    upstream: Vec<UpstreamRequest>,
+    upstream: VecDeque<UpstreamRequest>,
     events: VecDeque<Event>,
     /// Pushes waiting for the shared stream store, in arrival order.
     appends: resume::Appends,
@@ -296,9 +296,9 @@ impl Shard {
             rng: SmallRng::seed_from_u64(seed),
             metrics,
             latencies: Latencies::default(),
-            claims: Vec::new(),
-            idem_updates: Vec::new(),
-            upstream: Vec::new(),
+            claims: VecDeque::new(),
+            idem_updates: VecDeque::new(),
+            upstream: VecDeque::new(),
             events: VecDeque::new(),
             appends: resume::Appends::default(),
             inbound: Vec::new(),
@@ -665,7 +665,7 @@ impl Shard {
             self.reply_error(conn, &f.key, Code::BadFrame, reason);
             return;
         };
-        self.claims.push(UpstreamRequest {
+        self.claims.push_back(UpstreamRequest {
             conn,
             who: link.who.clone(),
             key: f.key,
@@ -696,7 +696,7 @@ impl Shard {
         match claim {
             Claim::Fresh => {
                 self.metrics.upstream_forwarded.inc();
-                self.upstream.push(req);
+                self.upstream.push_back(req);
             }
             Claim::Pending => self.metrics.dropped(DropReason::DuplicatePending),
             Claim::Done(reply) => {
@@ -736,7 +736,7 @@ impl Shard {
         let key = req.key.clone();
         match result {
             Ok(reply) => {
-                self.idem_updates.push(IdemUpdate::Complete {
+                self.idem_updates.push_back(IdemUpdate::Complete {
                     who,
                     key,
                     reply: reply.clone(),
@@ -747,7 +747,8 @@ impl Shard {
                 self.send_ack(req.conn, req.key.clone(), reply);
             }
             Err(e) => {
-                self.idem_updates.push(IdemUpdate::Release { who, key });
+                self.idem_updates
+                    .push_back(IdemUpdate::Release { who, key });
                 self.metrics.upstream_failed.inc();
                 let (code, reason) = match e {
                     BackendError::Unavailable(r) => (Code::BackendUnavailable, r),
@@ -1426,9 +1427,11 @@ impl Shard {
     /// and sent on for a shared store).
     fn settle(&mut self, now: Instant) {
         let shared = self.embedded.shared_store.is_some();
+        // Queues, not taken vectors: they keep their buffers, so a message costs no
+        // allocation here.
         while !(self.claims.is_empty() && self.upstream.is_empty() && self.idem_updates.is_empty())
         {
-            for req in std::mem::take(&mut self.claims) {
+            while let Some(req) = self.claims.pop_front() {
                 if shared {
                     self.events.push_back(Event::Claim(req));
                 } else {
@@ -1436,14 +1439,14 @@ impl Shard {
                     self.claimed(req, claim, now);
                 }
             }
-            for req in std::mem::take(&mut self.upstream) {
+            while let Some(req) = self.upstream.pop_front() {
                 if self.embedded.local_bizs.is_local(req.who.biz_id) {
                     self.loopback(req, now);
                 } else {
                     self.events.push_back(Event::Upstream(req));
                 }
             }
-            for u in std::mem::take(&mut self.idem_updates) {
+            while let Some(u) = self.idem_updates.pop_front() {
                 if shared {
                     self.events.push_back(Event::IdemUpdate(u.clone()));
                 }
