@@ -900,7 +900,8 @@ impl Shard {
         }
         for conn in conns {
             let link = self.links.get_mut(conn).expect("matched link exists");
-            if link.out.len() > backlogged {
+            // Nothing goes before CONNECTED; best effort does not wait for it either.
+            if link.out.len() > backlogged || link.opening.is_some() {
                 self.metrics.ephemeral_dropped.inc();
                 continue;
             }

@@ -73,6 +73,9 @@ impl Shard {
         if !poll {
             // A new response: its head first, then whatever waited while no stream was open.
             link.set_head(events::stream_head(origin));
+        }
+        // A link still waiting for its stream sends CONNECTED once that comes.
+        if !poll && link.opening.is_none() {
             // The stream as far as this link has followed it.
             let stream = Resume::as_followed(link.seen.as_ref());
             let connected = connected_frame(&self.cfg, link, &stream);

@@ -186,7 +186,15 @@ impl Shard {
     /// The shared store answered a link's question (`None`: it could not be reached; the
     /// link starts with no stream, and a resume is not recovered).
     pub fn on_stream_read(&mut self, conn: ConnId, state: Option<StreamState>, now: Instant) {
-        let Some(opening) = self.links.get_mut(&conn).and_then(|l| l.opening.take()) else {
+        let Some(link) = self.links.get_mut(&conn) else {
+            return;
+        };
+        if !link.is_open() {
+            // Closed meanwhile (kicked, redirected): nothing may follow its close; what it
+            // held is reported when its socket goes.
+            return;
+        }
+        let Some(opening) = link.opening.take() else {
             return;
         };
         let biz_id = self.links[&conn].who.biz_id;

@@ -426,3 +426,44 @@ fn a_long_poll_with_since_resumes_too() {
         "{text}"
     );
 }
+
+#[test]
+fn a_link_closed_while_its_stream_is_read_sends_nothing_after_its_close() {
+    let mut h = shared();
+    h.open_since(1, "phone", None, 0);
+    h.shard.take_reads();
+    let typing = EncodedPush::new("", Bytes::from_static(b"typing"));
+    let best_effort = Delivery {
+        ephemeral: true,
+        ..stored(h.at(1))
+    };
+    h.shard.push(
+        1,
+        &["alice".to_owned()],
+        None,
+        &typing,
+        best_effort,
+        h.at(1),
+    );
+    assert_eq!(
+        h.shard.metrics.ephemeral_dropped.get(),
+        1,
+        "nothing before CONNECTED"
+    );
+    h.push("alice", Some("phone"), "dev", 2);
+    h.kick("alice", "operator", 3);
+    let out = h.drain(1);
+    assert!(
+        matches!(out.last(), Some(Out::Close(c)) if *c == close_code::KICKED),
+        "{out:?}"
+    );
+    h.shard.on_stream_read(1, state(0, None), h.at(4));
+    assert!(h.drain(1).is_empty(), "no CONNECTED after the close");
+    h.shard.take_undelivered();
+    h.shard.closed(1);
+    let reports = h.shard.take_undelivered();
+    assert_eq!(
+        reports.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
+        ["dev"]
+    );
+}
