@@ -87,6 +87,10 @@ pub struct LinkArgs {
     /// Devices one user may have connected; a new one signs out the oldest.
     #[arg(long, env = "RINGWAY_MAX_DEVICES_PER_USER", default_value_t = 5)]
     pub max_devices_per_user: usize,
+    /// Rooms one link may be in (its token's `rooms` claim and API joins); joins past it are
+    /// refused and counted (ringway_rooms_refused_total). Room names are 1 to 128 bytes.
+    #[arg(long, env = "RINGWAY_MAX_ROOMS_PER_USER", default_value_t = 64)]
+    pub max_rooms_per_user: usize,
 }
 
 impl LinkArgs {
@@ -113,6 +117,7 @@ impl LinkArgs {
             },
             heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms.max(3)),
             max_devices_per_user: self.max_devices_per_user.max(1),
+            max_rooms_per_user: self.max_rooms_per_user,
             presence_events,
             deflate: self.deflate.then_some(DeflatePolicy {
                 min_bytes: self.deflate_min_bytes,

@@ -56,6 +56,8 @@ pub struct ShardConfig {
     pub max_devices_per_user: usize,
     /// Record online/offline events for the presence topic.
     pub presence_events: bool,
+    /// Rooms one link may be in (`--max-rooms-per-user`); joins past it are refused.
+    pub max_rooms_per_user: usize,
     /// permessage-deflate, when offered; `None` declines every offer.
     pub deflate: Option<DeflatePolicy>,
     /// Bizs whose bodies travel sealed between clients and the gateway.
@@ -208,6 +210,8 @@ pub struct Shard {
     woken: Vec<ConnId>,
     /// (biz, user) → that user's open links on this core, oldest first.
     users: FastMap<u64, FastMap<Rc<str>, Vec<ConnId>>>,
+    /// (biz, room) → the links of this core in the room.
+    rooms: FastMap<u64, FastMap<Rc<str>, Vec<ConnId>>>,
     wheel: TimerWheel<TimerEvent>,
     rng: SmallRng,
     pub metrics: Arc<CoreMetrics>,
@@ -269,7 +273,10 @@ fn inflate(
 
 mod http;
 mod resume;
+mod rooms;
 mod token;
+
+pub use rooms::Audience;
 
 const TICK: Duration = Duration::from_millis(10);
 /// The coarsest rounding of a liveness check (see `Shard::next_liveness`).
@@ -292,6 +299,7 @@ impl Shard {
             ready: Rc::default(),
             woken: Vec::new(),
             users: FastMap::default(),
+            rooms: FastMap::default(),
             wheel: TimerWheel::new(TICK, 4096, now),
             rng: SmallRng::seed_from_u64(seed),
             metrics,
@@ -1024,6 +1032,10 @@ impl Shard {
         };
         if link.inflight[i].attempts >= max {
             let f = link.inflight.swap_remove(i);
+            if f.push.is_room() {
+                self.metrics.room_undelivered.inc();
+                return;
+            }
             let who = link.who.clone();
             self.report(
                 who.biz_id,
@@ -1340,8 +1352,9 @@ impl Shard {
         }
     }
 
-    /// A closing link takes no new pushes.
+    /// A closing link takes no new pushes or room messages.
     fn unindex(&mut self, conn: ConnId) {
+        self.unroom(conn);
         let Some(link) = self.links.get(&conn) else {
             return;
         };
@@ -1390,6 +1403,10 @@ impl Shard {
         };
         for f in link.inflight {
             self.wheel.cancel(f.timer);
+            if f.push.is_room() {
+                self.metrics.room_undelivered.inc();
+                continue;
+            }
             self.report(
                 link.who.biz_id,
                 &link.who.user_id,

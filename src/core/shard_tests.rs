@@ -32,6 +32,7 @@ fn cfg() -> ShardConfig {
         },
         heartbeat_timeout: 30_000 * MS,
         max_devices_per_user: 2,
+        max_rooms_per_user: 3,
         presence_events: true,
         deflate: Some(DeflatePolicy {
             min_bytes: 64,
@@ -1449,3 +1450,6 @@ mod resume;
 
 #[path = "shard/token_tests.rs"]
 mod token;
+
+#[path = "shard/rooms_tests.rs"]
+mod rooms;

@@ -193,6 +193,8 @@ pub struct Link {
     pub seen: Option<Followed>,
     /// Set until the shared store answers for the link's stream.
     pub opening: Option<Box<Opening>>,
+    /// The rooms the link is in.
+    pub rooms: Vec<Rc<str>>,
     pub last_activity: Instant,
     pub connected_at: Instant,
     /// The client's address, as the socket says (`GET /v1/links`).
@@ -257,6 +259,7 @@ impl Link {
             inflight: Vec::new(),
             seen: None,
             opening: None,
+            rooms: Vec::new(),
             last_activity: now,
             connected_at: now,
             peer: None,

@@ -36,6 +36,8 @@ const SUFFIX_BYTES: usize = 64;
 
 pub struct EncodedPush {
     pub key: Rc<str>,
+    /// A room message's room (a broadcast's is empty); `None` for a push.
+    room: Option<Rc<str>>,
     /// The body as the backend sent it, for undelivered reports.
     body: Bytes,
     /// The body as frames carry it: sealed once here when the biz encrypts bodies, so a
@@ -61,12 +63,26 @@ impl EncodedPush {
     ) -> Rc<Self> {
         Rc::new(EncodedPush {
             key: key.into(),
+            room: None,
             body,
             wire_body,
             proto: OnceCell::new(),
             json: OnceCell::new(),
             unsettled,
         })
+    }
+
+    /// A room message (or, with `room` empty, a broadcast), encoded once for every member of
+    /// the core.
+    pub fn for_room(key: &str, room: &str, body: Bytes, wire_body: Bytes) -> Rc<Self> {
+        let mut push = Self::tracked(key, body, wire_body, None);
+        Rc::get_mut(&mut push).expect("just made").room = Some(room.into());
+        push
+    }
+
+    /// Whether this is a room message or a broadcast, not a push.
+    pub fn is_room(&self) -> bool {
+        self.room.is_some()
     }
 
     pub fn body(&self) -> &Bytes {
@@ -92,6 +108,7 @@ impl EncodedPush {
             body: self.wire_body.clone(),
             seq,
             offset,
+            room: self.room.as_deref().unwrap_or_default().to_owned(),
             ..Default::default()
         }
     }

@@ -363,6 +363,14 @@ metric_set! {
         pub resumes: Labeled<ResumeResult> => "ringway_resumes_total",
         /// Stored pushes sent again to a resuming link.
         pub replayed: Counter => "ringway_replayed_pushes_total",
+        /// Room messages and broadcasts written to a link.
+        pub room_sent: Counter => "ringway_room_sent_total",
+        /// Best-effort room messages and broadcasts dropped for a backlogged link.
+        pub room_dropped: Counter => "ringway_room_dropped_total",
+        /// Reliable room messages a link never acked (retries exhausted, or it closed).
+        pub room_undelivered: Counter => "ringway_room_undelivered_total",
+        /// Room joins refused: the link was in --max-rooms-per-user rooms already.
+        pub rooms_refused: Counter => "ringway_rooms_refused_total",
         /// Ephemeral pushes written to a link.
         pub ephemeral_sent: Counter => "ringway_ephemeral_sent_total",
         /// Ephemeral pushes dropped for a link with a backlog.

@@ -59,6 +59,7 @@ pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
             .map(JsonNode::into_node)
             .collect(),
         offset: f.offset,
+        room: f.room.unwrap_or_default(),
         token: f.token.unwrap_or_default(),
     })
 }
@@ -113,6 +114,9 @@ pub fn encode_frame(f: &Frame, out: &mut Vec<u8>) {
     }
     if f.offset != 0 {
         w.u64_field("offset", f.offset);
+    }
+    if !f.room.is_empty() {
+        w.str_field("room", &f.room);
     }
     if !f.token.is_empty() {
         w.str_field("token", &f.token);
@@ -321,6 +325,8 @@ struct JsonFrame {
     nodes: Option<Vec<JsonNode>>,
     #[serde(default, deserialize_with = "uint")]
     offset: u64,
+    #[serde(default)]
+    room: Option<String>,
     #[serde(default)]
     token: Option<String>,
 }
@@ -598,6 +604,7 @@ mod tests {
                 started_ms: 5,
             }],
             offset: 10,
+            room: "r".into(),
             token: "t.o.k".into(),
         };
         let mut out = Vec::new();
