@@ -23,6 +23,8 @@ pub struct Identity {
 pub struct Verified {
     pub who: Identity,
     pub exp: u64,
+    /// Rooms the link joins at connect (the `rooms` claim).
+    pub rooms: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -34,6 +36,8 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     device_id: Option<String>,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rooms: Vec<String>,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -85,6 +89,17 @@ pub fn check_id(name: &str, v: &str) -> Result<(), String> {
     if v.is_empty() || v.len() > MAX_ID_LEN || v.contains(':') || v.chars().any(char::is_control) {
         return Err(format!(
             "{name} must be 1..={MAX_ID_LEN} bytes without ':' or control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// What a room name may be (DESIGN §4a): 1..=128 bytes, no control characters (names reach
+/// logs). Shared by tokens' `rooms` claim and the rooms API.
+pub fn check_room(room: &str) -> Result<(), String> {
+    if room.is_empty() || room.len() > MAX_ID_LEN || room.chars().any(char::is_control) {
+        return Err(format!(
+            "a room name must be 1..={MAX_ID_LEN} bytes without control characters"
         ));
     }
     Ok(())
@@ -152,17 +167,29 @@ impl Verifier {
         for (name, v) in [("user_id", &c.user_id), ("device_id", &device_id)] {
             check_id(name, v).map_err(AuthError::Invalid)?;
         }
+        for room in &c.rooms {
+            check_room(room).map_err(|e| AuthError::Invalid(format!("rooms: {e}")))?;
+        }
         let who = Identity {
             biz_id: c.biz_id,
             user_id: c.user_id,
             device_id,
         };
-        Ok(Verified { who, exp: c.exp })
+        Ok(Verified {
+            who,
+            exp: c.exp,
+            rooms: c.rooms,
+        })
     }
 }
 
 /// Mints an HS256 token; used by `ringway token`, the load generator and tests.
 pub fn mint_hs256(secret: &[u8], who: &Identity, ttl_secs: u64) -> String {
+    mint_hs256_in(secret, who, ttl_secs, &[])
+}
+
+/// As [`mint_hs256`], with a `rooms` claim: the link joins them at connect.
+pub fn mint_hs256_in(secret: &[u8], who: &Identity, ttl_secs: u64, rooms: &[String]) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
@@ -173,6 +200,7 @@ pub fn mint_hs256(secret: &[u8], who: &Identity, ttl_secs: u64) -> String {
         user_id: who.user_id.clone(),
         device_id: Some(who.device_id.clone()),
         exp,
+        rooms: rooms.to_vec(),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

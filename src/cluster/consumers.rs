@@ -11,6 +11,8 @@ use super::rebalance::{ScaleEvent, on_scale_event};
 use super::routing::{Mode, PushRouter, hand_off, push_topic_share, uncommitted};
 use crate::control::Hub;
 use crate::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
+use crate::proto::RoomMessage;
+use prost::Message as _;
 
 /// Starts the consumers `mode` needs, once the topics they read exist.
 pub async fn start(
@@ -51,8 +53,11 @@ pub async fn start(
         },
         fetch_wait_ms: cfg.latency.fetch_wait_ms,
         uncommitted: uncommitted(node),
+        from_newest: false,
     };
     consume_push_topic(node, &cfg.brokers, push_sub, router.clone());
+    kafka::ensure_topics(&cfg.brokers, std::slice::from_ref(&cfg.room_topic)).await?;
+    consume_room_topic(node, cfg);
     if located {
         tokio::spawn(adopt_orphans(
             router.clone(),
@@ -85,6 +90,35 @@ fn consume_push_topic(node: &Arc<Hub>, brokers: &str, sub: Subscription, router:
     });
 }
 
+/// Reads the room topic, all of it, in a group of this node's own: every node hands every room
+/// message and broadcast to all its cores, which deliver to their members. A record is
+/// committed once the cores have it (best effort has nothing to wait for after that).
+fn consume_room_topic(node: &Arc<Hub>, cfg: &KafkaConfig) {
+    let sub = Subscription {
+        topic: cfg.room_topic.clone(),
+        group: format!("{}.rooms.{}", cfg.group, node.node_id),
+        membership: Membership::All,
+        fetch_wait_ms: cfg.latency.fetch_wait_ms,
+        uncommitted: uncommitted(node),
+        from_newest: true,
+    };
+    let (n, brokers) = (node.clone(), cfg.brokers.clone());
+    tokio::spawn(async move {
+        let handle = |bytes: Vec<u8>, _| {
+            let n = n.clone();
+            async move {
+                match RoomMessage::decode(&bytes[..]) {
+                    Ok(m) => crate::control::router::room(&n, m).await,
+                    Err(e) => warn!(error = %e, "undecodable room message skipped"),
+                }
+            }
+        };
+        if let Err(e) = kafka::consume(&brokers, &sub, || !n.is_draining(), handle).await {
+            tracing::error!(error = %e, "room consumer stopped");
+        }
+    });
+}
+
 /// Reads the node's own topic: pushes other nodes forwarded to users they found here. The
 /// drain stops it last ([`Hub::finish_node_topic`]).
 fn consume_node_topic(node: &Arc<Hub>, cfg: &KafkaConfig, node_topic: String) {
@@ -95,6 +129,7 @@ fn consume_node_topic(node: &Arc<Hub>, cfg: &KafkaConfig, node_topic: String) {
         membership: Membership::All,
         fetch_wait_ms: cfg.latency.fetch_wait_ms,
         uncommitted: uncommitted(node),
+        from_newest: false,
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {
@@ -129,6 +164,7 @@ fn consume_scale_events(node: &Arc<Hub>, cfg: &KafkaConfig, topic: String, start
         membership: Membership::Group,
         fetch_wait_ms: cfg.latency.fetch_wait_ms,
         uncommitted: uncommitted(node),
+        from_newest: false,
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {

@@ -68,7 +68,9 @@ pub async fn run(
         tokio::spawn(registry.clone().run(node.clone()));
     }
     start(&node, services, life.scale.topic.clone()).await?;
-    let more = fleet_api::routes(life.scale.clone()).merge(crate::control::inspect::routes());
+    let more = fleet_api::routes(life.scale.clone())
+        .merge(crate::control::inspect::routes())
+        .merge(crate::control::rooms_api::routes());
     tokio::spawn(admin::serve(node.clone(), admin, more));
     tokio::spawn(watchdog::run(node.clone()));
     tokio::select! {

@@ -57,6 +57,7 @@ async fn adopt(router: Arc<PushRouter>, brokers: String, group: String, gone: St
         membership: Membership::All,
         fetch_wait_ms: router.kafka.fetch_wait_ms(),
         uncommitted: super::routing::uncommitted(&node),
+        from_newest: false,
     };
     info!(node = %gone, topic = %sub.topic, "a node left the fleet: routing what is left in its topic");
     let t0 = Instant::now();

@@ -28,6 +28,10 @@ pub struct KafkaArgs {
     /// Topic of PushMessage records (protobuf) to deliver.
     #[arg(long, env = "RINGWAY_PUSH_TOPIC", default_value = "ringway.push")]
     pub push_topic: String,
+    /// Topic of RoomMessage records (room messages and broadcasts): every node reads all of
+    /// it (a consumer group per node, from the newest record) and delivers to its members.
+    #[arg(long, env = "RINGWAY_ROOM_TOPIC", default_value = "ringway.rooms")]
+    pub room_topic: String,
     /// Topic the node writes PresenceEvent records (a device online / offline) to.
     #[arg(
         long,
@@ -51,6 +55,7 @@ impl KafkaArgs {
             brokers: brokers.clone(),
             group: self.kafka_group.clone(),
             push_topic: self.push_topic.clone(),
+            room_topic: self.room_topic.clone(),
             undelivered_topic: self.undelivered_topic.clone(),
             presence_topic: self.presence_topic.clone(),
             node_id: node_id.to_owned(),

@@ -247,8 +247,35 @@ fn admit(node: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How long a core may take to answer an admin request.
+const CORE_ANSWERS_WITHIN: Duration = Duration::from_secs(2);
+
+/// Asks core `core` a question (`ask` builds the message around the reply's sender) and waits
+/// for its answer; 503 when its inbox is full or it does not answer in time.
+pub async fn ask_core<T>(
+    node: &Hub,
+    core: usize,
+    ask: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::core::inbox::CoreMsg,
+) -> Result<T, ApiError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let busy = || error(StatusCode::SERVICE_UNAVAILABLE, "a core is busy; retry");
+    node.cores[core].send(ask(reply)).map_err(|_| busy())?;
+    tokio::time::timeout(CORE_ANSWERS_WITHIN, answer)
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())
+}
+
+/// Reads that show personal data (addresses, membership) need the admin token too, when set.
+pub fn admit_read(node: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &node.admin.token {
+        Some(token) => check_token(token, headers),
+        None => Ok(()),
+    }
+}
+
 /// [`admit`], then the JSON body.
-fn request<T: DeserializeOwned>(
+pub fn request<T: DeserializeOwned>(
     node: &Hub,
     headers: &HeaderMap,
     body: &[u8],

@@ -3,7 +3,6 @@
 //! description (`GET /openapi.json`, the document `docs/openapi.json`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State, rejection::QueryRejection};
@@ -14,11 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Hub;
-use super::admin::{ApiError, check_token, error};
+use super::admin::{ApiError, admit_read, ask_core, error};
 use crate::core::inbox::{CoreMsg, Inspect};
-
-/// How long a core may take to list a user's links.
-const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -46,24 +42,19 @@ async fn links(
     headers: HeaderMap,
     query: Result<Query<LinksQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &node.admin.token {
-        check_token(token, &headers)?;
-    }
+    admit_read(&node, &headers)?;
     let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
     crate::auth::check_id("user_id", &q.user_id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let core = crate::owner_core(q.biz_id, &q.user_id, node.cores.len());
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let ask = CoreMsg::Inspect(Box::new(Inspect {
-        biz_id: q.biz_id,
-        user_id: q.user_id.clone(),
-        reply,
-    }));
-    let busy = || error(StatusCode::SERVICE_UNAVAILABLE, "owner core busy; retry");
-    node.cores[core].send(ask).map_err(|_| busy())?;
-    let links = tokio::time::timeout(ANSWER_WITHIN, answer)
-        .await
-        .map_err(|_| busy())?
-        .map_err(|_| busy())?;
+    let (biz_id, user_id) = (q.biz_id, q.user_id.clone());
+    let links = ask_core(&node, core, |reply| {
+        CoreMsg::Inspect(Box::new(Inspect {
+            biz_id,
+            user_id,
+            reply,
+        }))
+    })
+    .await?;
     let body = json!({
         "node_id": node.node_id,
         "core": core,

@@ -28,7 +28,7 @@ use crate::auth::Identity;
 use crate::backend_proto::BatchOnReceiveRequest;
 use crate::core::shard::{BackendError, Undelivered, UpstreamRequest};
 use crate::link::push::Unsettled;
-use crate::proto::{PresenceEvent, PushMessage, UndeliveredPush};
+use crate::proto::{PresenceEvent, PushMessage, RoomMessage, UndeliveredPush};
 use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
@@ -50,6 +50,8 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub group: String,
     pub push_topic: String,
+    /// RoomMessage records, read by every node (a consumer group per node).
+    pub room_topic: String,
     pub undelivered_topic: String,
     pub presence_topic: String,
     pub node_id: String,
@@ -205,6 +207,14 @@ impl KafkaOut {
     /// users are; false if the broker did not take it.
     pub async fn to_push_topic(&self, push: &PushMessage) -> bool {
         self.forward(&self.cfg.push_topic, push).await
+    }
+
+    /// Writes a room message (or broadcast) to the room topic, which every node reads; false
+    /// if the broker did not take it.
+    pub async fn to_room_topic(&self, m: &RoomMessage) -> bool {
+        let key = format!("{}:{}", m.biz_id, m.room);
+        self.publish(&self.cfg.room_topic, &key, &m.encode_to_vec())
+            .await
     }
 
     /// Puts a push that a draining node could not deliver back on the push topic.
@@ -424,6 +434,9 @@ pub struct Subscription {
     pub fetch_wait_ms: u32,
     /// Told each change in the number of records read and not yet committed (+n, -n).
     pub uncommitted: Arc<dyn Fn(i64) + Send + Sync>,
+    /// A group with no committed offset starts at the topic's end, not its start (room
+    /// messages are for who is there now, not a history to replay).
+    pub from_newest: bool,
 }
 
 /// How a consumer gets its partitions.
@@ -471,7 +484,14 @@ pub async fn consume<F: Future<Output = ()>>(
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "200")
-        .set("auto.offset.reset", "earliest")
+        .set(
+            "auto.offset.reset",
+            if sub.from_newest {
+                "latest"
+            } else {
+                "earliest"
+            },
+        )
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "30000")

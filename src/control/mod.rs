@@ -16,6 +16,7 @@ pub mod redis_idem;
 pub mod redis_script;
 pub mod redis_streams;
 pub mod remotes;
+pub mod rooms_api;
 pub mod router;
 pub mod routes;
 pub mod services;

@@ -1,11 +1,16 @@
-//! Sends pushes, kicks and redirects to the cores that own the users.
+//! Sends pushes, kicks and redirects to the cores that own the users, and room messages to
+//! every core.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
 
 use super::Hub;
-use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect};
+use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect, RoomJob};
 use crate::owner_core;
-use crate::proto::Node;
+use crate::proto::{Node, RoomMessage};
 
 /// How a push was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +53,26 @@ pub fn push(node: &Hub, mut push: PushJob) -> Routed {
         }
     }
     routed
+}
+
+/// Hands a room message or broadcast to every core (each delivers to its members), waiting
+/// out a full inbox: the message is the cores' once this returns.
+pub async fn room(node: &Hub, m: RoomMessage) {
+    let job = Arc::new(RoomJob {
+        biz_id: m.biz_id,
+        room: m.room,
+        key: m.key,
+        body: m.body,
+        exclude_user_ids: m.exclude_user_ids,
+        reliable: m.reliable,
+    });
+    for core in 0..node.cores.len() {
+        let mut msg = CoreMsg::Room(job.clone());
+        while let Err(back) = node.send_within(core, msg, Duration::from_secs(5)).await {
+            warn!(core, "core inbox full: a room message waits for it");
+            msg = back;
+        }
+    }
 }
 
 /// Queues a kick on the user's owner core; false if that core's inbox is full.

@@ -42,6 +42,12 @@ pub enum CoreMsg {
     Answered(Box<Vec<(UpstreamRequest, Result<Bytes, BackendError>)>>),
     /// Answer with a user's open links on this core (`GET /v1/links`).
     Inspect(Box<Inspect>),
+    /// A room message or broadcast for this core's members; every core gets the same one.
+    Room(Arc<RoomJob>),
+    /// A user joins or leaves rooms (sent to the user's owner core).
+    Membership(Box<Membership>),
+    /// Answer with a room's members on this core.
+    RoomMembers(Box<RoomQuery>),
     /// Stop accepting and close every link with 1001.
     Shutdown,
     /// The node is done: end the core's executor, so its thread can be joined.
@@ -53,6 +59,32 @@ pub enum CoreMsg {
 pub struct Streamed {
     pub appends: Vec<(u64, Option<Stored>)>,
     pub reads: Vec<(crate::link::ConnId, Option<StreamState>)>,
+}
+
+/// A room message (`room` set) or a broadcast to the biz (`room` empty).
+pub struct RoomJob {
+    pub biz_id: u64,
+    pub room: String,
+    pub key: String,
+    pub body: Bytes,
+    pub exclude_user_ids: Vec<String>,
+    pub reliable: bool,
+}
+
+pub struct Membership {
+    pub biz_id: u64,
+    pub user_id: String,
+    pub rooms: Vec<String>,
+    pub join: bool,
+    /// How many of the user's links it reached.
+    pub reply: tokio::sync::oneshot::Sender<usize>,
+}
+
+pub struct RoomQuery {
+    pub biz_id: u64,
+    pub room: String,
+    /// (links, users) in the room on this core.
+    pub reply: tokio::sync::oneshot::Sender<(usize, usize)>,
 }
 
 pub struct Inspect {

@@ -331,6 +331,13 @@ impl Shard {
         EncodedPush::tracked(key, body, wire, unsettled)
     }
 
+    /// A room message or broadcast, encoded once for this core's members (sealed here when
+    /// the biz encrypts bodies).
+    pub fn encode_room(&self, biz_id: u64, key: &str, room: &str, body: Bytes) -> Rc<EncodedPush> {
+        let wire = self.cfg.body_keys.seal(biz_id, body.clone());
+        EncodedPush::for_room(key, room, body, wire)
+    }
+
     #[cfg(test)]
     pub fn link_mut(&mut self, conn: ConnId) -> Option<&mut Link> {
         self.links.get_mut(&conn)
@@ -896,27 +903,6 @@ impl Shard {
                 let us = now.saturating_duration_since(how.accepted_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_delivery, us);
             }
-        }
-    }
-
-    /// Ephemeral pushes go out once, best effort (DESIGN §4a): no seq, no ack, no retransmit,
-    /// and never onto a queue the socket is not taking: there they are dropped and counted.
-    fn send_ephemeral(&mut self, conns: &[ConnId], push: &EncodedPush) {
-        let backlogged = self.cfg.max_outbound_bytes / 4;
-        if conns.is_empty() {
-            self.metrics.ephemeral_dropped.inc();
-        }
-        for conn in conns {
-            let link = self.links.get_mut(conn).expect("matched link exists");
-            // Nothing goes before CONNECTED; best effort does not wait for it either.
-            if link.out.len() > backlogged || link.opening.is_some() {
-                self.metrics.ephemeral_dropped.inc();
-                continue;
-            }
-            // No seq: a dropped one must not look like a gap.
-            link.send_push(push, 0, None, false);
-            self.metrics.ephemeral_sent.inc();
-            self.metrics.frame_out(Cmd::Downstream);
         }
     }
 

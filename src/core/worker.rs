@@ -22,7 +22,7 @@ use super::embedded::{Embedded, LocalBizs, StoreDownPolicy, StreamStore};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::readiness::Readiness;
 use super::services::{ServiceCall, Services};
-use super::shard::{Delivery, Event, Shard, ShardConfig, Target, Transmit};
+use super::shard::{Audience, Delivery, Event, Shard, ShardConfig, Target, Transmit};
 use super::stream::{StreamLimits, Streams};
 use crate::auth::{AuthError, Verified, Verifier};
 use crate::core::admission::{Admission, Refusal, Ticket};
@@ -509,12 +509,14 @@ fn open_link(
     w.next_conn.set(conn + 1);
     let now = Instant::now();
     let expires = w.token_deadline(token.exp, now);
-    let who = token.who;
+    let (who, rooms) = (token.who, token.rooms);
     let h = match req {
         Request::WebSocket(up) => {
             {
                 let mut shard = w.shard.borrow_mut();
                 shard.open(conn, who, &up, expires, now);
+                // The token's rooms join at every connect.
+                shard.join_link(conn, &rooms);
                 shard.set_peer(conn, stream.peer());
                 if !leftover.is_empty() {
                     shard.handle_bytes(conn, &mut leftover, now);
@@ -546,6 +548,7 @@ fn open_link(
     }
     let poll = h.route == Route::Poll;
     let (conn, generation) = w.shard.borrow_mut().attach(conn, who, &h, expires, now);
+    w.shard.borrow_mut().join_link(conn, &rooms);
     // The link now answers through this request's socket.
     w.shard.borrow_mut().set_peer(conn, stream.peer());
     w.after_events(now);
@@ -898,6 +901,29 @@ impl Worker {
                 let links = self.shard.borrow().inspect(i.biz_id, &i.user_id, now);
                 // The asker may have given up waiting; nothing to do then.
                 let _ = i.reply.send(links);
+            }
+            CoreMsg::Room(job) => {
+                let mut shard = self.shard.borrow_mut();
+                let message = shard.encode_room(job.biz_id, &job.key, &job.room, job.body.clone());
+                let to = match job.room.as_str() {
+                    "" => Audience::Biz,
+                    room => Audience::Room(room),
+                };
+                let exclude = &job.exclude_user_ids;
+                shard.publish(job.biz_id, to, &message, exclude, job.reliable, now);
+            }
+            CoreMsg::Membership(m) => {
+                let mut shard = self.shard.borrow_mut();
+                let links = if m.join {
+                    shard.join(m.biz_id, &m.user_id, &m.rooms)
+                } else {
+                    shard.leave(m.biz_id, &m.user_id, &m.rooms)
+                };
+                let _ = m.reply.send(links);
+            }
+            CoreMsg::RoomMembers(q) => {
+                let members = self.shard.borrow().room_members(q.biz_id, &q.room);
+                let _ = q.reply.send(members);
             }
             CoreMsg::Stop => unreachable!("the inbox loop ends on Stop"),
         }

@@ -143,7 +143,6 @@ impl Shard {
                 .map(|users| users.values().flatten().copied().collect())
                 .unwrap_or_default(),
         };
-        let backlogged = self.cfg.max_outbound_bytes / 4;
         let mut sent = 0;
         for conn in conns {
             let link = &self.links[&conn];
@@ -152,20 +151,42 @@ impl Shard {
             }
             if reliable {
                 self.deliver(conn, message.clone(), None, now, now, None);
-                sent += 1;
-                continue;
-            }
-            let link = self.links.get_mut(&conn).expect("indexed link exists");
-            if link.out.len() > backlogged || link.opening.is_some() {
+            } else if !self.best_effort(conn, message) {
                 self.metrics.room_dropped.inc();
                 continue;
             }
-            link.send_push(message, 0, None, false);
-            self.metrics.frame_out(Cmd::Downstream);
             sent += 1;
         }
         self.metrics.room_sent.add(sent as u64);
         sent
+    }
+
+    /// Ephemeral pushes: best effort, as room messages are.
+    pub(super) fn send_ephemeral(&mut self, conns: &[ConnId], push: &EncodedPush) {
+        if conns.is_empty() {
+            self.metrics.ephemeral_dropped.inc();
+        }
+        for conn in conns {
+            if self.best_effort(*conn, push) {
+                self.metrics.ephemeral_sent.inc();
+            } else {
+                self.metrics.ephemeral_dropped.inc();
+            }
+        }
+    }
+
+    /// Writes a best-effort message (DESIGN §4a): no seq, so a dropped one is never a false
+    /// gap, no ack, and never onto a queue the socket is not taking (over a quarter of the
+    /// outbound cap) or ahead of CONNECTED. False when dropped.
+    fn best_effort(&mut self, conn: ConnId, message: &EncodedPush) -> bool {
+        let backlogged = self.cfg.max_outbound_bytes / 4;
+        let link = self.links.get_mut(&conn).expect("indexed link exists");
+        if link.out.len() > backlogged || link.opening.is_some() {
+            return false;
+        }
+        link.send_push(message, 0, None, false);
+        self.metrics.frame_out(Cmd::Downstream);
+        true
     }
 
     /// A room's members on this core: links, and distinct users.
