@@ -56,7 +56,6 @@ pub async fn start(
         from_newest: false,
     };
     consume_push_topic(node, &cfg.brokers, push_sub, router.clone());
-    kafka::ensure_topics(&cfg.brokers, std::slice::from_ref(&cfg.room_topic)).await?;
     consume_room_topic(node, cfg);
     if located {
         tokio::spawn(adopt_orphans(
@@ -92,7 +91,9 @@ fn consume_push_topic(node: &Arc<Hub>, brokers: &str, sub: Subscription, router:
 
 /// Reads the room topic, all of it, in a group of this node's own: every node hands every room
 /// message and broadcast to all its cores, which deliver to their members. A record is
-/// committed once the cores have it (best effort has nothing to wait for after that).
+/// committed once the cores have it (best effort has nothing to wait for after that). The
+/// topic is made here, beside the start rather than in its way: a broker slow to create
+/// topics must not hold the node's readiness.
 fn consume_room_topic(node: &Arc<Hub>, cfg: &KafkaConfig) {
     let sub = Subscription {
         topic: cfg.room_topic.clone(),
@@ -104,6 +105,12 @@ fn consume_room_topic(node: &Arc<Hub>, cfg: &KafkaConfig) {
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_millis(200);
+        while let Err(e) = kafka::ensure_topics(&brokers, std::slice::from_ref(&sub.topic)).await {
+            warn!(error = %e, "room topic not there yet; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        }
         let handle = |bytes: Vec<u8>, _| {
             let n = n.clone();
             async move {
