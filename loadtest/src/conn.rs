@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use ringway::auth::{Identity, mint_hs256};
+use ringway::auth::{Identity, mint_hs256_in};
 use ringway::proto::{Cmd, Frame};
 use ringway::protocol::Codec;
 use tokio::net::{TcpSocket, TcpStream};
@@ -70,9 +70,10 @@ pub async fn open_resuming(
             user_id: user.clone(),
             device_id: "d".into(),
         };
+        let rooms: Vec<String> = common.room.iter().cloned().collect();
         let how = How {
-            token: mint_hs256(common.jwt_secret.as_bytes(), &who, 3600),
-            user,
+            token: mint_hs256_in(common.jwt_secret.as_bytes(), &who, 3600, &rooms),
+            channel: common.room.clone().unwrap_or_else(|| user.clone()),
             codec: common.codec,
             target: common.target,
             app_key: common.app_key.clone(),
@@ -120,7 +121,8 @@ pub async fn open_resuming(
 /// Who a link logs in as and how it speaks.
 struct How {
     token: String,
-    user: String,
+    /// The Pusher channel the link subscribes to: its room, else its user's own.
+    channel: String,
     codec: Codec,
     target: Target,
     app_key: String,
@@ -267,7 +269,7 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
     match how.target {
         Target::Plain | Target::Tcp => Ok(link),
         Target::Pusher => {
-            link.pusher_subscribe(&how.user).await?;
+            link.pusher_subscribe(&how.channel).await?;
             Ok(link)
         }
         Target::Ringway => match link.next_frame().await {

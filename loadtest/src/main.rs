@@ -53,6 +53,10 @@ enum Scenario {
     /// since=EPOCH:OFFSET: time until all recovered, replayed pushes per second, the server's
     /// CPU, Redis round trips per resume.
     Resume(ResumeArgs),
+    /// Every link is in one room (--room; ringway: the token's claim, pusher: a channel with
+    /// every link subscribed) and messages are published to it at --rate: deliveries per
+    /// second, publish-to-client latency, the server's CPU.
+    Room(PushArgs),
 }
 
 /// Where the gateway's admin API is (push API, /metrics).
@@ -140,6 +144,10 @@ pub struct Common {
     /// Set by the parent on its worker processes: which share of the links this one opens.
     #[arg(long, hide = true)]
     pub proc_index: Option<usize>,
+    /// A room every link joins (ringway: its token's `rooms` claim; pusher: the channel it
+    /// subscribes to instead of its user's). The room scenario uses "bench-room" unless set.
+    #[arg(long)]
+    pub room: Option<String>,
 }
 
 impl Common {
@@ -283,6 +291,13 @@ async fn main() {
             Err("push runs in one process (its sender must see every link)".into())
         }
         Scenario::Push(a) => push_run(a).await,
+        Scenario::Room(a) if a.common.procs > 1 => {
+            Err("room runs in one process (its sender must see every link)".into())
+        }
+        Scenario::Room(mut a) => {
+            a.common.room.get_or_insert_with(|| "bench-room".into());
+            push_run(a).await
+        }
         Scenario::Resume(a) if a.common.procs > 1 => {
             Err("resume runs in one process (it must see every link)".into())
         }
@@ -366,12 +381,26 @@ async fn connect(a: ConnectArgs) -> Result<(), String> {
     report::finish(summary, Some(&times), c)
 }
 
+/// The push scenario, or with `--room` the room scenario: each message goes to the one room
+/// every link is in, rather than to `fanout` users.
 async fn push_run(a: PushArgs) -> Result<(), String> {
-    let progress = Progress::start("push", a.common.links);
+    let scenario = if a.common.room.is_some() {
+        "room"
+    } else {
+        "push"
+    };
+    let progress = Progress::start(scenario, a.common.links);
     let (links, _) = conn::open_all(&a.common, &progress).await?;
-    let users: Vec<String> = (0..links.len())
-        .map(|i| format!("{}{i}", a.common.user_prefix))
-        .collect();
+    let links_open = links.len();
+    let (users, fanout): (Vec<String>, usize) = match &a.common.room {
+        Some(room) => (vec![room.clone()], 1),
+        None => {
+            let users = (0..links.len())
+                .map(|i| format!("{}{i}", a.common.user_prefix))
+                .collect();
+            (users, a.fanout)
+        }
+    };
     let counts = Arc::new(push::Counts {
         listening: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -379,6 +408,9 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         progress: progress.clone(),
     });
     let api = match (a.common.target, &a.kafka) {
+        (Target::Ringway, _) if a.common.room.is_some() => {
+            push::Api::RingwayRoom { biz: a.common.biz }
+        }
         (Target::Ringway, Some(brokers)) => push::Api::kafka(brokers, &a.topic, a.common.biz)?,
         (Target::Ringway, None) => push::Api::Ringway { biz: a.common.biz },
         (Target::Pusher, _) => push::Api::Pusher {
@@ -410,7 +442,7 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     let shares = admins
         .iter_mut()
         .zip(schedule.split(a.senders))
-        .map(|(admin, share)| push::send(admin, &api, &users, a.fanout, a.size, share));
+        .map(|(admin, share)| push::send(admin, &api, &users, fanout, a.size, share));
     let (accepted, refused) = futures_util::future::try_join_all(shares)
         .await?
         .into_iter()
@@ -426,15 +458,19 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     progress.finish();
     let h = counts.latency_us.lock().await;
     let deliveries = progress.events.load(Relaxed);
+    let reached = match a.common.room {
+        Some(_) => links_open,
+        None => fanout.min(users.len()),
+    };
     let summary = serde_json::json!({
-        "scenario": "push",
+        "scenario": scenario,
         "target": format!("{:?}", a.common.target).to_lowercase(),
-        "links": users.len(),
-        "fanout": a.fanout,
+        "links": links_open,
+        "fanout": reached,
         "pushes_accepted": accepted,
         "pushes_refused": refused,
         "deliveries": deliveries,
-        "deliveries_expected": accepted * a.fanout.min(users.len()) as u64,
+        "deliveries_expected": accepted * reached as u64,
         "duplicates": counts.duplicates.load(Relaxed),
         "deliveries_per_second": deliveries as f64 / sent_secs,
         "server_cores_busy": server_cores_busy,

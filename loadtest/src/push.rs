@@ -176,6 +176,10 @@ async fn next_push(link: &mut Link) -> Option<(String, u64)> {
             .get(..8)
             .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
         let latency = now_ns().saturating_sub(sent);
+        if f.seq == 0 {
+            // Best effort (a room message): nothing to ack.
+            return Some((f.key, latency));
+        }
         let ack = Frame {
             cmd: Cmd::DownstreamAck as i32,
             key: f.key.clone(),
@@ -198,6 +202,8 @@ pub enum Api {
     },
     /// ringway's `POST /v1/push` (202 = accepted).
     Ringway { biz: u64 },
+    /// ringway's `POST /v1/rooms/publish`, best effort, to the room the push "names".
+    RingwayRoom { biz: u64 },
     /// Pusher's `POST /apps/{id}/events`, signed with the app secret (200 = accepted).
     Pusher {
         app_id: String,
@@ -264,12 +270,16 @@ impl Api {
         match self {
             Api::Kafka { .. } => unreachable!("Kafka pushes are produced, not posted"),
             Api::Ringway { biz } => {
-                use base64::Engine;
-                let body = stamped_body(stamp_ns, body_len);
-                let b64 = base64::engine::general_purpose::STANDARD.encode(&body);
+                let b64 = stamped_base64(stamp_ns, body_len);
                 let json =
                     serde_json::json!({"biz_id": biz, "user_ids": to, "key": key, "body": b64});
                 ("/v1/push".into(), json.to_string(), 202)
+            }
+            Api::RingwayRoom { biz } => {
+                let b64 = stamped_base64(stamp_ns, body_len);
+                let json =
+                    serde_json::json!({"biz_id": biz, "room": to[0], "key": key, "body": b64});
+                ("/v1/rooms/publish".into(), json.to_string(), 202)
             }
             Api::Pusher {
                 app_id,
@@ -298,6 +308,12 @@ fn stamped_body(stamp_ns: u64, len: usize) -> Vec<u8> {
     let mut body = stamp_ns.to_le_bytes().to_vec();
     body.resize(len.max(8), b'x');
     body
+}
+
+/// [`stamped_body`] as the JSON APIs take it.
+fn stamped_base64(stamp_ns: u64, len: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(stamped_body(stamp_ns, len))
 }
 
 /// The signed query of a Pusher REST call: the auth parameters in key order, then

@@ -208,6 +208,34 @@ fn push_counts_each_delivery_once() {
 }
 
 #[test]
+fn room_delivers_each_message_to_every_link_once() {
+    let gw = start(&[]);
+    let s = load(&[
+        "room",
+        "--server",
+        &gw.1,
+        "--admin",
+        &gw.2,
+        "--links",
+        "30",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+    ]);
+    let accepted = s["pushes_accepted"].as_u64().unwrap();
+    assert!(accepted >= 80, "{s}");
+    assert_eq!(s["scenario"], "room", "{s}");
+    assert_eq!(s["deliveries"].as_u64(), Some(accepted * 30), "{s}");
+    assert_eq!(
+        s["deliveries_expected"].as_u64(),
+        Some(accepted * 30),
+        "{s}"
+    );
+    assert_eq!(s["duplicates"].as_u64(), Some(0), "{s}");
+}
+
+#[test]
 fn work_split_over_processes_adds_up_exactly() {
     let gw = start(&["--link-rate", "0"]);
     let s = load(&[
