@@ -15,6 +15,10 @@
 // reload, so the gateway replays what it missed. It emits "recovered" when that worked and
 // "discontinuity" when pushes may have been missed (history lost, too old, a jump in offsets
 // it could not mend): the app then re-syncs from its own source of truth.
+//
+// Rooms: a room message (or a broadcast) arrives as a "message" whose `room` is set (empty for a
+// broadcast). Best-effort ones carry no seq and are not acked; reliable ones are acked like
+// pushes. Membership comes from the token's `rooms` claim and the backend's join API.
 
 const CMD = {
   HEARTBEAT: "CMD_HEARTBEAT",
@@ -156,6 +160,7 @@ export const protoCodec = {
       8: ["connected", (b) => message(b, connected)],
       9: ["nodes", (b) => message(b, node), true],
       10: ["offset", big],
+      11: ["room", str],
     });
   },
 };
@@ -165,8 +170,11 @@ class Message {
   constructor(frame, body) {
     this.key = frame.key;
     this.seq = Number(frame.seq || 0);
-    // Its place in the user's stream; 0: not stored (a device's push, an ephemeral one).
+    // Its place in the user's stream; 0: not stored (a device's push, an ephemeral one, a
+    // room message).
     this.offset = Number(frame.offset || 0);
+    // The room it was published to; "" for a push or a broadcast.
+    this.room = frame.room || "";
     this.body = body;
   }
   text() {
@@ -469,14 +477,16 @@ export class RingwayClient {
         break;
       }
       case CMD.DOWNSTREAM: {
-        // Ack every copy (a lost ack means a resend); hand each key to the app once.
-        this.transport?.send({ cmd: CMD.DOWNSTREAM_ACK, key: f.key });
+        // Ack every copy that has a seq (a lost ack means a resend; best-effort messages have
+        // none and want no ack); hand each key to the app once (a room's keys are its own).
+        if (Number(f.seq || 0) > 0) this.transport?.send({ cmd: CMD.DOWNSTREAM_ACK, key: f.key });
         this.takeOffset(f);
-        if (this.seen.has(f.key)) {
-          this.emit("duplicate", { key: f.key });
+        const once = f.room ? `${f.room}\u0000${f.key}` : f.key;
+        if (this.seen.has(once)) {
+          this.emit("duplicate", { key: f.key, room: f.room || "" });
           break;
         }
-        this.seen.set(f.key, true);
+        this.seen.set(once, true);
         if (this.seen.size > this.opts.dedupKeys) {
           this.seen.delete(this.seen.keys().next().value);
         }

@@ -68,6 +68,9 @@ struct TokenRequest {
     /// Seconds the token lives (default an hour, at most a day): short ones show a refresh.
     #[serde(default)]
     ttl_s: Option<u64>,
+    /// The token's `rooms` claim: the link joins them at connect.
+    #[serde(default)]
+    rooms: Vec<String>,
 }
 
 /// Mints a token (an hour unless asked) for the demo page's sign-in form.
@@ -92,6 +95,10 @@ async fn token(State(node): State<Arc<Hub>>, body: axum::body::Bytes) -> Respons
         user_id: req.user_id,
         device_id: req.device_id.unwrap_or_else(|| "default".into()),
     };
+    if let Some(e) = req.rooms.iter().find_map(|r| auth::check_room(r).err()) {
+        return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e }))).into_response();
+    }
     let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 86_400);
-    axum::Json(json!({ "token": auth::mint_hs256(secret, &who, ttl) })).into_response()
+    let token = auth::mint_hs256_in(secret, &who, ttl, &req.rooms);
+    axum::Json(json!({ "token": token })).into_response()
 }

@@ -284,6 +284,24 @@ test("protobuf codec on a WebSocket: chat and pushes", async () => {
   await page.close();
 });
 
+test("rooms and presence: the token's claim joins, the page publishes, presence lists the device", async () => {
+  const page = await signIn("rita", "websocket");
+  await page.fill("#roomtext", "hello, lobby");
+  await page.click("#publish");
+  const got = await page.waitForFunction(() => window.ringwayDemo.roomMessages[0], null, { timeout: 15000 });
+  const m = await got.jsonValue();
+  assert.deepEqual([m.room, m.text, m.seq], ["lobby", "hello, lobby", 0], "best effort: no seq");
+  await page.waitForFunction(() => document.querySelector("#members").textContent.includes("1 links"));
+  assert.equal(await a.metric("ringway_room_sent_total"), 1);
+  // Best effort wants no ack: nothing is waiting for one, and no push was counted.
+  assert.equal(await page.evaluate(() => window.ringwayDemo.pushes.length), 0);
+  await page.click("#presence");
+  const p = await (await page.waitForFunction(() => window.ringwayDemo.presence, null, { timeout: 15000 })).jsonValue();
+  assert.equal(p.scope, "fleet", "the nodes share a Redis");
+  assert.deepEqual(p.devices.map((d) => [d.device_id, d.node, d.transport]), [["browser", "node-a", "websocket_deflate"]], "chromium offers permessage-deflate");
+  await page.close();
+});
+
 test("long polling: chat and pushes", async () => {
   const page = await signIn("carol", "poll");
   await sendText(page, "hello by polling");

@@ -10,6 +10,8 @@ const demo = (window.ringwayDemo = {
   acks: [],
   recovered: [],
   discontinuities: [],
+  roomMessages: [],
+  presence: null,
   client: null,
 });
 
@@ -30,10 +32,11 @@ function log(cls, text) {
 async function tokenFor(biz, user, device) {
   const typed = $("token").value.trim();
   if (typed) return typed;
+  const rooms = $("rooms").value.split(",").map((r) => r.trim()).filter(Boolean);
   const r = await fetch("/demo/token", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ biz_id: Number(biz), user_id: user, device_id: device }),
+    body: JSON.stringify({ biz_id: Number(biz), user_id: user, device_id: device, rooms }),
   });
   const body = await r.json();
   if (!r.ok) throw new Error(body.error);
@@ -69,6 +72,11 @@ $("login").addEventListener("submit", async (e) => {
     log("sys", `${s.state}${s.transport ? " via " + s.transport : ""}${extra}`);
   });
   client.on("message", (m) => {
+    if (m.room) {
+      demo.roomMessages.push({ room: m.room, key: m.key, seq: m.seq, text: m.text() });
+      log("push", `room ${m.room}: ${m.key}: ${m.text()}`);
+      return;
+    }
     demo.pushes.push({ key: m.key, seq: m.seq, offset: m.offset, text: m.text() });
     log("push", `push ${m.key} #${m.seq}${m.offset ? " @" + m.offset : ""}: ${m.text()}`);
     showStream(client);
@@ -102,6 +110,42 @@ $("sendform").addEventListener("submit", async (e) => {
   } catch (err) {
     log("err", `not sent: ${err.message}`);
   }
+});
+
+// The page is served by the admin port, so it may use the admin API (a node with --admin-token
+// refuses these without it, as it should).
+$("roomform").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = $("roomtext").value;
+  if (!text) return;
+  $("roomtext").value = "";
+  const body = {
+    biz_id: Number($("biz").value),
+    room: $("room").value,
+    key: `demo-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`,
+    body: btoa(String.fromCharCode(...new TextEncoder().encode(text))),
+  };
+  const r = await fetch("/v1/rooms/publish", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!r.ok) log("err", `publish refused: ${(await r.json()).error}`);
+  const m = await (await fetch(`/v1/rooms/members?biz_id=${body.biz_id}&room=${encodeURIComponent(body.room)}`)).json();
+  $("members").textContent = `${body.room}: ${m.links} links, ${m.users} users on ${m.node_id}`;
+});
+
+$("presence").addEventListener("click", async () => {
+  const q = `biz_id=${Number($("biz").value)}&user_id=${encodeURIComponent($("user").value)}`;
+  const r = await fetch(`/v1/presence?${q}`);
+  const p = await r.json();
+  if (!r.ok) {
+    log("err", `presence: ${p.error}`);
+    return;
+  }
+  demo.presence = p;
+  const devices = p.devices.map((d) => `${d.device_id} on ${d.node} (${d.transport}) since ${new Date(d.since_ms).toLocaleTimeString()}`);
+  log("sys", `online (${p.scope}): ${devices.join("; ") || "nobody"}`);
 });
 
 // --- the metrics chart -------------------------------------------------------------------
