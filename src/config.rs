@@ -173,9 +173,10 @@ impl ServeArgs {
         ))
     }
 
-    /// Devices are recorded in the Redis location registry: a cluster with a shared Redis.
+    /// Devices are recorded in the Redis location registry whenever there is a Redis: pushes
+    /// are routed by it in a cluster, and presence queries read it on every node.
     fn tracks_locations(&self) -> bool {
-        !self.cluster.etcd.is_empty() && self.idem.redis.is_some()
+        self.idem.redis.is_some()
     }
 
     /// How long a device's location lives unrefreshed, when locations are tracked.
@@ -197,6 +198,10 @@ impl ServeArgs {
                 .clone()
                 .map(|url| (url, self.idem.idem_ttl(), self.idem.redis_timeout())),
             streams: self.streams.limits(),
+            rooms: (
+                self.links.max_rooms_per_user,
+                Duration::from_millis(self.links.room_membership_ttl_ms.max(1)),
+            ),
             kafka: self.kafka.config(node_id),
             grpc: self.backend.grpc_config(node_id),
             backend: self.backend.backend.clone(),
@@ -242,6 +247,7 @@ impl ServeArgs {
             admission,
             routes: remotes.routes.clone(),
             kafka: remotes.kafka_out.clone(),
+            rooms: remotes.rooms.clone(),
             drain_rate: self.cluster.drain_rate,
             max_outbound_bytes: self.links.max_outbound_bytes,
             republish: routing.is_some(),

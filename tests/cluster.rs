@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{
-    Backend, Broker, Collector, Etcd, Gateway, Got, Redis, connect_at, connect_query, free_port,
-    metric_at, push, wait_until,
+    Backend, Broker, Client, Collector, Etcd, Gateway, Got, Redis, connect_at, connect_query,
+    free_port, metric_at, push, wait_until,
 };
 use prost::Message as _;
 use ringway::proto::{Cmd, PushMessage, UndeliveredPush};
 use ringway::protocol::Codec;
+use serde_json::json;
 
 const PUSH: &str = "ringway.push";
 const UNDELIVERED: &str = "ringway.undelivered";
@@ -1060,4 +1061,186 @@ impl Drop for KillOnDrop {
         }
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A link of `user` on `addr` whose token's claim joins `rooms`.
+fn room_member(addr: SocketAddr, biz_id: u64, user: &str, device: &str, rooms: &[&str]) -> Client {
+    let who = ringway::auth::Identity {
+        biz_id,
+        user_id: user.into(),
+        device_id: device.into(),
+    };
+    let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+    let token = ringway::auth::mint_hs256_in(common::SECRET.as_bytes(), &who, 3600, &rooms);
+    let (mut c, _) = common::connect_token(addr, &token, Codec::Json).expect("connect");
+    c.set_timeout(Duration::from_secs(10));
+    c
+}
+
+/// The next frame, a room message (or broadcast): its key.
+fn room_key(c: &mut Client) -> String {
+    let f = c.frame();
+    assert_eq!(
+        (f.cmd, f.seq, f.offset),
+        (Cmd::Downstream as i32, 0, 0),
+        "{f:?}"
+    );
+    f.key
+}
+
+fn nothing_within(c: &mut Client, t: Duration) -> bool {
+    c.set_timeout(t);
+    let quiet = matches!(c.recv(), Got::Quiet);
+    c.set_timeout(Duration::from_secs(10));
+    quiet
+}
+
+/// Rooms across three nodes sharing Redis and the room topic: membership by claim and by the
+/// API on another node than the user's, publish over HTTP and straight onto the topic, leave,
+/// membership that follows the user to another node, broadcast per biz, and presence.
+#[test]
+fn rooms_broadcast_and_presence_span_the_fleet() {
+    let f = Fleet::start(3, &[]);
+    let ws = |i: usize| f.node(i).ws;
+    let post =
+        |i: usize, path: &str, body: serde_json::Value| f.node(i).post_as(Some(ADMIN), path, body);
+    let mut ann = room_member(ws(0), 1, "ann", "phone", &["lobby"]);
+    let mut ben = room_member(ws(1), 1, "ben", "phone", &[]);
+    let mut cat = room_member(ws(2), 1, "cat", "phone", &["lobby"]);
+    let mut zed = room_member(ws(2), 2, "zed", "phone", &["lobby"]);
+    // Every node's room consumer has joined once a message reaches a member on each.
+    let mut warm = 0;
+    let mut got = [false, false];
+    wait_until("room consumers joined", Duration::from_secs(60), || {
+        warm += 1;
+        let m = json!({"biz_id": 1, "room": "lobby", "key": format!("warm{warm}")});
+        assert_eq!(post(0, "/v1/rooms/publish", m).0, 202);
+        for (i, c) in [&mut ann, &mut cat].into_iter().enumerate() {
+            c.set_timeout(Duration::from_millis(500));
+            while let Got::Frame(fr) = c.recv() {
+                got[i] |= fr.key.starts_with("warm");
+            }
+        }
+        got == [true, true]
+    });
+    ann.set_timeout(Duration::from_secs(10));
+    cat.set_timeout(Duration::from_secs(10));
+    drain_warm(&mut ann);
+    drain_warm(&mut cat);
+
+    // Ben is on node 1; the join goes through node 2.
+    let join = json!({"biz_id": 1, "user_id": "ben", "rooms": ["lobby", "club"]});
+    let (status, body) = post(2, "/v1/rooms/join", join);
+    assert_eq!(
+        (status, body["nodes"].as_str()),
+        (202, Some("all")),
+        "{body}"
+    );
+    let members = |i: usize, room: &str| -> (u64, u64) {
+        let path = format!("/v1/rooms/members?biz_id=1&room={room}");
+        let (status, body) = f.node(i).get_as(Some(ADMIN), &path);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (v["links"].as_u64().unwrap(), v["users"].as_u64().unwrap())
+    };
+    wait_until("ben joined on node 1", Duration::from_secs(30), || {
+        members(1, "lobby") == (1, 1)
+    });
+
+    let m = json!({"biz_id": 1, "room": "lobby", "key": "h1", "body": "aGk=", "exclude_user_ids": ["cat"]});
+    assert_eq!(post(0, "/v1/rooms/publish", m).0, 202);
+    assert_eq!(room_key(&mut ann), "h1");
+    assert_eq!(room_key(&mut ben), "h1");
+    let direct = ringway::proto::RoomMessage {
+        biz_id: 1,
+        room: "lobby".into(),
+        key: "k1".into(),
+        body: b"hi".to_vec().into(),
+        ..Default::default()
+    };
+    f.broker.produce("ringway.rooms", &direct.encode_to_vec());
+    for c in [&mut ann, &mut ben, &mut cat] {
+        assert_eq!(room_key(c), "k1", "produced straight onto the room topic");
+    }
+    assert!(
+        nothing_within(&mut zed, Duration::from_millis(300)),
+        "biz 2's lobby is another room"
+    );
+
+    // Ben leaves the lobby (through node 0), then moves to node 2: still in the club, by Redis.
+    let leave = json!({"biz_id": 1, "user_id": "ben", "rooms": ["lobby"]});
+    assert_eq!(post(0, "/v1/rooms/leave", leave).0, 202);
+    wait_until("ben left on node 1", Duration::from_secs(30), || {
+        members(1, "lobby") == (0, 0)
+    });
+    drop(ben);
+    f.node(1).wait_metric("ringway_links", 0.0);
+    let mut ben = room_member(ws(2), 1, "ben", "phone", &[]);
+    wait_until("ben in the club on node 2", Duration::from_secs(10), || {
+        members(2, "club") == (1, 1)
+    });
+    assert_eq!(members(2, "lobby"), (1, 1), "cat only");
+    let m = json!({"biz_id": 1, "room": "club", "key": "c1", "reliable": true});
+    assert_eq!(post(1, "/v1/rooms/publish", m).0, 202);
+    let c1 = ben.frame();
+    assert_eq!(
+        (c1.key.as_str(), c1.room.as_str(), c1.seq > 0),
+        ("c1", "club", true)
+    );
+    ben.send(&common::frame(Cmd::DownstreamAck, "c1", b""));
+
+    // A broadcast reaches biz 1 on every node, and nobody of biz 2.
+    let all = json!({"biz_id": 1, "key": "news", "body": "aGk="});
+    assert_eq!(post(1, "/v1/broadcast", all).0, 202);
+    for c in [&mut ann, &mut ben, &mut cat] {
+        assert_eq!(room_key(c), "news");
+    }
+    assert!(
+        nothing_within(&mut zed, Duration::from_millis(300)),
+        "another biz"
+    );
+
+    // Presence: ann's phone on node 0 and laptop on node 2, asked of node 1.
+    let _laptop = room_member(ws(2), 1, "ann", "laptop", &[]);
+    let presence = || -> Vec<(String, String, String)> {
+        let (status, body) = f
+            .node(1)
+            .get_as(Some(ADMIN), "/v1/presence?biz_id=1&user_id=ann");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let since = d["since_ms"].as_u64().unwrap();
+                assert!(since <= now_ms && since + 120_000 > now_ms, "{d}");
+                let s = |k: &str| d[k].as_str().unwrap().to_owned();
+                (s("device_id"), s("node"), s("transport"))
+            })
+            .collect()
+    };
+    let want = vec![
+        ("laptop".into(), node_id(2), "websocket".into()),
+        ("phone".into(), node_id(0), "websocket".into()),
+    ];
+    wait_until("both devices present", Duration::from_secs(10), || {
+        presence() == want
+    });
+    drop(ann);
+    wait_until("the phone gone", Duration::from_secs(10), || {
+        presence().len() == 1
+    });
+}
+
+fn drain_warm(c: &mut Client) {
+    c.set_timeout(Duration::from_millis(300));
+    while let Got::Frame(f) = c.recv() {
+        assert!(f.key.starts_with("warm"), "{f:?}");
+    }
+    c.set_timeout(Duration::from_secs(10));
 }

@@ -786,6 +786,32 @@ fn the_openapi_document_describes_the_admin_api_as_it_answers() {
             .unwrap()
             .starts_with("127.0.0.1:")
     );
+    let (status, body) = gw.get("/v1/presence?biz_id=1&user_id=alice");
+    assert_eq!(status, 200);
+    let presence: serde_json::Value = serde_json::from_str(&body).unwrap();
+    conforms(
+        &doc,
+        &response("/v1/presence", "get", 200),
+        &presence,
+        "presence",
+    );
+    let seen: Vec<(&str, &str)> = presence["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap(),
+                d["transport"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("phone", "websocket"), ("web", "websocket")],
+        "{body}"
+    );
+    assert_eq!(presence["scope"], "node", "no Redis: this node's devices");
     let (status, body) = gw.get("/v1/links?biz_id=1&user_id=nobody");
     assert_eq!(status, 200);
     assert_eq!(

@@ -110,3 +110,63 @@ fn a_broadcast_reaches_every_link_of_its_biz_and_no_other() {
         "a broadcast names no room"
     );
 }
+
+fn members(gw: &Gateway, room: &str) -> (u64, u64) {
+    let (status, body) = gw.get(&format!("/v1/rooms/members?biz_id=1&room={room}"));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (v["links"].as_u64().unwrap(), v["users"].as_u64().unwrap())
+}
+
+#[test]
+fn with_redis_api_joins_are_kept_for_later_connects_and_the_limit_is_the_users() {
+    let redis = common::Redis::start();
+    let url = redis.url();
+    let gw = Gateway::start(&["--redis", &url, "--max-rooms-per-user", "2"]);
+    let change = |path: &str, rooms: &[&str]| {
+        gw.post(path, json!({"biz_id": 1, "user_id": "dan", "rooms": rooms}))
+    };
+    let (status, body) = change("/v1/rooms/join", &["a", "b", "c"]);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--max-rooms-per-user"),
+        "{body}"
+    );
+    let (status, body) = change("/v1/rooms/join", &["a", "b", "b"]);
+    assert_eq!(
+        (status, body["links"].as_u64()),
+        (202, Some(0)),
+        "dan is offline: {body}"
+    );
+    // Dan connects with no claim: the stored rooms are his.
+    let mut dan = member(&gw, 1, "dan", &[]);
+    assert_eq!((members(&gw, "a"), members(&gw, "b")), ((1, 1), (1, 1)));
+    assert_eq!(change("/v1/rooms/join", &["c"]).0, 409, "a third room");
+    assert_eq!(change("/v1/rooms/leave", &["a"]).0, 202);
+    assert_eq!(members(&gw, "a"), (0, 0));
+    drop(dan);
+    gw.wait_metric("ringway_links", 0.0);
+    dan = member(&gw, 1, "dan", &[]);
+    assert_eq!(
+        (members(&gw, "a"), members(&gw, "b")),
+        ((0, 0), (1, 1)),
+        "the leave was kept"
+    );
+    let m = json!({"biz_id": 1, "room": "b", "key": "kb"});
+    assert_eq!(gw.post("/v1/rooms/publish", m).0, 202);
+    assert_eq!(next(&mut dan).key, "kb");
+}
+
+#[test]
+fn without_redis_a_join_past_the_limit_on_a_live_link_is_refused_whole() {
+    let gw = Gateway::start(&["--max-rooms-per-user", "2"]);
+    let _eve = member(&gw, 1, "eve", &["x"]);
+    let join = json!({"biz_id": 1, "user_id": "eve", "rooms": ["y", "z"]});
+    let (status, body) = gw.post("/v1/rooms/join", join);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!((members(&gw, "y"), members(&gw, "z")), ((0, 0), (0, 0)));
+    assert_eq!(gw.metric("ringway_rooms_refused_total"), 1.0);
+}

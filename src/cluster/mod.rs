@@ -70,7 +70,8 @@ pub async fn run(
     start(&node, services, life.scale.topic.clone()).await?;
     let more = fleet_api::routes(life.scale.clone())
         .merge(crate::control::inspect::routes())
-        .merge(crate::control::rooms_api::routes());
+        .merge(crate::control::rooms_api::routes())
+        .merge(crate::control::presence_api::routes());
     tokio::spawn(admin::serve(node.clone(), admin, more));
     tokio::spawn(watchdog::run(node.clone()));
     tokio::select! {
@@ -94,6 +95,9 @@ async fn start(node: &Arc<Hub>, s: Services, scale_topic: Option<String>) -> Res
         (Some(r), Some(ttl)) => Some(Locations::start(r.client(), node.clone(), ttl)),
         _ => None,
     };
+    if let Some(loc) = &locations {
+        let _ = node.locations.set(loc.clone());
+    }
     if let Some(rx) = s.calls {
         let remote = Remote {
             redis: s.remotes.redis,

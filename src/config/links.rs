@@ -87,10 +87,16 @@ pub struct LinkArgs {
     /// Devices one user may have connected; a new one signs out the oldest.
     #[arg(long, env = "RINGWAY_MAX_DEVICES_PER_USER", default_value_t = 5)]
     pub max_devices_per_user: usize,
-    /// Rooms one link may be in (its token's `rooms` claim and API joins); joins past it are
-    /// refused and counted (ringway_rooms_refused_total). Room names are 1 to 128 bytes.
+    /// Rooms one user may be in (its token's `rooms` claim and API joins): an API join past it
+    /// is refused whole (409), claims past it are counted (ringway_rooms_refused_total). Room
+    /// names are 1 to 128 bytes.
     #[arg(long, env = "RINGWAY_MAX_ROOMS_PER_USER", default_value_t = 64)]
     pub max_rooms_per_user: usize,
+    /// With --redis, how long a user's rooms joined through the API stay stored after the
+    /// user's last connect or change (default 30 days); a token's `rooms` claim joins again at
+    /// every connect regardless.
+    #[arg(long, env = "RINGWAY_ROOM_MEMBERSHIP_TTL_MS", default_value_t = 30 * 24 * 3_600_000)]
+    pub room_membership_ttl_ms: u64,
 }
 
 impl LinkArgs {

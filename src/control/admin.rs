@@ -195,6 +195,14 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ))
 }
 
+/// 503 with `Retry-After: 1`: a service behind the API did not take the request.
+pub fn retry_later(why: impl Into<String>) -> ApiError {
+    let mut e = error(StatusCode::SERVICE_UNAVAILABLE, why);
+    e.0.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    e
+}
+
 pub fn accepted(body: serde_json::Value) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }

@@ -24,9 +24,8 @@ use tracing::{debug, error, info, warn};
 use super::Hub;
 use super::grpc_backend::to_request;
 use super::throttle::Throttle;
-use crate::auth::Identity;
 use crate::backend_proto::BatchOnReceiveRequest;
-use crate::core::shard::{BackendError, Undelivered, UpstreamRequest};
+use crate::core::shard::{BackendError, DeviceEvent, Undelivered, UpstreamRequest};
 use crate::link::push::Unsettled;
 use crate::proto::{PresenceEvent, PushMessage, RoomMessage, UndeliveredPush};
 use bytes::Bytes;
@@ -212,7 +211,11 @@ impl KafkaOut {
     /// Writes a room message (or broadcast) to the room topic, which every node reads; false
     /// if the broker did not take it.
     pub async fn to_room_topic(&self, m: &RoomMessage) -> bool {
-        let key = format!("{}:{}", m.biz_id, m.room);
+        // A user's membership changes share a partition, so every node applies them in order.
+        let key = match &m.change {
+            Some(c) => format!("{}:{}", m.biz_id, c.user_id),
+            None => format!("{}:{}", m.biz_id, m.room),
+        };
         self.publish(&self.cfg.room_topic, &key, &m.encode_to_vec())
             .await
     }
@@ -232,16 +235,17 @@ impl KafkaOut {
     }
 
     /// Writes presence events, enqueued in order (keyed by user, so they stay in order).
-    pub async fn presence(&self, events: Vec<(Arc<Identity>, bool)>, at_ms: u64) {
+    pub async fn presence(&self, events: Vec<DeviceEvent>, at_ms: u64) {
         let queued: Vec<_> = events
             .iter()
-            .map(|(who, online)| {
+            .map(|e| {
+                let who = &e.who;
                 let event = PresenceEvent {
                     biz_id: who.biz_id,
                     user_id: who.user_id.clone(),
                     device_id: who.device_id.clone(),
                     node_id: self.cfg.node_id.clone(),
-                    online: *online,
+                    online: e.online,
                     at_ms,
                 };
                 let key = format!("{}:{}", who.biz_id, who.user_id);

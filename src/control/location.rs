@@ -1,5 +1,7 @@
 //! Where users are connected, in Redis: `loc:{BIZ:USER}` is a hash of device → node id (the
-//! braces are a Redis Cluster hash tag: one user's keys share a slot).
+//! braces are a Redis Cluster hash tag: one user's keys share a slot), which push routing
+//! reads, and `pres:{BIZ:USER}` the same devices' "transport since_ms node", which presence
+//! queries read. Both are written and forgotten together.
 //!
 //! Each node writes its own devices as they come online (HSET + PEXPIRE), refreshes them at a
 //! third of the TTL, and removes a device when its last link here closes, but only if the
@@ -19,14 +21,19 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::FastMap;
-use crate::auth::Identity;
 use crate::control::Hub;
 use crate::control::redis_script::{Call, Script};
+use crate::core::shard::DeviceEvent;
 
-/// For each KEYS[i], deletes field ARGV[i] only if it holds the last ARGV (this node).
+/// KEYS are (loc, pres) pairs; for pair j, deletes device ARGV[j] from both only if its
+/// location holds the last ARGV (this node).
 const FORGET_IF_MINE: &str = "local me = ARGV[#ARGV] \
-    for i, k in ipairs(KEYS) do \
-      if redis.call('HGET', k, ARGV[i]) == me then redis.call('HDEL', k, ARGV[i]) end \
+    for i = 1, #KEYS, 2 do \
+      local d = ARGV[(i + 1) / 2] \
+      if redis.call('HGET', KEYS[i], d) == me then \
+        redis.call('HDEL', KEYS[i], d) \
+        redis.call('HDEL', KEYS[i + 1], d) \
+      end \
     end \
     return 0";
 
@@ -37,14 +44,33 @@ pub fn key(biz_id: u64, user_id: &str) -> String {
     format!("loc:{{{biz_id}:{user_id}}}")
 }
 
+fn presence_key(biz_id: u64, user_id: &str) -> String {
+    format!("pres:{{{biz_id}:{user_id}}}")
+}
+
 type Device = (u64, String, String);
+
+/// A device online here: its links, and what presence says of it ("transport since_ms node").
+struct Here {
+    links: u32,
+    detail: String,
+}
+
+/// One device of a user, as a presence query answers it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Present {
+    pub device_id: String,
+    pub node: String,
+    pub transport: String,
+    pub since_ms: u64,
+}
 
 pub struct Locations {
     client: Client,
     forget: Script,
     node_id: String,
     ttl: Duration,
-    updates: mpsc::UnboundedSender<Vec<(Arc<Identity>, bool)>>,
+    updates: mpsc::UnboundedSender<(Vec<DeviceEvent>, u64)>,
 }
 
 impl Locations {
@@ -62,9 +88,30 @@ impl Locations {
         me
     }
 
-    /// Devices that came online (true) or went offline on this node, in the cores' order.
-    pub fn record(&self, events: Vec<(Arc<Identity>, bool)>) {
-        let _ = self.updates.send(events);
+    /// Devices that came online or went offline on this node at `at_ms`, in the cores' order.
+    pub fn record(&self, events: Vec<DeviceEvent>, at_ms: u64) {
+        let _ = self.updates.send((events, at_ms));
+    }
+
+    /// The user's devices, on every node.
+    pub async fn presence(&self, biz_id: u64, user_id: &str) -> Result<Vec<Present>, Error> {
+        let all: FastMap<String, String> =
+            self.client.hgetall(presence_key(biz_id, user_id)).await?;
+        let mut devices: Vec<Present> = all
+            .into_iter()
+            .filter_map(|(device_id, detail)| {
+                let (transport, rest) = detail.split_once(' ')?;
+                let (since, node) = rest.split_once(' ')?;
+                Some(Present {
+                    device_id,
+                    node: node.to_owned(),
+                    transport: transport.to_owned(),
+                    since_ms: since.parse().ok()?,
+                })
+            })
+            .collect();
+        devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        Ok(devices)
     }
 
     /// The devices of each user and the nodes holding them.
@@ -85,29 +132,31 @@ impl Locations {
 
     async fn write_loop(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Vec<(Arc<Identity>, bool)>>,
+        mut rx: mpsc::UnboundedReceiver<(Vec<DeviceEvent>, u64)>,
         node: Arc<Hub>,
     ) {
         let counters = &node.counters;
-        let mut here: FastMap<Device, u32> = FastMap::default();
+        let mut here: FastMap<Device, Here> = FastMap::default();
         let mut refresh = tokio::time::interval(self.ttl / 3);
         refresh.tick().await;
         loop {
             tokio::select! {
                 batch = rx.recv() => {
-                    let Some(mut batch) = batch else { return };
+                    let Some(first) = batch else { return };
                     // What the cores reported while the last write was out goes in this one.
+                    let mut batch = vec![first];
                     while let Ok(more) = rx.try_recv() {
-                        batch.extend(more);
+                        batch.push(more);
                     }
-                    let (online, offline) = apply(&mut here, batch);
+                    let (online, offline) = apply(&mut here, batch, &self.node_id);
                     if let Err(e) = self.write(&online, &offline).await {
                         counters.location_errors.inc();
                         warn!(error = %e, "location update failed; the refresh or the TTL repairs it");
                     }
                 }
                 _ = refresh.tick() => {
-                    let all: Vec<Device> = here.keys().cloned().collect();
+                    let all: Vec<Online> =
+                        here.iter().map(|(d, h)| (d.clone(), h.detail.clone())).collect();
                     for chunk in all.chunks(REFRESH_CHUNK) {
                         if let Err(e) = self.write(chunk, &[]).await {
                             counters.location_errors.inc();
@@ -120,19 +169,21 @@ impl Locations {
         }
     }
 
-    async fn write(&self, online: &[Device], offline: &[Device]) -> Result<(), Error> {
+    async fn write(&self, online: &[Online], offline: &[Device]) -> Result<(), Error> {
         if online.is_empty() && offline.is_empty() {
             return Ok(());
         }
         let ttl_ms = self.ttl.as_millis().max(1) as i64;
         if !online.is_empty() {
             let pipe = self.client.pipeline();
-            for (biz, user, device) in online {
-                let k = key(*biz, user);
+            for ((biz, user, device), detail) in online {
+                let (k, p) = (key(*biz, user), presence_key(*biz, user));
                 let _: () = pipe
                     .hset(&k, (device.as_str(), self.node_id.as_str()))
                     .await?;
                 let _: () = pipe.pexpire(&k, ttl_ms, None).await?;
+                let _: () = pipe.hset(&p, (device.as_str(), detail.as_str())).await?;
+                let _: () = pipe.pexpire(&p, ttl_ms, None).await?;
             }
             pipe.try_all::<Value>()
                 .await
@@ -156,6 +207,7 @@ fn by_slot(devices: &[Device], node_id: &str) -> Vec<Call> {
         let k = key(*b, u);
         let (keys, args) = slots.entry(redis_keyslot(k.as_bytes())).or_default();
         keys.push(k);
+        keys.push(presence_key(*b, u));
         args.push(Value::from(d.as_str()));
     }
     slots
@@ -167,28 +219,39 @@ fn by_slot(devices: &[Device], node_id: &str) -> Vec<Call> {
         .collect()
 }
 
+/// A device to write as online, with its presence detail.
+type Online = (Device, String);
+
 /// Counts links per device and returns the devices that just came online and those whose last
-/// link here just closed. A device may briefly hold two links (a re-login kicks the old one).
+/// link here just closed. A device may briefly hold two links (a re-login kicks the old one);
+/// presence shows its first.
 fn apply(
-    here: &mut FastMap<Device, u32>,
-    batch: Vec<(Arc<Identity>, bool)>,
-) -> (Vec<Device>, Vec<Device>) {
-    let (mut online, mut offline) = (Vec::new(), Vec::new());
-    for (who, up) in batch {
-        let d = (who.biz_id, who.user_id.clone(), who.device_id.clone());
-        if up {
-            let n = here.entry(d.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                offline.retain(|o| *o != d);
-                online.push(d);
-            }
-        } else if let Some(n) = here.get_mut(&d) {
-            *n -= 1;
-            if *n == 0 {
-                here.remove(&d);
-                online.retain(|o| *o != d);
-                offline.push(d);
+    here: &mut FastMap<Device, Here>,
+    batches: Vec<(Vec<DeviceEvent>, u64)>,
+    node_id: &str,
+) -> (Vec<Online>, Vec<Device>) {
+    let (mut online, mut offline): (Vec<Online>, Vec<Device>) = (Vec::new(), Vec::new());
+    for (events, at_ms) in batches {
+        for e in events {
+            let who = &e.who;
+            let d = (who.biz_id, who.user_id.clone(), who.device_id.clone());
+            if e.online {
+                let h = here.entry(d.clone()).or_insert_with(|| Here {
+                    links: 0,
+                    detail: format!("{} {at_ms} {node_id}", e.transport),
+                });
+                h.links += 1;
+                if h.links == 1 {
+                    offline.retain(|o| *o != d);
+                    online.push((d, h.detail.clone()));
+                }
+            } else if let Some(h) = here.get_mut(&d) {
+                h.links -= 1;
+                if h.links == 0 {
+                    here.remove(&d);
+                    online.retain(|(o, _)| *o != d);
+                    offline.push(d);
+                }
             }
         }
     }
@@ -198,13 +261,30 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
 
-    fn who(user: &str, device: &str) -> Arc<Identity> {
-        Arc::new(Identity {
-            biz_id: 1,
-            user_id: user.into(),
-            device_id: device.into(),
-        })
+    fn ev(user: &str, device: &str, online: bool) -> DeviceEvent {
+        DeviceEvent {
+            who: Arc::new(Identity {
+                biz_id: 1,
+                user_id: user.into(),
+                device_id: device.into(),
+            }),
+            online,
+            transport: "ws",
+        }
+    }
+
+    /// One batch reported at 5 ms, applied on node gw.
+    fn apply1(
+        here: &mut FastMap<Device, Here>,
+        events: Vec<DeviceEvent>,
+    ) -> (Vec<Device>, Vec<Device>) {
+        let (on, off) = apply(here, vec![(events, 5)], "gw");
+        for (_, detail) in &on {
+            assert_eq!(detail, "ws 5 gw");
+        }
+        (on.into_iter().map(|(d, _)| d).collect(), off)
     }
 
     fn dev(user: &str, device: &str) -> Device {
@@ -224,7 +304,11 @@ mod tests {
         for (keys, args) in &calls {
             let slot = redis_keyslot(keys[0].as_bytes());
             assert!(keys.iter().all(|k| redis_keyslot(k.as_bytes()) == slot));
-            assert_eq!(args.len(), keys.len() + 1);
+            assert_eq!(
+                args.len(),
+                keys.len() / 2 + 1,
+                "a location and presence per device"
+            );
             assert_eq!(args.last(), Some(&Value::from("gw-1")));
         }
     }
@@ -232,20 +316,14 @@ mod tests {
     #[test]
     fn first_link_writes_last_link_forgets_and_relogin_overlap_is_one_device() {
         let mut here = FastMap::default();
-        let (on, off) = apply(
-            &mut here,
-            vec![(who("a", "p"), true), (who("b", "p"), true)],
-        );
+        let (on, off) = apply1(&mut here, vec![ev("a", "p", true), ev("b", "p", true)]);
         assert_eq!((on, off), (vec![dev("a", "p"), dev("b", "p")], vec![]));
         // Re-login: the new link opens before the old one closes; nothing changes in Redis.
-        let (on, off) = apply(&mut here, vec![(who("a", "p"), true)]);
+        let (on, off) = apply1(&mut here, vec![ev("a", "p", true)]);
         assert!(on.is_empty() && off.is_empty());
-        let (on, off) = apply(&mut here, vec![(who("a", "p"), false)]);
+        let (on, off) = apply1(&mut here, vec![ev("a", "p", false)]);
         assert!(on.is_empty() && off.is_empty());
-        let (on, off) = apply(
-            &mut here,
-            vec![(who("a", "p"), false), (who("b", "p"), false)],
-        );
+        let (on, off) = apply1(&mut here, vec![ev("a", "p", false), ev("b", "p", false)]);
         assert_eq!((on, off), (vec![], vec![dev("a", "p"), dev("b", "p")]));
         assert!(here.is_empty());
     }
@@ -253,15 +331,12 @@ mod tests {
     #[test]
     fn a_flap_within_one_batch_writes_only_the_final_state() {
         let mut here = FastMap::default();
-        let (on, off) = apply(
-            &mut here,
-            vec![(who("a", "p"), true), (who("a", "p"), false)],
-        );
+        let (on, off) = apply1(&mut here, vec![ev("a", "p", true), ev("a", "p", false)]);
         assert_eq!((on, off), (vec![], vec![dev("a", "p")]));
-        let (on, off) = apply(&mut here, vec![(who("a", "p"), true)]);
+        let (on, off) = apply1(&mut here, vec![ev("a", "p", true)]);
         assert_eq!((on, off), (vec![dev("a", "p")], vec![]));
         // An offline for a device never seen (opened before a restart) changes nothing.
-        let (on, off) = apply(&mut here, vec![(who("z", "p"), false)]);
+        let (on, off) = apply1(&mut here, vec![ev("z", "p", false)]);
         assert!(on.is_empty() && off.is_empty());
     }
 }

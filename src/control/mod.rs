@@ -11,8 +11,10 @@ pub mod inspect;
 pub mod kafka;
 pub mod listeners;
 pub mod location;
+pub mod presence_api;
 pub mod push_api;
 pub mod redis_idem;
+pub mod redis_rooms;
 pub mod redis_script;
 pub mod redis_streams;
 pub mod remotes;
@@ -25,7 +27,7 @@ pub mod throttle;
 pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -37,6 +39,8 @@ use crate::core::inbox::{CoreHandle, CoreMsg};
 use crate::core::shard::Undelivered;
 use crate::metrics::{CoreMetrics, NodeCounters};
 use kafka::KafkaOut;
+use location::Locations;
+use redis_rooms::RedisRooms;
 use routes::LiveRoutes;
 
 /// What the control thread shares with its tasks and request handlers.
@@ -54,6 +58,11 @@ pub struct Hub {
     /// The fleet as etcd shows it (empty without --etcd).
     pub fleet: RwLock<Fleet>,
     pub kafka: Option<Arc<KafkaOut>>,
+    /// Room memberships kept in Redis for later connects, with `--redis`.
+    pub rooms: Option<Arc<RedisRooms>>,
+    /// The Redis location registry, which presence queries read fleet-wide; set once the
+    /// control side starts.
+    pub locations: OnceLock<Arc<Locations>>,
     /// Links redirected per second while draining or rebalancing.
     pub drain_rate: u32,
     /// Set by `POST /admin/drain`.
@@ -82,6 +91,8 @@ pub struct NodeSetup {
     pub admission: Arc<Admission>,
     pub routes: Arc<LiveRoutes>,
     pub kafka: Option<Arc<KafkaOut>>,
+    /// Room memberships kept in Redis for later connects, with `--redis`.
+    pub rooms: Option<Arc<RedisRooms>>,
     pub drain_rate: u32,
     pub max_outbound_bytes: usize,
     /// Put a draining node's undelivered pushes back on the push topic (cluster routing).
@@ -102,6 +113,8 @@ impl Hub {
             routes: s.routes,
             fleet: RwLock::default(),
             kafka: s.kafka,
+            rooms: s.rooms,
+            locations: OnceLock::new(),
             drain_rate: s.drain_rate.max(1),
             drain_requested: Notify::new(),
             max_outbound_bytes: s.max_outbound_bytes,
@@ -142,6 +155,7 @@ impl Hub {
                 admission: Arc::new(Admission::new(ramp, 0, std::time::Instant::now())),
                 routes: Arc::new(routes),
                 kafka: None,
+                rooms: None,
                 drain_rate: 1000,
                 max_outbound_bytes: 1 << 20,
                 republish: false,

@@ -55,26 +55,30 @@ redis.call('PEXPIRE', log, ttl)
 return {epoch, top, 1}
 "#;
 
-/// KEYS: hash, log. ARGV: now ms, ttl ms, resume max, '1' to resume, epoch, offset.
-/// Returns {} (no stream), {epoch, top}, {epoch, top, miss} or {epoch, top, 'ok', entries...}.
+/// KEYS: hash, log, the user's room set. ARGV: now ms, ttl ms, resume max, '1' to resume,
+/// epoch, offset, the room set's ttl ms. Returns {rooms} (no stream), {rooms, epoch, top},
+/// {rooms, epoch, top, miss} or {rooms, epoch, top, 'ok', entries...}: the rooms come in the
+/// same round trip, which a connect makes anyway.
 const READ: &str = r#"
 local h, log = KEYS[1], KEYS[2]
+local rooms = redis.call('SMEMBERS', KEYS[3])
+if #rooms > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[7]) end
 local epoch = redis.call('HGET', h, 'epoch')
-if not epoch then return {} end
+if not epoch then return {rooms} end
 local top = tonumber(redis.call('HGET', h, 'top') or '0')
-if ARGV[4] ~= '1' then return {epoch, top} end
-if ARGV[5] ~= epoch then return {epoch, top, 'epoch'} end
+if ARGV[4] ~= '1' then return {rooms, epoch, top} end
+if ARGV[5] ~= epoch then return {rooms, epoch, top, 'epoch'} end
 local since = tonumber(ARGV[6])
-if since > top then return {epoch, top, 'too_old'} end
-if since == top then return {epoch, top, 'ok'} end
+if since > top then return {rooms, epoch, top, 'too_old'} end
+if since == top then return {rooms, epoch, top, 'ok'} end
 local first = top - redis.call('LLEN', log) + 1
-if since + 1 < first then return {epoch, top, 'too_old'} end
-if top - since > tonumber(ARGV[3]) then return {epoch, top, 'too_many'} end
+if since + 1 < first then return {rooms, epoch, top, 'too_old'} end
+if top - since > tonumber(ARGV[3]) then return {rooms, epoch, top, 'too_many'} end
 local items = redis.call('LRANGE', log, since + 1 - first, -1)
 local ts = tonumber(string.match(items[1], '^(%d+) '))
-if ts <= tonumber(ARGV[1]) - tonumber(ARGV[2]) then return {epoch, top, 'too_old'} end
-local out = {epoch, top, 'ok'}
-for i, v in ipairs(items) do out[i + 3] = v end
+if ts <= tonumber(ARGV[1]) - tonumber(ARGV[2]) then return {rooms, epoch, top, 'too_old'} end
+local out = {rooms, epoch, top, 'ok'}
+for i, v in ipairs(items) do out[i + 4] = v end
 return out
 "#;
 
@@ -90,6 +94,8 @@ pub struct RedisStreams {
     limits: StreamLimits,
     append: Script,
     read: Script,
+    /// How long a user's room set lives after its last read.
+    rooms_ttl: Duration,
     /// While Redis is down, appends and reads fail at once (pushes go out unstored, links open
     /// with no stream) instead of each waiting out the round trip's deadline; one probe a
     /// second finds it back.
@@ -112,10 +118,11 @@ fn millis(d: Duration) -> u64 {
 
 impl RedisStreams {
     /// Shares the idempotency store's connection.
-    pub fn new(client: Client, limits: StreamLimits) -> RedisStreams {
+    pub fn new(client: Client, limits: StreamLimits, rooms_ttl: Duration) -> RedisStreams {
         RedisStreams {
             client,
             limits,
+            rooms_ttl,
             append: Script::new(APPEND),
             read: Script::new(READ),
             breaker: Mutex::new(Breaker::new(1, Duration::from_secs(1))),
@@ -206,8 +213,10 @@ impl RedisStreams {
                     Value::from(resume),
                     Value::from(epoch),
                     int(offset),
+                    int(millis(self.rooms_ttl)),
                 ];
-                (vec![h, log], args)
+                let rooms = crate::control::redis_rooms::key(r.biz_id, &r.user_id);
+                (vec![h, log, rooms], args)
             })
             .collect();
         let values = self.guarded(self.read.run(&self.client, &calls)).await?;
@@ -242,11 +251,19 @@ fn decode_state(v: Value, since: Option<u64>) -> Result<StreamState, Error> {
         return Err(bad("a non-array"));
     };
     let mut items = items.into_iter();
+    let rooms: Vec<String> = match items.next() {
+        Some(Value::Array(rooms)) => rooms
+            .into_iter()
+            .map(|r| r.convert())
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("no room set")),
+    };
     let (Some(epoch), Some(top)) = (items.next(), items.next()) else {
         return Ok(StreamState {
             epoch: String::new(),
             top: 0,
             replay: since.map(|_| Err(ResumeMiss::Epoch)),
+            rooms,
         });
     };
     let epoch: String = epoch.convert()?;
@@ -269,7 +286,12 @@ fn decode_state(v: Value, since: Option<u64>) -> Result<StreamState, Error> {
             _ => Err(ResumeMiss::TooOld),
         }),
     };
-    Ok(StreamState { epoch, top, replay })
+    Ok(StreamState {
+        epoch,
+        top,
+        replay,
+        rooms,
+    })
 }
 
 /// `MS KEYLEN\nKEYBODY` → (key, body).
@@ -310,15 +332,20 @@ mod tests {
                 fresh: false
             }
         );
-        let none = decode_state(Value::Array(vec![]), Some(3)).unwrap();
+        let rooms = || Value::Array(vec![b("lobby")]);
+        let none = decode_state(Value::Array(vec![rooms()]), Some(3)).unwrap();
         assert_eq!((none.epoch.as_str(), none.top), ("", 0));
         assert_eq!(none.replay, Some(Err(ResumeMiss::Epoch)));
-        let plain = decode_state(Value::Array(vec![b("e"), Value::Integer(9)]), None).unwrap();
+        assert_eq!(none.rooms, ["lobby"]);
+        let plain = Value::Array(vec![Value::Array(vec![]), b("e"), Value::Integer(9)]);
+        let plain = decode_state(plain, None).unwrap();
         assert_eq!((plain.top, plain.replay), (9, None));
-        let miss = Value::Array(vec![b("e"), Value::Integer(9), b("too_many")]);
+        assert!(plain.rooms.is_empty());
+        let miss = Value::Array(vec![rooms(), b("e"), Value::Integer(9), b("too_many")]);
         let miss = decode_state(miss, Some(1)).unwrap();
         assert_eq!(miss.replay, Some(Err(ResumeMiss::TooMany)));
         let ok = Value::Array(vec![
+            rooms(),
             b("e"),
             Value::Integer(9),
             b("ok"),

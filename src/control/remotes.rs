@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::grpc_backend::{GrpcBackend, GrpcConfig};
 use super::kafka::{KafkaConfig, KafkaOut};
 use super::redis_idem::RedisIdem;
+use super::redis_rooms::RedisRooms;
 use super::redis_streams::RedisStreams;
 use super::routes::{LiveRoutes, Target};
 use crate::core::embedded::LocalBizs;
@@ -20,6 +21,9 @@ pub struct RemoteSetup {
     pub redis: Option<(String, IdemTtl, Duration)>,
     /// The users' streams' limits; with Redis, the streams live there.
     pub streams: StreamLimits,
+    /// `--max-rooms-per-user` and how long a stored room set outlives its user's last
+    /// connect.
+    pub rooms: (usize, Duration),
     pub kafka: Option<KafkaConfig>,
     /// The client settings gRPC routes share (each fills in its endpoint).
     pub grpc: GrpcConfig,
@@ -33,6 +37,8 @@ pub struct Remotes {
     pub redis: Option<Arc<RedisIdem>>,
     /// The users' streams, on the idempotency store's connection.
     pub streams: Option<Arc<RedisStreams>>,
+    /// The users' room memberships, on the same connection.
+    pub rooms: Option<Arc<RedisRooms>>,
     pub kafka: Option<KafkaConfig>,
     pub kafka_out: Option<Arc<KafkaOut>>,
     pub routes: Arc<LiveRoutes>,
@@ -50,9 +56,13 @@ impl Remotes {
             )),
             None => None,
         };
+        let (max_rooms, rooms_ttl) = setup.rooms;
         let streams = redis
             .as_ref()
-            .map(|r| Arc::new(RedisStreams::new(r.client(), setup.streams)));
+            .map(|r| Arc::new(RedisStreams::new(r.client(), setup.streams, rooms_ttl)));
+        let rooms = redis
+            .as_ref()
+            .map(|r| Arc::new(RedisRooms::new(r.client(), max_rooms, rooms_ttl)));
         let kafka_out = match &setup.kafka {
             Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
             None => None,
@@ -82,6 +92,7 @@ impl Remotes {
         Ok(Remotes {
             redis,
             streams,
+            rooms,
             kafka: setup.kafka,
             kafka_out,
             routes: Arc::new(routes),

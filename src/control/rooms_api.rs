@@ -8,18 +8,19 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::warn;
 
-use super::admin::{ApiError, admit_read, ask_core, error, request};
+use super::admin::{ApiError, admit_read, ask_core, error, request, retry_later};
 use super::{Hub, push_api, router};
 use crate::auth::{check_id, check_room};
 use crate::core::inbox::{CoreMsg, Membership, RoomQuery};
-use crate::proto::RoomMessage;
+use crate::proto::{RoomChange, RoomMessage};
 
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
@@ -103,6 +104,7 @@ async fn send(
         body: body.into(),
         exclude_user_ids: p.exclude_user_ids,
         reliable: p.reliable,
+        change: None,
     };
     let Some(kafka) = &node.kafka else {
         router::room(&node, m).await;
@@ -111,14 +113,7 @@ async fn send(
     if kafka.to_room_topic(&m).await {
         return Ok((StatusCode::ACCEPTED, axum::Json(json!({ "nodes": "all" }))).into_response());
     }
-    let mut resp = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "kafka did not take the message; retry",
-    )
-    .into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    Ok(resp)
+    Err(retry_later("kafka did not take the message; retry"))
 }
 
 #[derive(Deserialize)]
@@ -146,15 +141,17 @@ async fn leave(
     change(state, headers, body, false).await
 }
 
-/// A join or leave for every link of the user on this node, answered with how many it
-/// reached.
+/// A join or leave: stored for the user's later connects (with `--redis`; the store refuses a
+/// join past `--max-rooms-per-user` whole), applied to the user's links on this node, and with
+/// `--kafka` sent on the room topic so every node applies it to its links. Answered with how
+/// many links it reached here.
 async fn change(
     State(node): State<Arc<Hub>>,
     headers: HeaderMap,
     body: Bytes,
     join: bool,
 ) -> Result<Response, ApiError> {
-    let c: Change = request(&node, &headers, &body)?;
+    let mut c: Change = request(&node, &headers, &body)?;
     let bad = |e: String| error(StatusCode::BAD_REQUEST, e);
     check_id("user_id", &c.user_id).map_err(bad)?;
     if c.rooms.is_empty() {
@@ -163,18 +160,62 @@ async fn change(
     for r in &c.rooms {
         check_room(r).map_err(bad)?;
     }
+    c.rooms.sort_unstable();
+    c.rooms.dedup();
+    let too_many = |have: usize| {
+        let why =
+            format!("the user is in {have} rooms; joining these would pass --max-rooms-per-user");
+        error(StatusCode::CONFLICT, why)
+    };
+    if let Some(store) = &node.rooms {
+        match store.change(c.biz_id, &c.user_id, &c.rooms, join).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(r)) => return Err(too_many(r.have)),
+            Err(e) => {
+                warn!(error = %e, "room membership not stored");
+                return Err(retry_later("redis did not take the change; retry"));
+            }
+        }
+    }
     let core = crate::owner_core(c.biz_id, &c.user_id, node.cores.len());
-    let links = ask_core(&node, core, |reply| {
+    let (biz_id, user_id, rooms) = (c.biz_id, c.user_id.clone(), c.rooms.clone());
+    let here = ask_core(&node, core, |reply| {
         CoreMsg::Membership(Box::new(Membership {
-            biz_id: c.biz_id,
-            user_id: c.user_id,
-            rooms: c.rooms,
+            biz_id,
+            user_id,
+            rooms,
             join,
-            reply,
+            reply: Some(reply),
         }))
     })
     .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "links": links }))).into_response())
+    let links = match (here, &node.rooms) {
+        (Ok(links), _) => links,
+        // The stored set is the user's membership: a link here past the limit (by its own
+        // token's claim) keeps the rooms it has, and the refusal is counted.
+        (Err(_), Some(_)) => 0,
+        (Err(have), None) => return Err(too_many(have)),
+    };
+    let Some(kafka) = &node.kafka else {
+        let body = json!({ "links": links, "nodes": "this" });
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    };
+    let m = RoomMessage {
+        biz_id: c.biz_id,
+        change: Some(RoomChange {
+            user_id: c.user_id,
+            rooms: c.rooms,
+            join,
+        }),
+        ..RoomMessage::default()
+    };
+    if !kafka.to_room_topic(&m).await {
+        return Err(retry_later(
+            "kafka did not take the change; retry (it is stored and applied here)",
+        ));
+    }
+    let body = json!({ "links": links, "nodes": "all" });
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::Hub;
-use crate::core::inbox::{CoreMsg, Kick, PushJob, Redirect, RoomJob};
+use crate::core::inbox::{CoreMsg, Kick, Membership, PushJob, Redirect, RoomJob};
 use crate::owner_core;
 use crate::proto::{Node, RoomMessage};
 
@@ -58,6 +58,24 @@ pub fn push(node: &Hub, mut push: PushJob) -> Routed {
 /// Hands a room message or broadcast to every core (each delivers to its members), waiting
 /// out a full inbox: the message is the cores' once this returns.
 pub async fn room(node: &Hub, m: RoomMessage) {
+    if let Some(c) = m.change {
+        let core = owner_core(m.biz_id, &c.user_id, node.cores.len());
+        let mut msg = CoreMsg::Membership(Box::new(Membership {
+            biz_id: m.biz_id,
+            user_id: c.user_id,
+            rooms: c.rooms,
+            join: c.join,
+            reply: None,
+        }));
+        while let Err(back) = node.send_within(core, msg, Duration::from_secs(5)).await {
+            warn!(
+                core,
+                "core inbox full: a room membership change waits for it"
+            );
+            msg = back;
+        }
+        return;
+    }
     let job = Arc::new(RoomJob {
         biz_id: m.biz_id,
         room: m.room,

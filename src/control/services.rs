@@ -96,7 +96,7 @@ pub async fn run(mut calls: mpsc::Receiver<ServiceCall>, node: Arc<Hub>, remote:
             }
             ServiceCall::Presence { events, at_ms } => {
                 if let Some(loc) = &remote.locations {
-                    loc.record(events.clone());
+                    loc.record(events.clone(), at_ms);
                 }
                 if let Some(kafka) = remote.kafka.clone() {
                     tokio::spawn(async move { kafka.presence(events, at_ms).await });

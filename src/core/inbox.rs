@@ -76,8 +76,10 @@ pub struct Membership {
     pub user_id: String,
     pub rooms: Vec<String>,
     pub join: bool,
-    /// How many of the user's links it reached.
-    pub reply: tokio::sync::oneshot::Sender<usize>,
+    /// How many of the user's links it reached, or (a join past `--max-rooms-per-user`) how
+    /// many rooms the fullest is in. None for a change from the room topic, which nobody
+    /// waits for.
+    pub reply: Option<tokio::sync::oneshot::Sender<Result<usize, usize>>>,
 }
 
 pub struct RoomQuery {

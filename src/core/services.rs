@@ -3,17 +3,15 @@
 //! answers itself (its own store, the loopback backend) the shard does; this side only carries
 //! the rest, batched, and answers in the shard's place when the control thread cannot take it.
 
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::batcher::{Added, Batcher};
-use super::shard::{BackendError, Shard, Undelivered, UpstreamRequest};
+use super::shard::{BackendError, DeviceEvent, Shard, Undelivered, UpstreamRequest};
 use super::stream::{StreamAppend, StreamRead};
 use super::tally::Tally;
-use crate::auth::Identity;
 use crate::link::idem::IdemUpdate;
 
 /// What a core asks of the control thread. It is the core's outgoing message, so it is
@@ -42,7 +40,7 @@ pub enum ServiceCall {
     Undelivered(Vec<Undelivered>),
     /// Devices that came online (true) or went offline, for the presence topic.
     Presence {
-        events: Vec<(Arc<Identity>, bool)>,
+        events: Vec<DeviceEvent>,
         at_ms: u64,
     },
 }
@@ -70,7 +68,7 @@ pub struct Services {
 
 impl Services {
     /// Devices that came online or went offline, for the presence topic.
-    pub fn presence(&self, events: Vec<(Arc<Identity>, bool)>) {
+    pub fn presence(&self, events: Vec<DeviceEvent>) {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -124,6 +124,15 @@ pub struct LinkInfo {
     pub remote: Option<String>,
 }
 
+/// A device came online (its first link here opened) or went offline, for the presence topic
+/// and the location registry, which answers presence queries.
+#[derive(Debug, Clone)]
+pub struct DeviceEvent {
+    pub who: Arc<Identity>,
+    pub online: bool,
+    pub transport: &'static str,
+}
+
 /// How a push travels.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery {
@@ -156,8 +165,8 @@ pub enum Event {
     Upstream(UpstreamRequest),
     /// Store a reply or release a claim in the shared store; nothing answers.
     IdemUpdate(IdemUpdate),
-    /// A device came online (true) or went offline, when `presence_events` is on.
-    Presence(Arc<Identity>, bool),
+    /// A device came online or went offline, when `presence_events` is on.
+    Presence(DeviceEvent),
     /// A push reached no device: report it.
     Undelivered(Undelivered),
     /// Append to the shared stream store; answer with [`Shard::on_appended`].
@@ -488,7 +497,11 @@ impl Shard {
         self.metrics.links_opened.inc();
         self.metrics.links_by_transport.inc(transport);
         if self.cfg.presence_events {
-            self.events.push_back(Event::Presence(who.clone(), true));
+            self.events.push_back(Event::Presence(DeviceEvent {
+                who: who.clone(),
+                online: true,
+                transport: transport.label(),
+            }));
         }
 
         self.open_stream(conn, &who, since, carried, now);
@@ -1366,8 +1379,11 @@ impl Shard {
             return;
         };
         if self.cfg.presence_events {
-            self.events
-                .push_back(Event::Presence(link.who.clone(), false));
+            self.events.push_back(Event::Presence(DeviceEvent {
+                who: link.who.clone(),
+                online: false,
+                transport: link.wire.transport().label(),
+            }));
         }
         self.metrics.links.dec();
         if link.closing.is_none() {

@@ -110,7 +110,7 @@ impl Shard {
     }
 
     fn take_presence(&mut self) -> Vec<(Arc<Identity>, bool)> {
-        take_events!(self, Event::Presence(who, online) => (who, online))
+        take_events!(self, Event::Presence(e) => (e.who, e.online))
     }
 }
 

@@ -88,6 +88,8 @@ pub struct StreamState {
     pub epoch: String,
     pub top: u64,
     pub replay: Option<Result<Vec<StoredEntry>, ResumeMiss>>,
+    /// The user's stored room memberships: the store reads them in the same round trip.
+    pub rooms: Vec<String>,
 }
 
 /// An entry as a shared store returns it: the body as the backend sent it.

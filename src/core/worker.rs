@@ -765,7 +765,7 @@ impl Worker {
                 Event::Claim(req) => services.claim(req),
                 Event::Upstream(req) => services.call(&mut shard, req, now),
                 Event::IdemUpdate(u) => updates.push(u),
-                Event::Presence(who, online) => presence.push((who, online)),
+                Event::Presence(e) => presence.push(e),
                 Event::Undelivered(u) => undelivered.push(u),
                 Event::StreamAppend(a) => services.append(a),
                 Event::StreamRead(r) => services.read(r),
@@ -919,9 +919,11 @@ impl Worker {
                 let links = if m.join {
                     shard.join(m.biz_id, &m.user_id, &m.rooms)
                 } else {
-                    shard.leave(m.biz_id, &m.user_id, &m.rooms)
+                    Ok(shard.leave(m.biz_id, &m.user_id, &m.rooms))
                 };
-                let _ = m.reply.send(links);
+                if let Some(reply) = m.reply {
+                    let _ = reply.send(links);
+                }
             }
             CoreMsg::RoomMembers(q) => {
                 let members = self.shard.borrow().room_members(q.biz_id, &q.room);

@@ -77,6 +77,8 @@ pub struct Opening {
     pub held: Vec<Held>,
     /// What the client sent before CONNECTED.
     pub input: Vec<u8>,
+    /// Rooms the user left meanwhile: the stored set the answer brings may predate the leave.
+    pub left: Vec<String>,
 }
 
 /// The offsets of one epoch in `(from, upto]` went out on a link: `from` is where it began

@@ -219,7 +219,16 @@ impl Gateway {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        match self.http.get(format!("http://{}{path}", self.admin)).call() {
+        self.get_as(None, path)
+    }
+
+    /// GETs with `Authorization: Bearer <token>` when a token is given.
+    pub fn get_as(&self, token: Option<&str>, path: &str) -> (u16, String) {
+        let mut req = self.http.get(format!("http://{}{path}", self.admin));
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
             Ok(mut r) => (
                 r.status().as_u16(),
                 r.body_mut().read_to_string().unwrap_or_default(),

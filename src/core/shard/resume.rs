@@ -198,8 +198,11 @@ impl Shard {
             return;
         };
         let biz_id = self.links[&conn].who.biz_id;
+        let mut rooms = Vec::new();
         let stream = match state {
-            Some(s) => {
+            Some(mut s) => {
+                rooms = std::mem::take(&mut s.rooms);
+                rooms.retain(|r| !opening.left.contains(r));
                 let replay = s.replay.map(|r| {
                     r.map(|entries| {
                         let seal = |b| self.cfg.body_keys.seal(biz_id, b);
@@ -234,6 +237,7 @@ impl Shard {
             ..
         } = *opening;
         self.greet(conn, stream, carried, held, now);
+        self.join_link(conn, &rooms);
         if !input.is_empty() {
             self.handle_bytes(conn, &mut input, now);
         }

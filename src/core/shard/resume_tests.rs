@@ -276,6 +276,7 @@ fn state(top: u64, replay: Option<Result<Vec<StoredEntry>, ResumeMiss>>) -> Opti
         epoch: "e".into(),
         top,
         replay,
+        rooms: Vec::new(),
     })
 }
 
@@ -465,5 +466,22 @@ fn a_link_closed_while_its_stream_is_read_sends_nothing_after_its_close() {
     assert_eq!(
         reports.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
         ["dev"]
+    );
+}
+
+#[test]
+fn a_shared_store_brings_the_users_rooms_but_those_left_while_it_was_asked() {
+    let mut h = shared();
+    h.open_since(1, "phone", None, 0);
+    h.shard.take_reads();
+    h.shard.leave(1, "alice", &["gone".into()]);
+    let mut answer = state(0, None).unwrap();
+    answer.rooms = vec!["kept".into(), "gone".into()];
+    h.shard.on_stream_read(1, Some(answer), h.t0);
+    assert_eq!(h.shard.room_members(1, "kept"), (1, 1));
+    assert_eq!(
+        h.shard.room_members(1, "gone"),
+        (0, 0),
+        "left after the read"
     );
 }

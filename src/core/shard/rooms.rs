@@ -63,13 +63,23 @@ impl Shard {
         joined
     }
 
-    /// Every open link of the user joins `rooms`; returns how many links it reached.
-    pub fn join(&mut self, biz_id: u64, user_id: &str, rooms: &[String]) -> usize {
+    /// Every open link of the user joins `rooms` (named once each), or, if that would put one
+    /// past `--max-rooms-per-user`, none does: `Err` with the rooms that link is in. Returns
+    /// how many links it reached.
+    pub fn join(&mut self, biz_id: u64, user_id: &str, rooms: &[String]) -> Result<usize, usize> {
         let conns = self.user_links(biz_id, user_id);
+        for c in &conns {
+            let have = &self.links[c].rooms;
+            let new = rooms.iter().filter(|r| !have.iter().any(|h| **h == ***r));
+            if have.len() + new.count() > self.cfg.max_rooms_per_user {
+                self.metrics.rooms_refused.inc();
+                return Err(have.len());
+            }
+        }
         for c in &conns {
             self.join_link(*c, rooms);
         }
-        conns.len()
+        Ok(conns.len())
     }
 
     /// Every open link of the user leaves `rooms`; returns how many links it reached.
@@ -78,6 +88,9 @@ impl Shard {
         for c in &conns {
             let link = self.links.get_mut(c).expect("matched link exists");
             link.rooms.retain(|r| !rooms.iter().any(|x| **x == **r));
+            if let Some(opening) = link.opening.as_mut() {
+                opening.left.extend(rooms.iter().cloned());
+            }
             for room in rooms {
                 self.drop_member(biz_id, room, *c);
             }

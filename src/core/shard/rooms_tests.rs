@@ -21,10 +21,10 @@ fn room_messages_reach_the_members_but_the_excluded_with_their_room_and_no_seq()
     h.shard.join_link(1, &["r1".into()]);
     assert_eq!(
         h.shard.join(1, "alice", &["r1".into(), "r2".into()]),
-        2,
+        Ok(2),
         "both devices"
     );
-    h.shard.join(1, "bob", &["r1".into()]);
+    h.shard.join(1, "bob", &["r1".into()]).unwrap();
     assert_eq!(h.shard.room_members(1, "r1"), (3, 2));
     let sent = h.shard.publish(
         1,
@@ -50,8 +50,8 @@ fn leaving_and_closing_take_links_out_of_their_rooms() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     h.open(2, "bob", "phone", Codec::Json);
-    h.shard.join(1, "alice", &["r".into()]);
-    h.shard.join(1, "bob", &["r".into()]);
+    h.shard.join(1, "alice", &["r".into()]).unwrap();
+    h.shard.join(1, "bob", &["r".into()]).unwrap();
     h.shard.leave(1, "alice", &["r".into()]);
     assert_eq!(h.shard.room_members(1, "r"), (1, 1));
     h.kick("bob", "bye", 1);
@@ -69,12 +69,34 @@ fn a_link_is_in_at_most_max_rooms_and_the_rest_are_counted() {
 }
 
 #[test]
+fn a_join_that_would_pass_the_limit_on_any_link_changes_none() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "alice", "laptop", Codec::Json);
+    h.shard.join_link(2, &["a".into(), "b".into()]);
+    // The harness allows 3 rooms.
+    let two: Vec<String> = vec!["c".into(), "d".into()];
+    assert_eq!(
+        h.shard.join(1, "alice", &two),
+        Err(2),
+        "the laptop would be in 4"
+    );
+    assert_eq!(h.shard.room_members(1, "c"), (0, 0));
+    let two: Vec<String> = vec!["b".into(), "c".into()];
+    assert_eq!(
+        h.shard.join(1, "alice", &two),
+        Ok(2),
+        "b is no new room there"
+    );
+}
+
+#[test]
 fn a_backlogged_link_drops_best_effort_but_reliable_is_acked_and_retransmitted() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     h.open(2, "bob", "phone", Codec::Json);
-    h.shard.join(1, "alice", &["r".into()]);
-    h.shard.join(1, "bob", &["r".into()]);
+    h.shard.join(1, "alice", &["r".into()]).unwrap();
+    h.shard.join(1, "bob", &["r".into()]).unwrap();
     h.shard.link_mut(2).unwrap().out = vec![0; 2000];
     let m = message("m", "r");
     h.shard

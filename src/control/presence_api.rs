@@ -1,0 +1,82 @@
+//! `GET /v1/presence` (DESIGN §4a): a user's devices, each with its node, transport and since
+//! when. With `--redis` the location registry answers for every node; otherwise this node's
+//! core that owns the user does.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State, rejection::QueryRejection};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use super::Hub;
+use super::admin::{ApiError, admit_read, ask_core, error, retry_later};
+use super::location::Present;
+use crate::core::inbox::{CoreMsg, Inspect};
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new().route("/v1/presence", get(presence))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    biz_id: u64,
+    user_id: String,
+}
+
+/// Which devices are online is personal data: with `--admin-token` this read needs it.
+async fn presence(
+    State(node): State<Arc<Hub>>,
+    headers: HeaderMap,
+    query: Result<Query<PresenceQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    admit_read(&node, &headers)?;
+    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    crate::auth::check_id("user_id", &q.user_id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let (devices, scope) = match node.locations.get() {
+        Some(loc) => match loc.presence(q.biz_id, &q.user_id).await {
+            Ok(devices) => (devices, "fleet"),
+            Err(e) => {
+                warn!(error = %e, "presence not read");
+                return Err(retry_later("redis did not answer; retry"));
+            }
+        },
+        None => (here(&node, q.biz_id, q.user_id.clone()).await?, "node"),
+    };
+    let body = json!({
+        "biz_id": q.biz_id,
+        "user_id": q.user_id,
+        "scope": scope,
+        "devices": devices,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+/// The user's devices on this node (one entry per device: its oldest link).
+async fn here(node: &Hub, biz_id: u64, user_id: String) -> Result<Vec<Present>, ApiError> {
+    let core = crate::owner_core(biz_id, &user_id, node.cores.len());
+    let mut links = ask_core(node, core, |reply| {
+        CoreMsg::Inspect(Box::new(Inspect {
+            biz_id,
+            user_id,
+            reply,
+        }))
+    })
+    .await?;
+    links.sort_by(|a, b| (&a.device_id, a.connected_ms).cmp(&(&b.device_id, b.connected_ms)));
+    links.dedup_by(|a, b| a.device_id == b.device_id);
+    Ok(links
+        .into_iter()
+        .map(|l| Present {
+            device_id: l.device_id,
+            node: node.node_id.clone(),
+            transport: l.transport.to_owned(),
+            since_ms: l.connected_ms,
+        })
+        .collect())
+}
