@@ -36,3 +36,27 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
 }
+
+PEER=127.0.0.1:18092
+PEER_PID=
+# start_sockudo: the Pusher-protocol peer on $SERVER_CPU from environment settings only: one
+# app, no rate limits, local adapter, no metrics. Waits until its port answers.
+start_sockudo() {
+  env HOST=127.0.0.1 PORT="${PEER#*:}" DEBUG=false METRICS_ENABLED=false RATE_LIMITER_ENABLED=false \
+    ADAPTER_DRIVER=local APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory QUEUE_DRIVER=none \
+    SOCKUDO_DEFAULT_APP_ID=bench-app SOCKUDO_DEFAULT_APP_KEY=bench-key \
+    SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
+    SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 \
+    SOCKUDO_DEFAULT_APP_MAX_EVENT_CHANNELS_AT_ONCE=100 \
+    taskset -c "$SERVER_CPU" bench/.peers/bin/sockudo >"$OUT/sockudo.log" 2>&1 &
+  PEER_PID=$!
+  for _ in $(seq 200); do (exec 3<>/dev/tcp/${PEER%:*}/${PEER#*:}) 2>/dev/null && return 0; sleep 0.05; done
+  echo "sockudo did not start; see $OUT/sockudo.log" >&2
+  exit 1
+}
+stop_sockudo() {
+  [ -n "$PEER_PID" ] || return 0
+  kill "$PEER_PID" 2>/dev/null || true
+  wait "$PEER_PID" 2>/dev/null || true
+  PEER_PID=
+}
