@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State, rejection::QueryRejection};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -274,12 +274,37 @@ pub async fn ask_core<T>(
         .map_err(|_| busy())
 }
 
-/// Reads that show personal data (addresses, membership) need the admin token too, when set.
-pub fn admit_read(node: &Hub, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &node.admin.token {
-        Some(token) => check_token(token, headers),
-        None => Ok(()),
+/// Reads that show personal data (addresses, membership, presence) need the admin token too,
+/// when set; then the query string, or 400 with the reason it does not parse.
+pub fn read_query<T>(
+    node: &Hub,
+    headers: &HeaderMap,
+    query: Result<Query<T>, QueryRejection>,
+) -> Result<T, ApiError> {
+    if let Some(token) = &node.admin.token {
+        check_token(token, headers)?;
     }
+    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok(q)
+}
+
+/// `?biz_id=&user_id=`, the query of the reads about one user.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    pub biz_id: u64,
+    pub user_id: String,
+}
+
+/// [`read_query`] for one user, its id checked as the push API checks it.
+pub fn user_query(
+    node: &Hub,
+    headers: &HeaderMap,
+    query: Result<Query<UserQuery>, QueryRejection>,
+) -> Result<UserQuery, ApiError> {
+    let q = read_query(node, headers, query)?;
+    crate::auth::check_id("user_id", &q.user_id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    Ok(q)
 }
 
 /// [`admit`], then the JSON body.

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::Hub;
-use super::admin::{ApiError, admit_read, ask_core, error};
+use super::admin::{ApiError, UserQuery, ask_core, user_query};
 use crate::core::inbox::{CoreMsg, Inspect};
 
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -28,23 +27,14 @@ pub fn routes() -> Router<Arc<Hub>> {
         )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LinksQuery {
-    biz_id: u64,
-    user_id: String,
-}
-
 /// A user's open links on this node, asked of the core that owns the user. Client addresses
 /// are personal data: with `--admin-token` this read needs the token too.
 async fn links(
     State(node): State<Arc<Hub>>,
     headers: HeaderMap,
-    query: Result<Query<LinksQuery>, QueryRejection>,
+    query: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    admit_read(&node, &headers)?;
-    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
-    crate::auth::check_id("user_id", &q.user_id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let q = user_query(&node, &headers, query)?;
     let core = crate::owner_core(q.biz_id, &q.user_id, node.cores.len());
     let (biz_id, user_id) = (q.biz_id, q.user_id.clone());
     let links = ask_core(&node, core, |reply| {

@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
 use serde_json::json;
 use tracing::warn;
 
 use super::Hub;
-use super::admin::{ApiError, admit_read, ask_core, error, retry_later};
+use super::admin::{ApiError, UserQuery, ask_core, retry_later, user_query};
 use super::location::Present;
 use crate::core::inbox::{CoreMsg, Inspect};
 
@@ -22,22 +21,13 @@ pub fn routes() -> Router<Arc<Hub>> {
     Router::new().route("/v1/presence", get(presence))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PresenceQuery {
-    biz_id: u64,
-    user_id: String,
-}
-
 /// Which devices are online is personal data: with `--admin-token` this read needs it.
 async fn presence(
     State(node): State<Arc<Hub>>,
     headers: HeaderMap,
-    query: Result<Query<PresenceQuery>, QueryRejection>,
+    query: Result<Query<UserQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    admit_read(&node, &headers)?;
-    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
-    crate::auth::check_id("user_id", &q.user_id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let q = user_query(&node, &headers, query)?;
     let (devices, scope) = match node.locations.get() {
         Some(loc) => match loc.presence(q.biz_id, &q.user_id).await {
             Ok(devices) => (devices, "fleet"),

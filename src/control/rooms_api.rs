@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::warn;
 
-use super::admin::{ApiError, admit_read, ask_core, error, request, retry_later};
+use super::admin::{ApiError, ask_core, error, read_query, request, retry_later};
 use super::{Hub, push_api, router};
 use crate::auth::{check_id, check_room};
 use crate::core::inbox::{CoreMsg, Membership, RoomQuery};
@@ -24,10 +24,10 @@ use crate::proto::{RoomChange, RoomMessage};
 
 pub fn routes() -> Router<Arc<Hub>> {
     Router::new()
-        .route("/v1/rooms/publish", post(publish))
-        .route("/v1/broadcast", post(broadcast))
-        .route("/v1/rooms/join", post(join))
-        .route("/v1/rooms/leave", post(leave))
+        .route("/v1/rooms/publish", post(|s, h, b| send(s, h, b, true)))
+        .route("/v1/broadcast", post(|s, h, b| send(s, h, b, false)))
+        .route("/v1/rooms/join", post(|s, h, b| change(s, h, b, true)))
+        .route("/v1/rooms/leave", post(|s, h, b| change(s, h, b, false)))
         .route("/v1/rooms/members", get(members))
 }
 
@@ -47,22 +47,6 @@ struct Publish {
     exclude_user_ids: Vec<String>,
     #[serde(default)]
     reliable: bool,
-}
-
-async fn publish(
-    state: State<Arc<Hub>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    send(state, headers, body, true).await
-}
-
-async fn broadcast(
-    state: State<Arc<Hub>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    send(state, headers, body, false).await
 }
 
 /// A room message (`to_room`) or a broadcast: checked, then to every node.
@@ -123,22 +107,6 @@ struct Change {
     biz_id: u64,
     user_id: String,
     rooms: Vec<String>,
-}
-
-async fn join(
-    state: State<Arc<Hub>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    change(state, headers, body, true).await
-}
-
-async fn leave(
-    state: State<Arc<Hub>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    change(state, headers, body, false).await
 }
 
 /// A join or leave: stored for the user's later connects (with `--redis`; the store refuses a
@@ -231,8 +199,7 @@ async fn members(
     headers: HeaderMap,
     query: Result<Query<MembersQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    admit_read(&node, &headers)?;
-    let Query(q) = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let q = read_query(&node, &headers, query)?;
     check_room(&q.room).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let (mut links, mut users) = (0, 0);
     for core in 0..node.cores.len() {

@@ -60,21 +60,14 @@ pub fn push(node: &Hub, mut push: PushJob) -> Routed {
 pub async fn room(node: &Hub, m: RoomMessage) {
     if let Some(c) = m.change {
         let core = owner_core(m.biz_id, &c.user_id, node.cores.len());
-        let mut msg = CoreMsg::Membership(Box::new(Membership {
+        let msg = CoreMsg::Membership(Box::new(Membership {
             biz_id: m.biz_id,
             user_id: c.user_id,
             rooms: c.rooms,
             join: c.join,
             reply: None,
         }));
-        while let Err(back) = node.send_within(core, msg, Duration::from_secs(5)).await {
-            warn!(
-                core,
-                "core inbox full: a room membership change waits for it"
-            );
-            msg = back;
-        }
-        return;
+        return send_waiting(node, core, msg, "a room membership change").await;
     }
     let job = Arc::new(RoomJob {
         biz_id: m.biz_id,
@@ -85,11 +78,16 @@ pub async fn room(node: &Hub, m: RoomMessage) {
         reliable: m.reliable,
     });
     for core in 0..node.cores.len() {
-        let mut msg = CoreMsg::Room(job.clone());
-        while let Err(back) = node.send_within(core, msg, Duration::from_secs(5)).await {
-            warn!(core, "core inbox full: a room message waits for it");
-            msg = back;
-        }
+        send_waiting(node, core, CoreMsg::Room(job.clone()), "a room message").await;
+    }
+}
+
+/// Queues on `core`, waiting out a full inbox (a warning every 5 s): what the room topic hands
+/// over is committed once queued, so it is never refused.
+async fn send_waiting(node: &Hub, core: usize, mut msg: CoreMsg, what: &str) {
+    while let Err(back) = node.send_within(core, msg, Duration::from_secs(5)).await {
+        warn!(core, "core inbox full: {what} waits for it");
+        msg = back;
     }
 }
 
