@@ -30,7 +30,9 @@ pub async fn start(
     if clustered {
         let mut topics = vec![node_topic.clone()];
         topics.extend(scale_topic.clone());
-        kafka::ensure_topics(&cfg.brokers, &topics).await?;
+        // The node's own topic must exist before other nodes route pushes to it.
+        let give_up = std::time::Duration::from_secs(60);
+        kafka::ensure_topics_retrying(&cfg.brokers, &topics, Some(give_up)).await?;
     }
     let router = Arc::new(PushRouter {
         node: node.clone(),
@@ -105,12 +107,8 @@ fn consume_room_topic(node: &Arc<Hub>, cfg: &KafkaConfig) {
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {
-        let mut wait = std::time::Duration::from_millis(200);
-        while let Err(e) = kafka::ensure_topics(&brokers, std::slice::from_ref(&sub.topic)).await {
-            warn!(error = %e, "room topic not there yet; retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(std::time::Duration::from_secs(5));
-        }
+        let topic = std::slice::from_ref(&sub.topic);
+        let _ = kafka::ensure_topics_retrying(&brokers, topic, None).await;
         let handle = |bytes: Vec<u8>, _| {
             let n = n.clone();
             async move {

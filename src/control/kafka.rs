@@ -404,7 +404,7 @@ pub fn decode_push(node: &Hub, bytes: &[u8]) -> Option<PushMessage> {
 
 /// Creates topics this node reads or writes that may not exist yet (its own push topic, the
 /// scale-event topic). An existing topic is fine.
-pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), String> {
+async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), String> {
     let admin: AdminClient<QuietLogs> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create_with_context(QuietLogs::default())
@@ -416,7 +416,11 @@ pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), Strin
     let results = admin
         .create_topics(
             &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            // Without a request timeout a request the broker never answers waits out
+            // librdkafka's socket timeout (60 s); the callers retry instead.
+            &AdminOptions::new()
+                .operation_timeout(Some(Duration::from_secs(10)))
+                .request_timeout(Some(Duration::from_secs(5))),
         )
         .await
         .map_err(|e| format!("creating topics {topics:?}: {e}"))?;
@@ -427,6 +431,37 @@ pub async fn ensure_topics(brokers: &str, topics: &[String]) -> Result<(), Strin
         }
     }
     Ok(())
+}
+
+/// Creates `topics` if they are missing, trying until it succeeds or until `give_up` has
+/// passed (then its last error), waiting 200 ms doubling to 5 s between tries. Failures and a
+/// slow success are logged: a node that starts late says why.
+pub async fn ensure_topics_retrying(
+    brokers: &str,
+    topics: &[String],
+    give_up: Option<Duration>,
+) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ensure_topics(brokers, topics).await {
+            Ok(()) => {
+                let took = start.elapsed();
+                if took > Duration::from_secs(2) {
+                    warn!(
+                        ?topics,
+                        took_ms = took.as_millis() as u64,
+                        "creating topics was slow"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) if give_up.is_some_and(|g| start.elapsed() >= g) => return Err(e),
+            Err(e) => warn!(error = %e, ?topics, "topics not there yet; retrying"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// One consumer: which topic, in which group (read from the start when the group is new).

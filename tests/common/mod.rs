@@ -180,13 +180,24 @@ impl Gateway {
             admin,
             http,
         };
-        wait_until("gateway readiness", Duration::from_secs(20), || {
+        // A start that never completes says which part did not.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 panic!("ringway exited during start: {status}");
             }
-            gw.get("/healthz").0 == 200 && TcpStream::connect(ws).is_ok()
-        });
-        gw
+            let health = gw.get("/healthz").0;
+            let client = TcpStream::connect(ws).map(drop);
+            if health == 200 && client.is_ok() {
+                return gw;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for gateway readiness: /healthz on {admin} answered {health} \
+                 (0: no answer), client port {ws}: {client:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn token(&self, user: &str, device: &str) -> String {
