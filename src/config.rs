@@ -236,6 +236,8 @@ impl ServeArgs {
                 token: self.admin.admin_token.clone().filter(|t| !t.is_empty()),
                 origins: self.admin.admin_allowed_origins.clone(),
                 idle: Duration::from_millis(self.admin.admin_idle_timeout_ms.max(1)),
+                shed: (self.admin.push_shed_ms > 0)
+                    .then(|| Duration::from_millis(self.admin.push_shed_ms)),
                 demo: DemoSetup {
                     ws_port: self.node.listen.port(),
                     mint_secret: match (source, self.admin.demo) {

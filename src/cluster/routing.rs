@@ -235,7 +235,7 @@ pub async fn hand_off(
             unsettled: Some(unsettled.clone()),
             accepted_at,
         };
-        users = router::push(node, job).rejected;
+        users = router::push(node, None, job).rejected;
         if !users.is_empty() {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(100));

@@ -19,6 +19,13 @@ pub struct AdminArgs {
     /// between requests, before it is closed.
     #[arg(long, env = "RINGWAY_ADMIN_IDLE_TIMEOUT_MS", default_value_t = 10_000)]
     pub admin_idle_timeout_ms: u64,
+    /// Refuse an HTTP push with 503 and Retry-After while its owner core is behind: messages
+    /// wait in its inbox and the last push it took had waited there longer than this. Keeps
+    /// push latency bounded at saturation instead of queueing up to --core-inbox messages;
+    /// the caller retries (the refused users are listed as "rejected"). Pushes read from
+    /// Kafka are never refused: they wait. 0 turns this off (only a full inbox refuses).
+    #[arg(long, env = "RINGWAY_PUSH_SHED_MS", default_value_t = 50)]
+    pub push_shed_ms: u64,
     /// Let the admin server mint client tokens for its demo page (POST /demo/token). For
     /// trying ringway out only: anyone who reaches the admin port can then sign in as anyone.
     #[arg(long, env = "RINGWAY_DEMO")]

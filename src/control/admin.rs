@@ -33,6 +33,9 @@ pub struct AdminSettings {
     pub origins: Vec<String>,
     /// Header and idle timeout of admin connections.
     pub idle: Duration,
+    /// `--push-shed-ms`: how far behind an owner core may be before HTTP pushes to it are
+    /// refused.
+    pub shed: Option<Duration>,
     pub demo: super::demo::DemoSetup,
 }
 
@@ -340,6 +343,7 @@ async fn push(
     }
     let routed = router::push(
         &node,
+        node.admin.shed,
         PushJob {
             biz_id: req.biz_id,
             user_ids: req.user_ids,

@@ -147,6 +147,7 @@ impl Hub {
                     token: None,
                     origins: Vec::new(),
                     idle: Duration::from_secs(10),
+                    shed: None,
                     demo: demo::DemoSetup {
                         ws_port: 0,
                         mint_secret: None,

@@ -17,14 +17,17 @@ use crate::proto::{Node, RoomMessage};
 pub struct Routed {
     /// Users whose owner core queued the push.
     pub accepted: usize,
-    /// Users whose owner core's inbox was full: the caller retries them (Kafka) or reports them
-    /// undelivered (HTTP API).
+    /// Users whose owner core's inbox was full, or (with `shed`) whose core is that far
+    /// behind: the caller retries them (Kafka) or refuses them (HTTP API).
     pub rejected: Vec<String>,
 }
 
 /// Splits `push`'s receivers by owner core and queues one job per core, so each core encodes
-/// the body once for all its receivers.
-pub fn push(node: &Hub, mut push: PushJob) -> Routed {
+/// the body once for all its receivers. With `shed`, a core whose queue holds pushes that
+/// waited longer than that is not given more ([`CoreHandle::behind`]).
+///
+/// [`CoreHandle::behind`]: crate::core::inbox::CoreHandle::behind
+pub fn push(node: &Hub, shed: Option<Duration>, mut push: PushJob) -> Routed {
     let mut by_core: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for u in std::mem::take(&mut push.user_ids) {
         by_core
@@ -46,7 +49,12 @@ pub fn push(node: &Hub, mut push: PushJob) -> Routed {
             unsettled: push.unsettled.clone(),
             ..push
         };
-        match node.cores[core].send(CoreMsg::Push(Box::new(job))) {
+        let handle = &node.cores[core];
+        if shed.is_some_and(|behind| handle.behind(behind)) {
+            routed.rejected.extend(job.user_ids);
+            continue;
+        }
+        match handle.send(CoreMsg::Push(Box::new(job))) {
             Ok(()) => routed.accepted += n,
             Err(CoreMsg::Push(job)) => routed.rejected.extend(job.user_ids),
             Err(_) => unreachable!("send hands back what it was given"),
@@ -138,5 +146,37 @@ pub fn redirect(
             })))
             .is_ok()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::inbox;
+
+    #[test]
+    fn a_core_that_is_behind_sheds_its_users_and_the_other_takes_its_own() {
+        let (a, _a_inbox) = inbox::channel(16).unwrap();
+        let (b, _b_inbox) = inbox::channel(16).unwrap();
+        let node = Hub::for_tests(vec![a, b]);
+        let on = |core| {
+            (0..)
+                .map(|i| format!("u{i}"))
+                .find(|u| owner_core(1, u, 2) == core)
+                .unwrap()
+        };
+        let (ua, ub) = (on(0), on(1));
+        let limit = Some(Duration::from_millis(50));
+        // Core a has a push queued that it has not taken, and the last it took waited 80 ms.
+        assert_eq!(router_push(&node, limit, &[&ua]).accepted, 1);
+        node.cores[0].took_push_after(Duration::from_millis(80));
+        let routed = router_push(&node, limit, &[&ua, &ub]);
+        assert_eq!((routed.accepted, routed.rejected), (1, vec![ua.clone()]));
+        // Without a limit only a full inbox refuses.
+        assert_eq!(router_push(&node, None, &[&ua]).accepted, 1);
+    }
+
+    fn router_push(node: &Hub, shed: Option<Duration>, users: &[&str]) -> Routed {
+        push(node, shed, PushJob::for_tests(users))
     }
 }

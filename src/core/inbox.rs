@@ -141,6 +141,24 @@ pub struct PushJob {
     pub accepted_at: Instant,
 }
 
+#[cfg(test)]
+impl PushJob {
+    /// A push of an empty body to `users` of biz 1, accepted now.
+    pub fn for_tests(users: &[&str]) -> PushJob {
+        PushJob {
+            biz_id: 1,
+            user_ids: users.iter().map(|u| u.to_string()).collect(),
+            device_id: None,
+            key: "k".into(),
+            body: Bytes::new(),
+            report_offline: true,
+            ephemeral: false,
+            unsettled: None,
+            accepted_at: Instant::now(),
+        }
+    }
+}
+
 struct Doorbell {
     writer: StdUnixStream,
     sleeping: AtomicBool,
@@ -153,6 +171,8 @@ struct Doorbell {
     origin: Instant,
     /// The core's OS thread id (0 until the core starts), for the watchdog's wake-up signal.
     thread: AtomicI32,
+    /// How long the last push the core took had waited in its inbox, in microseconds.
+    waited_us: AtomicU64,
 }
 
 /// The sending side; cheap to clone, usable from any thread.
@@ -181,6 +201,7 @@ pub fn channel(capacity: usize) -> std::io::Result<(CoreHandle, Inbox)> {
         due_ms: AtomicU64::new(u64::MAX),
         origin: Instant::now(),
         thread: AtomicI32::new(0),
+        waited_us: AtomicU64::new(0),
     });
     Ok((
         CoreHandle {
@@ -240,6 +261,20 @@ impl CoreHandle {
         late || !self.tx.is_empty()
     }
 
+    /// The core says how long the push it just took had waited in its inbox.
+    pub fn took_push_after(&self, waited: Duration) {
+        self.bell
+            .waited_us
+            .store(waited.as_micros() as u64, Relaxed);
+    }
+
+    /// Whether the core is more than `limit` behind: messages are queued and the last push it
+    /// took had waited longer than `limit`. Both are needed: the last wait alone goes stale
+    /// once the queue is empty, and a queue alone says nothing of how long it takes to clear.
+    pub fn behind(&self, limit: Duration) -> bool {
+        !self.tx.is_empty() && self.bell.waited_us.load(Relaxed) > limit.as_micros() as u64
+    }
+
     pub fn thread(&self) -> Option<i32> {
         Some(self.bell.thread.load(Relaxed)).filter(|&t| t != 0)
     }
@@ -270,17 +305,7 @@ mod tests {
     use std::io::Read;
 
     fn push() -> CoreMsg {
-        CoreMsg::Push(Box::new(PushJob {
-            biz_id: 1,
-            user_ids: vec![],
-            device_id: None,
-            key: "k".into(),
-            body: Bytes::new(),
-            report_offline: true,
-            ephemeral: false,
-            unsettled: None,
-            accepted_at: Instant::now(),
-        }))
+        CoreMsg::Push(Box::new(PushJob::for_tests(&[])))
     }
 
     #[test]
@@ -301,5 +326,20 @@ mod tests {
         );
         assert!(h.send(push()).is_ok());
         assert!(h.send(push()).is_err(), "full: handed back");
+    }
+
+    #[test]
+    fn behind_only_with_a_queue_that_waited_past_the_limit() {
+        let (h, inbox) = channel(4).unwrap();
+        let limit = Duration::from_millis(50);
+        h.took_push_after(Duration::from_millis(80));
+        assert!(!h.behind(limit), "empty queue: the old wait is stale");
+        assert!(h.send(push()).is_ok());
+        assert!(h.behind(limit));
+        h.took_push_after(Duration::from_millis(50));
+        assert!(!h.behind(limit), "at the limit is not past it");
+        h.took_push_after(Duration::from_millis(51));
+        inbox.rx.try_recv().unwrap();
+        assert!(!h.behind(limit), "drained");
     }
 }

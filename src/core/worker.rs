@@ -836,6 +836,8 @@ impl Worker {
                 }
             }
             CoreMsg::Push(job) => {
+                self.peers[self.index]
+                    .took_push_after(now.saturating_duration_since(job.accepted_at));
                 let mut shard = self.shard.borrow_mut();
                 let push = shard.encode_push(job.biz_id, &job.key, job.body, job.unsettled);
                 let device = job.device_id.as_deref();
