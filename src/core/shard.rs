@@ -38,6 +38,12 @@ use crate::protocol::deflate::{self, DeflatePolicy};
 use crate::protocol::handshake::{self, Since};
 use crate::protocol::ws::{WsError, WsEvent};
 
+/// Decoded frames a core keeps for reuse: one pass's worth of acks.
+const SPARE_FRAMES: usize = 64;
+
+/// One user's links on a core: a few devices, kept off the heap.
+pub(crate) type UserLinks = smallvec::SmallVec<[ConnId; 4]>;
+
 /// The knobs a shard runs by.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
@@ -199,16 +205,6 @@ enum TimerEvent {
     TokenExpiry(ConnId),
 }
 
-enum Inbound {
-    Frame(Frame),
-    Undecodable(String),
-    /// `--ws-echo`: a data message to send back unread.
-    Echo(bool, Vec<u8>),
-    Ping(Vec<u8>),
-    Pong,
-    Close(Option<u16>),
-}
-
 pub struct Shard {
     cfg: ShardConfig,
     embedded: Embedded,
@@ -235,6 +231,9 @@ pub struct Shard {
     /// Pushes waiting for the shared stream store, in arrival order.
     appends: resume::Appends,
     inbound: Vec<Inbound>,
+    /// Decoded frames given back once handled (acks, heartbeats), decoded into again: a
+    /// frame's strings keep their capacity, so an ack costs no allocation.
+    spare_frames: Vec<Frame>,
     /// Scratch for inflating compressed messages, reused across links and messages.
     inflated: Vec<u8>,
 }
@@ -259,32 +258,13 @@ fn connected_frame(cfg: &ShardConfig, link: &Link, stream: &Resume) -> Frame {
     }
 }
 
-/// A compressed message, inflated into `plain` (the core's scratch) and, for text, checked to
-/// be UTF-8.
-fn inflate(
-    d: &mut Deflating,
-    payload: &[u8],
-    max: usize,
-    text: bool,
-    plain: &mut Vec<u8>,
-) -> Result<(), WsError> {
-    plain.clear();
-    d.ctx.decompress(payload, max, plain).map_err(|e| match e {
-        deflate::InflateError::TooLarge => WsError::TooLarge,
-        deflate::InflateError::Corrupt => WsError::Protocol("corrupt compressed message"),
-    })?;
-    if text && std::str::from_utf8(plain).is_err() {
-        return Err(WsError::BadUtf8);
-    }
-    d.metrics.inflated_in.inc();
-    Ok(())
-}
-
 mod http;
+mod input;
 mod resume;
 mod rooms;
 mod token;
 
+use input::Inbound;
 pub use rooms::Audience;
 
 const TICK: Duration = Duration::from_millis(10);
@@ -319,6 +299,7 @@ impl Shard {
             events: VecDeque::new(),
             appends: resume::Appends::default(),
             inbound: Vec::new(),
+            spare_frames: Vec::new(),
             inflated: Vec::new(),
         }
     }
@@ -505,158 +486,6 @@ impl Shard {
         }
 
         self.open_stream(conn, &who, since, carried, now);
-    }
-
-    /// Bytes arrived on a link's socket. `input` is the shell's scratch buffer; it is unmasked
-    /// in place.
-    pub fn handle_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
-        let max = self.cfg.max_message_bytes;
-        if self.hold_input(conn, input, now) {
-            return;
-        }
-        let Some(link) = self.links.get_mut(&conn) else {
-            return;
-        };
-        if !link.is_open() {
-            // Closing: only the client's close frame matters now; it ends the handshake.
-            let mut answered = false;
-            let res = link
-                .reader
-                .feed(input, max, |ev| answered |= matches!(ev, WsEvent::Close(_)));
-            if answered || res.is_err() {
-                link.finished = true;
-                link.wake();
-            }
-            return;
-        }
-        link.last_activity = now;
-        let codec = link.codec;
-        let echo = self.cfg.ws_echo;
-        let mut deflate = match &mut link.wire {
-            Wire::WebSocket(Some(d)) => Some(d),
-            _ => None,
-        };
-        let mut broken = None;
-        let mut inbound = std::mem::take(&mut self.inbound);
-        let mut inflated = std::mem::take(&mut self.inflated);
-        let result = link.reader.feed(input, max, |ev| {
-            if broken.is_some() {
-                return;
-            }
-            inbound.push(match ev {
-                WsEvent::Message {
-                    text,
-                    compressed,
-                    payload,
-                } => {
-                    let payload = if compressed {
-                        let d = deflate.as_mut().expect("RSV1 is accepted only once agreed");
-                        if let Err(e) = inflate(d, payload, max, text, &mut inflated) {
-                            return broken = Some(e);
-                        }
-                        &inflated[..]
-                    } else {
-                        payload
-                    };
-                    if echo {
-                        return inbound.push(Inbound::Echo(text, payload.to_vec()));
-                    }
-                    match codec.decode(payload) {
-                        Ok(f) => Inbound::Frame(f),
-                        Err(e) => Inbound::Undecodable(e.0),
-                    }
-                }
-                WsEvent::Ping(p) => Inbound::Ping(p.to_vec()),
-                WsEvent::Pong => Inbound::Pong,
-                WsEvent::Close(code) => Inbound::Close(code),
-            })
-        });
-        self.inflated = inflated;
-        let result = result.and(broken.map_or(Ok(()), Err));
-        for ev in inbound.drain(..) {
-            self.handle(conn, ev, now);
-        }
-        self.inbound = inbound;
-        if let Err(e) = result {
-            self.fail_stream(conn, e, now);
-        }
-        self.check_backlog(conn, now);
-        self.settle(now);
-    }
-
-    fn fail_stream(&mut self, conn: ConnId, e: WsError, now: Instant) {
-        let Some(link) = self.links.get_mut(&conn) else {
-            return;
-        };
-        if e == WsError::TooLarge {
-            let frame = Frame {
-                cmd: Cmd::Error as i32,
-                code: Code::TooLarge as i32,
-                reason: format!(
-                    "messages are limited to {} bytes",
-                    self.cfg.max_message_bytes
-                ),
-                ..Default::default()
-            };
-            link.send_frame(&frame);
-            self.metrics.frame_out(Cmd::Error);
-        }
-        let why = if e == WsError::TooLarge {
-            CloseReason::TooBig
-        } else {
-            CloseReason::ProtocolError
-        };
-        self.close_link(conn, e.close_code(), e.reason(), why, now);
-    }
-
-    fn handle(&mut self, conn: ConnId, ev: Inbound, now: Instant) {
-        let Some(link) = self.links.get_mut(&conn) else {
-            return;
-        };
-        if !link.is_open() {
-            return;
-        }
-        match ev {
-            Inbound::Ping(p) => link.send_control(Control::Pong, &p),
-            Inbound::Pong => {}
-            Inbound::Echo(text, payload) => link.send_data(text, &payload),
-            Inbound::Close(code) => {
-                let code = code.unwrap_or(close_code::NORMAL);
-                self.close_link(conn, code, "", CloseReason::ClientClosed, now);
-            }
-            Inbound::Undecodable(why) => {
-                self.metrics.dropped(DropReason::BadFrame);
-                if link.bucket.try_take(now).is_ok() {
-                    let reason = format!("cannot decode frame as {:?}: {why}", link.codec);
-                    self.reply_error(conn, "", Code::BadFrame, reason);
-                }
-            }
-            Inbound::Frame(f) => {
-                self.metrics.frame_in(f.cmd);
-                match Cmd::try_from(f.cmd) {
-                    Ok(Cmd::Heartbeat) => {
-                        let echo = Frame {
-                            cmd: Cmd::Heartbeat as i32,
-                            key: f.key,
-                            body: f.body,
-                            ..Default::default()
-                        };
-                        link.send_frame(&echo);
-                        self.metrics.frame_out(Cmd::Heartbeat);
-                    }
-                    Ok(Cmd::Upstream) => self.on_upstream(conn, f, now),
-                    Ok(Cmd::DownstreamAck) => self.on_downstream_ack(conn, &f.key, now),
-                    Ok(Cmd::Refresh) => self.on_refresh(conn, f.token),
-                    _ => {
-                        self.metrics.dropped(DropReason::UnsupportedCmd);
-                        if link.bucket.try_take(now).is_ok() {
-                            let reason = format!("clients may not send cmd {}", f.cmd);
-                            self.reply_error(conn, &f.key, Code::UnsupportedCmd, reason);
-                        }
-                    }
-                }
-            }
-        }
     }
 
     fn on_upstream(&mut self, conn: ConnId, f: Frame, now: Instant) {
@@ -1194,7 +1023,7 @@ impl Shard {
         now: Instant,
     ) -> usize {
         let conns: Vec<ConnId> = match t {
-            Some(t) => self.matching(t),
+            Some(t) => self.matching(t).into_vec(),
             None => self
                 .links
                 .iter()
@@ -1304,7 +1133,9 @@ impl Shard {
             .map_or(&[], Vec::as_slice)
     }
 
-    fn matching(&self, t: &Target<'_>) -> Vec<ConnId> {
+    /// A user's matching links, on the stack for the few devices a user has: every push and
+    /// echo looks them up.
+    fn matching(&self, t: &Target<'_>) -> UserLinks {
         self.user_conns(t.biz_id, t.user_id)
             .iter()
             .copied()
@@ -1482,14 +1313,14 @@ impl Shard {
         if self.embedded.echo {
             let who = &req.who;
             let push = self.encode_push(who.biz_id, &req.key, req.body.clone(), None);
-            let user = [who.user_id.clone()];
+            let user = std::slice::from_ref(&who.user_id);
             let device = Some(who.device_id.as_str());
             let how = Delivery {
                 report_offline: true,
                 ephemeral: false,
                 accepted_at: now,
             };
-            self.push(who.biz_id, &user, device, &push, how, now);
+            self.push(who.biz_id, user, device, &push, how, now);
         }
     }
 }

@@ -1453,3 +1453,6 @@ mod token;
 
 #[path = "shard/rooms_tests.rs"]
 mod rooms;
+
+#[path = "shard/alloc_tests.rs"]
+mod alloc;

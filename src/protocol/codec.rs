@@ -50,9 +50,26 @@ impl Codec {
         }
     }
 
+    /// Like [`Codec::decode`], into `frame`, whose strings keep their capacity (protobuf; a
+    /// JSON frame is built anew).
+    pub fn decode_into(self, payload: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
+        match self {
+            Codec::Proto => {
+                frame.clear();
+                frame.merge(payload).map_err(|e| DecodeError(e.to_string()))
+            }
+            Codec::Json => json::decode_frame(payload).map(|f| *frame = f),
+        }
+    }
+
     pub fn encode(self, frame: &Frame, out: &mut Vec<u8>) {
         match self {
-            Codec::Proto => frame.encode(out).expect("a Vec grows as needed"),
+            Codec::Proto => {
+                // prost writes into what is there: growing as it goes would reallocate
+                // several times per frame.
+                out.reserve(frame.encoded_len());
+                frame.encode(out).expect("a Vec grows as needed")
+            }
             Codec::Json => json::encode_frame(frame, out),
         }
     }

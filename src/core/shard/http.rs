@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Inbound, Shard, connected_frame};
+use super::input::Inbound;
+use super::{Shard, connected_frame};
 use crate::auth::Identity;
 use crate::core::stream::Resume;
 use crate::link::{Attachment, ConnId, Wire};

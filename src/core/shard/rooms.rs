@@ -12,6 +12,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::UserLinks;
 use super::{Shard, Target};
 use crate::link::ConnId;
 use crate::link::push::EncodedPush;
@@ -98,7 +99,7 @@ impl Shard {
         conns.len()
     }
 
-    fn user_links(&self, biz_id: u64, user_id: &str) -> Vec<ConnId> {
+    fn user_links(&self, biz_id: u64, user_id: &str) -> UserLinks {
         self.matching(&Target {
             biz_id,
             user_id,
