@@ -28,6 +28,14 @@ pub struct Link {
     pub target: Target,
     /// What CONNECTED said (ringway): the user's stream, and whether a resume recovered.
     pub hello: Option<ringway::proto::Connected>,
+    /// How to open this link again (a churning link reconnects as itself).
+    redial: Arc<Redial>,
+}
+
+struct Redial {
+    server: SocketAddr,
+    source: IpAddr,
+    how: How,
 }
 
 /// Links opened at once at most, so a ramp does not flood the accept queue.
@@ -119,6 +127,7 @@ pub async fn open_resuming(
 }
 
 /// Who a link logs in as and how it speaks.
+#[derive(Clone)]
 struct How {
     token: String,
     /// The Pusher channel the link subscribes to: its room, else its user's own.
@@ -265,6 +274,11 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
         codec: how.codec,
         target: how.target,
         hello: None,
+        redial: Arc::new(Redial {
+            server,
+            source,
+            how: how.clone(),
+        }),
     };
     match how.target {
         Target::Plain | Target::Tcp => Ok(link),
@@ -283,6 +297,24 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
 }
 
 impl Link {
+    /// Closes the link and opens it again as the same user and device, resuming the user's
+    /// stream from `since` (`EPOCH:OFFSET`) when given; 503s are retried (counted in
+    /// `refused`).
+    pub async fn reconnect(
+        mut self,
+        since: Option<String>,
+        refused: &AtomicU64,
+    ) -> Result<Link, String> {
+        let _ = self.ws.close(None).await;
+        drop(self.ws);
+        let r = &self.redial;
+        let how = How {
+            since,
+            ..r.how.clone()
+        };
+        connect_retrying(r.server, r.source, how, refused).await
+    }
+
     /// Waits for `pusher:connection_established`, subscribes to the user's channel and waits
     /// for the confirmation.
     async fn pusher_subscribe(&mut self, channel: &str) -> Result<(), String> {

@@ -203,6 +203,10 @@ struct ConnectArgs {
     /// After the first connect, drop every link and reconnect all of them at once.
     #[arg(long)]
     storm: bool,
+    /// The gateway's process id: report how many of its cores the first connect kept busy,
+    /// for handshakes per server core-second.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -262,6 +266,11 @@ struct PushArgs {
     kafka: Option<String>,
     #[arg(long, default_value = "ringway.push")]
     topic: String,
+    /// Share of the links that leave and come back each second while pushes flow (0.005:
+    /// 0.5 %/s), each resuming its stream after the last offset it had (ringway). Pushes seen
+    /// twice across a resume count once; reconnects and resumes not recovered are reported.
+    #[arg(long)]
+    churn: Option<f64>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -280,7 +289,9 @@ async fn main() {
         Scenario::Idle(a) => idle(a).await,
         Scenario::Echo(a) if a.common.is_parent() => procs::merged(&a.common, a.server_pid).await,
         Scenario::Echo(a) => echo(a).await,
-        Scenario::Connect(c) if c.common.is_parent() => procs::merged(&c.common, None).await,
+        Scenario::Connect(c) if c.common.is_parent() => {
+            procs::merged(&c.common, c.server_pid).await
+        }
         Scenario::Connect(c) => connect(c).await,
         Scenario::Mixed(a) if a.push_rate == 0 => Err("mixed needs --push-rate".into()),
         Scenario::Mixed(a) if a.common.procs > 1 => {
@@ -347,9 +358,11 @@ async fn idle(a: IdleArgs) -> Result<(), String> {
 async fn connect(a: ConnectArgs) -> Result<(), String> {
     let c = &a.common;
     let progress = Progress::start("connect", c.my_links().len());
+    let cpu = report::CpuMark::start(a.server_pid)?;
     let started = Instant::now();
     let (links, times) = conn::open_all(c, &progress).await?;
     let secs = started.elapsed().as_secs_f64();
+    let server_cores_busy = cpu.cores_busy(secs)?;
     let refused = progress.refused.load(Relaxed);
     let mut summary = serde_json::json!({
         "scenario": "connect",
@@ -357,6 +370,7 @@ async fn connect(a: ConnectArgs) -> Result<(), String> {
         "links": links.len(),
         "seconds": secs,
         "handshakes_per_second": links.len() as f64 / secs,
+        "server_cores_busy": server_cores_busy,
         "refused_503": refused,
         "errors": progress.errors.load(Relaxed),
     });
@@ -406,7 +420,13 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         duplicates: AtomicU64::new(0),
         latency_us: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
         progress: progress.clone(),
+        reconnects: AtomicU64::new(0),
+        not_recovered: AtomicU64::new(0),
     });
+    let churn = a
+        .churn
+        .filter(|&c| c > 0.0)
+        .map(|per_s| push::Churn { per_s });
     let api = match (a.common.target, &a.kafka) {
         (Target::Ringway, _) if a.common.room.is_some() => {
             push::Api::RingwayRoom { biz: a.common.biz }
@@ -426,14 +446,18 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     let receiving_until = sending_until + Duration::from_secs(2);
     let receivers: Vec<_> = links
         .into_iter()
-        .map(|l| tokio::spawn(push::receive(l, receiving_until, counts.clone())))
+        .enumerate()
+        .map(|(i, l)| {
+            let counts = counts.clone();
+            tokio::spawn(push::receive(l, i, receiving_until, counts, churn))
+        })
         .collect();
     // Every receiver is polled once before the first push, so the schedule's first pushes do
     // not wait behind thousands of tasks starting on the load generator's own core.
     while counts.listening.load(Relaxed) < receivers.len() as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
+    let cpu = report::CpuMark::start(a.server_pid)?;
     let mut admins = Vec::new();
     for _ in 0..a.senders {
         admins.push(a.admin.connect().await?);
@@ -448,10 +472,7 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         .into_iter()
         .fold((0, 0), |(ok, no), (o, n)| (ok + o, no + n));
     let sent_secs = started.elapsed().as_secs_f64();
-    let server_cores_busy = match (a.server_pid, cpu_before) {
-        (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / sent_secs),
-        _ => None,
-    };
+    let server_cores_busy = cpu.cores_busy(sent_secs)?;
     for r in receivers {
         let _ = r.await;
     }
@@ -472,6 +493,8 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         "deliveries": deliveries,
         "deliveries_expected": accepted * reached as u64,
         "duplicates": counts.duplicates.load(Relaxed),
+        "reconnects": counts.reconnects.load(Relaxed),
+        "resumes_not_recovered": counts.not_recovered.load(Relaxed),
         "deliveries_per_second": deliveries as f64 / sent_secs,
         "server_cores_busy": server_cores_busy,
     });
@@ -534,16 +557,13 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
         }
     }
     let started = Instant::now();
-    let cpu_before = a.server_pid.map(report::cpu_seconds).transpose()?;
+    let cpu = report::CpuMark::start(a.server_pid)?;
     for t in tasks {
         let _ = t.await;
     }
     let secs = started.elapsed().as_secs_f64();
     progress.finish();
-    let server_cores_busy = match (a.server_pid, cpu_before) {
-        (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / secs),
-        _ => None,
-    };
+    let server_cores_busy = cpu.cores_busy(secs)?;
     let pushed = match sender {
         Some(t) => Some(t.await.map_err(|e| e.to_string())??.0),
         None => None,

@@ -64,7 +64,7 @@ pub async fn idle(common: &Common, server_pid: u32, hold: Duration) -> Result<()
 /// Echo or connect over several processes: counts are summed, histograms merged, rates taken
 /// over the longest worker's time.
 pub async fn merged(common: &Common, server_pid: Option<u32>) -> Result<(), String> {
-    let cpu_before = server_pid.map(report::cpu_seconds).transpose()?;
+    let cpu = report::CpuMark::start(server_pid)?;
     let started = Instant::now();
     let workers = spawn_workers(common)?;
     let mut parts = Vec::new();
@@ -108,11 +108,8 @@ pub async fn merged(common: &Common, server_pid: Option<u32>) -> Result<(), Stri
             (sum("links") as f64 / secs).into(),
         );
     }
-    if let (Some(pid), Some(before)) = (server_pid, cpu_before) {
-        obj.insert(
-            "server_cores_busy".into(),
-            ((report::cpu_seconds(pid)? - before) / wall).into(),
-        );
+    if let Some(busy) = cpu.cores_busy(wall)? {
+        obj.insert("server_cores_busy".into(), busy.into());
     }
     report::finish(summary, Some(&hist), common)
 }

@@ -127,20 +127,84 @@ pub struct Counts {
     pub latency_us: Mutex<Histogram<u64>>,
     /// Deliveries go to `events`.
     pub progress: Arc<Progress>,
+    /// With churn: links closed and opened again, and how many of those resumes the server
+    /// could not recover (pushes may then be missing).
+    pub reconnects: AtomicU64,
+    pub not_recovered: AtomicU64,
 }
 
-/// Receives pushes on one link until `until`: acks each (ringway), records its latency once
-/// per key.
-pub async fn receive(mut link: Link, until: Instant, counts: Arc<Counts>) {
+/// Links leaving and coming back while pushes flow: each link reconnects every `1 / per_s`
+/// seconds, at a phase of its own, so `per_s` of all links churn each second.
+#[derive(Clone, Copy)]
+pub struct Churn {
+    pub per_s: f64,
+}
+
+impl Churn {
+    /// When link `i` first leaves: spread over one period by the golden ratio, so any number
+    /// of links churns evenly.
+    fn first(&self, i: usize, start: Instant) -> (Instant, Duration) {
+        let period = Duration::from_secs_f64(1.0 / self.per_s);
+        let phase = (i as f64 * 0.618_033_988_75).fract();
+        (start + period.mul_f64(phase), period)
+    }
+}
+
+/// Receives pushes on link `i` until `until`: acks each (ringway), records its latency once
+/// per key. With `churn`, the link leaves now and then and comes back resuming its stream
+/// after the last offset it had; a push seen twice across that is counted once.
+pub async fn receive(
+    mut link: Link,
+    i: usize,
+    until: Instant,
+    counts: Arc<Counts>,
+    churn: Option<Churn>,
+) {
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut seen = std::collections::HashSet::new();
+    let mut leave = churn.map(|c| c.first(i, Instant::now()));
+    let mut last_offset = 0;
+    let mut stream_epoch = String::new();
     counts.listening.fetch_add(1, Relaxed);
     loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let Ok(Some((key, latency_ns))) = tokio::time::timeout(left, next_push(&mut link)).await
-        else {
+        let stop = leave.map_or(until, |(at, _)| at.min(until));
+        let left = stop.saturating_duration_since(Instant::now());
+        let got = tokio::time::timeout(left, next_push(&mut link)).await;
+        let Ok(got) = got else {
+            let Some((at, period)) = leave.filter(|(at, _)| *at < until) else {
+                break;
+            };
+            leave = Some((at + period, period));
+            let epoch = link
+                .hello
+                .as_ref()
+                .map(|h| h.epoch.clone())
+                .unwrap_or_default();
+            let since = (!epoch.is_empty()).then(|| format!("{epoch}:{last_offset}"));
+            let resuming = since.is_some();
+            link = match link.reconnect(since, &counts.progress.refused).await {
+                Ok(l) => l,
+                Err(_) => {
+                    counts.progress.errors.fetch_add(1, Relaxed);
+                    break;
+                }
+            };
+            counts.reconnects.fetch_add(1, Relaxed);
+            if resuming && !link.hello.as_ref().is_some_and(|h| h.recovered) {
+                counts.not_recovered.fetch_add(1, Relaxed);
+            }
+            continue;
+        };
+        let Some((key, latency_ns, offset)) = got else {
             break;
         };
+        let epoch = link.hello.as_ref().map_or("", |h| h.epoch.as_str());
+        if epoch != stream_epoch {
+            // A new epoch counts its offsets from 1 again.
+            stream_epoch = epoch.to_owned();
+            last_offset = 0;
+        }
+        last_offset = last_offset.max(offset);
         if !seen.insert(key) {
             counts.duplicates.fetch_add(1, Relaxed);
             continue;
@@ -151,10 +215,10 @@ pub async fn receive(mut link: Link, until: Instant, counts: Arc<Counts>) {
     let _ = counts.latency_us.lock().await.add(&local);
 }
 
-/// The next push's key and how long it took to arrive; acks it on a ringway link. The time is
-/// taken before the ack goes out, so acking costs ringway's figures nothing that sockudo's (no
-/// acks) are spared. `None` once the link ends.
-async fn next_push(link: &mut Link) -> Option<(String, u64)> {
+/// The next push's key, how long it took to arrive and its stream offset (0: not stored);
+/// acks it on a ringway link. The time is taken before the ack goes out, so acking costs
+/// ringway's figures nothing that sockudo's (no acks) are spared. `None` once the link ends.
+async fn next_push(link: &mut Link) -> Option<(String, u64, u64)> {
     loop {
         if link.target == Target::Pusher {
             let ev = link.next_pusher_event().await?;
@@ -165,11 +229,16 @@ async fn next_push(link: &mut Link) -> Option<(String, u64)> {
             let mut parts = data.split(' ');
             let key = parts.next().unwrap_or_default().to_owned();
             let sent = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-            return Some((key, now_ns().saturating_sub(sent)));
+            return Some((key, now_ns().saturating_sub(sent), 0));
         }
         let f = link.next_frame().await?;
         if f.cmd != Cmd::Downstream as i32 {
             continue;
+        }
+        if let Some(named) = &f.connected {
+            // The stream began (or began again) while the link was open: its first push
+            // names the epoch a resume must give.
+            link.hello.get_or_insert_with(Default::default).epoch = named.epoch.clone();
         }
         let sent = f
             .body
@@ -178,7 +247,7 @@ async fn next_push(link: &mut Link) -> Option<(String, u64)> {
         let latency = now_ns().saturating_sub(sent);
         if f.seq == 0 {
             // Best effort (a room message): nothing to ack.
-            return Some((f.key, latency));
+            return Some((f.key, latency, f.offset));
         }
         let ack = Frame {
             cmd: Cmd::DownstreamAck as i32,
@@ -187,7 +256,7 @@ async fn next_push(link: &mut Link) -> Option<(String, u64)> {
         };
         let msg = link.message(&ack);
         let _ = futures_util::SinkExt::send(&mut link.ws, msg).await;
-        return Some((f.key, latency));
+        return Some((f.key, latency, f.offset));
     }
 }
 

@@ -36,6 +36,25 @@ impl MemorySample {
     }
 }
 
+/// A process's CPU time at the start of a measurement (nothing without a process id).
+pub struct CpuMark(Option<(u32, f64)>);
+
+impl CpuMark {
+    pub fn start(pid: Option<u32>) -> Result<CpuMark, String> {
+        Ok(CpuMark(match pid {
+            Some(pid) => Some((pid, cpu_seconds(pid)?)),
+            None => None,
+        }))
+    }
+
+    /// The cores the process kept busy over the `secs` since the mark.
+    pub fn cores_busy(&self, secs: f64) -> Result<Option<f64>, String> {
+        self.0
+            .map(|(pid, before)| Ok((cpu_seconds(pid)? - before) / secs))
+            .transpose()
+    }
+}
+
 /// CPU seconds a process has used so far (user + system).
 pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -49,7 +49,7 @@ impl Resume<'_> {
             push_all(&mut admin, c.biz, &users, &format!("missed-{k}")).await?;
         }
         let before = Counters::read(&mut admin).await;
-        let cpu_before = self.server_pid.map(report::cpu_seconds).transpose()?;
+        let cpu = report::CpuMark::start(self.server_pid)?;
         let storm = Common {
             connect_rate: u32::MAX,
             ..c.clone()
@@ -71,10 +71,7 @@ impl Resume<'_> {
             replayed += t.await.map_err(|e| e.to_string())??;
         }
         let secs = started.elapsed().as_secs_f64();
-        let server_cores_busy = match (self.server_pid, cpu_before) {
-            (Some(pid), Some(before)) => Some((report::cpu_seconds(pid)? - before) / secs),
-            _ => None,
-        };
+        let server_cores_busy = cpu.cores_busy(secs)?;
         let after = Counters::read(&mut admin).await;
         progress.finish();
         let reads = after.reads - before.reads;
