@@ -386,8 +386,11 @@ impl Shard {
                 let us = now.saturating_duration_since(accepted).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_written, us);
             }
-            // A burst's buffer is not kept for an idle link.
-            if link.out.capacity() > 4096 {
+            // A burst's buffer is not kept for an idle link, nor the one that carried the 101
+            // and CONNECTED (~400 bytes): most links are idle, and one that is not grows a
+            // buffer once for its traffic and keeps it.
+            let first_write = link.written_total == n as u64;
+            if link.out.capacity() > 4096 || first_write {
                 link.out = Vec::new();
             }
         }

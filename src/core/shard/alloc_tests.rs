@@ -96,16 +96,17 @@ fn a_push_to_many_links_and_their_acks_allocate_nothing_per_link() {
     for (i, u) in users.iter().enumerate() {
         h.open(i as ConnId + 1, u, "phone", Codec::Proto);
     }
+    // Keys of one length: a link's buffer grows once to the largest frame it has carried.
     let mut acks: Vec<Vec<Vec<u8>>> = (0..20)
         .map(|p| {
-            let ack = cmd_frame(Cmd::DownstreamAck, &format!("p{p}"));
+            let ack = cmd_frame(Cmd::DownstreamAck, &format!("p{p:02}"));
             (0..users.len())
                 .map(|_| client(Codec::Proto, &ack))
                 .collect()
         })
         .collect();
     let pushes: Vec<Rc<EncodedPush>> = (0..20)
-        .map(|p| EncodedPush::new(&format!("p{p}"), Bytes::from_static(b"hello")))
+        .map(|p| EncodedPush::new(&format!("p{p:02}"), Bytes::from_static(b"hello")))
         .collect();
     let now = h.at(1);
     let mut round = |h: &mut Harness, p: usize| {
@@ -129,5 +130,21 @@ fn a_push_to_many_links_and_their_acks_allocate_nothing_per_link() {
     assert!(
         n <= 3 * 10,
         "{n} allocations for 10 pushes, 2,000 deliveries and acks"
+    );
+}
+
+#[test]
+fn an_idle_link_keeps_no_write_buffer_once_greeted() {
+    let mut h = Harness::new();
+    let t = h.at(0);
+    let who = who("alice", "phone");
+    h.shard.open(1, who, &upgrade(Codec::Proto), far(), t);
+    flush(&mut h, 1, t);
+    assert_eq!(h.shard.link_mut(1).unwrap().out.capacity(), 0);
+    h.push("alice", None, "p1", 1);
+    flush(&mut h, 1, t);
+    assert!(
+        h.shard.link_mut(1).unwrap().out.capacity() > 0,
+        "a link with traffic keeps its buffer"
     );
 }
