@@ -75,3 +75,27 @@ start_tansu() {
 topic() {
   "$TANSU" topic create --broker "tcp://$BROKER" --partitions 1 "$1" >/dev/null 2>&1 || true
 }
+
+# against_sockudo NAME: ROUNDS rounds of ringway and sockudo, alternating which goes first so
+# a drift in the machine's speed falls on both, each through the caller's
+# `run_load name target server admin pid round` (writing $OUT/NAME-<server>-<round>.json);
+# then the medians and their ratios.
+against_sockudo() {
+  local name=$1 round who R=() S=()
+  for round in $(seq "$ROUNDS"); do
+    for who in $( ((round % 2)) && echo "ringway sockudo" || echo "sockudo ringway"); do
+      if [ "$who" = ringway ]; then
+        start_server --heartbeat-timeout-ms 600000
+        run_load ringway ringway "$WS" "$ADMIN" "$SERVER_PID" "$round"
+        stop_server
+        R+=("$OUT/$name-ringway-$round.json")
+      else
+        start_sockudo
+        run_load sockudo pusher "$PEER" "$PEER" "$PEER_PID" "$round"
+        stop_sockudo
+        S+=("$OUT/$name-sockudo-$round.json")
+      fi
+    done
+  done
+  python3 bench/fanout-compare.py "$(IFS=,; echo "${R[*]}")" "$(IFS=,; echo "${S[*]}")"
+}

@@ -21,21 +21,4 @@ run_load() { # name target server admin pid round
     --user-prefix "$1-" --json-out "$OUT/room-$1-$6.json" >/dev/null
 }
 
-R=() S=()
-for round in $(seq "$ROUNDS"); do
-  # Alternate which server goes first, so a drift in the machine's speed falls on both.
-  for who in $( ((round % 2)) && echo "ringway sockudo" || echo "sockudo ringway"); do
-    if [ "$who" = ringway ]; then
-      start_server --heartbeat-timeout-ms 600000
-      run_load ringway ringway "$WS" "$ADMIN" "$SERVER_PID" "$round"
-      stop_server
-      R+=("$OUT/room-ringway-$round.json")
-    else
-      start_sockudo
-      run_load sockudo pusher "$PEER" "$PEER" "$PEER_PID" "$round"
-      stop_sockudo
-      S+=("$OUT/room-sockudo-$round.json")
-    fi
-  done
-done
-python3 bench/fanout-compare.py "$(IFS=,; echo "${R[*]}")" "$(IFS=,; echo "${S[*]}")"
+against_sockudo room
