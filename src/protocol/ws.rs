@@ -81,7 +81,8 @@ pub struct WsReader {
     /// Bytes of a frame that has not fully arrived yet.
     partial: Vec<u8>,
     /// A fragmented data message being assembled.
-    fragments: Option<Fragments>,
+    /// Boxed: fragmented messages are rare, and every idle link carries this field.
+    fragments: Option<Box<Fragments>>,
     /// The frame at the start of `partial`, as far as it was read before the rest arrived.
     arriving: Arriving,
     /// Set by the first error: where a bad frame ends is unknown, so nothing after it is read.
@@ -253,12 +254,12 @@ impl WsReader {
                 if header.is_final {
                     deliver(text, compressed, payload, arriving.checked, on_event)?;
                 } else {
-                    let mut msg = Fragments {
+                    let mut msg = Box::new(Fragments {
                         text,
                         compressed,
                         payload: payload.to_vec(),
                         checked: arriving.checked,
-                    };
+                    });
                     msg.check_utf8()?;
                     self.fragments = Some(msg);
                 }

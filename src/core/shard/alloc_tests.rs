@@ -1,5 +1,6 @@
 //! Heap allocations on the hot paths, counted with a counting global allocator: a push's
-//! deliveries and acks reuse what the shard holds, and an echoed message's count may not grow.
+//! deliveries and acks reuse what the shard holds, and an echoed message's count may not grow;
+//! and the heap bytes an idle link holds in the shard.
 
 use super::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -11,25 +12,40 @@ struct Counting;
 
 thread_local! {
     static COUNTED: Cell<Option<u64>> = const { Cell::new(None) };
+    /// Bytes allocated less bytes freed, while counting.
+    static LIVE: Cell<isize> = const { Cell::new(0) };
 }
 
 // SAFETY: every call is passed on to the system allocator unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
+        count(new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
-fn count() {
-    let _ = COUNTED.try_with(|c| c.set(c.get().map(|n| n + 1)));
+fn count(bytes: isize) {
+    let _ = COUNTED.try_with(|c| {
+        if let Some(n) = c.get() {
+            c.set(Some(n + 1));
+            live(bytes);
+        }
+    });
+}
+
+fn live(bytes: isize) {
+    let counting = COUNTED.try_with(|c| c.get().is_some()).unwrap_or(false);
+    if counting {
+        let _ = LIVE.try_with(|l| l.set(l.get() + bytes));
+    }
 }
 
 #[global_allocator]
@@ -37,9 +53,16 @@ static ALLOCATOR: Counting = Counting;
 
 /// The allocations `f` makes on this thread.
 fn allocations(f: impl FnOnce()) -> u64 {
+    counted(f).0
+}
+
+/// The allocations `f` makes on this thread, and the bytes it leaves allocated.
+fn counted(f: impl FnOnce()) -> (u64, isize) {
+    LIVE.with(|l| l.set(0));
     COUNTED.with(|c| c.set(Some(0)));
     f();
-    COUNTED.with(|c| c.replace(None)).unwrap_or(0)
+    let n = COUNTED.with(|c| c.replace(None)).unwrap_or(0);
+    (n, LIVE.with(|l| l.get()))
 }
 
 fn echo_harness() -> Harness {
@@ -147,4 +170,26 @@ fn an_idle_link_keeps_no_write_buffer_once_greeted() {
         h.shard.link_mut(1).unwrap().out.capacity() > 0,
         "a link with traffic keeps its buffer"
     );
+}
+
+/// What the shard keeps for each of 15,000 greeted idle links of as many users (the sockets,
+/// tasks and kernel buffers are the shell's: `bench/single-node.sh` measures the whole).
+#[test]
+fn an_idle_link_costs_the_shard_under_a_kilobyte() {
+    const LINKS: u64 = 15_000;
+    let mut h = Harness::new();
+    let t = h.at(0);
+    let up = upgrade(Codec::Proto);
+    let (_, bytes) = counted(|| {
+        for conn in 1..=LINKS {
+            let who = who(&format!("user-{conn:05}"), "phone");
+            h.shard.open(conn, who, &up, far(), t);
+            flush(&mut h, conn, t);
+            // The shell takes each event (here, the link's registration) as it comes.
+            while h.shard.poll_event().is_some() {}
+        }
+    });
+    let per_link = bytes / LINKS as isize;
+    eprintln!("{per_link} bytes per idle link in the shard");
+    assert!(per_link < 1024, "{per_link} bytes per idle link");
 }
