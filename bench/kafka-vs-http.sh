@@ -46,12 +46,14 @@ for round in $(seq "$ROUNDS"); do
       grep -q "partitions assigned.*ringway.push.$path$round" "$OUT/server.log" && break
       sleep 0.1
     done
-    kafka=()
-    [ "$path" = kafka ] && kafka=(--kafka "$BROKER" --topic "ringway.push.$path$round" --senders 16)
+    # Several HTTP senders, as in push-vs-sockudo.sh: one waits for each answer before the next
+    # push, which caps its rate below the node's.
+    ingress=(--senders 8)
+    [ "$path" = kafka ] && ingress=(--kafka "$BROKER" --topic "ringway.push.$path$round" --senders 16)
     taskset -c "$LOAD_CPU" target/release/ringway-load push --server "$WS" --admin "$ADMIN" \
       --jwt-secret "$SECRET" --links "$LINKS" --rate "$RATE" --fanout "$FANOUT" \
       --duration "$SECS" --sources 127.0.0.1,127.0.0.2 --server-pid "$SERVER_PID" \
-      --user-prefix "$path$round-" "${kafka[@]}" --json-out "$OUT/ingress-$path-$round.json" >/dev/null
+      --user-prefix "$path$round-" "${ingress[@]}" --json-out "$OUT/ingress-$path-$round.json" >/dev/null
     stop_server
     summary "$OUT/ingress-$path-$round.json" "$path" "$round"
   done
