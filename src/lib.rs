@@ -39,6 +39,20 @@ pub mod backend_proto {
 /// ids, message keys) cannot be crafted to collide.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Logs a start phase that took over two seconds: a node slow to come up then says which part
+/// held it (a dependency slow to answer, starved cores), where otherwise only its admin port's
+/// silence would show.
+pub fn warn_if_slow(phase: &str, began: std::time::Instant) {
+    let took = began.elapsed();
+    if took > std::time::Duration::from_secs(2) {
+        tracing::warn!(
+            phase,
+            took_ms = took.as_millis() as u64,
+            "a start phase was slow"
+        );
+    }
+}
+
 /// The core that owns a user's links. Stable across processes and releases (FNV-1a), because
 /// every node and the push router must agree on it.
 pub fn owner_core(biz_id: u64, user_id: &str, workers: usize) -> usize {

@@ -12,7 +12,7 @@ pub mod registry;
 pub mod routing;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::info;
@@ -67,7 +67,12 @@ pub async fn run(
     if let Some(registry) = &life.registry {
         tokio::spawn(registry.clone().run(node.clone()));
     }
+    let began = Instant::now();
     start(&node, services, life.scale.topic.clone()).await?;
+    crate::warn_if_slow(
+        "starting the Kafka consumers and the location registry",
+        began,
+    );
     let more = fleet_api::routes(life.scale.clone())
         .merge(crate::control::inspect::routes())
         .merge(crate::control::rooms_api::routes())

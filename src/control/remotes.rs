@@ -3,7 +3,7 @@
 //! the cores learn from the result which of their work leaves the core.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::grpc_backend::{GrpcBackend, GrpcConfig};
 use super::kafka::{KafkaConfig, KafkaOut};
@@ -50,6 +50,7 @@ impl Remotes {
     /// Connects Redis (checked now, so a wrong URL fails the start) and Kafka's producer;
     /// gRPC channels connect lazily inside `rt`.
     pub fn connect(rt: &tokio::runtime::Runtime, setup: RemoteSetup) -> Result<Remotes, String> {
+        let began = Instant::now();
         let redis = match setup.redis {
             Some((url, ttl, timeout)) => Some(Arc::new(
                 rt.block_on(RedisIdem::connect(&url, ttl, timeout))?,
@@ -89,6 +90,7 @@ impl Remotes {
         } else {
             local_bizs
         });
+        crate::warn_if_slow("connecting to Redis, Kafka and the backends", began);
         Ok(Remotes {
             redis,
             streams,

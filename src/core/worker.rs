@@ -139,6 +139,7 @@ pub fn start_all(
     cpus: Option<&[usize]>,
     executor: &Executor,
 ) -> Result<Vec<Thread>, String> {
+    let began = Instant::now();
     let (accepting, started) = std::sync::mpsc::channel();
     let n = cores.len();
     let mut threads = Vec::with_capacity(n);
@@ -162,6 +163,7 @@ pub fn start_all(
             .recv_timeout(left)
             .map_err(|_| format!("a worker core did not start within {START_LIMIT:?}"))?;
     }
+    crate::warn_if_slow("starting the worker cores", began);
     Ok(threads)
 }
 

@@ -180,8 +180,10 @@ impl Gateway {
             admin,
             http,
         };
-        // A start that never completes says which part did not.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // A start that never completes says which part did not. The limit allows for a start
+        // on a loaded 2-core CI machine (a node's own log names a phase slower than 2 s).
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 panic!("ringway exited during start: {status}");
@@ -189,6 +191,9 @@ impl Gateway {
             let health = gw.get("/healthz").0;
             let client = TcpStream::connect(ws).map(drop);
             if health == 200 && client.is_ok() {
+                if began.elapsed() > Duration::from_secs(5) {
+                    eprintln!("gateway on {ws} took {:?} to be ready", began.elapsed());
+                }
                 return gw;
             }
             assert!(
