@@ -17,6 +17,9 @@ cargo build --release --locked -p ringway -p ringway-load
 ulimit -n 20000
 echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), $(date -u +%F)"
 
+# wait_port HOST:PORT: until a TCP connect succeeds (at most 5 s).
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null && return; sleep 0.05; done; }
+
 SERVER_PID=
 # start_server FLAGS...: one pinned worker, no rate limit, waits for /healthz.
 start_server() {

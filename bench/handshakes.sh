@@ -15,7 +15,6 @@ cargo build --release --locked -p echo-baseline
 PEER_PID=
 trap 'stop_server; stop_pid PEER_PID' EXIT
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null && return; sleep 0.05; done; }
 load() { # name server pid extra...
   local name=$1 server=$2 pid=$3; shift 3
   taskset -c "$LOAD_CPU" target/release/ringway-load connect --server "$server" \
