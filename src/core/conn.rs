@@ -1,6 +1,7 @@
 //! A client connection as the worker shell sees it: plain TCP, or TCP under rustls. Both are
-//! read and written through the same async traits, so the upgrade, the link tasks and the
-//! HTTP transports do not care which one they hold.
+//! read and written without blocking through the same calls, which say "would block" when the
+//! socket has nothing or no room: the core's link loop drives links with those, and the
+//! upgrade and HTTP-transport tasks use the async traits built on them.
 //!
 //! rustls is itself sans-IO: it takes TLS bytes in and hands plaintext out, and the other way
 //! round. This file only moves bytes between it and the socket. Its buffered plaintext is
@@ -8,18 +9,17 @@
 //! link's own outbound cap (slow consumer, 4002) still applies.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::readiness::{Readiness, Watch};
 
-/// Plaintext rustls holds for the socket before `poll_write` says "later".
+/// Plaintext rustls holds for the socket before a write says "would block".
 const TLS_BUFFER: usize = 64 * 1024;
 /// TLS bytes read from the socket per `recv`.
 const TLS_READ: usize = 16 * 1024 + 512;
@@ -29,52 +29,17 @@ pub enum Conn {
     Tls(Box<TlsConn>),
 }
 
-/// A client's TCP socket on the core that serves it: written through glommio, read through the
-/// core's epoll set ([`Readiness`]).
+/// A client's non-blocking TCP socket in the epoll set of the core that serves it.
 pub struct Socket {
     // Declared first so it drops first: the socket leaves the epoll set while its fd is open.
     watch: Watch,
-    tcp: TcpStream,
+    _fd: OwnedFd,
 }
 
 impl Socket {
-    pub fn new(tcp: TcpStream, readiness: &Rc<Readiness>) -> io::Result<Socket> {
-        let watch = readiness.watch(tcp.as_raw_fd())?;
-        Ok(Socket { watch, tcp })
-    }
-}
-
-impl AsRawFd for Socket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.tcp.as_raw_fd()
-    }
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        self.watch.poll_recv(cx, buf)
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_close(cx)
+    pub fn new(fd: OwnedFd, readiness: &Rc<Readiness>) -> io::Result<Socket> {
+        let watch = readiness.watch(fd.as_raw_fd())?;
+        Ok(Socket { watch, _fd: fd })
     }
 }
 
@@ -85,6 +50,10 @@ pub struct TlsConn {
     /// TLS bytes read from the socket that rustls had no room for yet: it takes at most what
     /// its record buffer has free, which behind a partial record is less than one read.
     unread: Vec<u8>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
 impl Conn {
@@ -117,82 +86,147 @@ impl Conn {
         }
     }
 
+    pub fn watch(&self) -> &Watch {
+        match self {
+            Conn::Plain(s) => &s.watch,
+            Conn::Tls(t) => &t.tcp.watch,
+        }
+    }
+
+    /// Plaintext from the client: `Ok(0)` at its end, "would block" when nothing is there.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.watch.recv(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+
+    /// Takes what fits of `buf`, or says it would block when nothing does.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.watch.send(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+
+    /// Moves what the TLS layer holds onto the socket (nothing to do on plain TCP).
+    pub fn try_flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(_) => Ok(()),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
+
+    /// TLS records wait for room on the socket.
+    pub fn wants_flush(&self) -> bool {
+        match self {
+            Conn::Plain(_) => false,
+            Conn::Tls(t) => !t.unsent.is_empty() || t.tls.wants_write(),
+        }
+    }
+
     /// Ends the sending side: a TLS close_notify first (best effort: the socket may be full),
     /// then a TCP half-close, so the client still gets to answer the close.
     pub fn shutdown_write(&mut self) {
         if let Conn::Tls(t) = self {
             t.tls.send_close_notify();
-            let fd = t.tcp.as_raw_fd();
-            let mut out = FdWriter(fd);
-            let _ = out.write_all(&std::mem::take(&mut t.unsent));
-            while t.tls.wants_write() {
-                if t.tls.write_tls(&mut out).is_err() {
-                    break;
-                }
-            }
+            let _ = t.flush();
         }
         // SAFETY: shutdown(2) on the socket this connection owns.
         unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) };
+    }
+
+    /// A task's read said it would block: wake it on input, and also on room to write when
+    /// TLS records are waiting (a handshake's answer, a key update).
+    fn park_read(&self, cx: &Context<'_>) {
+        self.watch().park_read(cx);
+        if self.wants_flush() {
+            self.watch().park_write(cx);
+        }
     }
 }
 
 impl AsRawFd for Conn {
     fn as_raw_fd(&self) -> RawFd {
-        match self {
-            Conn::Plain(s) => s.as_raw_fd(),
-            Conn::Tls(t) => t.tcp.as_raw_fd(),
-        }
-    }
-}
-
-/// Non-blocking writes straight to the socket, for the last bytes of a closing TLS session.
-struct FdWriter(RawFd);
-
-impl Write for FdWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: send(2) on an open socket with a valid buffer.
-        let n = unsafe {
-            libc::send(
-                self.0,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.watch().as_raw_fd()
     }
 }
 
 impl TlsConn {
-    /// Writes TLS records to the socket until rustls has none left (Ready) or the socket is
-    /// full (Pending, woken when it drains). Records taken from rustls wait in `unsent`.
-    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes TLS records to the socket until rustls has none left, or says it would block.
+    /// Records taken from rustls wait in `unsent`.
+    fn flush(&mut self) -> io::Result<()> {
         loop {
             while !self.unsent.is_empty() {
-                match Pin::new(&mut self.tcp).poll_write(cx, &self.unsent) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => {
-                        self.unsent.drain(..n);
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
+                match self.tcp.watch.send(&self.unsent)? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => drop(self.unsent.drain(..n)),
                 }
             }
             if !self.tls.wants_write() {
                 if self.unsent.capacity() > TLS_READ {
                     self.unsent = Vec::new();
                 }
-                return Poll::Ready(Ok(()));
+                return Ok(());
             }
             self.tls.write_tls(&mut self.unsent)?;
         }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(e),
+            }
+            // The handshake and key updates answer the client while we wait for data.
+            match self.flush() {
+                Err(e) if !would_block(&e) => return Err(e),
+                _ => {}
+            }
+            if self.unread.is_empty() {
+                let mut wire = [0u8; TLS_READ];
+                let n = self.tcp.watch.recv(&mut wire)?;
+                if n == 0 {
+                    return Ok(0);
+                }
+                let taken = self.tls.read_tls(&mut &wire[..n])?;
+                self.unread.extend_from_slice(&wire[taken..n]);
+            } else {
+                // What rustls left last time goes first; the socket is read once it took all.
+                let taken = self.tls.read_tls(&mut &self.unread[..])?;
+                self.unread.drain(..taken);
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                // Tell the client why (a TLS alert) before giving up on it.
+                let _ = self.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.tls.writer().write(buf)?;
+        match (n, self.flush()) {
+            (_, Err(e)) if !would_block(&e) => Err(e),
+            // rustls is full and the socket too.
+            (0, Err(e)) => Err(e),
+            // Room again after the flush.
+            (0, Ok(())) => self.tls.writer().write(buf),
+            (n, _) => Ok(n),
+        }
+    }
+}
+
+/// Turns "would block" into Pending, with the task parked by `park`.
+fn pending_on<T>(r: io::Result<T>, park: impl FnOnce()) -> Poll<io::Result<T>> {
+    match r {
+        Err(e) if would_block(&e) => {
+            park();
+            Poll::Pending
+        }
+        r => Poll::Ready(r),
     }
 }
 
@@ -202,39 +236,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let t = match self.get_mut() {
-            Conn::Plain(s) => return Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(t) => t,
-        };
-        loop {
-            match t.tls.reader().read(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            // The handshake and key updates answer the client while we wait for data.
-            if let Poll::Ready(Err(e)) = t.poll_flush_tls(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if t.unread.is_empty() {
-                let mut wire = [0u8; TLS_READ];
-                let n = ready!(Pin::new(&mut t.tcp).poll_read(cx, &mut wire))?;
-                if n == 0 {
-                    return Poll::Ready(Ok(0));
-                }
-                let taken = t.tls.read_tls(&mut &wire[..n])?;
-                t.unread.extend_from_slice(&wire[taken..n]);
-            } else {
-                // What rustls left last time goes first; the socket is read once it took all.
-                let taken = t.tls.read_tls(&mut &t.unread[..])?;
-                t.unread.drain(..taken);
-            }
-            if let Err(e) = t.tls.process_new_packets() {
-                // Tell the client why (a TLS alert) before giving up on it.
-                let _ = t.poll_flush_tls(cx);
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
-            }
-        }
+        let this = self.get_mut();
+        let r = this.try_read(buf);
+        pending_on(r, || this.park_read(cx))
     }
 }
 
@@ -244,39 +248,22 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let t = match self.get_mut() {
-            Conn::Plain(s) => return Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(t) => t,
-        };
-        let n = t.tls.writer().write(buf)?;
-        let flushed = t.poll_flush_tls(cx);
-        match (n, flushed) {
-            (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
-            // rustls is full and the socket too: come back when the socket drains.
-            (0, Poll::Pending) => Poll::Pending,
-            (0, Poll::Ready(Ok(()))) => {
-                // Room again after the flush.
-                Poll::Ready(t.tls.writer().write(buf))
-            }
-            (n, _) => Poll::Ready(Ok(n)),
-        }
+        let this = self.get_mut();
+        let r = this.try_write(buf);
+        pending_on(r, || this.watch().park_write(cx))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(t) => t.poll_flush_tls(cx),
-        }
+        let this = self.get_mut();
+        let r = this.try_flush();
+        pending_on(r, || this.watch().park_write(cx))
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_close(cx),
-            Conn::Tls(t) => {
-                t.tls.send_close_notify();
-                ready!(t.poll_flush_tls(cx))?;
-                Pin::new(&mut t.tcp).poll_close(cx)
-            }
+    /// Sends a TLS session's close_notify; the socket itself closes when dropped.
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Conn::Tls(t) = &mut *self {
+            t.tls.send_close_notify();
         }
+        self.poll_flush(cx)
     }
 }

@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod conn;
 pub mod embedded;
 pub mod inbox;
+pub mod links;
 pub mod readiness;
 pub mod services;
 pub mod shard;

@@ -1,15 +1,19 @@
-//! Read readiness of a core's client sockets, from one edge-triggered epoll set per core.
+//! Readiness of a core's client sockets and its listener, from one edge-triggered epoll set
+//! per core.
 //!
 //! glommio waits for a socket by arming a one-shot io_uring poll each time a read comes up
 //! empty. The kernel completes that poll on the CPU that received the packet, as task work for
 //! this core's thread, and interrupts the core to run it: in the echo benchmark that was about
 //! 15,000 reschedule interrupts a second on the server core, against none for an epoll-based
 //! server, and on a virtual machine each one costs both CPUs an exit. An epoll set keeps every
-//! socket registered for its whole life instead. A busy core collects what became readable with
-//! one non-blocking `epoll_wait` per executor pass; only a core that found nothing arms a single
+//! socket registered for its whole life instead. A busy core collects what became ready with
+//! one non-blocking `epoll_wait` per pass; only a core that found nothing arms a single
 //! io_uring poll, on the epoll fd, to sleep on.
 //!
-//! Writes stay with glommio: a `send` that does not fit is rare and arms its own poll.
+//! Each registration carries a [`Token`]. A socket still owned by a task (an upgrade being
+//! read, an HTTP-transport request) is named by its fd, and its event wakes the task. Links
+//! and the listener are the core's own state, served by its link loop: their events are handed
+//! back to it as they are.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -17,22 +21,43 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use futures_lite::AsyncRead;
 use glommio::net::UnixStream;
-use tracing::warn;
+
+use crate::FastMap;
 
 /// Events taken per `epoll_wait`; more wait for the next pass.
 const EVENTS: usize = 256;
+/// Marks a token as the core's own; below it, a task's socket by its fd.
+const OWN: u64 = 1 << 63;
+/// Every registration asks for the same: new input, the peer's half-close, and room to write
+/// again after a `send` came up short (the kernel signals that edge only after a short send,
+/// so a socket that always has room costs no events).
+const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
+/// What became ready for one of the core's own registrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub id: u64,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+#[derive(Default)]
+struct Waiting {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
 
 pub struct Readiness {
     epoll: OwnedFd,
-    /// The task waiting for each socket to become readable, by fd.
-    waiting: RefCell<Vec<Option<Waker>>>,
-    /// How many times the set was read. An event for a socket nobody waits on is dropped, so a
-    /// reader may trust an earlier short read only while this has not moved.
+    /// The tasks waiting on their sockets, by fd.
+    tasks: RefCell<FastMap<RawFd, Waiting>>,
+    /// How many times the set was read (from 1). An event for a socket nobody waits on is
+    /// dropped, so a reader may trust an earlier short read only while this has not moved.
     looks: Cell<u64>,
 }
 
@@ -40,11 +65,11 @@ pub struct Readiness {
 /// Dropping it leaves the set; it must drop before its fd closes (see [`Watch::drop`]).
 pub struct Watch {
     fd: RawFd,
-    /// A short read notes the set's look count here: while the count has not moved, the socket
-    /// is known to be empty (anything newer has its event still in the set) and the next read
-    /// waits without asking the kernel. Saves the `recv` that would only say `EAGAIN`, once per
-    /// message in a request-reply exchange.
-    drained_until: Cell<Option<u64>>,
+    /// A short read notes the set's look count here (0: none): while the count has not moved,
+    /// the socket is known to be empty (anything newer has its event still in the set) and
+    /// the next read says "would block" without asking the kernel. Saves the `recv` that
+    /// would only say `EAGAIN`, once per message in a request-reply exchange.
+    drained_at: Cell<u64>,
     readiness: Rc<Readiness>,
 }
 
@@ -58,68 +83,87 @@ impl Readiness {
         Ok(Rc::new(Readiness {
             // SAFETY: just created, owned by nobody else.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
-            waiting: RefCell::new(Vec::new()),
-            looks: Cell::new(0),
+            tasks: RefCell::default(),
+            looks: Cell::new(1),
         }))
     }
 
-    /// Adds `fd` to the set. Edge-triggered: an event says only that new bytes arrived, so a
-    /// reader waits only once it knows the socket empty ([`Watch::poll_recv`]).
+    /// Adds a task's socket to the set. Edge-triggered: an event says only that something
+    /// changed, so a reader waits only once it knows the socket empty ([`Watch::recv`]).
     pub fn watch(self: &Rc<Self>, fd: RawFd) -> io::Result<Watch> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: a valid epoll fd, an open socket and an event that outlives the call.
-        let r =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.ctl(libc::EPOLL_CTL_ADD, fd, INTEREST, fd as u64)?;
         Ok(Watch {
             fd,
-            drained_until: Cell::new(None),
+            drained_at: Cell::new(0),
             readiness: self.clone(),
         })
     }
 
-    /// Wakes the tasks whose sockets became readable, for the core's whole life.
-    pub async fn run(self: Rc<Self>) {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        loop {
-            // SAFETY: the buffer holds EVENTS entries; a zero timeout never blocks the core.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    EVENTS as i32,
-                    0,
-                )
+    /// Adds one of the core's own fds (the listener), reported as `id`.
+    pub fn watch_own(self: &Rc<Self>, fd: RawFd, id: u64) -> io::Result<Watch> {
+        let watch = self.watch(fd)?;
+        watch.adopt(id)?;
+        Ok(watch)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
+        // SAFETY: a valid epoll fd, an open fd and an event that outlives the call.
+        let r = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes what became ready since the last look: wakes the tasks waiting on their sockets
+    /// and appends the core's own registrations to `own`. Returns how many events there were.
+    pub fn collect(&self, own: &mut Vec<Ready>) -> usize {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        // SAFETY: the buffer holds EVENTS entries; a zero timeout never blocks the core.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                0,
+            )
+        };
+        // An error (EINTR is the only one a valid set gives) reads as nothing this time.
+        let Ok(n) = usize::try_from(n) else { return 0 };
+        if n == 0 {
+            return 0;
+        }
+        self.looks.set(self.looks.get() + 1);
+        let mut tasks = self.tasks.borrow_mut();
+        for event in &events[..n] {
+            let (bits, token) = (event.events, event.u64);
+            let errors = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
+            let readable = bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | errors) != 0;
+            let writable = bits & (libc::EPOLLOUT as u32 | errors) != 0;
+            if token & OWN != 0 {
+                own.push(Ready {
+                    id: token & !OWN,
+                    readable,
+                    writable,
+                });
+                continue;
+            }
+            let fd = token as RawFd;
+            let Some(waiting) = tasks.get_mut(&fd) else {
+                continue;
             };
-            if n > 0 {
-                self.looks.set(self.looks.get() + 1);
-                for event in &events[..n as usize] {
-                    let waker = self
-                        .waiting
-                        .borrow_mut()
-                        .get_mut(event.u64 as usize)
-                        .and_then(Option::take);
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
-                }
-                // The woken tasks read before the set is looked at again.
-                futures_lite::future::yield_now().await;
-            } else if n == 0 {
-                self.sleep().await;
-            } else {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    warn!(error = %e, "epoll_wait failed");
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
+            if let Some(w) = waiting.read.take_if(|_| readable) {
+                w.wake();
+            }
+            if let Some(w) = waiting.write.take_if(|_| writable) {
+                w.wake();
+            }
+            if waiting.read.is_none() && waiting.write.is_none() {
+                tasks.remove(&fd);
             }
         }
+        n
     }
 
     /// Returns once the epoll fd is readable (or the wait failed, which a look at the set
@@ -128,7 +172,7 @@ impl Readiness {
     /// glommio has no public "wait until this fd is readable", but a stream built from a raw fd
     /// arms exactly that poll when it is made, and its first read waits on it without touching
     /// the fd. The stream is a throw-away duplicate of the epoll fd: only its poll is used.
-    async fn sleep(&self) {
+    pub async fn sleep(&self) {
         // SAFETY: F_DUPFD_CLOEXEC on our own open fd; a non-negative result is ours to own.
         let dup = unsafe { libc::fcntl(self.epoll.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if dup < 0 {
@@ -143,35 +187,32 @@ impl Readiness {
 }
 
 impl Watch {
-    /// Reads what the socket holds; with nothing there, waits for the epoll set to say more
-    /// arrived.
-    pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let looks = self.readiness.looks.get();
-        if self.drained_until.get() != Some(looks) {
-            match self.recv(buf) {
-                Ok(n) => {
-                    if n > 0 && n < buf.len() {
-                        self.drained_until.set(Some(looks));
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        let mut waiting = self.readiness.waiting.borrow_mut();
-        let at = self.fd as usize;
-        if waiting.len() <= at {
-            waiting.resize(at + 1, None);
-        }
-        match &mut waiting[at] {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+    /// Hands the socket to the core's own state: its events are reported as `id` from now on,
+    /// and one is reported at once if it already holds input.
+    pub fn adopt(&self, id: u64) -> io::Result<()> {
+        self.readiness.tasks.borrow_mut().remove(&self.fd);
+        let r = self
+            .readiness
+            .ctl(libc::EPOLL_CTL_MOD, self.fd, INTEREST, OWN | id);
+        // The kernel looks at the socket afresh, so a short read before this says nothing.
+        self.drained_at.set(0);
+        r
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Stops (`None`) or restarts reporting one of the core's own fds.
+    pub fn pause(&self, id: Option<u64>) -> io::Result<()> {
+        let Some(id) = id else {
+            return self.readiness.ctl(libc::EPOLL_CTL_MOD, self.fd, 0, 0);
+        };
+        self.adopt(id)
+    }
+
+    /// Reads what the socket holds, or says it would block.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let looks = self.readiness.looks.get();
+        if self.drained_at.get() == looks {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         loop {
             // SAFETY: recv(2) into a valid buffer of buf.len() bytes on our open socket.
             let n = unsafe {
@@ -183,6 +224,32 @@ impl Watch {
                 )
             };
             if n >= 0 {
+                let n = n as usize;
+                if n > 0 && n < buf.len() {
+                    self.drained_at.set(looks);
+                }
+                return Ok(n);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Writes what the socket takes, or says it would block.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: send(2) of a valid buffer on our open socket; no SIGPIPE for a gone peer.
+            let n = unsafe {
+                libc::send(
+                    self.fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
                 return Ok(n as usize);
             }
             let e = io::Error::last_os_error();
@@ -190,6 +257,31 @@ impl Watch {
                 return Err(e);
             }
         }
+    }
+
+    /// Wakes the task of `cx` once the socket has new input (after a read said it would block).
+    pub fn park_read(&self, cx: &Context<'_>) {
+        let mut tasks = self.readiness.tasks.borrow_mut();
+        keep(&mut tasks.entry(self.fd).or_default().read, cx);
+    }
+
+    /// Wakes the task of `cx` once the socket has room again (after a send came up short).
+    pub fn park_write(&self, cx: &Context<'_>) {
+        let mut tasks = self.readiness.tasks.borrow_mut();
+        keep(&mut tasks.entry(self.fd).or_default().write, cx);
+    }
+}
+
+fn keep(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl AsRawFd for Watch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
     }
 }
 
@@ -207,14 +299,7 @@ impl Drop for Watch {
                 std::ptr::null_mut(),
             )
         };
-        if let Some(slot) = self
-            .readiness
-            .waiting
-            .borrow_mut()
-            .get_mut(self.fd as usize)
-        {
-            *slot = None;
-        }
+        self.readiness.tasks.borrow_mut().remove(&self.fd);
     }
 }
 
@@ -222,19 +307,33 @@ impl Drop for Watch {
 mod tests {
     use super::*;
     use glommio::LocalExecutorBuilder;
+    use std::future::Future;
     use std::io::Write;
     use std::os::unix::net::UnixStream as StdUnixStream;
+    use std::task::Poll;
 
-    /// Runs `test` on a glommio core with the set's dispatcher and returns what it returns.
-    /// Checks belong outside: a task that panics leaves the executor running the dispatcher
-    /// forever, so a failed check would hang instead of failing.
+    /// Wakes the tasks waiting on their sockets, as the link loop does.
+    async fn dispatch(readiness: Rc<Readiness>) {
+        let mut own = Vec::new();
+        loop {
+            match readiness.collect(&mut own) {
+                0 => readiness.sleep().await,
+                _ => futures_lite::future::yield_now().await,
+            }
+            own.clear();
+        }
+    }
+
+    /// Runs `test` on a glommio core with a dispatcher and returns what it returns. Checks
+    /// belong outside: a task that panics leaves the executor running the dispatcher forever,
+    /// so a failed check would hang instead of failing.
     fn on_a_core<T: Send + 'static>(
         test: impl FnOnce(Rc<Readiness>) -> Pin<Box<dyn Future<Output = T>>> + Send + 'static,
     ) -> T {
         LocalExecutorBuilder::default()
             .spawn(|| async {
                 let readiness = Readiness::new().unwrap();
-                glommio::spawn_local(readiness.clone().run()).detach();
+                glommio::spawn_local(dispatch(readiness.clone())).detach();
                 test(readiness).await
             })
             .unwrap()
@@ -259,8 +358,18 @@ mod tests {
         futures_lite::future::or(deadline, async { read.await.ok() }).await
     }
 
+    fn poll_recv(watch: &Watch, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match watch.recv(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                watch.park_read(cx);
+                Poll::Pending
+            }
+            r => Poll::Ready(r),
+        }
+    }
+
     async fn read(watch: &Watch, buf: &mut [u8]) -> Option<usize> {
-        in_time(poll_fn(|cx| watch.poll_recv(cx, buf))).await
+        in_time(poll_fn(|cx| poll_recv(watch, cx, buf))).await
     }
 
     #[test]
@@ -280,7 +389,7 @@ mod tests {
                 let mut polls = 0;
                 let n = in_time(poll_fn(|cx| {
                     polls += 1;
-                    watch.poll_recv(cx, &mut buf)
+                    poll_recv(&watch, cx, &mut buf)
                 }))
                 .await;
                 let bytes = n.map(|n| buf[..n].to_vec());
@@ -336,5 +445,55 @@ mod tests {
         });
         assert_eq!(twice, Some(libc::EEXIST));
         assert!(again);
+    }
+
+    /// What the set reports for the core's own registrations right now.
+    fn own_events(readiness: &Readiness) -> Vec<Ready> {
+        let mut own = Vec::new();
+        readiness.collect(&mut own);
+        own
+    }
+
+    #[test]
+    fn an_adopted_socket_is_reported_by_its_id_with_the_input_it_already_held() {
+        let (ours, mut theirs) = StdUnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let readiness = Readiness::new().unwrap();
+        let watch = readiness.watch(ours.as_raw_fd()).unwrap();
+        // Writable at once: the task-side event, dropped since no task waits.
+        assert!(own_events(&readiness).is_empty());
+        theirs.write_all(b"x").unwrap();
+        assert!(own_events(&readiness).is_empty(), "still a task's socket");
+        watch.adopt(7).unwrap();
+        let held = own_events(&readiness);
+        assert_eq!(held.len(), 1);
+        assert!(held[0].id == 7 && held[0].readable, "{held:?}");
+        assert!(
+            own_events(&readiness).is_empty(),
+            "edge-triggered: reported once"
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(watch.recv(&mut buf).unwrap(), 1);
+        theirs.write_all(b"y").unwrap();
+        let more = own_events(&readiness);
+        assert!(more.len() == 1 && more[0].readable, "{more:?}");
+    }
+
+    #[test]
+    fn a_paused_registration_reports_nothing_until_restarted_then_what_queued() {
+        let (ours, mut theirs) = StdUnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let readiness = Readiness::new().unwrap();
+        let watch = readiness.watch_own(ours.as_raw_fd(), 3).unwrap();
+        own_events(&readiness);
+        watch.pause(None).unwrap();
+        theirs.write_all(b"x").unwrap();
+        assert!(own_events(&readiness).is_empty());
+        watch.pause(Some(3)).unwrap();
+        let queued = own_events(&readiness);
+        assert!(
+            queued.len() == 1 && queued[0].id == 3 && queued[0].readable,
+            "{queued:?}"
+        );
     }
 }

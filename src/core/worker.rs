@@ -1,9 +1,14 @@
 //! The glommio shell of one worker core. It accepts sockets, runs the upgrade handshake, hands
 //! each authenticated socket to its owner core, and moves bytes between sockets and the shard.
 //! Rules live in the shard; this file only does I/O and bookkeeping of tasks.
+//!
+//! One task, the link loop, serves the listener and every WebSocket link of the core
+//! ([`Links`]); an upgrade being read and an HTTP-transport request each have a task of their
+//! own, short-lived or rare.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -12,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream, UnixStream};
+use glommio::net::UnixStream;
 use tracing::{debug, warn};
 
 use super::alarm::Alarm;
@@ -20,9 +25,10 @@ use super::batcher::Batcher;
 use super::conn::{Conn, Socket};
 use super::embedded::{Embedded, LocalBizs, StoreDownPolicy, StreamStore};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
-use super::readiness::Readiness;
+use super::links::{Flushed, Links, write_out};
+use super::readiness::{Readiness, Ready, Watch};
 use super::services::{ServiceCall, Services};
-use super::shard::{Audience, Delivery, Event, Shard, ShardConfig, Target, Transmit};
+use super::shard::{Audience, Delivery, Event, Shard, ShardConfig, Target};
 use super::stream::{StreamLimits, Streams};
 use crate::auth::{AuthError, Verified, Verifier};
 use crate::core::admission::{Admission, Refusal, Ticket};
@@ -85,8 +91,10 @@ pub fn inboxes(cores: usize, capacity: usize) -> Result<(Vec<CoreHandle>, Vec<In
 /// Bytes read from a socket per `recv`. One buffer serves every link of the core: a link that
 /// waits for input holds no buffer at all.
 const SCRATCH_BYTES: usize = 64 * 1024;
-/// Reads per link before it yields to the others.
-const READ_BUDGET: usize = 16;
+/// Connections accepted per pass before the links get their turn.
+const ACCEPT_BUDGET: usize = 64;
+/// The listener's id in the core's epoll set; links' ids start at 1.
+const LISTENER: u64 = 0;
 /// Inbox messages handled per batch before other tasks get a turn.
 const INBOX_BATCH: usize = 256;
 
@@ -105,15 +113,22 @@ struct Worker {
     peers: Vec<CoreHandle>,
     metrics: Arc<CoreMetrics>,
     next_conn: Cell<ConnId>,
-    /// The task that owns each link's socket, with the attachment generation it serves (0 for
-    /// a WebSocket), woken when the shard says the link has something for it.
+    /// The WebSocket links' sockets, served by the link loop.
+    links: RefCell<Links>,
+    /// The task serving each HTTP-transport link's request, with the attachment generation it
+    /// serves, woken when the shard says the link has something for it.
     wakers: RefCell<FastMap<ConnId, (u32, Waker)>>,
-    /// The WebSocket link whose task is running now: it writes what it queued before it reads
-    /// again, so waking it would only poll it once more for nothing.
-    running: Cell<Option<ConnId>>,
     readiness: Rc<Readiness>,
+    /// Taken at shutdown: the kernel stops routing new connections to this core.
+    listener: RefCell<Option<Listener>>,
     /// The timer loop's sleep, pulled in by events that schedule something sooner.
     alarm: Alarm,
+}
+
+struct Listener {
+    // Declared first so it drops first: it leaves the epoll set while the fd is open.
+    watch: Watch,
+    fd: OwnedFd,
 }
 
 /// How each worker core's executor runs (`--preempt-ms`, `--ring-depth`).
@@ -226,57 +241,46 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
         peers: setup.peers,
         metrics: core.metrics,
         next_conn: Cell::new(1),
+        links: RefCell::default(),
         wakers: RefCell::default(),
-        running: Cell::new(None),
+        listener: RefCell::new(None),
         readiness: readiness.clone(),
         alarm: Alarm::default(),
     });
-    // SAFETY: the fd is a listening TCP socket created for this core and owned by nobody else.
-    let listener = unsafe { TcpListener::from_raw_fd(core.listener.into_raw_fd()) };
-    glommio::spawn_local(readiness.run()).detach();
-    let acceptor = glommio::spawn_local(accept_loop(w.clone(), listener, accepting));
+    let watch = readiness
+        .watch_own(core.listener.as_raw_fd(), LISTENER)
+        .expect("a worker core's epoll set takes its listener");
+    *w.listener.borrow_mut() = Some(Listener {
+        watch,
+        fd: core.listener,
+    });
+    glommio::spawn_local(link_loop(w.clone(), accepting)).detach();
     glommio::spawn_local(timer_loop(w.clone())).detach();
-    inbox_loop(w.clone(), core.inbox, acceptor).await;
+    inbox_loop(w.clone(), core.inbox).await;
 }
 
-async fn accept_loop(
-    w: Rc<Worker>,
-    listener: TcpListener,
-    accepting: std::sync::mpsc::Sender<usize>,
-) {
-    // The first accept is about to be armed: the node may say it is ready.
+/// Serves the listener and the WebSocket links for the core's whole life. A pass reads every
+/// link the epoll set reported, then writes all the output that caused in one batch (see
+/// [`Worker::after_events`]), then accepts what waits; with nothing reported, the loop sleeps
+/// on the set.
+async fn link_loop(w: Rc<Worker>, accepting: std::sync::mpsc::Sender<usize>) {
+    // The listener is in the set: the node may say it is ready.
     let _ = accepting.send(w.index);
+    let mut ready = Vec::new();
+    let mut again = Vec::new();
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                // The ticket counts the connection from here on; one over the per-address cap
-                // is closed now, unread, so a flood from one address holds no fds.
-                let ticket = match stream.peer_addr() {
-                    Ok(peer) => w.admission.try_admit(peer.ip(), Instant::now()),
-                    Err(_) => continue,
-                };
-                if matches!(ticket, Err(Refusal::PerIp)) {
-                    w.metrics.per_ip_closed.inc();
-                    continue;
-                }
-                glommio::spawn_local(handshake(w.clone(), stream, ticket)).detach();
+        let seen = w.readiness.collect(&mut ready);
+        ready.append(&mut again);
+        if ready.is_empty() {
+            match seen {
+                0 => w.readiness.sleep().await,
+                // Only tasks' sockets: they run before the set is looked at again.
+                _ => futures_lite::future::yield_now().await,
             }
-            Err(e) => {
-                let e = std::io::Error::from(e);
-                // A listener that was shut down (at exit, by `shut_every_socket`) answers
-                // EINVAL for good: each core logged a misleading warning after "drained".
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    debug!(
-                        core = w.index,
-                        "the listener was shut down: accepting no more"
-                    );
-                    return;
-                }
-                // Out of fds or memory: back off instead of spinning; existing links go on.
-                warn!(core = w.index, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
+            continue;
         }
+        w.serve(&mut ready, &mut again);
+        futures_lite::future::yield_now().await;
     }
 }
 
@@ -290,9 +294,8 @@ enum HandshakeEnd {
 /// Reads and checks the upgrade request, then opens the link here or on its owner core.
 /// The admission ticket is taken first and travels with the socket for the link's whole life;
 /// a refused client still gets its request read, so the 503 reaches it instead of a reset.
-async fn handshake(w: Rc<Worker>, tcp: TcpStream, ticket: Result<Ticket, Refusal>) {
-    let _ = tcp.set_nodelay(true);
-    let Some(tcp) = w.watch(tcp) else { return };
+async fn handshake(w: Rc<Worker>, fd: OwnedFd, ticket: Result<Ticket, Refusal>) {
+    let Some(tcp) = w.watch(fd) else { return };
     // Under TLS the handshake runs inside the first reads, within the same deadline.
     let mut stream = match &w.tls {
         None => Conn::Plain(tcp),
@@ -450,8 +453,7 @@ async fn read_request(
 /// A socket handed over by another core, with its TLS session if it has one; `None` as for
 /// [`Worker::watch`].
 fn received(w: &Worker, fd: OwnedFd, tls: Option<Box<rustls::ServerConnection>>) -> Option<Conn> {
-    // SAFETY: the fd is a connected TCP socket handed over whole by another core.
-    let tcp = w.watch(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })?;
+    let tcp = w.watch(fd)?;
     Some(match tls {
         Some(session) => Conn::tls(tcp, *session),
         None => Conn::Plain(tcp),
@@ -526,8 +528,11 @@ fn open_link(
                     shard.handle_bytes(conn, &mut leftover, now);
                 }
             }
+            if let Err(e) = w.links.borrow_mut().adopt(conn, stream, ticket) {
+                warn!(core = w.index, error = %e, "cannot serve a link's socket");
+                w.shard.borrow_mut().closed(conn);
+            }
             w.after_events(now);
-            glommio::spawn_local(link_task(w.clone(), conn, stream, ticket)).detach();
             return;
         }
         Request::Http(h) => h,
@@ -558,16 +563,6 @@ fn open_link(
     w.after_events(now);
     let task = http_link_task(w.clone(), conn, generation, poll, stream, origin, ticket);
     glommio::spawn_local(task).detach();
-}
-
-/// Owns one WebSocket link's socket (and its admission ticket) for its whole life.
-async fn link_task(w: Rc<Worker>, conn: ConnId, mut stream: Conn, _ticket: Ticket) {
-    let mut write_shut = false;
-    poll_fn(|cx| w.poll_link(cx, conn, &mut stream, &mut write_shut)).await;
-    w.wakers.borrow_mut().remove(&conn);
-    w.shard.borrow_mut().closed(conn);
-    w.after_events(Instant::now());
-    let _ = stream.close().await;
 }
 
 /// Serves an HTTP-transport link for one request: the event stream until it drops or another
@@ -605,59 +600,112 @@ async fn http_link_task(
 impl Worker {
     /// Puts a client's socket in this core's epoll set. Fails only when the set cannot take it
     /// (out of kernel memory): the socket then closes, with a warning.
-    fn watch(&self, tcp: TcpStream) -> Option<Socket> {
-        Socket::new(tcp, &self.readiness)
+    fn watch(&self, fd: OwnedFd) -> Option<Socket> {
+        Socket::new(fd, &self.readiness)
             .inspect_err(|e| warn!(core = self.index, error = %e, "cannot watch a socket"))
             .ok()
     }
 
-    /// Flushes what the shard queued for the link, then reads what the client sent. Returns
-    /// Ready when the link is over.
-    ///
-    /// A closing link, once its close frame is out, half-closes the socket and reads until the
-    /// client's EOF: closing at once would answer the client's in-flight bytes with a reset,
-    /// which makes its kernel discard the close frame before the client reads the code.
-    fn poll_link(
-        self: &Rc<Self>,
-        cx: &mut Context<'_>,
-        conn: ConnId,
-        stream: &mut Conn,
-        write_shut: &mut bool,
-    ) -> Poll<()> {
-        for _ in 0..READ_BUDGET {
+    /// Reads every link in `ready`, then settles what that caused (writing the links' output
+    /// in one batch), then accepts what waits. Links with input left over go to `again`.
+    fn serve(self: &Rc<Self>, ready: &mut Vec<Ready>, again: &mut Vec<Ready>) {
+        let now = Instant::now();
+        let mut listener = false;
+        {
             let mut shard = self.shard.borrow_mut();
-            let idle = match write_out(&mut shard, conn, cx, stream) {
-                Some(idle) => idle,
-                None => return Poll::Ready(()),
-            };
-            // TLS records the socket did not take yet (a no-op on plain TCP).
-            if let Poll::Ready(Err(_)) = Pin::new(&mut *stream).poll_flush(cx) {
-                return Poll::Ready(());
-            }
-            if idle == Some(true) && !*write_shut {
-                stream.shutdown_write();
-                *write_shut = true;
-            }
+            let mut links = self.links.borrow_mut();
             let mut scratch = self.scratch.borrow_mut();
-            match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(n)) => {
-                    let now = Instant::now();
-                    shard.handle_bytes(conn, &mut scratch[..n], now);
-                    drop((shard, scratch));
-                    self.running.set(Some(conn));
-                    self.after_events(now);
-                    self.running.set(None);
-                }
-                Poll::Pending => {
-                    self.park(conn, 0, cx);
-                    return Poll::Pending;
+            for r in ready.drain(..) {
+                if r.id == LISTENER {
+                    listener = true;
+                } else if links.read(r, &mut shard, &mut scratch, now) {
+                    again.push(r);
                 }
             }
         }
-        // Used its budget: let the other links run, then come back.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        self.after_events(now);
+        // Last, with nothing borrowed: a new handshake task may run as soon as it is spawned.
+        if listener && self.accept(now) {
+            again.push(Ready {
+                id: LISTENER,
+                readable: true,
+                writable: false,
+            });
+        }
+    }
+
+    /// Takes up to [`ACCEPT_BUDGET`] connections off the listener, each to a handshake task of
+    /// its own. Returns true when more may wait.
+    fn accept(self: &Rc<Self>, now: Instant) -> bool {
+        let listener = self.listener.borrow();
+        let Some(l) = listener.as_ref() else {
+            return false;
+        };
+        for _ in 0..ACCEPT_BUDGET {
+            // SAFETY: an all-zero sockaddr_storage is a valid value of the type.
+            let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: accept4(2) on our listener, with an address buffer of `len` bytes.
+            let fd = unsafe {
+                libc::accept4(
+                    l.fd.as_raw_fd(),
+                    (&raw mut addr).cast(),
+                    &mut len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return false,
+                    // The client gave up while queued, or a signal: the next one.
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
+                    // A listener that was shut down (at exit, by `shut_every_socket`) answers
+                    // EINVAL for good.
+                    Some(libc::EINVAL) => {
+                        debug!(
+                            core = self.index,
+                            "the listener was shut down: accepting no more"
+                        );
+                        return false;
+                    }
+                    _ => {
+                        // Out of fds or memory: existing links go on, and the listener waits
+                        // instead of spinning.
+                        warn!(core = self.index, error = %e, "accept failed");
+                        self.pause_accepting(&l.watch);
+                        return false;
+                    }
+                }
+            }
+            // SAFETY: accept4 returned a new connected socket that nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let Some(ip) = peer_ip(&addr) else { continue };
+            // The ticket counts the connection from here on; one over the per-address cap is
+            // closed now, unread, so a flood from one address holds no fds.
+            let ticket = self.admission.try_admit(ip, now);
+            if matches!(ticket, Err(Refusal::PerIp)) {
+                self.metrics.per_ip_closed.inc();
+                continue;
+            }
+            set_nodelay(&fd);
+            glommio::spawn_local(handshake(self.clone(), fd, ticket)).detach();
+        }
+        true
+    }
+
+    /// Stops watching the listener for 50 ms. Restarting it reports at once the connections
+    /// that queued meanwhile.
+    fn pause_accepting(self: &Rc<Self>, watch: &Watch) {
+        let _ = watch.pause(None);
+        let w = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            if let Some(l) = w.listener.borrow().as_ref() {
+                let _ = l.watch.pause(Some(LISTENER));
+            }
+        })
+        .detach();
     }
 
     /// Moves an HTTP-transport link's output to the request's socket. An event stream writes
@@ -693,10 +741,14 @@ impl Worker {
                     None => false,
                 }
             }
-            None => match write_out(&mut shard, req.conn, cx, stream) {
-                None => return Poll::Ready(()),
+            None => match write_out(&mut shard, req.conn, stream, Instant::now()) {
+                Flushed::Gone => return Poll::Ready(()),
+                Flushed::Blocked => {
+                    stream.watch().park_write(cx);
+                    false
+                }
                 // A closed stream is over once the close is out.
-                Some(idle) => idle == Some(true),
+                Flushed::Done { closing } => closing,
             },
         };
         match Pin::new(&mut *stream).poll_flush(cx) {
@@ -743,41 +795,50 @@ impl Worker {
         }
     }
 
-    /// Wakes the task of a link with something for its socket; it registers again when it
-    /// next waits.
+    /// Wakes the task of an HTTP-transport link with something for its socket; it registers
+    /// again when it next waits.
     fn wake(&self, conn: ConnId) {
-        if self.running.get() == Some(conn) {
-            return;
-        }
         let waker = self.wakers.borrow_mut().remove(&conn);
         if let Some((_, w)) = waker {
             w.wake();
         }
     }
 
-    /// Carries out what the shard asked for (see [`Event`]): wakes link tasks, sends claims,
+    /// Carries out what the shard asked for (see [`Event`]): writes links' output (all of it
+    /// in one batch, after every event is in), wakes HTTP-transport tasks, sends claims,
     /// backend batches, store updates, presence and reports to the control thread.
     fn after_events(self: &Rc<Self>, now: Instant) {
         let mut shard = self.shard.borrow_mut();
+        let mut links = self.links.borrow_mut();
         let mut services = self.services.borrow_mut();
         let (mut updates, mut presence, mut undelivered) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(event) = shard.poll_event() {
-            match event {
-                Event::Wake(conn) => self.wake(conn),
-                Event::Claim(req) => services.claim(req),
-                Event::Upstream(req) => services.call(&mut shard, req, now),
-                Event::IdemUpdate(u) => updates.push(u),
-                Event::Presence(e) => presence.push(e),
-                Event::Undelivered(u) => undelivered.push(u),
-                Event::StreamAppend(a) => services.append(a),
-                Event::StreamRead(r) => services.read(r),
-                Event::Refresh { conn, token } => {
-                    let checked = match self.verifier.verify(Some(&token)) {
-                        Ok(t) => Ok((t.who.clone(), self.token_deadline(t.exp, now))),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    shard.on_refreshed(conn, checked, now);
+        // A link that closes while written gives the shard events of its own.
+        loop {
+            while let Some(event) = shard.poll_event() {
+                match event {
+                    Event::Wake(conn) => {
+                        if !links.mark(conn) {
+                            self.wake(conn)
+                        }
+                    }
+                    Event::Claim(req) => services.claim(req),
+                    Event::Upstream(req) => services.call(&mut shard, req, now),
+                    Event::IdemUpdate(u) => updates.push(u),
+                    Event::Presence(e) => presence.push(e),
+                    Event::Undelivered(u) => undelivered.push(u),
+                    Event::StreamAppend(a) => services.append(a),
+                    Event::StreamRead(r) => services.read(r),
+                    Event::Refresh { conn, token } => {
+                        let checked = match self.verifier.verify(Some(&token)) {
+                            Ok(t) => Ok((t.who.clone(), self.token_deadline(t.exp, now))),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        shard.on_refreshed(conn, checked, now);
+                    }
                 }
+            }
+            if !links.flush(&mut shard, now) {
+                break;
             }
         }
         if !updates.is_empty() {
@@ -821,7 +882,7 @@ impl Worker {
         });
     }
 
-    fn handle(self: &Rc<Self>, msg: CoreMsg, acceptor: &mut Option<glommio::Task<()>>) {
+    fn handle(self: &Rc<Self>, msg: CoreMsg) {
         let now = Instant::now();
         match msg {
             CoreMsg::Handoff(h) => {
@@ -894,11 +955,8 @@ impl Worker {
                 }
             }
             CoreMsg::Shutdown => {
-                if let Some(a) = acceptor.take() {
-                    // Dropping the accept task drops the listener: the kernel stops routing
-                    // new connections to this core.
-                    drop(a);
-                }
+                // Closing the listener stops the kernel routing new connections to this core.
+                self.listener.borrow_mut().take();
                 self.shard
                     .borrow_mut()
                     .close_all("server shutting down", now);
@@ -962,29 +1020,7 @@ struct HttpReq {
     answer: Option<Option<Vec<u8>>>,
 }
 
-/// Writes what the shard offers for the link until the socket would block. `None`: the link
-/// is over; `Some(Some(closing))`: nothing is left to write; `Some(None)`: the socket is full.
-fn write_out(
-    shard: &mut Shard,
-    conn: ConnId,
-    cx: &mut Context<'_>,
-    stream: &mut Conn,
-) -> Option<Option<bool>> {
-    loop {
-        match shard.poll_transmit(conn) {
-            Transmit::Gone => return None,
-            Transmit::Idle { closing } => return Some(Some(closing)),
-            Transmit::Bytes(out) => match Pin::new(&mut *stream).poll_write(cx, out) {
-                Poll::Ready(Ok(n)) if n > 0 => shard.handle_written(conn, n, Instant::now()),
-                Poll::Ready(_) => return None,
-                Poll::Pending => return Some(None),
-            },
-        }
-    }
-}
-
-async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>) {
-    let mut acceptor = Some(acceptor);
+async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox) {
     // SAFETY: the doorbell's read end, owned by this core alone from here on.
     let mut bell = unsafe { UnixStream::from_raw_fd(inbox.take_reader().into_raw_fd()) };
     let mut sink = [0u8; 64];
@@ -992,10 +1028,10 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
         let mut handled = 0;
         while let Ok(msg) = inbox.rx.try_recv() {
             if matches!(msg, CoreMsg::Stop) {
-                // The executor ends with this task; the others (accept, timers) are dropped.
+                // The executor ends with this task; the others (links, timers) are dropped.
                 return;
             }
-            w.handle(msg, &mut acceptor);
+            w.handle(msg);
             handled += 1;
             if handled == INBOX_BATCH {
                 break;
@@ -1022,7 +1058,8 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox, acceptor: glommio::Task<()>
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// The longest the timer loop sleeps, whatever its deadlines. glommio 0.9 can park a core with
 /// tasks still queued (see `control::watchdog`); the watchdog sees a queued message or an
-/// overdue deadline, not a link task left runnable, which waits for the core's next wake-up.
+/// overdue deadline, not a task left runnable (the link loop, an upgrade), which waits for the
+/// core's next wake-up.
 /// Waking at least this often bounds that wait, as the old 10 ms tick did more tightly. (In a
 /// suite run beside a two-core compile, with the cores sleeping up to their 1 s housekeeping,
 /// a re-ack through a second node once took over 5 s; not reproduced in 14 runs since, this
@@ -1055,6 +1092,40 @@ async fn timer_loop(w: Rc<Worker>) {
         me.sleeps_until(due);
         w.alarm.sleep_until(due).await;
     }
+}
+
+/// The address a connection came from, as accept4 wrote it.
+fn peer_ip(addr: &libc::sockaddr_storage) -> Option<IpAddr> {
+    let addr: *const libc::sockaddr_storage = addr;
+    // SAFETY: the family says which of the two layouts accept4 wrote; both fit the storage.
+    unsafe {
+        match (*addr).ss_family as libc::c_int {
+            libc::AF_INET => {
+                let v4 = &*addr.cast::<libc::sockaddr_in>();
+                Some(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()))
+            }
+            libc::AF_INET6 => {
+                let v6 = &*addr.cast::<libc::sockaddr_in6>();
+                Some(IpAddr::from(v6.sin6_addr.s6_addr))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Small frames go out at once: a gateway's messages are latency-bound, not bulk.
+fn set_nodelay(fd: &OwnedFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on our socket with a valid int option.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// The CPUs this process may run on, so `taskset` decides where workers are pinned.
