@@ -66,7 +66,53 @@ pub trait IdemStore {
     }
 }
 
-type Entry = (Option<Bytes>, Instant);
+/// A deadline in milliseconds since the store's first call: half the size of an `Instant`,
+/// in every entry and expiry row.
+type Ms = u64;
+
+type Entry = (Option<Bytes>, Ms);
+
+/// Rows per chunk of an expiry queue.
+const CHUNK: usize = 1024;
+
+/// A first-in first-out queue in fixed chunks. A `VecDeque` grows by doubling, and at a high
+/// message rate each doubling copied the whole queue into fresh pages (its part of the echo
+/// core was mostly page clearing); chunks never move, and an emptied one is reused.
+#[derive(Debug, Default)]
+struct Fifo<T> {
+    chunks: VecDeque<VecDeque<T>>,
+    spare: Option<VecDeque<T>>,
+}
+
+impl<T> Fifo<T> {
+    fn push_back(&mut self, row: T) {
+        if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
+            let chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| VecDeque::with_capacity(CHUNK));
+            self.chunks.push_back(chunk);
+        }
+        self.chunks.back_mut().expect("just ensured").push_back(row);
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.chunks.front()?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let chunk = self.chunks.front_mut()?;
+        let row = chunk.pop_front();
+        if chunk.is_empty() {
+            self.spare = self.chunks.pop_front();
+        }
+        row
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
 
 /// What one stored key costs beyond its text and reply: the map slot, the expiry row, the
 /// shared string's header and the allocator's rounding (measured: ~230 B per short key).
@@ -85,10 +131,12 @@ pub struct MemoryIdemStore {
     bytes: usize,
     evicted: u64,
     scratch: String,
+    /// What deadlines count from: the first instant the store was given.
+    origin: Option<Instant>,
     /// Expiry order, one queue per TTL so each stays sorted while time moves forward. Stale
     /// rows (a key re-set later) are skipped when popped.
-    pending_expiry: VecDeque<(Instant, u64, Rc<str>)>,
-    done_expiry: VecDeque<(Instant, u64, Rc<str>)>,
+    pending_expiry: Fifo<(Ms, u64, Rc<str>)>,
+    done_expiry: Fifo<(Ms, u64, Rc<str>)>,
 }
 
 fn cost(key: &str, reply: Option<&Bytes>) -> usize {
@@ -104,9 +152,16 @@ impl MemoryIdemStore {
             bytes: 0,
             evicted: 0,
             scratch: String::new(),
-            pending_expiry: VecDeque::new(),
-            done_expiry: VecDeque::new(),
+            origin: None,
+            pending_expiry: Fifo::default(),
+            done_expiry: Fifo::default(),
         }
+    }
+
+    /// `now` plus `ttl`, in the store's milliseconds.
+    fn deadline(&mut self, now: Instant, ttl: Duration) -> Ms {
+        let origin = *self.origin.get_or_insert(now);
+        (now.saturating_duration_since(origin) + ttl).as_millis() as Ms
     }
 
     /// The scoped key of `who`'s `key`, in the scratch string.
@@ -154,7 +209,7 @@ impl MemoryIdemStore {
         }
     }
 
-    fn set(&mut self, biz: u64, key: Rc<str>, reply: Option<Bytes>, expires: Instant) {
+    fn set(&mut self, biz: u64, key: Rc<str>, reply: Option<Bytes>, expires: Ms) {
         let queue = if reply.is_some() {
             &mut self.done_expiry
         } else {
@@ -187,6 +242,7 @@ impl MemoryIdemStore {
     }
 
     fn expire(&mut self, now: Instant) {
+        let now = self.deadline(now, Duration::ZERO);
         for pending in [true, false] {
             loop {
                 let queue = if pending {
@@ -216,7 +272,8 @@ impl IdemStore for MemoryIdemStore {
             Some((None, _)) => Claim::Pending,
             None => {
                 let key = Rc::from(self.scratch.as_str());
-                self.set(biz, key, None, now + self.ttl.pending);
+                let expires = self.deadline(now, self.ttl.pending);
+                self.set(biz, key, None, expires);
                 Claim::Fresh
             }
         }
@@ -229,8 +286,17 @@ impl IdemStore for MemoryIdemStore {
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
             IdemUpdate::Complete { who, key, reply } => {
-                let scoped = Rc::from(self.scoped(&who, &key));
-                self.set(who.biz_id, scoped, Some(reply), now + self.ttl.done)
+                self.scoped(&who, &key);
+                // The pending claim's key is shared, not built again.
+                let scoped = match self.entries.get(&who.biz_id) {
+                    Some(keys) => keys
+                        .get_key_value(self.scratch.as_str())
+                        .map(|(k, _)| k.clone()),
+                    None => None,
+                };
+                let scoped = scoped.unwrap_or_else(|| Rc::from(self.scratch.as_str()));
+                let expires = self.deadline(now, self.ttl.done);
+                self.set(who.biz_id, scoped, Some(reply), expires)
             }
             IdemUpdate::Release { who, key } => {
                 self.scoped(&who, &key);
@@ -273,6 +339,26 @@ mod tests {
             key: key.into(),
             reply: Bytes::from_static(reply),
         }
+    }
+
+    #[test]
+    fn the_expiry_queue_keeps_its_order_across_chunks_and_reuses_an_emptied_one() {
+        let mut q = Fifo::default();
+        for i in 0..CHUNK * 2 + 5 {
+            q.push_back(i);
+        }
+        assert_eq!(q.chunks.len(), 3);
+        for i in 0..CHUNK + 1 {
+            assert_eq!(q.pop_front(), Some(i));
+        }
+        assert!(q.spare.is_some(), "the emptied chunk waits to be reused");
+        for i in 0..CHUNK {
+            q.push_back(CHUNK * 2 + 5 + i);
+        }
+        assert!(q.spare.is_none());
+        let rest: Vec<_> = std::iter::from_fn(|| q.pop_front()).collect();
+        assert_eq!(rest, (CHUNK + 1..CHUNK * 3 + 5).collect::<Vec<_>>());
+        assert!(q.is_empty() && q.front().is_none());
     }
 
     #[test]
