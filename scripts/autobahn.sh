@@ -3,13 +3,16 @@
 # conformance mode (--ws-echo: every data message comes back as it was sent, through the real
 # socket, framing, permessage-deflate and closing code).
 #
-#   scripts/autobahn.sh [--if-available] [--tls] [quick|full|CASE...]
+#   scripts/autobahn.sh [--if-available] [--tls] [--debug] [quick|full|CASE...]
 #
 #   quick  (default) every case of sections 1-7 and 10, and cases 1-9 of each permessage-deflate
 #          group (12.x, 13.x): 355 cases, about 2 minutes
 #   full   all 517 cases, 9.x (up to 16 MiB messages) and all of 12.x/13.x included: about 11
 #          minutes, the Python client being the slow side
 #   CASE   case ids or patterns as Autobahn takes them, e.g. 6.4.* 12.2.9
+#
+# --debug runs the debug build `cargo test` already made, instead of building a release binary
+# (the test suite does this: the verdicts are the same, and a cold release build takes minutes).
 #
 # --tls runs the same cases over wss://: the node gets a self-signed certificate (made here with
 # openssl) and the suite's client speaks TLS to it, so the rustls path (records split across
@@ -27,10 +30,12 @@ cd "$(dirname "$0")/.."
 
 if_available=0
 tls=0
+profile=release
 while [ $# -gt 0 ]; do
   case "$1" in
     --if-available) if_available=1; shift ;;
     --tls) tls=1; shift ;;
+    --debug) profile=debug; shift ;;
     *) break ;;
   esac
 done
@@ -98,7 +103,12 @@ case "$mode" in
     exclude='' ;;
 esac
 
-cargo build --release --locked -q --bin ringway
+if [ "$profile" = release ]; then
+  cargo build --release --locked -q --bin ringway
+else
+  cargo build --locked -q --bin ringway
+fi
+bin=target/$profile/ringway
 out=target/autobahn
 scheme=ws
 tls_args=()
@@ -120,7 +130,7 @@ port=$(free_port)
 admin=$(free_port)
 secret=autobahn-conformance-secret
 # Room for the suite's largest messages (16 MiB in 9.x) both ways.
-target/release/ringway serve --jwt-secret "$secret" --listen "127.0.0.1:$port" \
+"$bin" serve --jwt-secret "$secret" --listen "127.0.0.1:$port" \
   --admin-listen "127.0.0.1:$admin" --workers 1 --ws-echo \
   --max-message-bytes 20000000 --max-outbound-bytes 40000000 "${tls_args[@]}" \
   >"$out/ringway.log" 2>&1 &
@@ -130,7 +140,7 @@ for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
 done
-token=$(target/release/ringway token --jwt-secret "$secret" --user autobahn)
+token=$("$bin" token --jwt-secret "$secret" --user autobahn)
 cat >"$out/spec.json" <<EOF
 {"outdir": "$PWD/$out/report",
  "servers": [{"agent": "ringway", "url": "$scheme://127.0.0.1:$port/ws?token=$token"}],

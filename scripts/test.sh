@@ -26,5 +26,6 @@ cargo test --workspace --locked "$@"
 (cd tests/browser && node --test --test-concurrency=1)
 # A short fuzz run of every target (longer runs: scripts/fuzz.sh 3600).
 scripts/fuzz.sh --if-available 10
-# WebSocket conformance, the Autobahn testsuite's quick set (all of it: scripts/autobahn.sh full).
-scripts/autobahn.sh --if-available quick
+# WebSocket conformance, the Autobahn testsuite's quick set on the debug build just tested (all
+# of it, on a release build: scripts/autobahn.sh full).
+scripts/autobahn.sh --if-available --debug quick
