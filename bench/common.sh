@@ -75,6 +75,24 @@ start_tansu() {
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/${BROKER%:*}/${BROKER#*:}") 2>/dev/null && break; sleep 0.1; done
   python3 -c "import confluent_kafka" 2>/dev/null || python3 -m pip install -q confluent-kafka
 }
+# start_located: Redis and etcd on loopback for one node with located Kafka routing (a Redis
+# lookup per push); the node's flags land in LOCATED_ARGS, and stop_located stops both.
+REDIS_PID=
+ETCD_PID=
+LOCATED_ARGS=()
+start_located() {
+  redis-server --bind 127.0.0.1 --port 19379 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
+  REDIS_PID=$!
+  rm -rf "$OUT/etcd"
+  etcd --data-dir "$OUT/etcd" --listen-client-urls http://127.0.0.1:19380 \
+    --advertise-client-urls http://127.0.0.1:19380 --listen-peer-urls http://127.0.0.1:19381 \
+    >"$OUT/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  wait_port 127.0.0.1:19379
+  wait_port 127.0.0.1:19380
+  LOCATED_ARGS=(--redis redis://127.0.0.1:19379 --etcd http://127.0.0.1:19380 --push-routing located)
+}
+stop_located() { stop_pid REDIS_PID; stop_pid ETCD_PID; }
 topic() {
   "$TANSU" topic create --broker "tcp://$BROKER" --partitions 1 "$1" >/dev/null 2>&1 || true
 }

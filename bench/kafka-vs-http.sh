@@ -8,6 +8,8 @@
 # round reads a topic of its own and a gateway started for it: rounds stay comparable.
 # Usage: bench/kafka-vs-http.sh [links] [pushes_per_s] [fanout] [seconds] [rounds]
 # FETCH_WAIT=ms sets the gateway's --kafka-fetch-wait-ms and the floor's fetch wait (default 10).
+# LOCATED=1 runs the node with Redis and etcd and located routing: every push from the topic is
+# looked up in Redis (the fleet's location registry) before it is delivered.
 source "$(dirname "$0")/common.sh"
 LINKS=${1:-2000}
 RATE=${2:-2000}
@@ -15,8 +17,9 @@ FANOUT=${3:-10}
 SECS=${4:-10}
 ROUNDS=${5:-3}
 FETCH_WAIT=${FETCH_WAIT:-10}
-trap 'stop_server; stop_pid BROKER_PID' EXIT
+trap 'stop_server; stop_pid BROKER_PID; stop_located' EXIT
 start_tansu
+[ "${LOCATED:-0}" = 1 ] && start_located
 topic ringway.undelivered
 summary() {
   python3 - "$@" <<'PY'
@@ -40,7 +43,7 @@ for round in $(seq "$ROUNDS"); do
     # A group of its own too: a new member of the last round's group waits out the old one's
     # session (6 s) before Tansu gives it the partition.
     start_server --heartbeat-timeout-ms 600000 --kafka "$BROKER" --push-topic "ringway.push.$path$round" \
-      --kafka-group "bench.$path$round" --kafka-fetch-wait-ms "$FETCH_WAIT"
+      --kafka-group "bench.$path$round" --kafka-fetch-wait-ms "$FETCH_WAIT" "${LOCATED_ARGS[@]}"
     # Pushes start once the consumer holds the partition, as they would on a node long up.
     for _ in $(seq 300); do
       grep -q "partitions assigned.*ringway.push.$path$round" "$OUT/server.log" && break
