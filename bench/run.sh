@@ -19,6 +19,7 @@ bench/push-vs-sockudo.sh 2000 4000 50 10 8 5  # saturating: 8 senders keep both 
 bench/push-vs-sockudo.sh 2000 300 50 10 1 5   # below both servers' capacity
 bench/push-vs-sockudo.sh 2000 1000 50 10 2 5
 bench/kafka-vs-http.sh 2000 4000 10 10 3      # the Kafka ingress against HTTP at saturation
+LOCATED=1 bench/kafka-vs-http.sh 2000 500 10 10 1   # the same with located routing (a Redis lookup per push)
 bench/push-vs-sockudo.sh 10000 300 50 10   # 10,000 links
 bench/stall.sh 4 3                         # a busy-loop on the server's CPU: nothing lost
 bench/streams.sh 10000 10                  # stored pushes: memory, appends/s, a resume storm

@@ -213,50 +213,22 @@ impl Watch {
         if self.drained_at.get() == looks {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        loop {
-            // SAFETY: recv(2) into a valid buffer of buf.len() bytes on our open socket.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                let n = n as usize;
-                if n > 0 && n < buf.len() {
-                    self.drained_at.set(looks);
-                }
-                return Ok(n);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        let len = buf.len();
+        // SAFETY: recv(2) into a valid buffer of `len` bytes on our open socket.
+        let n = retrying(|| unsafe {
+            libc::recv(self.fd, buf.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT)
+        })?;
+        if n > 0 && n < len {
+            self.drained_at.set(looks);
         }
+        Ok(n)
     }
 
     /// Writes what the socket takes, or says it would block.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: send(2) of a valid buffer on our open socket; no SIGPIPE for a gone peer.
-            let n = unsafe {
-                libc::send(
-                    self.fd,
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        // SAFETY: send(2) of a valid buffer on our open socket; no SIGPIPE for a gone peer.
+        retrying(|| unsafe { libc::send(self.fd, buf.as_ptr().cast(), buf.len(), flags) })
     }
 
     /// Wakes the task of `cx` once the socket has new input (after a read said it would block).
@@ -269,6 +241,20 @@ impl Watch {
     pub fn park_write(&self, cx: &Context<'_>) {
         let mut tasks = self.readiness.tasks.borrow_mut();
         keep(&mut tasks.entry(self.fd).or_default().write, cx);
+    }
+}
+
+/// A socket call's byte count, tried again when a signal interrupted it.
+fn retrying(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
