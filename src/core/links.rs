@@ -89,14 +89,6 @@ impl Links {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.wires.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.wires.is_empty()
-    }
-
     /// Lists a link the shard has output for, to write at the end of the pass. `false`: not a
     /// link of this table (an HTTP-transport link, served by its request's task).
     pub fn mark(&mut self, conn: ConnId) -> bool {
