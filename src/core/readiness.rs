@@ -56,6 +56,8 @@ pub struct Readiness {
     epoll: OwnedFd,
     /// The tasks waiting on their sockets, by fd.
     tasks: RefCell<FastMap<RawFd, Waiting>>,
+    /// What `epoll_wait` fills, kept: a fresh one would be 3 KB zeroed on every pass.
+    events: RefCell<Vec<libc::epoll_event>>,
     /// How many times the set was read (from 1). An event for a socket nobody waits on is
     /// dropped, so a reader may trust an earlier short read only while this has not moved.
     looks: Cell<u64>,
@@ -84,6 +86,7 @@ impl Readiness {
             // SAFETY: just created, owned by nobody else.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             tasks: RefCell::default(),
+            events: RefCell::new(vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS]),
             looks: Cell::new(1),
         }))
     }
@@ -119,7 +122,7 @@ impl Readiness {
     /// Takes what became ready since the last look: wakes the tasks waiting on their sockets
     /// and appends the core's own registrations to `own`. Returns how many events there were.
     pub fn collect(&self, own: &mut Vec<Ready>) -> usize {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        let mut events = self.events.borrow_mut();
         // SAFETY: the buffer holds EVENTS entries; a zero timeout never blocks the core.
         let n = unsafe {
             libc::epoll_wait(
