@@ -271,6 +271,13 @@ struct PushArgs {
     /// twice across a resume count once; reconnects and resumes not recovered are reported.
     #[arg(long)]
     churn: Option<f64>,
+    /// After the sending window, links listen until every expected delivery arrived or none
+    /// arrived for this long: a late delivery is counted (with its latency), a lost one is not.
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    quiet: Duration,
+    /// The longest that wait lasts, however steadily late deliveries keep coming.
+    #[arg(long, default_value = "120", value_parser = parse_secs)]
+    drain_max: Duration,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -442,14 +449,20 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
     };
     let started = Instant::now();
     let sending_until = started + a.duration;
-    // Links listen a little longer than pushes are sent, so the last ones are counted.
-    let receiving_until = sending_until + Duration::from_secs(2);
+    let (done, listen) = tokio::sync::watch::channel(false);
     let receivers: Vec<_> = links
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
             let counts = counts.clone();
-            tokio::spawn(push::receive(l, i, receiving_until, counts, churn))
+            tokio::spawn(push::receive(
+                l,
+                i,
+                sending_until,
+                listen.clone(),
+                counts,
+                churn,
+            ))
         })
         .collect();
     // Every receiver is polled once before the first push, so the schedule's first pushes do
@@ -473,16 +486,19 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         .fold((0, 0), |(ok, no), (o, n)| (ok + o, no + n));
     let sent_secs = started.elapsed().as_secs_f64();
     let server_cores_busy = cpu.cores_busy(sent_secs)?;
+    let reached = match a.common.room {
+        Some(_) => links_open,
+        None => fanout.min(users.len()),
+    };
+    let expected = accepted * reached as u64;
+    let drain_secs = push::drain(&progress.events, expected, a.quiet, a.drain_max).await;
+    let _ = done.send(true);
     for r in receivers {
         let _ = r.await;
     }
     progress.finish();
     let h = counts.latency_us.lock().await;
     let deliveries = progress.events.load(Relaxed);
-    let reached = match a.common.room {
-        Some(_) => links_open,
-        None => fanout.min(users.len()),
-    };
     let summary = serde_json::json!({
         "scenario": scenario,
         "target": format!("{:?}", a.common.target).to_lowercase(),
@@ -491,7 +507,8 @@ async fn push_run(a: PushArgs) -> Result<(), String> {
         "pushes_accepted": accepted,
         "pushes_refused": refused,
         "deliveries": deliveries,
-        "deliveries_expected": accepted * reached as u64,
+        "deliveries_expected": expected,
+        "drain_seconds": drain_secs,
         "duplicates": counts.duplicates.load(Relaxed),
         "reconnects": counts.reconnects.load(Relaxed),
         "resumes_not_recovered": counts.not_recovered.load(Relaxed),

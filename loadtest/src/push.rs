@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use ringway::proto::{Cmd, Frame};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
@@ -150,13 +150,15 @@ impl Churn {
     }
 }
 
-/// Receives pushes on link `i` until `until`: acks each (ringway), records its latency once
-/// per key. With `churn`, the link leaves now and then and comes back resuming its stream
-/// after the last offset it had; a push seen twice across that is counted once.
+/// Receives pushes on link `i` until `done` says so: acks each (ringway), records its latency
+/// once per key. With `churn`, the link leaves now and then (until `until`, the end of the
+/// sending window) and comes back resuming its stream after the last offset it had; a push
+/// seen twice across that is counted once.
 pub async fn receive(
     mut link: Link,
     i: usize,
     until: Instant,
+    mut done: watch::Receiver<bool>,
     counts: Arc<Counts>,
     churn: Option<Churn>,
 ) {
@@ -167,11 +169,14 @@ pub async fn receive(
     let mut stream_epoch = String::new();
     counts.listening.fetch_add(1, Relaxed);
     loop {
-        let stop = leave.map_or(until, |(at, _)| at.min(until));
-        let left = stop.saturating_duration_since(Instant::now());
-        let got = tokio::time::timeout(left, next_push(&mut link)).await;
-        let Ok(got) = got else {
-            let Some((at, period)) = leave.filter(|(at, _)| *at < until) else {
+        let leaving = leave.filter(|(at, _)| *at < until);
+        let got = tokio::select! {
+            got = next_push(&mut link) => Some(got),
+            _ = done.wait_for(|d| *d) => break,
+            _ = sleep_until(leaving.map(|(at, _)| at)) => None,
+        };
+        let Some(got) = got else {
+            let Some((at, period)) = leaving else {
                 break;
             };
             leave = Some((at + period, period));
@@ -213,6 +218,29 @@ pub async fn receive(
         local.saturating_record(latency_ns / 1000);
     }
     let _ = counts.latency_us.lock().await.add(&local);
+}
+
+/// Waits, once pushes stop, until `events` reaches `expected` or stays still for `quiet`
+/// (at most `max`); returns the seconds waited, so a report tells late from lost.
+pub async fn drain(events: &AtomicU64, expected: u64, quiet: Duration, max: Duration) -> f64 {
+    let start = Instant::now();
+    let (mut seen, mut moved) = (events.load(Relaxed), start);
+    while seen < expected && moved.elapsed() < quiet && start.elapsed() < max {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = events.load(Relaxed);
+        if now != seen {
+            (seen, moved) = (now, Instant::now());
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next push's key, how long it took to arrive and its stream offset (0: not stored);
