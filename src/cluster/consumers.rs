@@ -10,7 +10,7 @@ use super::orphans::adopt_orphans;
 use super::rebalance::{ScaleEvent, on_scale_event};
 use super::routing::{Mode, PushRouter, hand_off, push_topic_share, uncommitted};
 use crate::control::Hub;
-use crate::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Subscription};
+use crate::control::kafka::{self, KafkaConfig, KafkaOut, Membership, Record, Subscription};
 use crate::proto::RoomMessage;
 use prost::Message as _;
 
@@ -77,12 +77,14 @@ pub async fn start(
 fn consume_push_topic(node: &Arc<Hub>, brokers: &str, sub: Subscription, router: Arc<PushRouter>) {
     let (n, brokers) = (node.clone(), brokers.to_owned());
     tokio::spawn(async move {
-        let handle = |bytes: Vec<u8>, unsettled| {
+        let handle = |records: Vec<Record>| {
             let (n, router) = (n.clone(), router.clone());
             async move {
-                if let Some(push) = kafka::decode_push(&n, &bytes) {
-                    router.route(push, &unsettled).await;
-                }
+                let pushes = records
+                    .into_iter()
+                    .filter_map(|(bytes, u)| Some((kafka::decode_push(&n, &bytes)?, u)))
+                    .collect();
+                router.route(pushes).await;
             }
         };
         if let Err(e) = kafka::consume(&brokers, &sub, || !n.is_draining(), handle).await {
@@ -109,12 +111,14 @@ fn consume_room_topic(node: &Arc<Hub>, cfg: &KafkaConfig) {
     tokio::spawn(async move {
         let topic = std::slice::from_ref(&sub.topic);
         let _ = kafka::ensure_topics_retrying(&brokers, topic, None).await;
-        let handle = |bytes: Vec<u8>, _| {
+        let handle = |records: Vec<Record>| {
             let n = n.clone();
             async move {
-                match RoomMessage::decode(&bytes[..]) {
-                    Ok(m) => crate::control::router::room(&n, m).await,
-                    Err(e) => warn!(error = %e, "undecodable room message skipped"),
+                for (bytes, _) in records {
+                    match RoomMessage::decode(&bytes[..]) {
+                        Ok(m) => crate::control::router::room(&n, m).await,
+                        Err(e) => warn!(error = %e, "undecodable room message skipped"),
+                    }
                 }
             }
         };
@@ -138,10 +142,13 @@ fn consume_node_topic(node: &Arc<Hub>, cfg: &KafkaConfig, node_topic: String) {
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {
-        let handle = |bytes: Vec<u8>, unsettled| {
+        let handle = |records: Vec<Record>| {
             let n = n.clone();
             async move {
-                if let Some(push) = kafka::decode_push(&n, &bytes) {
+                for (bytes, unsettled) in records {
+                    let Some(push) = kafka::decode_push(&n, &bytes) else {
+                        continue;
+                    };
                     let mut users = push.user_ids.clone();
                     if !push.user_id.is_empty() {
                         users.push(push.user_id.clone());
@@ -173,13 +180,15 @@ fn consume_scale_events(node: &Arc<Hub>, cfg: &KafkaConfig, topic: String, start
     };
     let (n, brokers) = (node.clone(), cfg.brokers.clone());
     tokio::spawn(async move {
-        let handle = |bytes: Vec<u8>, _| {
-            match serde_json::from_slice::<ScaleEvent>(&bytes) {
-                Ok(ev) if ev.at_ms < started_ms => {}
-                Ok(ev) => {
-                    tokio::spawn(on_scale_event(n.clone(), ev));
+        let handle = |records: Vec<Record>| {
+            for (bytes, _) in records {
+                match serde_json::from_slice::<ScaleEvent>(&bytes) {
+                    Ok(ev) if ev.at_ms < started_ms => {}
+                    Ok(ev) => {
+                        tokio::spawn(on_scale_event(n.clone(), ev));
+                    }
+                    Err(e) => warn!(error = %e, "ignoring a scale event that is not JSON"),
                 }
-                Err(e) => warn!(error = %e, "ignoring a scale event that is not JSON"),
             }
             std::future::ready(())
         };

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::routing::PushRouter;
-use crate::control::kafka::{self, Membership, Subscription};
+use crate::control::kafka::{self, Membership, Record, Subscription};
 
 /// How long an adopted topic must stay quiet before it is let go (a consumer group join on a
 /// slow broker takes seconds).
@@ -71,14 +71,16 @@ async fn adopt(router: Arc<PushRouter>, brokers: String, group: String, gone: St
             && !node.fleet.read().expect("fleet lock").is_live(&gone)
             && !node.is_draining()
     };
-    let handle = |bytes: Vec<u8>, unsettled| {
+    let handle = |records: Vec<Record>| {
         let (router, last) = (router.clone(), last.clone());
         async move {
             last.store(t0.elapsed().as_millis() as u64, Relaxed);
-            if let Some(push) = kafka::decode_push(&router.node, &bytes) {
-                router.node.counters.pushes_adopted.inc();
-                router.route(push, &unsettled).await;
-            }
+            let pushes: Vec<_> = records
+                .into_iter()
+                .filter_map(|(bytes, u)| Some((kafka::decode_push(&router.node, &bytes)?, u)))
+                .collect();
+            router.node.counters.pushes_adopted.add(pushes.len() as u64);
+            router.route(pushes).await;
         }
     };
     if let Err(e) = kafka::consume(&brokers, &sub, keep_going, handle).await {

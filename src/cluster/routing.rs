@@ -5,8 +5,8 @@
 //!   one node. It looks the receivers up in the location registry, hands its own users to its
 //!   cores, forwards the others to the holding node's own topic, and hands users with no live
 //!   location to its own cores too, which store the push in their streams and report it
-//!   offline. Cost: a Redis round trip per push and a second Kafka hop for users
-//!   held elsewhere; every push is read once.
+//!   offline. Cost: a Redis round trip per batch of pushes read together (see
+//!   `kafka::consume`) and a second Kafka hop for users held elsewhere; every push is read once.
 //! - `Broadcast`: every node reads every push (a consumer group per node) and delivers to the
 //!   links it holds. No lookups, but each node reads the whole stream; fine for small fleets.
 //!   Users held nowhere are stored and reported by one node only (the lowest live id), which
@@ -34,7 +34,7 @@ use crate::proto::PushMessage;
 /// How pushes from Kafka find the node holding their user (`--push-routing`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushRouting {
-    /// One consumer group for the fleet, a location lookup per push, a forward to the
+    /// One consumer group for the fleet, a location lookup per batch, a forward to the
     /// holding node's topic.
     Located,
     /// Every node reads every push.
@@ -53,22 +53,42 @@ pub struct PushRouter {
     pub mode: Mode,
 }
 
+/// A push taken apart for routing: the push, its distinct receivers, its settle token.
+type Taken = (PushMessage, Vec<String>, Arc<Unsettled>);
+
 impl PushRouter {
-    pub async fn route(&self, mut push: PushMessage, unsettled: &Arc<Unsettled>) {
-        let mut users = std::mem::take(&mut push.user_ids);
-        if !push.user_id.is_empty() {
-            users.push(std::mem::take(&mut push.user_id));
-        }
-        let users = crate::distinct_receivers(users);
+    /// Routes pushes in their order. In located routing (and for broadcast's report of users
+    /// held nowhere) the receivers of the whole batch are looked up in one Redis round trip,
+    /// and the forwards to other nodes' topics are all queued before any is waited for: a
+    /// backlog costs a round trip per batch, not per push.
+    pub async fn route(&self, pushes: Vec<(PushMessage, Arc<Unsettled>)>) {
+        let pushes: Vec<Taken> = pushes
+            .into_iter()
+            .map(|(mut push, unsettled)| {
+                let mut users = std::mem::take(&mut push.user_ids);
+                if !push.user_id.is_empty() {
+                    users.push(std::mem::take(&mut push.user_id));
+                }
+                (push, crate::distinct_receivers(users), unsettled)
+            })
+            .collect();
         match &self.mode {
-            Mode::Local => hand_off(&self.node, &push, users, true, unsettled).await,
-            Mode::Located(loc) => self.located(loc, push, users, unsettled).await,
+            Mode::Local => {
+                for (push, users, unsettled) in pushes {
+                    hand_off(&self.node, &push, users, true, &unsettled).await;
+                }
+            }
+            Mode::Located(loc) => self.located(loc, pushes).await,
             Mode::Broadcast(loc) => {
-                hand_off(&self.node, &push, users.clone(), false, unsettled).await;
-                if let Some(loc) = loc
-                    && self.is_reporter()
-                {
-                    let held = self.lookup(loc, &push, &users).await;
+                let reporter = loc.as_ref().filter(|_| self.is_reporter());
+                let held = match reporter {
+                    Some(loc) => self.lookup(loc, &pushes).await,
+                    None => Vec::new(),
+                };
+                let mut held = held.into_iter();
+                for (push, users, unsettled) in pushes {
+                    hand_off(&self.node, &push, users.clone(), false, &unsettled).await;
+                    let Some(held) = held.next() else { continue };
                     let nowhere: Vec<String> = users
                         .into_iter()
                         .zip(held)
@@ -78,73 +98,70 @@ impl PushRouter {
                     // Stored and reported offline by this node's owner cores, as in located
                     // routing.
                     if !nowhere.is_empty() {
-                        hand_off(&self.node, &push, nowhere, true, unsettled).await;
+                        hand_off(&self.node, &push, nowhere, true, &unsettled).await;
                     }
                 }
             }
         }
     }
 
-    async fn located(
-        &self,
-        loc: &Locations,
-        push: PushMessage,
-        users: Vec<String>,
-        unsettled: &Arc<Unsettled>,
-    ) {
-        let held = self.lookup(loc, &push, &users).await;
+    async fn located(&self, loc: &Locations, pushes: Vec<Taken>) {
+        let held = self.lookup(loc, &pushes).await;
         let me = self.node.node_id.as_str();
-        let mut here = Vec::new();
-        let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (user, nodes) in users.into_iter().zip(held) {
-            if nodes.is_empty() {
-                // Held nowhere: this node's owner core stores it in the user's stream (for a
-                // resume on any node) and reports it offline, with its offset.
-                here.push(user);
-                continue;
-            }
-            for n in nodes {
-                if n == me {
-                    here.push(user.clone());
-                } else {
-                    elsewhere.entry(n).or_default().push(user.clone());
+        let mut forwards = Vec::new();
+        for ((push, users, unsettled), held) in pushes.into_iter().zip(held) {
+            let mut here = Vec::new();
+            let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (user, nodes) in users.into_iter().zip(held) {
+                if nodes.is_empty() {
+                    // Held nowhere: this node's owner core stores it in the user's stream (for
+                    // a resume on any node) and reports it offline, with its offset.
+                    here.push(user);
+                    continue;
+                }
+                for n in nodes {
+                    if n == me {
+                        here.push(user.clone());
+                    } else {
+                        elsewhere.entry(n).or_default().push(user.clone());
+                    }
                 }
             }
+            if !here.is_empty() {
+                hand_off(&self.node, &push, here, true, &unsettled).await;
+            }
+            for (node_id, users) in elsewhere {
+                let fwd = PushMessage {
+                    user_ids: users,
+                    ..push.clone()
+                };
+                let sent = self.kafka.queue(&self.kafka.node_topic(&node_id), &fwd);
+                forwards.push((sent, fwd, unsettled.clone()));
+            }
         }
-        if !here.is_empty() {
-            hand_off(&self.node, &push, here, true, unsettled).await;
-        }
-        for (node_id, users) in elsewhere {
-            let fwd = PushMessage {
-                user_ids: users,
-                ..push.clone()
-            };
-            if self
-                .kafka
-                .forward(&self.kafka.node_topic(&node_id), &fwd)
-                .await
-            {
+        // Each push stays unsettled (its token held here) until the broker took its forwards.
+        for (sent, mut fwd, _unsettled) in forwards {
+            if sent.await {
                 self.node.counters.pushes_forwarded.inc();
             } else {
                 self.node.counters.forward_errors.inc();
-                for user in fwd.user_ids {
-                    self.unroutable(&push, user, UndeliveredReason::Overloaded)
+                for user in std::mem::take(&mut fwd.user_ids) {
+                    self.unroutable(&fwd, user, UndeliveredReason::Overloaded)
                         .await;
                 }
             }
         }
     }
 
-    /// The live nodes holding each user's matching devices. Redis errors are waited out: the
-    /// push's offset is not stored meanwhile, so nothing is skipped.
-    async fn lookup(
-        &self,
-        loc: &Locations,
-        push: &PushMessage,
-        users: &[String],
-    ) -> Vec<Vec<String>> {
+    /// For each push, the live nodes holding each receiver's matching devices. Redis errors
+    /// are waited out: the pushes' offsets are not stored meanwhile, so nothing is skipped.
+    async fn lookup(&self, loc: &Locations, pushes: &[Taken]) -> Vec<Vec<Vec<String>>> {
+        let pairs: Vec<(u64, &str)> = pushes
+            .iter()
+            .flat_map(|(p, users, _)| users.iter().map(|u| (p.biz_id, u.as_str())))
+            .collect();
         let found = loop {
-            match loc.lookup(push.biz_id, users).await {
+            match loc.lookup(&pairs).await {
                 Ok(f) => break f,
                 Err(e) => {
                     self.node.counters.location_errors.inc();
@@ -155,18 +172,25 @@ impl PushRouter {
         };
         let fleet = self.node.fleet.read().expect("fleet lock");
         let me = self.node.node_id.as_str();
-        found
-            .into_iter()
-            .map(|devices: FastMap<String, String>| {
-                let mut nodes: Vec<String> = devices
-                    .into_iter()
-                    .filter(|(d, _)| push.device_id.is_empty() || *d == push.device_id)
-                    .map(|(_, n)| n)
-                    .filter(|n| n == me || fleet.is_live(n))
-                    .collect();
-                nodes.sort();
-                nodes.dedup();
-                nodes
+        let mut found = found.into_iter();
+        pushes
+            .iter()
+            .map(|(push, users, _)| {
+                found
+                    .by_ref()
+                    .take(users.len())
+                    .map(|devices: FastMap<String, String>| {
+                        let mut nodes: Vec<String> = devices
+                            .into_iter()
+                            .filter(|(d, _)| push.device_id.is_empty() || *d == push.device_id)
+                            .map(|(_, n)| n)
+                            .filter(|n| n == me || fleet.is_live(n))
+                            .collect();
+                        nodes.sort();
+                        nodes.dedup();
+                        nodes
+                    })
+                    .collect()
             })
             .collect()
     }

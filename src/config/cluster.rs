@@ -41,7 +41,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "RINGWAY_LOCATION", default_value = "")]
     pub location: String,
     /// How pushes from Kafka find their user's node with --etcd and --redis: `located` (one
-    /// consumer group for the fleet, a Redis lookup per push, forward to the holding node's
+    /// consumer group for the fleet, a Redis lookup per batch of pushes, forward to the holding node's
     /// topic) or `broadcast` (every node reads every push).
     #[arg(long, env = "RINGWAY_PUSH_ROUTING", value_enum, default_value_t = PushRouting::Located)]
     pub push_routing: PushRouting,

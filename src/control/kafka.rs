@@ -182,9 +182,37 @@ impl KafkaOut {
     /// Writes a push to `topic` (keyed by its first user) and waits for the broker; false if
     /// it was not taken.
     pub async fn forward(&self, topic: &str, push: &PushMessage) -> bool {
+        self.queue(topic, push).await
+    }
+
+    /// Hands a push for `topic` to the producer now, so records queued one after another keep
+    /// that order and share the wait for the broker; the future says whether it took it. A
+    /// full producer queue is waited out when the future runs.
+    pub fn queue<'a>(
+        &'a self,
+        topic: &str,
+        push: &PushMessage,
+    ) -> impl Future<Output = bool> + use<'a> {
         let first = push.user_ids.first().unwrap_or(&push.user_id);
         let key = format!("{}:{first}", push.biz_id);
-        self.publish(topic, &key, &push.encode_to_vec()).await
+        let payload = push.encode_to_vec();
+        let topic = topic.to_owned();
+        let queued = self
+            .producer
+            .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+            .ok();
+        async move {
+            let Some(delivery) = queued else {
+                return self.publish(&topic, &key, &payload).await;
+            };
+            let error = match delivery.await {
+                Ok(Ok(_)) => return true,
+                Ok(Err((e, _))) => e.to_string(),
+                Err(_) => "the producer went away".to_owned(),
+            };
+            warn!(error, topic, key, "kafka did not take a record");
+            false
+        }
     }
 
     /// Writes one record and waits for the broker; false (and a warning) if it was not taken.
@@ -504,17 +532,24 @@ pub enum Membership {
 /// Given a topic's partitions, the ones to read now.
 pub type PickPartitions = Box<dyn Fn(&[i32]) -> Vec<i32> + Send + Sync>;
 
-/// Consumes `sub` while `keep_going` holds, calling `handle` for each record in order with a
-/// token the record's pushes hold until they are settled. A record's offset is stored for
-/// commit only once it and every record before it in its partition are settled, and stored
-/// offsets are committed when the loop ends: a crash or restart re-reads whatever was not
-/// settled (duplicates are possible, losses are not). A slow ack holds back the commit point,
-/// not delivery.
+/// A record's payload and the token its pushes hold until they are settled.
+pub type Record = (Vec<u8>, Arc<Unsettled>);
+
+/// The most records handed to `consume`'s caller at once: a batch shares one round trip of
+/// whatever the caller looks up per record (located routing's Redis lookup).
+const BATCH: usize = 128;
+
+/// Consumes `sub` while `keep_going` holds, calling `handle` with the records in order, in
+/// batches of what the consumer already holds (one when records come one by one, up to
+/// [`BATCH`] behind a backlog). A record's offset is stored for commit only once it and every
+/// record before it in its partition are settled, and stored offsets are committed when the
+/// loop ends: a crash or restart re-reads whatever was not settled (duplicates are possible,
+/// losses are not). A slow ack holds back the commit point, not delivery.
 pub async fn consume<F: Future<Output = ()>>(
     brokers: &str,
     sub: &Subscription,
     keep_going: impl Fn() -> bool,
-    mut handle: impl FnMut(Vec<u8>, Arc<Unsettled>) -> F,
+    mut handle: impl FnMut(Vec<Record>) -> F,
 ) -> Result<(), String> {
     let mut config = ClientConfig::new();
     config
@@ -594,13 +629,28 @@ pub async fn consume<F: Future<Output = ()>>(
             }
             Ok(Ok(m)) => m,
         };
-        let token = Arc::new(Unsettled);
-        let held = Arc::downgrade(&token);
-        handle(msg.payload().unwrap_or_default().to_vec(), token).await;
-        unsettled
-            .entry(msg.partition())
-            .or_default()
-            .push_back((msg.offset(), held));
+        let mut batch = vec![msg];
+        while batch.len() < BATCH {
+            // An error here is the next recv's to report.
+            match futures_lite::future::poll_once(consumer.recv()).await {
+                Some(Ok(m)) => batch.push(m),
+                _ => break,
+            }
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        let mut held = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let token = Arc::new(Unsettled);
+            held.push((m.partition(), m.offset(), Arc::downgrade(&token)));
+            records.push((m.payload().unwrap_or_default().to_vec(), token));
+        }
+        handle(records).await;
+        for (partition, offset, token) in held {
+            unsettled
+                .entry(partition)
+                .or_default()
+                .push_back((offset, token));
+        }
     }
     store_settled(&consumer, &sub.topic, &mut unsettled);
     let left: usize = unsettled.values().map(VecDeque::len).sum();

@@ -114,14 +114,13 @@ impl Locations {
         Ok(devices)
     }
 
-    /// The devices of each user and the nodes holding them.
+    /// The devices of each (biz, user) and the nodes holding them, in one round trip.
     pub async fn lookup(
         &self,
-        biz_id: u64,
-        users: &[String],
+        users: &[(u64, &str)],
     ) -> Result<Vec<FastMap<String, String>>, Error> {
         let pipe = self.client.pipeline();
-        for u in users {
+        for &(biz_id, u) in users {
             let _: () = pipe.hgetall(key(biz_id, u)).await?;
         }
         pipe.try_all::<FastMap<String, String>>()
