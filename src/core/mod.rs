@@ -5,6 +5,7 @@ pub mod admission;
 pub mod alarm;
 pub mod batcher;
 pub mod conn;
+pub mod deadlines;
 pub mod embedded;
 pub mod inbox;
 pub mod links;

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use super::alarm::Alarm;
 use super::batcher::Batcher;
 use super::conn::{Conn, Socket};
+use super::deadlines::Deadlines;
 use super::embedded::{Embedded, LocalBizs, StoreDownPolicy, StreamStore};
 use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
 use super::links::{Flushed, Links, write_out};
@@ -108,6 +109,8 @@ struct Worker {
     allowed_origins: Arc<Vec<String>>,
     services: RefCell<Services>,
     handshake_timeout: Duration,
+    /// The deadlines of the upgrades being read, fired by the timer loop.
+    deadlines: Deadlines,
     admission: Arc<Admission>,
     tls: Option<Arc<TlsFiles>>,
     peers: Vec<CoreHandle>,
@@ -236,6 +239,7 @@ async fn run(setup: Rules, core: Core, accepting: std::sync::mpsc::Sender<usize>
             tally: Default::default(),
         }),
         handshake_timeout: setup.handshake_timeout,
+        deadlines: Deadlines::default(),
         admission: setup.admission,
         tls: setup.tls,
         peers: setup.peers,
@@ -311,8 +315,11 @@ async fn handshake(w: Rc<Worker>, fd: OwnedFd, ticket: Result<Ticket, Refusal>) 
     };
     let max_body = w.shard.borrow().config().max_message_bytes;
     let read = read_request(&mut stream, max_body);
+    let at = Instant::now() + w.handshake_timeout;
+    let deadline = w.deadlines.set(at);
+    w.alarm.pull_in(Some(at + super::deadlines::SLACK));
     let deadline = async {
-        glommio::timer::sleep(w.handshake_timeout).await;
+        deadline.await;
         Err(HandshakeEnd::TimedOut)
     };
     let (req, buf) = match futures_lite::future::or(read, deadline).await {
@@ -1086,10 +1093,13 @@ async fn timer_loop(w: Rc<Worker>) {
                 housekeeping = now + HOUSEKEEPING;
             }
         }
+        w.deadlines.fire(now);
         w.after_events(now);
         let next = w.shard.borrow_mut().poll_timeout();
-        let due = next
-            .map_or(housekeeping, |d| d.min(housekeeping))
+        let due = [next, w.deadlines.next()]
+            .into_iter()
+            .flatten()
+            .fold(housekeeping, Instant::min)
             .min(Instant::now() + LONGEST_NAP);
         me.sleeps_until(due);
         w.alarm.sleep_until(due).await;
