@@ -629,21 +629,7 @@ pub async fn consume<F: Future<Output = ()>>(
             }
             Ok(Ok(m)) => m,
         };
-        let mut batch = vec![msg];
-        while batch.len() < BATCH {
-            // An error here is the next recv's to report.
-            match futures_lite::future::poll_once(consumer.recv()).await {
-                Some(Ok(m)) => batch.push(m),
-                _ => break,
-            }
-        }
-        let mut records = Vec::with_capacity(batch.len());
-        let mut held = Vec::with_capacity(batch.len());
-        for m in &batch {
-            let token = Arc::new(Unsettled);
-            held.push((m.partition(), m.offset(), Arc::downgrade(&token)));
-            records.push((m.payload().unwrap_or_default().to_vec(), token));
-        }
+        let (records, held) = take_batch(&consumer, msg).await;
         handle(records).await;
         for (partition, offset, token) in held {
             unsettled
@@ -678,6 +664,30 @@ pub async fn consume<F: Future<Output = ()>>(
         warn!(topic = %sub.topic, "kafka consumer did not close within 5 s; left behind");
     }
     Ok(())
+}
+
+/// `first` and whatever else the consumer already holds, up to [`BATCH`], as records with
+/// their tokens, and where each sits in its partition with a weak hold on its token.
+async fn take_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    first: rdkafka::message::BorrowedMessage<'_>,
+) -> (Vec<Record>, Vec<(i32, i64, Weak<Unsettled>)>) {
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        // An error here is the next recv's to report.
+        match futures_lite::future::poll_once(consumer.recv()).await {
+            Some(Ok(m)) => batch.push(m),
+            _ => break,
+        }
+    }
+    let mut records = Vec::with_capacity(batch.len());
+    let mut held = Vec::with_capacity(batch.len());
+    for m in &batch {
+        let token = Arc::new(Unsettled);
+        held.push((m.partition(), m.offset(), Arc::downgrade(&token)));
+        records.push((m.payload().unwrap_or_default().to_vec(), token));
+    }
+    (records, held)
 }
 
 /// Every Kafka client's context: librdkafka's own warnings and client errors, one line per 10 s
