@@ -110,23 +110,7 @@ impl PushRouter {
         let me = self.node.node_id.as_str();
         let mut forwards = Vec::new();
         for ((push, users, unsettled), held) in pushes.into_iter().zip(held) {
-            let mut here = Vec::new();
-            let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (user, nodes) in users.into_iter().zip(held) {
-                if nodes.is_empty() {
-                    // Held nowhere: this node's owner core stores it in the user's stream (for
-                    // a resume on any node) and reports it offline, with its offset.
-                    here.push(user);
-                    continue;
-                }
-                for n in nodes {
-                    if n == me {
-                        here.push(user.clone());
-                    } else {
-                        elsewhere.entry(n).or_default().push(user.clone());
-                    }
-                }
-            }
+            let (here, elsewhere) = place(me, users, held);
             if !here.is_empty() {
                 hand_off(&self.node, &push, here, true, &unsettled).await;
             }
@@ -172,25 +156,24 @@ impl PushRouter {
         };
         let fleet = self.node.fleet.read().expect("fleet lock");
         let me = self.node.node_id.as_str();
+        // The live nodes holding a user's devices that `push` names.
+        let holding = |push: &PushMessage, devices: FastMap<String, String>| {
+            let mut nodes: Vec<String> = devices
+                .into_iter()
+                .filter(|(d, _)| push.device_id.is_empty() || *d == push.device_id)
+                .map(|(_, n)| n)
+                .filter(|n| n == me || fleet.is_live(n))
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            nodes
+        };
         let mut found = found.into_iter();
         pushes
             .iter()
             .map(|(push, users, _)| {
-                found
-                    .by_ref()
-                    .take(users.len())
-                    .map(|devices: FastMap<String, String>| {
-                        let mut nodes: Vec<String> = devices
-                            .into_iter()
-                            .filter(|(d, _)| push.device_id.is_empty() || *d == push.device_id)
-                            .map(|(_, n)| n)
-                            .filter(|n| n == me || fleet.is_live(n))
-                            .collect();
-                        nodes.sort();
-                        nodes.dedup();
-                        nodes
-                    })
-                    .collect()
+                let devices = found.by_ref().take(users.len());
+                devices.map(|d| holding(push, d)).collect()
             })
             .collect()
     }
@@ -221,6 +204,32 @@ impl PushRouter {
         };
         self.node.report(&self.kafka, report).await;
     }
+}
+
+/// Splits a push's receivers, given the nodes holding each, into this node's (`me`) and each
+/// other node's. A user held nowhere is this node's: its owner core stores the push in the
+/// user's stream (for a resume on any node) and reports it offline, with its offset.
+fn place(
+    me: &str,
+    users: Vec<String>,
+    held: Vec<Vec<String>>,
+) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
+    let mut here = Vec::new();
+    let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (user, nodes) in users.into_iter().zip(held) {
+        if nodes.is_empty() {
+            here.push(user);
+            continue;
+        }
+        for n in nodes {
+            if n == me {
+                here.push(user.clone());
+            } else {
+                elsewhere.entry(n).or_default().push(user.clone());
+            }
+        }
+    }
+    (here, elsewhere)
 }
 
 /// How a node reads the push topic in located routing: the partitions the fleet's etcd view

@@ -17,7 +17,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
@@ -149,20 +149,12 @@ impl KafkaOut {
             .map(|r| {
                 let key = format!("{}:{}", r.who.biz_id, r.who.user_id);
                 let payload = to_request(r, &self.cfg.node_id).encode_to_vec();
-                let record = FutureRecord::to(topic).key(&key).payload(&payload);
-                self.producer.send_result(record).map_err(|(e, _)| e)
+                self.enqueue(topic, &key, &payload)
             })
             .collect();
         let mut results = Vec::with_capacity(batch.len());
         for q in queued {
-            results.push(match q {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(Bytes::new()),
-                    Ok(Err((e, _))) => failed(e),
-                    Err(_) => Err(BackendError::Unavailable("kafka producer closed".into())),
-                },
-                Err(e) => failed(e),
-            });
+            results.push(delivered(q).await.map(|()| Bytes::new()).or_else(failed));
         }
         results
     }
@@ -196,23 +188,29 @@ impl KafkaOut {
         let first = push.user_ids.first().unwrap_or(&push.user_id);
         let key = format!("{}:{first}", push.biz_id);
         let payload = push.encode_to_vec();
+        let queued = self.enqueue(topic, &key, &payload);
         let topic = topic.to_owned();
-        let queued = self
-            .producer
-            .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
-            .ok();
         async move {
-            let Some(delivery) = queued else {
-                return self.publish(&topic, &key, &payload).await;
-            };
-            let error = match delivery.await {
-                Ok(Ok(_)) => return true,
-                Ok(Err((e, _))) => e.to_string(),
-                Err(_) => "the producer went away".to_owned(),
-            };
-            warn!(error, topic, key, "kafka did not take a record");
-            false
+            match queued {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    self.publish(&topic, &key, &payload).await
+                }
+                q => match delivered(q).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(error = %e, topic, key, "kafka did not take a record");
+                        false
+                    }
+                },
+            }
         }
+    }
+
+    /// Hands a record to the producer at once, so records queued one after another keep that
+    /// order and share the wait for the broker; [`delivered`] awaits the broker's answer.
+    fn enqueue(&self, topic: &str, key: &str, payload: &[u8]) -> Queued {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        self.producer.send_result(record).map_err(|(e, _)| e)
     }
 
     /// Writes one record and waits for the broker; false (and a warning) if it was not taken.
@@ -278,21 +276,26 @@ impl KafkaOut {
                 };
                 let key = format!("{}:{}", who.biz_id, who.user_id);
                 let payload = event.encode_to_vec();
-                let record = FutureRecord::to(&self.cfg.presence_topic)
-                    .key(&key)
-                    .payload(&payload);
-                self.producer.send_result(record).map_err(|(e, _)| e)
+                self.enqueue(&self.cfg.presence_topic, &key, &payload)
             })
             .collect();
         for q in queued {
-            let delivered = match q {
-                Ok(d) => matches!(d.await, Ok(Ok(_))),
-                Err(_) => false,
-            };
-            if !delivered {
+            if delivered(q).await.is_err() {
                 warn!("a presence event was not written to kafka");
             }
         }
+    }
+}
+
+/// A record [`KafkaOut::enqueue`] handed to the producer, or why it could not.
+type Queued = Result<DeliveryFuture, KafkaError>;
+
+/// Whether the broker took a queued record.
+async fn delivered(queued: Queued) -> Result<(), KafkaError> {
+    match queued?.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e),
+        Err(_) => Err(KafkaError::Canceled),
     }
 }
 
