@@ -4,7 +4,7 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,10 +31,22 @@ pub struct Gateway {
 }
 
 pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    /// Ports below the kernel's ephemeral range (32768 and up by default): a port taken with
+    /// `bind(0)` and let go went back to that range, where a client's outgoing connection in
+    /// a test running beside this one could take it as its source port before the server
+    /// bound it (and two picks in a row could even be the same port). The server then failed
+    /// to start. A counter hands each port out once per process; the bind checks it is free.
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id() % PORTS, Relaxed, Relaxed);
+    for _ in 0..PORTS {
+        let port = FIRST + NEXT.fetch_add(1, Relaxed) % PORTS;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + PORTS);
 }
 
 /// Kills and reaps a child process, if there is one.
