@@ -22,7 +22,10 @@ const READ_BUDGET: usize = 16;
 
 #[derive(Default)]
 pub struct Links {
-    wires: FastMap<ConnId, Wire>,
+    /// Boxed for the same reason as the shard's links: the map keeps room for up to twice its
+    /// entries, and grows by copying into a table twice the size. A spare slot of a key and a
+    /// pointer is 16 bytes; an inline socket entry, 80.
+    wires: FastMap<ConnId, Box<Wire>>,
     /// Links with output to write at the end of this pass, each listed once.
     dirty: Vec<ConnId>,
 }
@@ -84,7 +87,7 @@ impl Links {
             blocked: false,
             write_shut: false,
         };
-        self.wires.insert(conn, wire);
+        self.wires.insert(conn, Box::new(wire));
         self.dirty.push(conn);
         Ok(())
     }
