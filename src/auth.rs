@@ -10,12 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Who is on the other end of a link.
+/// Who is on the other end of a link. The strings are boxed, not `String`s: every idle link
+/// holds one identity, and without the two capacities it fits a smaller allocation (56 bytes
+/// with its `Arc` counts, not 72).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub biz_id: u64,
-    pub user_id: String,
-    pub device_id: String,
+    pub user_id: Box<str>,
+    pub device_id: Box<str>,
 }
 
 /// A token that passed: who it names, and until when (unix seconds) a link may live on it.
@@ -172,8 +174,8 @@ impl Verifier {
         }
         let who = Identity {
             biz_id: c.biz_id,
-            user_id: c.user_id,
-            device_id,
+            user_id: c.user_id.into(),
+            device_id: device_id.into(),
         };
         Ok(Verified {
             who,
@@ -197,8 +199,8 @@ pub fn mint_hs256_in(secret: &[u8], who: &Identity, ttl_secs: u64, rooms: &[Stri
         + ttl_secs;
     let claims = Claims {
         biz_id: who.biz_id,
-        user_id: who.user_id.clone(),
-        device_id: Some(who.device_id.clone()),
+        user_id: who.user_id.to_string(),
+        device_id: Some(who.device_id.to_string()),
         exp,
         rooms: rooms.to_vec(),
     };
@@ -256,10 +258,7 @@ mod tests {
         );
         let t = hs(serde_json::json!({"biz_id": 1, "user_id": 42, "exp": far()}));
         let id = v.verify(Some(&t)).unwrap().who;
-        assert_eq!(
-            (id.user_id.as_str(), id.device_id.as_str()),
-            ("42", "default")
-        );
+        assert_eq!((&*id.user_id, &*id.device_id), ("42", "default"));
     }
 
     #[test]

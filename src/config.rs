@@ -105,8 +105,8 @@ impl TokenArgs {
     pub fn mint(&self) -> String {
         let who = crate::auth::Identity {
             biz_id: self.biz,
-            user_id: self.user.clone(),
-            device_id: self.device.clone(),
+            user_id: self.user.as_str().into(),
+            device_id: self.device.as_str().into(),
         };
         crate::auth::mint_hs256(self.jwt_secret.as_bytes(), &who, self.ttl)
     }

@@ -75,7 +75,7 @@ pub async fn open_resuming(
         let user = format!("{}{i}", common.user_prefix);
         let who = Identity {
             biz_id: common.biz,
-            user_id: user.clone(),
+            user_id: user.as_str().into(),
             device_id: "d".into(),
         };
         let rooms: Vec<String> = common.room.iter().cloned().collect();

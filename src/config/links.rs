@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::core::shard::ShardConfig;
+use crate::link::bucket::Rate;
 use crate::link::retry::RetryPolicy;
 use crate::protocol::body_crypt::{BodyKeys, KeySpecError};
 use crate::protocol::deflate::DeflatePolicy;
@@ -113,8 +114,10 @@ impl LinkArgs {
             max_key_bytes: self.max_key_bytes.max(1),
             max_outbound_bytes: self.max_outbound_bytes,
             slow_consumer: Duration::from_millis(self.slow_consumer_ms.max(1)),
-            link_rate: self.link_rate,
-            link_burst: self.link_burst,
+            link_rate: Rate {
+                per_s: self.link_rate,
+                burst: self.link_burst,
+            },
             retry: RetryPolicy {
                 initial: Duration::from_millis(self.push_retry_initial_ms.max(1)),
                 max_attempts: self.push_retry_max.max(1),

@@ -92,8 +92,8 @@ async fn token(State(node): State<Arc<Hub>>, body: axum::body::Bytes) -> Respons
     }
     let who = Identity {
         biz_id: req.biz_id,
-        user_id: req.user_id,
-        device_id: req.device_id.unwrap_or_else(|| "default".into()),
+        user_id: req.user_id.into(),
+        device_id: req.device_id.unwrap_or_else(|| "default".into()).into(),
     };
     if let Some(e) = req.rooms.iter().find_map(|r| auth::check_room(r).err()) {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e }))).into_response();

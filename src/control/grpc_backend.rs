@@ -189,8 +189,8 @@ pub fn to_request(r: &UpstreamRequest, node_id: &str) -> OnReceiveRequest {
         .map_or(0, |d| d.as_millis() as u64);
     OnReceiveRequest {
         biz_id: r.who.biz_id,
-        user_id: r.who.user_id.clone(),
-        device_id: r.who.device_id.clone(),
+        user_id: r.who.user_id.to_string(),
+        device_id: r.who.device_id.to_string(),
         link_id: format!("{}:{}:{}", r.who.biz_id, r.who.user_id, r.who.device_id),
         node_id: node_id.to_owned(),
         key: r.key.clone(),

@@ -268,8 +268,8 @@ impl KafkaOut {
                 let who = &e.who;
                 let event = PresenceEvent {
                     biz_id: who.biz_id,
-                    user_id: who.user_id.clone(),
-                    device_id: who.device_id.clone(),
+                    user_id: who.user_id.to_string(),
+                    device_id: who.device_id.to_string(),
                     node_id: self.cfg.node_id.clone(),
                     online: e.online,
                     at_ms,

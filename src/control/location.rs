@@ -233,7 +233,11 @@ fn apply(
     for (events, at_ms) in batches {
         for e in events {
             let who = &e.who;
-            let d = (who.biz_id, who.user_id.clone(), who.device_id.clone());
+            let d = (
+                who.biz_id,
+                who.user_id.to_string(),
+                who.device_id.to_string(),
+            );
             if e.online {
                 let h = here.entry(d.clone()).or_insert_with(|| Here {
                     links: 0,

@@ -24,12 +24,12 @@ use super::embedded::{Embedded, StoreDownPolicy, StreamStore};
 use super::stream::{Resume, StreamAppend, StreamRead};
 use crate::FastMap;
 use crate::auth::Identity;
-use crate::link::bucket::TokenBucket;
+use crate::link::bucket::{Rate, TokenBucket};
 use crate::link::idem::{Claim, IdemStore, IdemUpdate};
 use crate::link::push::{EncodedPush, StreamAt, Unsettled};
 use crate::link::retry::RetryPolicy;
 use crate::link::timer_wheel::TimerWheel;
-use crate::link::{ConnId, Deflating, Held, Inflight, Link, ReadyList, Wire, close_code};
+use crate::link::{Backlog, ConnId, Deflating, Held, Inflight, Link, ReadyList, Wire, close_code};
 use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
 use crate::protocol::Codec;
@@ -48,6 +48,31 @@ pub(crate) type UserLinks = smallvec::SmallVec<[ConnId; 4]>;
 /// fit in the 24 bytes a `Vec` takes without its heap block.
 type Devices = smallvec::SmallVec<[ConnId; 2]>;
 
+/// The user index's key: the identity of one of the user's links, looked up by its user id.
+/// The link already holds that string, so the index keeps no copy of it per user.
+struct UserKey(Arc<Identity>);
+
+impl std::borrow::Borrow<str> for UserKey {
+    fn borrow(&self) -> &str {
+        &self.0.user_id
+    }
+}
+
+impl std::hash::Hash for UserKey {
+    /// As the `str` it borrows as, so lookups by `&str` find it.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.user_id.hash(state);
+    }
+}
+
+impl PartialEq for UserKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.user_id == other.0.user_id
+    }
+}
+
+impl Eq for UserKey {}
+
 /// The knobs a shard runs by.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
@@ -59,8 +84,8 @@ pub struct ShardConfig {
     /// A link over `max_outbound_bytes` is closed as a slow consumer only once its socket has
     /// taken no byte for this long: a client that keeps reading survives a burst.
     pub slow_consumer: Duration,
-    pub link_rate: u32,
-    pub link_burst: u32,
+    /// Upstream messages a link may send (`--link-rate`, `--link-burst`).
+    pub link_rate: Rate,
     pub retry: RetryPolicy,
     pub heartbeat_timeout: Duration,
     pub max_devices_per_user: usize,
@@ -220,7 +245,7 @@ pub struct Shard {
     /// Taken from `ready`, not yet handed out as [`Event::Wake`].
     woken: Vec<ConnId>,
     /// (biz, user) → that user's open links on this core, oldest first.
-    users: FastMap<u64, FastMap<Rc<str>, Devices>>,
+    users: FastMap<u64, FastMap<UserKey, Devices>>,
     /// (biz, room) → the links of this core in the room.
     rooms: FastMap<u64, FastMap<Rc<str>, Vec<ConnId>>>,
     wheel: TimerWheel<TimerEvent>,
@@ -452,7 +477,7 @@ impl Shard {
         for old in &existing {
             if self.links[old].who.device_id == who.device_id {
                 let link = self.links.get_mut(old).expect("indexed link exists");
-                carried.append(&mut link.inflight);
+                carried.extend(link.inflight.drain(..));
                 for f in &carried {
                     self.wheel.cancel(f.timer);
                 }
@@ -470,7 +495,7 @@ impl Shard {
             );
         }
 
-        let bucket = TokenBucket::new(self.cfg.link_rate, self.cfg.link_burst, now);
+        let bucket = TokenBucket::new(self.cfg.link_rate, now);
         let transport = wire.transport();
         let ready = self.ready.clone();
         let mut link = Link::new(conn, ready, who.clone(), codec, wire, bucket, now);
@@ -479,10 +504,12 @@ impl Shard {
         link.liveness = Some(self.wheel.insert(check, TimerEvent::Liveness(conn)));
         self.links.insert(conn, Box::new(link));
         let users = self.users.entry(who.biz_id).or_default();
-        users
-            .entry(Rc::from(who.user_id.as_str()))
-            .or_default()
-            .push(conn);
+        match users.get_mut(&*who.user_id) {
+            Some(devices) => devices.push(conn),
+            None => {
+                users.insert(UserKey(who.clone()), smallvec::smallvec![conn]);
+            }
+        }
         self.metrics.links.inc();
         self.metrics.links_opened.inc();
         self.metrics.links_by_transport.inc(transport);
@@ -512,7 +539,7 @@ impl Shard {
             self.reply_error(conn, "", Code::TooLarge, reason);
             return;
         }
-        if let Err(wait) = link.bucket.try_take(now) {
+        if let Err(wait) = link.bucket.try_take(self.cfg.link_rate, now) {
             self.metrics.dropped(DropReason::RateLimited);
             let frame = Frame {
                 cmd: Cmd::RateLimited as i32,
@@ -689,13 +716,14 @@ impl Shard {
     pub fn push(
         &mut self,
         biz_id: u64,
-        user_ids: &[String],
+        user_ids: &[impl AsRef<str>],
         device_id: Option<&str>,
         push: &Rc<EncodedPush>,
         how: Delivery,
         now: Instant,
     ) {
         for user in user_ids {
+            let user = user.as_ref();
             if how.ephemeral {
                 let conns = self.matching(&Target {
                     biz_id,
@@ -964,7 +992,10 @@ impl Shard {
             let timer = self
                 .wheel
                 .insert(now + self.cfg.slow_consumer, TimerEvent::Backlog(conn));
-            link.backlog = Some((link.written_total, timer));
+            link.backlog = Some(Box::new(Backlog {
+                written: link.written_total,
+                timer,
+            }));
         }
     }
 
@@ -976,13 +1007,13 @@ impl Shard {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
-        let Some((seen, _)) = link.backlog.take() else {
+        let Some(armed) = link.backlog.take() else {
             return;
         };
         if !link.is_open() || link.out.len() <= cap {
             return;
         }
-        if link.written_total != seen {
+        if link.written_total != armed.written {
             // Still reading, just behind: look again later.
             return self.check_backlog(conn, now);
         }
@@ -1116,7 +1147,7 @@ impl Shard {
                 let l = &self.links[c];
                 let age = now.saturating_duration_since(l.connected_at);
                 LinkInfo {
-                    device_id: l.who.device_id.clone(),
+                    device_id: l.who.device_id.to_string(),
                     transport: l.wire.transport().label(),
                     connected_ms: wall_now.saturating_sub(age).as_millis() as u64,
                     unacked_pushes: l.inflight.len(),
@@ -1148,7 +1179,10 @@ impl Shard {
         self.user_conns(t.biz_id, t.user_id)
             .iter()
             .copied()
-            .filter(|c| t.device_id.is_none_or(|d| self.links[c].who.device_id == d))
+            .filter(|c| {
+                t.device_id
+                    .is_none_or(|d| *self.links[c].who.device_id == *d)
+            })
             .collect()
     }
 
@@ -1173,8 +1207,8 @@ impl Shard {
         for f in &link.inflight {
             self.wheel.cancel(f.timer);
         }
-        if let Some((_, t)) = link.backlog.take() {
-            self.wheel.cancel(t);
+        if let Some(b) = link.backlog.take() {
+            self.wheel.cancel(b.timer);
         }
         if let Some((_, t)) = link.token_deadline.take() {
             self.wheel.cancel(t);
@@ -1197,7 +1231,7 @@ impl Shard {
         let Some(link) = self.links.get(&conn) else {
             return;
         };
-        let (biz_id, user_id) = (link.who.biz_id, link.who.user_id.as_str());
+        let (biz_id, user_id) = (link.who.biz_id, &*link.who.user_id);
         if let Some(users) = self.users.get_mut(&biz_id) {
             if let Some(v) = users.get_mut(user_id) {
                 v.retain(|c| *c != conn);
@@ -1232,8 +1266,8 @@ impl Shard {
         if let Some(t) = link.liveness {
             self.wheel.cancel(t);
         }
-        if let Some((_, t)) = link.backlog {
-            self.wheel.cancel(t);
+        if let Some(b) = link.backlog {
+            self.wheel.cancel(b.timer);
         }
         if let Some((_, t)) = link.token_deadline {
             self.wheel.cancel(t);
@@ -1261,7 +1295,7 @@ impl Shard {
         // Gone before its stream was read: what it held for after CONNECTED never went out.
         if let Some(o) = link.opening {
             let who = &link.who;
-            let device = Some(who.device_id.as_str());
+            let device = Some(&*who.device_id);
             let waiting = o.carried.into_iter().map(|f| (f.push, f.at));
             for (push, at) in waiting.chain(o.held.into_iter().map(|h| (h.push, h.at))) {
                 self.report(who.biz_id, &who.user_id, device, &push, at.as_ref(), reason);
@@ -1323,7 +1357,7 @@ impl Shard {
             let who = &req.who;
             let push = self.encode_push(who.biz_id, &req.key, req.body.clone(), None);
             let user = std::slice::from_ref(&who.user_id);
-            let device = Some(who.device_id.as_str());
+            let device = Some(&*who.device_id);
             let how = Delivery {
                 report_offline: true,
                 ephemeral: false,

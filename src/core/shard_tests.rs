@@ -22,8 +22,10 @@ fn cfg() -> ShardConfig {
         max_key_bytes: 16,
         max_outbound_bytes: 4096,
         slow_consumer: 2000 * MS,
-        link_rate: 10,
-        link_burst: 2,
+        link_rate: Rate {
+            per_s: 10,
+            burst: 2,
+        },
         retry: RetryPolicy {
             initial: 1000 * MS,
             max_attempts: 3,
@@ -331,7 +333,7 @@ fn upstream_is_forwarded_once_and_duplicates_are_reacked() {
     h.send(1, 1, &up("m1", b"hi")); // resent while pending: dropped
     let req = h.answer_upstream(5, Ok(Bytes::from_static(b"reply")));
     assert_eq!(
-        (req.key.as_str(), &req.body[..], req.who.user_id.as_str()),
+        (req.key.as_str(), &req.body[..], &*req.who.user_id),
         ("m1", &b"hi"[..], "alice")
     );
     let ack = Frame {
@@ -915,7 +917,7 @@ fn presence_events_follow_opens_and_closes() {
         .shard
         .take_presence()
         .into_iter()
-        .map(|(who, online)| (who.device_id.clone(), online))
+        .map(|(who, online)| (who.device_id.to_string(), online))
         .collect();
     assert_eq!(
         seen,

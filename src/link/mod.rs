@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use thin_vec::ThinVec;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::Identity;
@@ -189,14 +190,17 @@ pub struct Link {
     pub reader: ws::WsReader,
     pub bucket: TokenBucket,
     next_seq: u64,
-    pub inflight: Vec<Inflight>,
+    /// A thin vector (its length and capacity live with its items), like `rooms`: an idle
+    /// link's empty list is one word, not three.
+    pub inflight: ThinVec<Inflight>,
     /// The part of its user's stream this link holds. A push read twice keeps its first
-    /// offset and is not sent again to a link that had it.
-    pub seen: Option<Followed>,
+    /// offset and is not sent again to a link that had it. Boxed: only links of users with a
+    /// stream have one.
+    pub seen: Option<Box<Followed>>,
     /// Set until the shared store answers for the link's stream.
     pub opening: Option<Box<Opening>>,
     /// The rooms the link is in.
-    pub rooms: Vec<Rc<str>>,
+    pub rooms: ThinVec<Rc<str>>,
     pub last_activity: Instant,
     pub connected_at: Instant,
     /// The client's address, as the socket says (`GET /v1/links`).
@@ -215,9 +219,8 @@ pub struct Link {
     /// Bytes the socket took over the link's life: a queue over the cap with this unchanged
     /// for `--slow-consumer-ms` is a client that stopped reading.
     pub written_total: u64,
-    /// Set while `out` is over the outbound cap: `written_total` when the check was armed, and
-    /// the timer that looks again.
-    pub backlog: Option<(u64, TimerId)>,
+    /// Set while `out` is over the outbound cap. Boxed: only a link in trouble has one.
+    pub backlog: Option<Box<Backlog>>,
     /// When the oldest push still in `out` was queued.
     pub push_queued_at: Option<Instant>,
     /// When the node accepted the oldest push still in `out`.
@@ -227,8 +230,17 @@ pub struct Link {
     /// The closing handshake is over (the client answered, or the linger ran out): the shell
     /// drops the socket.
     pub finished: bool,
-    /// How the link was closed, for transports that say it in their own words.
-    pub close_note: Option<(u16, Box<str>)>,
+    /// How the link was closed, for transports that say it in their own words. Boxed: an open
+    /// link has none.
+    pub close_note: Option<Box<(u16, Box<str>)>>,
+}
+
+/// A link's queued output passed the outbound cap: is its client still reading?
+pub struct Backlog {
+    /// `Link::written_total` when the check was armed.
+    pub written: u64,
+    /// The timer that looks again.
+    pub timer: TimerId,
 }
 
 thread_local! {
@@ -258,10 +270,10 @@ impl Link {
             reader,
             bucket,
             next_seq: 1,
-            inflight: Vec::new(),
+            inflight: ThinVec::new(),
             seen: None,
             opening: None,
-            rooms: Vec::new(),
+            rooms: ThinVec::new(),
             last_activity: now,
             connected_at: now,
             peer: None,
@@ -363,12 +375,12 @@ impl Link {
             Some(s) if s.epoch == at.epoch && at.offset <= s.from => s.older.push(at.offset),
             Some(s) if s.epoch == at.epoch => s.upto = s.upto.max(at.offset),
             _ => {
-                self.seen = Some(Followed {
+                self.seen = Some(Box::new(Followed {
                     epoch: at.epoch.clone(),
                     from: at.offset - 1,
                     upto: at.offset,
                     older: Vec::new(),
-                })
+                }))
             }
         }
     }
@@ -494,7 +506,7 @@ impl Link {
                 Wire::EventStream(_) => events::write_close(&mut self.out, code, reason),
                 Wire::LongPoll(a) => a.poll_due = true,
             }
-            self.close_note = Some((code, reason.into()));
+            self.close_note = Some(Box::new((code, reason.into())));
             self.closing = Some(why);
             self.wake();
         }
@@ -507,5 +519,16 @@ impl Link {
             self.listed = true;
             self.ready.0.borrow_mut().push(self.conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle link is one of these, allocated whole: past 384 bytes it moves up to the
+    /// allocator's next size class (448, then 512), a sixth more memory per idle link.
+    #[test]
+    fn a_link_fits_the_384_byte_size_class() {
+        let size = std::mem::size_of::<super::Link>();
+        assert!(size <= 384, "a Link is {size} bytes");
     }
 }

@@ -78,7 +78,7 @@ impl Shard {
         // A link still waiting for its stream sends CONNECTED once that comes.
         if !poll && link.opening.is_none() {
             // The stream as far as this link has followed it.
-            let stream = Resume::as_followed(link.seen.as_ref());
+            let stream = Resume::as_followed(link.seen.as_deref());
             let connected = connected_frame(&self.cfg, link, &stream);
             link.send_frame(&connected);
             self.metrics.frame_out(Cmd::Connected);
@@ -174,7 +174,7 @@ impl Shard {
         }
         attachment.poll_due = false;
         let batch = link.take_out();
-        let close = link.closing.and(link.close_note.as_ref());
+        let close = link.closing.and(link.close_note.as_deref());
         Some(events::poll_response(
             origin,
             &batch,

@@ -157,7 +157,7 @@ impl Shard {
             }
             Inbound::Undecodable(why) => {
                 self.metrics.dropped(DropReason::BadFrame);
-                if link.bucket.try_take(now).is_ok() {
+                if link.bucket.try_take(self.cfg.link_rate, now).is_ok() {
                     let reason = format!("cannot decode frame as {:?}: {why}", link.codec);
                     self.reply_error(conn, "", Code::BadFrame, reason);
                 }
@@ -185,7 +185,7 @@ impl Shard {
                     Ok(Cmd::Refresh) => self.on_refresh(conn, f.token),
                     _ => {
                         self.metrics.dropped(DropReason::UnsupportedCmd);
-                        if link.bucket.try_take(now).is_ok() {
+                        if link.bucket.try_take(self.cfg.link_rate, now).is_ok() {
                             let reason = format!("clients may not send cmd {}", f.cmd);
                             self.reply_error(conn, &f.key, Code::UnsupportedCmd, reason);
                         }

@@ -168,7 +168,7 @@ impl Shard {
                 self.events.push_back(Event::StreamRead(StreamRead {
                     conn,
                     biz_id: who.biz_id,
-                    user_id: who.user_id.clone(),
+                    user_id: who.user_id.to_string(),
                     since: since.cloned(),
                 }));
                 let link = self.links.get_mut(&conn).expect("just installed");
@@ -266,7 +266,7 @@ impl Shard {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
-        link.seen = stream.followed();
+        link.seen = stream.followed().map(Box::new);
         // A conformance suite expects nothing before its first echo.
         if !self.cfg.ws_echo {
             let connected = connected_frame(&self.cfg, link, &stream);

@@ -160,7 +160,7 @@ impl Shard {
         let mut sent = 0;
         for conn in conns {
             let link = &self.links[&conn];
-            if exclude.iter().any(|u| *u == link.who.user_id) {
+            if exclude.iter().any(|u| **u == *link.who.user_id) {
                 continue;
             }
             if reliable {
@@ -210,7 +210,7 @@ impl Shard {
         };
         let mut users: Vec<&str> = members
             .iter()
-            .map(|c| self.links[c].who.user_id.as_str())
+            .map(|c| &*self.links[c].who.user_id)
             .collect();
         users.sort_unstable();
         users.dedup();
