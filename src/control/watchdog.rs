@@ -24,13 +24,13 @@ use tracing::warn;
 
 use super::Hub;
 use super::startup::StartError;
+use crate::core::inbox::WAKE_SIGNAL;
 
 /// Beyond a scheduling hiccup, short enough that links barely notice.
 const STALL: Duration = Duration::from_millis(50);
 /// Two checks per `STALL`: each wakes the control thread, and an idle node's cost is mostly
 /// these wake-ups (at 10 ms they were three quarters of it).
 const CHECK: Duration = Duration::from_millis(25);
-const SIGNAL: libc::c_int = libc::SIGURG;
 
 /// Installs the wake-up signal's handler for the whole process, before the cores start. No
 /// `SA_RESTART`: the point is that the interrupted wait returns.
@@ -42,7 +42,7 @@ pub fn install_wakeup_signal() -> Result<(), StartError> {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(SIGNAL, &action, std::ptr::null_mut()) != 0 {
+        if libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut()) != 0 {
             return Err(StartError::Os {
                 what: "installing the wake-up signal",
                 source: std::io::Error::last_os_error(),
@@ -67,13 +67,12 @@ pub async fn run(node: Arc<Hub>) {
             .collect();
         for (core, checks) in stalls.check(&pulses) {
             // A core that is running (a long burst of work, or starved of CPU) is not stalled.
-            let Some(thread) = node.cores[core].thread().filter(|&t| asleep(t)) else {
+            if !node.cores[core].thread().is_some_and(asleep) {
                 continue;
-            };
+            }
             node.metrics[core].stall_wakeups.inc();
             warn!(core, checks, "worker core stalled with work queued: woken");
-            // SAFETY: tgkill only sends a signal, to a thread of this process.
-            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, SIGNAL) };
+            node.cores[core].wake();
         }
     }
 }

@@ -278,7 +278,24 @@ impl CoreHandle {
     pub fn thread(&self) -> Option<i32> {
         Some(self.bell.thread.load(Relaxed)).filter(|&t| t != 0)
     }
+
+    /// Interrupts the core's thread in its wait: glommio 0.9 can park an executor with tasks
+    /// still queued (see `control::watchdog`), and the signal's empty handler makes the wait
+    /// return so the executor's next pass runs them. False before the thread has started.
+    pub fn wake(&self) -> bool {
+        self.thread().map(wake_thread).is_some()
+    }
 }
+
+/// Sends [`WAKE_SIGNAL`] to a thread of this process.
+pub fn wake_thread(thread: i32) {
+    // SAFETY: tgkill only sends a signal, to a thread of this process.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), thread, WAKE_SIGNAL) };
+}
+
+/// The signal that interrupts a parked core ([`CoreHandle::wake`]); its handler, installed
+/// once per process before the cores start, does nothing.
+pub const WAKE_SIGNAL: libc::c_int = libc::SIGURG;
 
 impl Inbox {
     /// The doorbell's read end, to be wrapped in the executor's own stream type once.

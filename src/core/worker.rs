@@ -25,7 +25,7 @@ use super::batcher::Batcher;
 use super::conn::{Conn, Socket};
 use super::deadlines::Deadlines;
 use super::embedded::{Embedded, LocalBizs, StoreDownPolicy, StreamStore};
-use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox};
+use super::inbox::{CoreHandle, CoreMsg, Handoff, Inbox, wake_thread};
 use super::links::{Flushed, Links, write_out};
 use super::readiness::{Readiness, Ready, Watch};
 use super::services::{ServiceCall, Services};
@@ -174,15 +174,74 @@ pub fn start_all(
             .map_err(|e| format!("starting worker {i}: {e}"))?;
         threads.push(thread);
     }
-    let deadline = Instant::now() + START_LIMIT;
-    for _ in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        started
-            .recv_timeout(left)
-            .map_err(|_| format!("a worker core did not start within {START_LIMIT:?}"))?;
-    }
+    wait_accepting(&rules.peers, &started)?;
     crate::warn_if_slow("starting the worker cores", began);
     Ok(threads)
+}
+
+/// This process's threads whose names start with `prefix`: glommio names a core's executor
+/// thread (and its helper thread) after the name it was given, plus `-` and a number.
+fn threads_named(prefix: &str) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// How long a starting core may be quiet before it is woken. A core whose thread is
+/// descheduled for longer than `--preempt-ms` as its executor begins can park with its first
+/// task still queued (glommio runs even that one from a queue): the stall the watchdog mends
+/// later in a node's life, before the watchdog runs. Seen on a loaded test machine as nodes
+/// that gave up after `START_LIMIT`, both of their executor threads asleep in `io_uring_enter`.
+const START_NUDGE: Duration = Duration::from_millis(50);
+
+/// Waits until every core says it accepts, waking those that have not said so yet every
+/// `START_NUDGE`, for at most `START_LIMIT`.
+fn wait_accepting(
+    peers: &[CoreHandle],
+    started: &std::sync::mpsc::Receiver<usize>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + START_LIMIT;
+    // Per core: None once it accepts, else how many times it was woken.
+    let mut waiting: Vec<Option<u32>> = vec![Some(0); peers.len()];
+    while waiting.iter().any(Option::is_some) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "a worker core did not start within {START_LIMIT:?}"
+            ));
+        }
+        match started.recv_timeout(left.min(START_NUDGE)) {
+            Ok(core) => {
+                if let Some(wakes @ 1..) = waiting[core].take() {
+                    warn!(
+                        core,
+                        wakes, "worker core was quiet while starting, and woken"
+                    );
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                for (core, (peer, wakes)) in peers.iter().zip(&mut waiting).enumerate() {
+                    let Some(n) = wakes else { continue };
+                    if !peer.wake() {
+                        // Its first task, which says which thread it is, never ran.
+                        threads_named(&format!("ringway-w{core}-"))
+                            .into_iter()
+                            .for_each(wake_thread);
+                    }
+                    *n += 1;
+                }
+            }
+            Err(e) => return Err(format!("a worker core ended while starting: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the worker threads to end, at most `within` (a core that does not stop must not
