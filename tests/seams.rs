@@ -95,16 +95,20 @@ fn a_slow_consumer_gets_whole_frames_then_the_close_and_nothing_after() {
     let mut s = raw_upgrade(gw.ws, &gw.token("slow", "phone"));
     let body = b64(&[7u8; 8 * 1024]);
     let closed = "ringway_links_closed_total{reason=\"slow_consumer\"}";
-    let mut pushes = 0;
+    let (mut pushes, mut posts) = (0, 0);
     while gw.metric(closed) == 0.0 {
         let push =
             json!({"biz_id": 1, "user_id": "slow", "key": format!("p{pushes}"), "body": body});
         let (status, _) = gw.post("/v1/push", push);
-        if status != 202 {
-            break; // the link is gone: the user is offline now
+        posts += 1;
+        assert!(posts < 10_000, "never closed as a slow consumer");
+        match status {
+            202 => pushes += 1,
+            // The core is behind (on a loaded machine, a stalled core until the watchdog wakes
+            // it): the same push again, as a client is told to.
+            503 => continue,
+            _ => break, // the link is gone: the user is offline now
         }
-        pushes += 1;
-        assert!(pushes < 5_000, "never closed as a slow consumer");
     }
     // Retransmits would be due during the close linger; none may follow the close frame.
     std::thread::sleep(Duration::from_millis(400));
