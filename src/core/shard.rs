@@ -821,6 +821,7 @@ impl Shard {
         let timer = self
             .wheel
             .insert(now + delay, TimerEvent::Retransmit(conn, seq));
+        let ends_at = link.queued_end();
         link.inflight.push(Inflight {
             push,
             seq,
@@ -828,6 +829,7 @@ impl Shard {
             announce,
             attempts: 1,
             timer,
+            ends_at,
             first_sent: first_sent.unwrap_or(now),
             accepted_at,
         });
@@ -865,7 +867,7 @@ impl Shard {
         self.wheel.advance(now, |ev| due.push(ev));
         for ev in due {
             match ev {
-                TimerEvent::Retransmit(conn, seq) => self.retransmit(conn, seq, now),
+                TimerEvent::Retransmit(conn, seq) => self.retransmit_due(conn, seq, now),
                 TimerEvent::Liveness(conn) => self.liveness(conn, now),
                 TimerEvent::Backlog(conn) => self.backlog(conn, now),
                 TimerEvent::TokenExpiry(conn) => self.token_expired(conn, now),
@@ -886,6 +888,33 @@ impl Shard {
         self.wheel.earliest()
     }
 
+    /// A push's retransmit deadline came. One still queued behind a socket that is not taking
+    /// bytes as fast as they come (a core at saturation, a client reading slowly) cannot have
+    /// reached the client, and a copy would only queue behind it: the deadline is put off, not
+    /// counted as an attempt. The slow-consumer check deals with a socket that takes nothing.
+    fn retransmit_due(&mut self, conn: ConnId, seq: u64, now: Instant) {
+        let unit: f64 = self.rng.random();
+        let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) else {
+            return;
+        };
+        let Some(f) = link.inflight.iter().find(|f| f.seq == seq) else {
+            return;
+        };
+        if link.has_written(f.ends_at) {
+            return self.retransmit(conn, seq, now);
+        }
+        let delay = self.cfg.retry.delay(f.attempts, unit);
+        let timer = self
+            .wheel
+            .insert(now + delay, TimerEvent::Retransmit(conn, seq));
+        if let Some(f) = link.inflight.iter_mut().find(|f| f.seq == seq) {
+            f.timer = timer;
+        }
+        self.metrics.push_retransmits_deferred.inc();
+    }
+
+    /// Sends an unacked push again (its deadline came, or the socket that took it is gone), or
+    /// reports it once its attempts are used up.
     fn retransmit(&mut self, conn: ConnId, seq: u64, now: Instant) {
         let max = self.cfg.retry.max_attempts;
         let unit: f64 = self.rng.random();
@@ -920,6 +949,8 @@ impl Shard {
             .insert(now + delay, TimerEvent::Retransmit(conn, seq));
         let (push, at, announce) = (f.push.clone(), f.at.clone(), f.announce);
         link.send_push(&push, seq, at.as_ref(), announce);
+        let end = link.queued_end();
+        link.inflight[i].ends_at = end;
         self.metrics.push_retransmits.inc();
         self.metrics.frame_out(Cmd::Downstream);
         self.check_backlog(conn, now);

@@ -212,7 +212,7 @@ impl Harness {
         let link = self.shard.link_mut(conn).unwrap();
         let end = link.out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert!(link.out.starts_with(b"HTTP/1.1 101"));
-        link.out.drain(..end);
+        link.written(end); // the 101 response, as a socket takes it
         self.drain(conn)
     }
 
@@ -537,12 +537,38 @@ fn push_retransmits_on_schedule_until_acked() {
 }
 
 #[test]
+fn a_push_still_queued_for_its_socket_is_not_sent_again_until_the_socket_takes_it() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Proto);
+    h.push("alice", None, "p1", 0);
+    // Its deadline comes with the push still in the link's output: nothing is added to it.
+    h.shard.handle_timeout(h.at(1000));
+    assert_eq!(h.frames(1).len(), 1, "the first copy only");
+    assert_eq!(h.shard.metrics.push_retransmits.get(), 0);
+    assert_eq!(h.shard.metrics.push_retransmits_deferred.get(), 1);
+    // The socket took it at 1000 (the drain above); the put-off deadline, one first wait
+    // later, finds it unacked and sends it again: it was not counted as an attempt.
+    h.shard.handle_timeout(h.at(1999));
+    assert!(h.frames(1).is_empty());
+    h.shard.handle_timeout(h.at(2000));
+    let again = h.frames(1);
+    assert_eq!((again.len(), again[0].key.as_str()), (1, "p1"));
+    assert_eq!(h.shard.metrics.push_retransmits.get(), 1);
+    // The next wait doubles from there, as for a push that went out at once.
+    h.shard.handle_timeout(h.at(3999));
+    assert!(h.frames(1).is_empty());
+    h.shard.handle_timeout(h.at(4000));
+    assert_eq!(h.frames(1).len(), 1);
+}
+
+#[test]
 fn push_gives_up_after_max_attempts_and_reports() {
     let mut h = Harness::new();
     h.open(1, "alice", "phone", Codec::Json);
     h.push("alice", None, "p1", 0);
     // Sends at 0, 1000, 3000; the third send's wait (4000) ends at 7000.
     for t in [1000, 3000, 6999] {
+        h.drain(1); // the client receives every copy, and acks none
         h.send(1, t, &cmd_frame(Cmd::Heartbeat, ""));
         h.shard.handle_timeout(h.at(t));
     }

@@ -61,6 +61,9 @@ pub struct Inflight {
     /// Sends so far, the first included.
     pub attempts: u32,
     pub timer: TimerId,
+    /// Where its latest copy ends in the link's output (see [`Link::queued_end`]): until the
+    /// socket has taken that much, the client cannot have had it.
+    pub ends_at: u64,
     pub first_sent: Instant,
     /// When the node accepted the push (API, Kafka, loopback): where its whole path starts.
     pub accepted_at: Instant,
@@ -322,7 +325,19 @@ impl Link {
     /// Everything queued, handed to one request at once (a long poll's answer).
     pub fn take_out(&mut self) -> Vec<u8> {
         self.unbroken = 0;
+        self.written_total += self.out.len() as u64;
         std::mem::take(&mut self.out)
+    }
+
+    /// The offset in the link's output, counted over its life, up to which everything queued
+    /// so far ends. Once `written_total` reaches it, the socket has taken all of it.
+    pub fn queued_end(&self) -> u64 {
+        self.written_total + self.out.len() as u64
+    }
+
+    /// Whether the socket has taken everything up to `end` (a [`Link::queued_end`]).
+    pub fn has_written(&self, end: u64) -> bool {
+        self.written_total >= end
     }
 
     /// Drops what the client has not started to receive; a message begun on the wire is kept

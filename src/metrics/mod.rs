@@ -333,6 +333,9 @@ metric_set! {
         pub pushes_not_here: Counter => "ringway_pushes_not_here_total",
         /// Pushes sent again for want of an ack.
         pub push_retransmits: Counter => "ringway_push_retransmits_total",
+        /// Retransmits put off because the push had not all reached the socket yet (the
+        /// client cannot have had it): a sign of links or a core that cannot keep up.
+        pub push_retransmits_deferred: Counter => "ringway_push_retransmits_deferred_total",
         /// Pushes acknowledged by a device.
         pub push_acked: Counter => "ringway_push_acked_total",
         /// Pushes that reached no device, by reason (each is reported).
