@@ -22,7 +22,9 @@ pub struct LinkArgs {
     /// Burst allowance of the per-link rate limit.
     #[arg(long, env = "RINGWAY_LINK_BURST", default_value_t = 100)]
     pub link_burst: u32,
-    /// Wait before the first retransmit of an unacked push; doubles each time.
+    /// Wait before the first retransmit of an unacked push; doubles each time. A wait that
+    /// ends with the push still queued for the link's socket is put off by the same wait and
+    /// not counted as a send.
     #[arg(long, env = "RINGWAY_PUSH_RETRY_INITIAL_MS", default_value_t = 2000)]
     pub push_retry_initial_ms: u64,
     /// Sends of a push per link, the first included, before it is reported undelivered.
