@@ -893,23 +893,20 @@ impl Shard {
     /// reached the client, and a copy would only queue behind it: the deadline is put off, not
     /// counted as an attempt. The slow-consumer check deals with a socket that takes nothing.
     fn retransmit_due(&mut self, conn: ConnId, seq: u64, now: Instant) {
-        let unit: f64 = self.rng.random();
         let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) else {
             return;
         };
-        let Some(f) = link.inflight.iter().find(|f| f.seq == seq) else {
+        let written = link.written_total;
+        let Some(f) = link.inflight.iter_mut().find(|f| f.seq == seq) else {
             return;
         };
-        if link.has_written(f.ends_at) {
+        if written >= f.ends_at {
             return self.retransmit(conn, seq, now);
         }
-        let delay = self.cfg.retry.delay(f.attempts, unit);
-        let timer = self
+        let delay = self.cfg.retry.delay(f.attempts, self.rng.random());
+        f.timer = self
             .wheel
             .insert(now + delay, TimerEvent::Retransmit(conn, seq));
-        if let Some(f) = link.inflight.iter_mut().find(|f| f.seq == seq) {
-            f.timer = timer;
-        }
         self.metrics.push_retransmits_deferred.inc();
     }
 

@@ -335,11 +335,6 @@ impl Link {
         self.written_total + self.out.len() as u64
     }
 
-    /// Whether the socket has taken everything up to `end` (a [`Link::queued_end`]).
-    pub fn has_written(&self, end: u64) -> bool {
-        self.written_total >= end
-    }
-
     /// Drops what the client has not started to receive; a message begun on the wire is kept
     /// whole, so whatever follows still parses.
     pub fn discard_unsent(&mut self) {
