@@ -193,7 +193,7 @@ pub fn to_request(r: &UpstreamRequest, node_id: &str) -> OnReceiveRequest {
         device_id: r.who.device_id.to_string(),
         link_id: format!("{}:{}:{}", r.who.biz_id, r.who.user_id, r.who.device_id),
         node_id: node_id.to_owned(),
-        key: r.key.clone(),
+        key: r.key.to_string(),
         body: r.body.clone(),
         received_at_ms,
     }

@@ -26,13 +26,15 @@ use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::{Rate, TokenBucket};
 use crate::link::idem::{Claim, IdemStore, IdemUpdate};
-use crate::link::push::{EncodedPush, StreamAt, Unsettled};
+use crate::link::key::MessageKey;
+use crate::link::push::{EncodedPush, Spent, StreamAt, Unsettled};
 use crate::link::retry::RetryPolicy;
 use crate::link::timer_wheel::TimerWheel;
 use crate::link::{Backlog, ConnId, Deflating, Held, Inflight, Link, ReadyList, Wire, close_code};
 use crate::metrics::{CloseReason, CoreMetrics, DropReason, Latencies, UndeliveredReason};
 use crate::proto::{Cmd, Code, Connected, Frame, Node};
 use crate::protocol::Codec;
+use crate::protocol::arena::Arena;
 use crate::protocol::body_crypt::BodyKeys;
 use crate::protocol::deflate::{self, DeflatePolicy};
 use crate::protocol::handshake::{self, Since};
@@ -113,7 +115,8 @@ impl ShardConfig {
 pub struct UpstreamRequest {
     pub conn: ConnId,
     pub who: Arc<Identity>,
-    pub key: String,
+    /// Scoped to `who`, and shared with the idempotency store.
+    pub key: MessageKey,
     pub body: Bytes,
     pub received_at: Instant,
 }
@@ -267,6 +270,10 @@ pub struct Shard {
     spare_frames: Vec<Frame>,
     /// Scratch for inflating compressed messages, reused across links and messages.
     inflated: Vec<u8>,
+    /// What received protobuf frames are decoded out of, so their bodies are shared.
+    arena: Arena,
+    /// Acked pushes, for [`Shard::encode_push`] to reuse.
+    spent: Spent,
 }
 
 /// The first frame of every link, and of every re-attached event stream, with its user's
@@ -331,6 +338,8 @@ impl Shard {
             appends: resume::Appends::default(),
             inbound: Vec::new(),
             spare_frames: Vec::new(),
+            arena: Arena::default(),
+            spent: Spent::default(),
             inflated: Vec::new(),
         }
     }
@@ -342,14 +351,14 @@ impl Shard {
     /// A push from a backend, encoded once for every device of this core (its body sealed
     /// here when the biz encrypts bodies).
     pub fn encode_push(
-        &self,
+        &mut self,
         biz_id: u64,
-        key: &str,
+        key: impl Into<MessageKey>,
         body: Bytes,
         unsettled: Option<Arc<Unsettled>>,
     ) -> Rc<EncodedPush> {
         let wire = self.cfg.body_keys.seal(biz_id, body.clone());
-        EncodedPush::tracked(key, body, wire, unsettled)
+        self.spent.tracked(key, body, wire, unsettled)
     }
 
     /// A room message or broadcast, encoded once for this core's members (sealed here when
@@ -524,7 +533,7 @@ impl Shard {
         self.open_stream(conn, &who, since, carried, now);
     }
 
-    fn on_upstream(&mut self, conn: ConnId, f: Frame, now: Instant) {
+    fn on_upstream(&mut self, conn: ConnId, mut f: Frame, now: Instant) {
         let link = self.links.get_mut(&conn).expect("caller checked");
         if f.key.is_empty() {
             self.metrics.dropped(DropReason::MissingKey);
@@ -543,7 +552,7 @@ impl Shard {
             self.metrics.dropped(DropReason::RateLimited);
             let frame = Frame {
                 cmd: Cmd::RateLimited as i32,
-                key: f.key,
+                key: std::mem::take(&mut f.key),
                 code: Code::RateLimited as i32,
                 retry_after_ms: wait.as_millis().max(1) as u32,
                 ..Default::default()
@@ -552,7 +561,8 @@ impl Shard {
             self.metrics.frame_out(Cmd::RateLimited);
             return;
         }
-        let Ok(body) = self.cfg.body_keys.open(link.who.biz_id, f.body) else {
+        let Ok(body) = (self.cfg.body_keys).open(link.who.biz_id, std::mem::take(&mut f.body))
+        else {
             self.metrics.dropped(DropReason::BadFrame);
             let reason = "body does not decrypt with this biz's key".to_owned();
             self.reply_error(conn, &f.key, Code::BadFrame, reason);
@@ -561,10 +571,14 @@ impl Shard {
         self.claims.push_back(UpstreamRequest {
             conn,
             who: link.who.clone(),
-            key: f.key,
+            key: MessageKey::scoped(&link.who.user_id, &f.key),
             body,
             received_at: now,
         });
+        // Its key's buffer decodes the next frame.
+        if self.spare_frames.len() < SPARE_FRAMES {
+            self.spare_frames.push(f);
+        }
     }
 
     /// The shared store answered a claim ([`Event::Claim`]); `None`: it was unreachable, and
@@ -594,7 +608,7 @@ impl Shard {
             Claim::Pending => self.metrics.dropped(DropReason::DuplicatePending),
             Claim::Done(reply) => {
                 self.metrics.upstream_reacked.inc();
-                self.send_ack(req.conn, req.key, reply);
+                self.send_ack(req.conn, &req.key, reply);
                 self.check_backlog(req.conn, now);
             }
         }
@@ -637,7 +651,7 @@ impl Shard {
                 self.metrics.upstream_acked.inc();
                 let us = now.saturating_duration_since(req.received_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.upstream, us);
-                self.send_ack(req.conn, req.key.clone(), reply);
+                self.send_ack(req.conn, &req.key, reply);
             }
             Err(e) => {
                 self.idem_updates
@@ -653,15 +667,17 @@ impl Shard {
         self.check_backlog(req.conn, now);
     }
 
-    fn send_ack(&mut self, conn: ConnId, key: String, body: Bytes) {
+    fn send_ack(&mut self, conn: ConnId, key: &str, body: Bytes) {
         if let Some(link) = self.links.get_mut(&conn).filter(|l| l.is_open()) {
-            let frame = Frame {
-                cmd: Cmd::UpstreamAck as i32,
-                key,
-                body: self.cfg.body_keys.seal(link.who.biz_id, body),
-                ..Default::default()
-            };
+            // Built in a spare frame, whose key string keeps its capacity.
+            let mut frame = self.spare_frames.pop().unwrap_or_default();
+            prost::Message::clear(&mut frame);
+            frame.cmd = Cmd::UpstreamAck as i32;
+            frame.key.push_str(key);
+            frame.body = self.cfg.body_keys.seal(link.who.biz_id, body);
             link.send_frame(&frame);
+            frame.body = Bytes::new();
+            self.spare_frames.push(frame);
             self.metrics.frame_out(Cmd::UpstreamAck);
         }
     }
@@ -698,6 +714,7 @@ impl Shard {
             if &*link.inflight[i].push.key == key {
                 let f = link.inflight.swap_remove(i);
                 self.wheel.cancel(f.timer);
+                self.spent.give(f.push);
                 self.metrics.push_acked.inc();
                 let us = now.saturating_duration_since(f.first_sent).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_ack, us);
@@ -1383,7 +1400,7 @@ impl Shard {
         self.answered(&req, Ok(Bytes::new()), now);
         if self.embedded.echo {
             let who = &req.who;
-            let push = self.encode_push(who.biz_id, &req.key, req.body.clone(), None);
+            let push = self.encode_push(who.biz_id, req.key.clone(), req.body.clone(), None);
             let user = std::slice::from_ref(&who.user_id);
             let device = Some(&*who.device_id);
             let how = Delivery {

@@ -333,7 +333,7 @@ fn upstream_is_forwarded_once_and_duplicates_are_reacked() {
     h.send(1, 1, &up("m1", b"hi")); // resent while pending: dropped
     let req = h.answer_upstream(5, Ok(Bytes::from_static(b"reply")));
     assert_eq!(
-        (req.key.as_str(), &req.body[..], &*req.who.user_id),
+        (&*req.key, &req.body[..], &*req.who.user_id),
         ("m1", &b"hi"[..], "alice")
     );
     let ack = Frame {

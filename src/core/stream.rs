@@ -22,6 +22,7 @@ use rand::rngs::SmallRng;
 
 use crate::FastMap;
 use crate::link::Followed;
+use crate::link::key::MessageKey;
 use crate::protocol::handshake::Since;
 
 /// Retention and resume limits (`--stream-max-len`, `--stream-ttl-ms`, `--resume-max`,
@@ -45,7 +46,7 @@ pub const ENTRY_OVERHEAD: usize = 400;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub offset: u64,
-    pub key: Rc<str>,
+    pub key: MessageKey,
     /// As the backend sent it, for reports.
     pub body: Bytes,
     /// As frames carry it (sealed when the biz encrypts bodies).
@@ -103,7 +104,7 @@ pub struct StoredEntry {
 impl Entry {
     pub fn new(
         offset: u64,
-        key: Rc<str>,
+        key: MessageKey,
         body: Bytes,
         wire_body: Bytes,
         stored_at: Instant,
@@ -133,7 +134,7 @@ struct UserStream {
     top: u64,
     /// Retained entries, oldest first, with dense offsets ending at `top`.
     entries: VecDeque<Entry>,
-    keys: FastMap<Rc<str>, u64>,
+    keys: FastMap<MessageKey, u64>,
 }
 
 impl UserStream {
@@ -261,7 +262,7 @@ impl Streams {
         &mut self,
         biz_id: u64,
         user: &str,
-        key: &Rc<str>,
+        key: &MessageKey,
         body: &Bytes,
         wire_body: &Bytes,
         now: Instant,
@@ -418,7 +419,7 @@ mod tests {
 
     fn add(s: &mut Streams, user: &str, key: &str, now: Instant) -> Appended {
         let body = Bytes::from_static(b"body");
-        s.append(1, user, &Rc::from(key), &body, &body, now)
+        s.append(1, user, &key.into(), &body, &body, now)
     }
 
     fn since(epoch: &str, offset: u64) -> Since {

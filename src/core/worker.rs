@@ -970,7 +970,7 @@ impl Worker {
                 self.peers[self.index]
                     .took_push_after(now.saturating_duration_since(job.accepted_at));
                 let mut shard = self.shard.borrow_mut();
-                let push = shard.encode_push(job.biz_id, &job.key, job.body, job.unsettled);
+                let push = shard.encode_push(job.biz_id, job.key.as_str(), job.body, job.unsettled);
                 let device = job.device_id.as_deref();
                 let how = Delivery {
                     report_offline: job.report_offline,

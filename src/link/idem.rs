@@ -7,12 +7,12 @@
 //! (Redis, pipelined per core) fits the same rules as one that answers at once.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::key::MessageKey;
 use crate::FastMap;
 use crate::auth::Identity;
 
@@ -43,22 +43,23 @@ pub struct IdemTtl {
 }
 
 /// What the shard asks of the store once the backend has answered. Keys are scoped to the
-/// sender: two users' equal keys never meet.
+/// sender ([`MessageKey::scoped`]): two users' equal keys never meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdemUpdate {
     /// Accepted: keep the reply for re-acks.
     Complete {
         who: Arc<Identity>,
-        key: String,
+        key: MessageKey,
         reply: Bytes,
     },
     /// Failed for good: forget the claim so the client's retry is forwarded.
-    Release { who: Arc<Identity>, key: String },
+    Release { who: Arc<Identity>, key: MessageKey },
 }
 
 /// A claim store that answers at once.
 pub trait IdemStore {
-    fn claim(&mut self, who: &Identity, key: &str, now: Instant) -> Claim;
+    /// `key` is scoped to `who` ([`MessageKey::scoped`]).
+    fn claim(&mut self, who: &Identity, key: &MessageKey, now: Instant) -> Claim;
     fn update(&mut self, update: IdemUpdate, now: Instant);
     /// Keys forgotten before their TTL because the store was full.
     fn evicted(&self) -> u64 {
@@ -119,24 +120,22 @@ impl<T> Fifo<T> {
 const ENTRY_OVERHEAD: usize = 200;
 
 /// The embedded mode's store. It lives on the owner core, which every retry of a user's message
-/// reaches, so it needs no locks. Keys are nested by biz; within a biz a key is
-/// `user \0 key` (user ids hold no control characters, so the pair is unambiguous), built in a
-/// reused scratch string for lookups, and each stored key is one shared string for both the map
-/// and its expiry queue.
+/// reaches, so it needs no locks. Keys are nested by biz; within a biz a key is the message
+/// key's scoped text, `user \0 key`, the one string the message's request already holds: the
+/// map and the expiry queue share it.
 #[derive(Debug)]
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
-    entries: FastMap<u64, FastMap<Rc<str>, Entry>>,
+    entries: FastMap<u64, FastMap<Arc<str>, Entry>>,
     len: usize,
     bytes: usize,
     evicted: u64,
-    scratch: String,
     /// What deadlines count from: the first instant the store was given.
     origin: Option<Instant>,
     /// Expiry order, one queue per TTL so each stays sorted while time moves forward. Stale
     /// rows (a key re-set later) are skipped when popped.
-    pending_expiry: Fifo<(Ms, u64, Rc<str>)>,
-    done_expiry: Fifo<(Ms, u64, Rc<str>)>,
+    pending_expiry: Fifo<(Ms, u64, Arc<str>)>,
+    done_expiry: Fifo<(Ms, u64, Arc<str>)>,
 }
 
 fn cost(key: &str, reply: Option<&Bytes>) -> usize {
@@ -151,7 +150,6 @@ impl MemoryIdemStore {
             len: 0,
             bytes: 0,
             evicted: 0,
-            scratch: String::new(),
             origin: None,
             pending_expiry: Fifo::default(),
             done_expiry: Fifo::default(),
@@ -162,15 +160,6 @@ impl MemoryIdemStore {
     fn deadline(&mut self, now: Instant, ttl: Duration) -> Ms {
         let origin = *self.origin.get_or_insert(now);
         (now.saturating_duration_since(origin) + ttl).as_millis() as Ms
-    }
-
-    /// The scoped key of `who`'s `key`, in the scratch string.
-    fn scoped(&mut self, who: &Identity, key: &str) -> &str {
-        self.scratch.clear();
-        self.scratch.push_str(&who.user_id);
-        self.scratch.push('\0');
-        self.scratch.push_str(key);
-        &self.scratch
     }
 
     fn get(&self, biz: u64, key: &str) -> Option<&Entry> {
@@ -209,7 +198,7 @@ impl MemoryIdemStore {
         }
     }
 
-    fn set(&mut self, biz: u64, key: Rc<str>, reply: Option<Bytes>, expires: Ms) {
+    fn set(&mut self, biz: u64, key: Arc<str>, reply: Option<Bytes>, expires: Ms) {
         let queue = if reply.is_some() {
             &mut self.done_expiry
         } else {
@@ -263,17 +252,16 @@ impl MemoryIdemStore {
 }
 
 impl IdemStore for MemoryIdemStore {
-    fn claim(&mut self, who: &Identity, key: &str, now: Instant) -> Claim {
+    fn claim(&mut self, who: &Identity, key: &MessageKey, now: Instant) -> Claim {
+        debug_assert!(key.scoped_text().starts_with(&*who.user_id));
         self.expire(now);
         let biz = who.biz_id;
-        self.scoped(who, key);
-        match self.get(biz, &self.scratch) {
+        match self.get(biz, key.scoped_text()) {
             Some((Some(reply), _)) => Claim::Done(reply.clone()),
             Some((None, _)) => Claim::Pending,
             None => {
-                let key = Rc::from(self.scratch.as_str());
                 let expires = self.deadline(now, self.ttl.pending);
-                self.set(biz, key, None, expires);
+                self.set(biz, key.scoped_text().clone(), None, expires);
                 Claim::Fresh
             }
         }
@@ -286,24 +274,10 @@ impl IdemStore for MemoryIdemStore {
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
             IdemUpdate::Complete { who, key, reply } => {
-                self.scoped(&who, &key);
-                // The pending claim's key is shared, not built again.
-                let scoped = match self.entries.get(&who.biz_id) {
-                    Some(keys) => keys
-                        .get_key_value(self.scratch.as_str())
-                        .map(|(k, _)| k.clone()),
-                    None => None,
-                };
-                let scoped = scoped.unwrap_or_else(|| Rc::from(self.scratch.as_str()));
                 let expires = self.deadline(now, self.ttl.done);
-                self.set(who.biz_id, scoped, Some(reply), expires)
+                self.set(who.biz_id, key.scoped_text().clone(), Some(reply), expires)
             }
-            IdemUpdate::Release { who, key } => {
-                self.scoped(&who, &key);
-                let scoped = std::mem::take(&mut self.scratch);
-                self.remove(who.biz_id, &scoped);
-                self.scratch = scoped;
-            }
+            IdemUpdate::Release { who, key } => self.remove(who.biz_id, key.scoped_text()),
         }
     }
 }
@@ -333,10 +307,14 @@ mod tests {
         })
     }
 
+    fn claim(s: &mut MemoryIdemStore, who: &Identity, key: &str, now: Instant) -> Claim {
+        s.claim(who, &MessageKey::scoped(&who.user_id, key), now)
+    }
+
     fn complete(who: &Arc<Identity>, key: &str, reply: &'static [u8]) -> IdemUpdate {
         IdemUpdate::Complete {
             who: who.clone(),
-            key: key.into(),
+            key: MessageKey::scoped(&who.user_id, key),
             reply: Bytes::from_static(reply),
         }
     }
@@ -366,15 +344,18 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store();
         let a = user(1, "a");
-        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
-        assert_eq!(s.claim(&a, "k", t0), Claim::Pending);
+        assert_eq!(claim(&mut s, &a, "k", t0), Claim::Fresh);
+        assert_eq!(claim(&mut s, &a, "k", t0), Claim::Pending);
         assert_eq!(
-            s.claim(&user(2, "a"), "k", t0),
+            claim(&mut s, &user(2, "a"), "k", t0),
             Claim::Fresh,
             "keys are per biz"
         );
         s.update(complete(&a, "k", b"r"), t0);
-        assert_eq!(s.claim(&a, "k", t0), Claim::Done(Bytes::from_static(b"r")));
+        assert_eq!(
+            claim(&mut s, &a, "k", t0),
+            Claim::Done(Bytes::from_static(b"r"))
+        );
     }
 
     #[test]
@@ -382,16 +363,16 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store();
         let (a, b) = (user(1, "a"), user(1, "b"));
-        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        assert_eq!(claim(&mut s, &a, "k", t0), Claim::Fresh);
         s.update(complete(&a, "k", b"a's reply"), t0);
         assert_eq!(
-            s.claim(&b, "k", t0),
+            claim(&mut s, &b, "k", t0),
             Claim::Fresh,
             "b's message reaches the backend"
         );
         // A user id and key that concatenate alike stay apart too.
-        assert_eq!(s.claim(&user(1, "ab"), "c", t0), Claim::Fresh);
-        assert_eq!(s.claim(&user(1, "a"), "bc", t0), Claim::Fresh);
+        assert_eq!(claim(&mut s, &user(1, "ab"), "c", t0), Claim::Fresh);
+        assert_eq!(claim(&mut s, &user(1, "a"), "bc", t0), Claim::Fresh);
     }
 
     #[test]
@@ -399,13 +380,13 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store();
         let a = user(1, "a");
-        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        assert_eq!(claim(&mut s, &a, "k", t0), Claim::Fresh);
         let release = IdemUpdate::Release {
             who: a.clone(),
-            key: "k".into(),
+            key: MessageKey::scoped("a", "k"),
         };
         s.update(release, t0);
-        assert_eq!(s.claim(&a, "k", t0), Claim::Fresh);
+        assert_eq!(claim(&mut s, &a, "k", t0), Claim::Fresh);
         assert_eq!((s.len(), s.bytes()), (1, ENTRY_OVERHEAD + 3));
     }
 
@@ -414,25 +395,25 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store();
         let a = user(1, "a");
-        s.claim(&a, "k", t0);
+        claim(&mut s, &a, "k", t0);
         // Completed at t0+5: the pending row expiring at t0+10 must not remove it.
         s.update(complete(&a, "k", b""), t0 + Duration::from_secs(5));
         assert_eq!(
-            s.claim(&a, "k", t0 + Duration::from_secs(11)),
+            claim(&mut s, &a, "k", t0 + Duration::from_secs(11)),
             Claim::Done(Bytes::new())
         );
         // A stuck pending claim, made after the reply, expires first so the client can retry.
-        s.claim(&a, "stuck", t0 + Duration::from_secs(20));
+        claim(&mut s, &a, "stuck", t0 + Duration::from_secs(20));
         assert_eq!(
-            s.claim(&a, "stuck", t0 + Duration::from_secs(30)),
+            claim(&mut s, &a, "stuck", t0 + Duration::from_secs(30)),
             Claim::Fresh
         );
         assert_eq!(
-            s.claim(&a, "k", t0 + Duration::from_secs(104)),
+            claim(&mut s, &a, "k", t0 + Duration::from_secs(104)),
             Claim::Done(Bytes::new())
         );
         assert_eq!(
-            s.claim(&a, "k", t0 + Duration::from_secs(106)),
+            claim(&mut s, &a, "k", t0 + Duration::from_secs(106)),
             Claim::Fresh
         );
     }
@@ -443,15 +424,15 @@ mod tests {
         let mut s = MemoryIdemStore::new(ttl(3, usize::MAX));
         let a = user(1, "a");
         for k in ["a", "b"] {
-            s.claim(&a, k, t0);
+            claim(&mut s, &a, k, t0);
             s.update(complete(&a, k, b""), t0);
         }
-        s.claim(&a, "c", t0); // pending
-        s.claim(&a, "d", t0); // over the cap: "a", the oldest reply, goes
+        claim(&mut s, &a, "c", t0); // pending
+        claim(&mut s, &a, "d", t0); // over the cap: "a", the oldest reply, goes
         assert_eq!((s.len(), s.evicted()), (3, 1));
-        assert_eq!(s.claim(&a, "a", t0), Claim::Fresh, "forgotten early");
+        assert_eq!(claim(&mut s, &a, "a", t0), Claim::Fresh, "forgotten early");
         assert_eq!(
-            s.claim(&a, "c", t0),
+            claim(&mut s, &a, "c", t0),
             Claim::Pending,
             "pending claims outlive replies"
         );
@@ -467,14 +448,14 @@ mod tests {
         static REPLY: [u8; 990] = [7; 990];
         for i in 0..100 {
             let k = format!("k{i:04}");
-            s.claim(&a, &k, t0);
+            claim(&mut s, &a, &k, t0);
             s.update(complete(&a, &k, &REPLY), t0);
             assert!(s.bytes() <= cap, "{} bytes held after {i}", s.bytes());
         }
         assert!(s.len() >= 2, "the newest replies stay");
         assert!(s.evicted() >= 97);
         assert_eq!(
-            s.claim(&a, "k0099", t0),
+            claim(&mut s, &a, "k0099", t0),
             Claim::Done(Bytes::from_static(&REPLY))
         );
     }

@@ -5,6 +5,7 @@
 
 pub mod bucket;
 pub mod idem;
+pub mod key;
 pub mod push;
 pub mod retry;
 pub mod timer_wheel;

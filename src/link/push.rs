@@ -6,13 +6,14 @@
 //! suffix is fields 10 and 4 appended; for JSON the prefix stops before the closing brace.
 //! Retransmits reuse the prefix too, so a body is never encoded (or encrypted) twice.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use super::key::MessageKey;
 use crate::proto::{Cmd, Frame};
 use crate::protocol::{Codec, json, ws};
 
@@ -35,7 +36,7 @@ pub struct StreamAt {
 const SUFFIX_BYTES: usize = 64;
 
 pub struct EncodedPush {
-    pub key: Rc<str>,
+    pub key: MessageKey,
     /// A room message's room (a broadcast's is empty); `None` for a push.
     room: Option<Rc<str>>,
     /// The body as the backend sent it, for undelivered reports.
@@ -43,10 +44,61 @@ pub struct EncodedPush {
     /// The body as frames carry it: sealed once here when the biz encrypts bodies, so a
     /// retransmit sends the same bytes and never encrypts again.
     wire_body: Bytes,
-    proto: OnceCell<Box<[u8]>>,
+    proto: OnceCell<Vec<u8>>,
     json: OnceCell<Box<[u8]>>,
     /// Released when the last link holding this push acks it or reports it.
     unsettled: Option<Arc<Unsettled>>,
+    /// A spent push's protobuf buffer, for [`Spent`] to encode the next one into.
+    spare: Cell<Vec<u8>>,
+}
+
+/// Pushes no link holds any more, kept for the next ones: with the echo backend every
+/// upstream message becomes a push, and reusing one (its allocation and its protobuf
+/// buffer) makes a message's push cost no allocation.
+#[derive(Default)]
+pub struct Spent(Vec<Rc<EncodedPush>>);
+
+/// Most spent pushes kept per core.
+const SPENT: usize = 256;
+
+impl Spent {
+    /// Keeps `push` if nothing else holds it. Its bodies and its hold on the source are let
+    /// go now, as a dropped push would.
+    pub fn give(&mut self, mut push: Rc<EncodedPush>) {
+        if self.0.len() >= SPENT {
+            return;
+        }
+        if let Some(p) = Rc::get_mut(&mut push) {
+            p.body = Bytes::new();
+            p.wire_body = Bytes::new();
+            p.unsettled = None;
+            p.room = None;
+            p.json = OnceCell::new();
+            if let Some(buf) = p.proto.take() {
+                p.spare.set(buf);
+            }
+            self.0.push(push);
+        }
+    }
+
+    /// [`EncodedPush::tracked`], in a spent push when there is one.
+    pub fn tracked(
+        &mut self,
+        key: impl Into<MessageKey>,
+        body: Bytes,
+        wire_body: Bytes,
+        unsettled: Option<Arc<Unsettled>>,
+    ) -> Rc<EncodedPush> {
+        let Some(mut push) = self.0.pop() else {
+            return EncodedPush::tracked(key, body, wire_body, unsettled);
+        };
+        let p = Rc::get_mut(&mut push).expect("spent pushes are not shared");
+        p.key = key.into();
+        p.body = body;
+        p.wire_body = wire_body;
+        p.unsettled = unsettled;
+        push
+    }
 }
 
 impl EncodedPush {
@@ -56,7 +108,7 @@ impl EncodedPush {
 
     /// A push whose settlement the source waits for; `wire_body` is what clients receive.
     pub fn tracked(
-        key: &str,
+        key: impl Into<MessageKey>,
         body: Bytes,
         wire_body: Bytes,
         unsettled: Option<Arc<Unsettled>>,
@@ -69,6 +121,7 @@ impl EncodedPush {
             proto: OnceCell::new(),
             json: OnceCell::new(),
             unsettled,
+            spare: Cell::default(),
         })
     }
 
@@ -113,17 +166,45 @@ impl EncodedPush {
         }
     }
 
+    /// The protobuf prefix, written field by field in prost's order (the same bytes it
+    /// would write), into a spent push's buffer or one exact allocation: building a
+    /// [`Frame`] first copied the key.
+    fn proto_prefix(&self) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let room = self.room.as_deref().unwrap_or_default().as_bytes();
+        let fields: [(u32, &[u8]); 3] =
+            [(2, self.key.as_bytes()), (3, &self.wire_body), (11, room)];
+        let cmd = Cmd::Downstream as u64;
+        let field_len = |tag: u32, len: usize| {
+            prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
+        };
+        let len = prost::encoding::key_len(1)
+            + encoded_len_varint(cmd)
+            + fields
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(tag, v)| field_len(*tag, v.len()))
+                .sum::<usize>();
+        let mut out = self.spare.take();
+        out.clear();
+        out.reserve_exact(len);
+        encode_key(1, WireType::Varint, &mut out);
+        encode_varint(cmd, &mut out);
+        for (tag, v) in fields.into_iter().filter(|(_, v)| !v.is_empty()) {
+            encode_key(tag, WireType::LengthDelimited, &mut out);
+            encode_varint(v.len() as u64, &mut out);
+            out.extend_from_slice(v);
+        }
+        debug_assert_eq!(out.len(), len);
+        out
+    }
+
     fn prefix(&self, codec: Codec) -> &[u8] {
-        let frame = || self.frame(0, 0);
         match codec {
-            Codec::Proto => self.proto.get_or_init(|| {
-                let mut out = Vec::new();
-                codec.encode(&frame(), &mut out);
-                out.into()
-            }),
+            Codec::Proto => self.proto.get_or_init(|| self.proto_prefix()),
             Codec::Json => self.json.get_or_init(|| {
                 let mut out = Vec::new();
-                json::encode_frame(&frame(), &mut out);
+                json::encode_frame(&self.frame(0, 0), &mut out);
                 out.pop(); // the closing brace; the suffix adds it back after `seq`
                 out.into()
             }),
@@ -276,6 +357,23 @@ mod tests {
                     }
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_protobuf_prefix_is_the_bytes_prost_writes() {
+        let big = Bytes::from(vec![7u8; 300]);
+        let pushes = [
+            EncodedPush::new("p-1", Bytes::from_static(b"\x01body")),
+            EncodedPush::new("p-2", Bytes::new()),
+            EncodedPush::new("", big.clone()),
+            EncodedPush::for_room("r-1", "lobby", big.clone(), big.clone()),
+            EncodedPush::for_room("b-1", "", big.clone(), big),
+        ];
+        for push in pushes {
+            let mut full = Vec::new();
+            Codec::Proto.encode(&push.frame(0, 0), &mut full);
+            assert_eq!(push.prefix(Codec::Proto), &full[..], "{:?}", push.key);
         }
     }
 }

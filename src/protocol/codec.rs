@@ -2,6 +2,7 @@
 
 use prost::Message;
 
+use super::arena::Arena;
 use super::json;
 pub use super::json::DecodeError;
 use crate::proto::Frame;
@@ -50,13 +51,20 @@ impl Codec {
         }
     }
 
-    /// Like [`Codec::decode`], into `frame`, whose strings keep their capacity (protobuf; a
-    /// JSON frame is built anew).
-    pub fn decode_into(self, payload: &[u8], frame: &mut Frame) -> Result<(), DecodeError> {
+    /// Like [`Codec::decode`], into `frame`, whose strings keep their capacity, and with a
+    /// protobuf body sliced from a copy of `payload` in `arena` (a JSON frame is built anew).
+    pub fn decode_into(
+        self,
+        payload: &[u8],
+        arena: &mut Arena,
+        frame: &mut Frame,
+    ) -> Result<(), DecodeError> {
         match self {
             Codec::Proto => {
                 frame.clear();
-                frame.merge(payload).map_err(|e| DecodeError(e.to_string()))
+                frame
+                    .merge(arena.copy(payload))
+                    .map_err(|e| DecodeError(e.to_string()))
             }
             Codec::Json => json::decode_frame(payload).map(|f| *frame = f),
         }

@@ -1,5 +1,6 @@
 //! The client wire contract, pure: WebSocket framing, the upgrade request, frame codecs.
 
+pub mod arena;
 pub mod body_crypt;
 pub mod codec;
 pub mod deflate;

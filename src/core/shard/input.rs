@@ -68,6 +68,7 @@ impl Shard {
         let mut inbound = std::mem::take(&mut self.inbound);
         let mut spare = std::mem::take(&mut self.spare_frames);
         let mut inflated = std::mem::take(&mut self.inflated);
+        let arena = &mut self.arena;
         let result = link.reader.feed(input, max, |ev| {
             if broken.is_some() {
                 return;
@@ -91,7 +92,7 @@ impl Shard {
                         return inbound.push(Inbound::Echo(text, payload.to_vec()));
                     }
                     let mut f = spare.pop().unwrap_or_default();
-                    match codec.decode_into(payload, &mut f) {
+                    match codec.decode_into(payload, arena, &mut f) {
                         Ok(()) => Inbound::Frame(f),
                         Err(e) => Inbound::Undecodable(e.0),
                     }

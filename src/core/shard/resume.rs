@@ -276,7 +276,7 @@ impl Shard {
         let mut covered = None;
         if let Some(Ok(entries)) = &stream.replay {
             for e in entries {
-                let push = EncodedPush::tracked(&e.key, e.body.clone(), e.wire_body.clone(), None);
+                let push = EncodedPush::tracked(&*e.key, e.body.clone(), e.wire_body.clone(), None);
                 let at = StreamAt {
                     epoch: stream.epoch.clone(),
                     offset: e.offset,
