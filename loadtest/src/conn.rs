@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use ringway::auth::{Identity, mint_hs256_in};
 use ringway::proto::{Cmd, Frame};
@@ -247,10 +247,12 @@ async fn connect(server: SocketAddr, source: IpAddr, how: &How) -> Result<Link, 
             HeaderValue::from_static(how.codec.subprotocol()),
         );
     }
-    // Small buffers: the load generator holds as many links as the server.
+    // Small buffers: the load generator holds as many links as the server. Frames a link
+    // queues with `feed` wait (up to 4 KiB) for its next flush, so a window refilled at once
+    // goes out in one write; `send` still writes at once.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0);
+        .write_buffer_size(4096);
     let connector = match &how.tls {
         Some(tls) => Connector::Rustls(tls.clone()),
         None => Connector::Plain,
@@ -357,6 +359,16 @@ impl Link {
     }
 
     /// The next decoded frame; `None` once the link is closed.
+    /// The next frame; if none has arrived yet, frames queued with `feed` go out first. Acks
+    /// of pushes that arrived together then leave in one write.
+    pub async fn next_frame_flushing(&mut self) -> Option<Frame> {
+        if let Some(f) = self.next_frame().now_or_never() {
+            return f;
+        }
+        let _ = self.ws.flush().await;
+        self.next_frame().await
+    }
+
     pub async fn next_frame(&mut self) -> Option<Frame> {
         loop {
             match self.ws.next().await? {
@@ -393,6 +405,11 @@ impl EchoRun {
         let body = Bytes::from(self.body.clone());
         // After RATE_LIMITED, no new message goes out before this; reading goes on.
         let mut resume_at = Instant::now();
+        let mut arrived = Vec::new();
+        // Frames are queued, then written together: a client with several messages to send
+        // (the acks of pushes, the messages that refill its window) writes them at once,
+        // rather than one write per frame.
+        let mut unflushed = false;
         loop {
             while sent_at.len() < self.pipeline
                 && n < self.messages
@@ -407,11 +424,16 @@ impl EchoRun {
                     body: body.clone(),
                     ..Default::default()
                 };
-                if link.ws.send(link.message(&f)).await.is_err() {
+                if link.ws.feed(link.message(&f)).await.is_err() {
                     self.progress.errors.fetch_add(1, Relaxed);
                     return;
                 }
+                unflushed = true;
                 sent_at.insert(key, Instant::now());
+            }
+            if std::mem::take(&mut unflushed) && link.ws.flush().await.is_err() {
+                self.progress.errors.fetch_add(1, Relaxed);
+                return;
             }
             if sent_at.is_empty() {
                 if n < self.messages && resume_at > Instant::now() && resume_at < self.deadline {
@@ -425,35 +447,42 @@ impl EchoRun {
                 self.progress.errors.fetch_add(1, Relaxed);
                 break;
             };
-            let cmd = if link.target == Target::Plain && f.cmd == Cmd::Upstream as i32 {
-                Ok(Cmd::UpstreamAck)
-            } else {
-                Cmd::try_from(f.cmd)
-            };
-            match cmd {
-                Ok(Cmd::UpstreamAck) => {
-                    if let Some(t) = sent_at.remove(&f.key) {
-                        local.saturating_record(t.elapsed().as_micros() as u64);
-                        self.progress.events.fetch_add(1, Relaxed);
+            // And whatever else has already arrived, so the refill above sends several.
+            arrived.push(f);
+            while let Some(Some(f)) = link.next_frame().now_or_never() {
+                arrived.push(f);
+            }
+            for f in arrived.drain(..) {
+                let cmd = if link.target == Target::Plain && f.cmd == Cmd::Upstream as i32 {
+                    Ok(Cmd::UpstreamAck)
+                } else {
+                    Cmd::try_from(f.cmd)
+                };
+                match cmd {
+                    Ok(Cmd::UpstreamAck) => {
+                        if let Some(t) = sent_at.remove(&f.key) {
+                            local.saturating_record(t.elapsed().as_micros() as u64);
+                            self.progress.events.fetch_add(1, Relaxed);
+                        }
                     }
-                }
-                Ok(Cmd::RateLimited) => {
-                    self.limited.fetch_add(1, Relaxed);
-                    sent_at.remove(&f.key);
-                    let wait = Duration::from_millis(u64::from(f.retry_after_ms));
-                    resume_at = resume_at.max(Instant::now() + wait);
-                }
-                Ok(Cmd::Downstream) => {
-                    self.pushes.fetch_add(1, Relaxed);
-                    let ack = Frame {
-                        cmd: Cmd::DownstreamAck as i32,
-                        key: f.key,
-                        ..Default::default()
-                    };
-                    let _ = link.ws.send(link.message(&ack)).await;
-                }
-                _ => {
-                    self.progress.errors.fetch_add(1, Relaxed);
+                    Ok(Cmd::RateLimited) => {
+                        self.limited.fetch_add(1, Relaxed);
+                        sent_at.remove(&f.key);
+                        let wait = Duration::from_millis(u64::from(f.retry_after_ms));
+                        resume_at = resume_at.max(Instant::now() + wait);
+                    }
+                    Ok(Cmd::Downstream) => {
+                        self.pushes.fetch_add(1, Relaxed);
+                        let ack = Frame {
+                            cmd: Cmd::DownstreamAck as i32,
+                            key: f.key,
+                            ..Default::default()
+                        };
+                        unflushed |= link.ws.feed(link.message(&ack)).await.is_ok();
+                    }
+                    _ => {
+                        self.progress.errors.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }

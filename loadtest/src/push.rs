@@ -187,6 +187,8 @@ pub async fn receive(
                 .unwrap_or_default();
             let since = (!epoch.is_empty()).then(|| format!("{epoch}:{last_offset}"));
             let resuming = since.is_some();
+            // Acks still queued leave first, or the stream would replay what was acked.
+            let _ = futures_util::SinkExt::flush(&mut link.ws).await;
             link = match link.reconnect(since, &counts.progress.refused).await {
                 Ok(l) => l,
                 Err(_) => {
@@ -259,7 +261,7 @@ async fn next_push(link: &mut Link) -> Option<(String, u64, u64)> {
             let sent = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
             return Some((key, now_ns().saturating_sub(sent), 0));
         }
-        let f = link.next_frame().await?;
+        let f = link.next_frame_flushing().await?;
         if f.cmd != Cmd::Downstream as i32 {
             continue;
         }
@@ -283,7 +285,7 @@ async fn next_push(link: &mut Link) -> Option<(String, u64, u64)> {
             ..Default::default()
         };
         let msg = link.message(&ack);
-        let _ = futures_util::SinkExt::send(&mut link.ws, msg).await;
+        let _ = futures_util::SinkExt::feed(&mut link.ws, msg).await;
         return Some((f.key, latency, f.offset));
     }
 }
