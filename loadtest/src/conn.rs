@@ -358,7 +358,6 @@ impl Link {
         }
     }
 
-    /// The next decoded frame; `None` once the link is closed.
     /// The next frame; if none has arrived yet, frames queued with `feed` go out first. Acks
     /// of pushes that arrived together then leave in one write.
     pub async fn next_frame_flushing(&mut self) -> Option<Frame> {
@@ -369,6 +368,7 @@ impl Link {
         self.next_frame().await
     }
 
+    /// The next decoded frame; `None` once the link is closed.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         loop {
             match self.ws.next().await? {

@@ -561,8 +561,8 @@ impl Shard {
             self.metrics.frame_out(Cmd::RateLimited);
             return;
         }
-        let Ok(body) = (self.cfg.body_keys).open(link.who.biz_id, std::mem::take(&mut f.body))
-        else {
+        let body = std::mem::take(&mut f.body);
+        let Ok(body) = self.cfg.body_keys.open(link.who.biz_id, body) else {
             self.metrics.dropped(DropReason::BadFrame);
             let reason = "body does not decrypt with this biz's key".to_owned();
             self.reply_error(conn, &f.key, Code::BadFrame, reason);

@@ -253,7 +253,7 @@ impl MemoryIdemStore {
 
 impl IdemStore for MemoryIdemStore {
     fn claim(&mut self, who: &Identity, key: &MessageKey, now: Instant) -> Claim {
-        debug_assert!(key.scoped_text().starts_with(&*who.user_id));
+        debug_assert_eq!(key.user(), Some(&*who.user_id));
         self.expire(now);
         let biz = who.biz_id;
         match self.get(biz, key.scoped_text()) {

@@ -44,6 +44,12 @@ impl MessageKey {
         }
     }
 
+    /// The user a scoped key belongs to.
+    pub fn user(&self) -> Option<&str> {
+        let start = self.start as usize;
+        (start > 0).then(|| &self.text[..start - 1])
+    }
+
     /// The scoped form, `user \0 key` (the key alone when unscoped).
     pub fn scoped_text(&self) -> &Arc<str> {
         &self.text
@@ -52,10 +58,7 @@ impl MessageKey {
 
 impl From<String> for MessageKey {
     fn from(key: String) -> Self {
-        MessageKey {
-            text: key.into(),
-            start: 0,
-        }
+        MessageKey::from(key.as_str())
     }
 }
 
@@ -122,6 +125,8 @@ mod tests {
         let k = MessageKey::scoped("alice", "m1");
         assert_eq!(&*k, "m1");
         assert_eq!(&**k.scoped_text(), "alice\0m1");
+        assert_eq!(k.user(), Some("alice"));
+        assert_eq!(MessageKey::from("p1").user(), None);
         let copy = k.clone();
         assert!(Arc::ptr_eq(copy.scoped_text(), k.scoped_text()));
         assert_eq!(&*MessageKey::from("p1"), "p1");

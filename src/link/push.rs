@@ -61,6 +61,10 @@ pub struct Spent(Vec<Rc<EncodedPush>>);
 /// Most spent pushes kept per core.
 const SPENT: usize = 256;
 
+/// The largest protobuf buffer a spent push keeps: one large push must not leave every spent
+/// push holding a large buffer.
+const SPENT_BUFFER: usize = 4096;
+
 impl Spent {
     /// Keeps `push` if nothing else holds it. Its bodies and its hold on the source are let
     /// go now, as a dropped push would.
@@ -74,7 +78,7 @@ impl Spent {
             p.unsettled = None;
             p.room = None;
             p.json = OnceCell::new();
-            if let Some(buf) = p.proto.take() {
+            if let Some(buf) = p.proto.take().filter(|b| b.capacity() <= SPENT_BUFFER) {
                 p.spare.set(buf);
             }
             self.0.push(push);

@@ -276,7 +276,9 @@ impl Shard {
         let mut covered = None;
         if let Some(Ok(entries)) = &stream.replay {
             for e in entries {
-                let push = EncodedPush::tracked(&*e.key, e.body.clone(), e.wire_body.clone(), None);
+                // The stream's key, shared.
+                let push =
+                    EncodedPush::tracked(e.key.clone(), e.body.clone(), e.wire_body.clone(), None);
                 let at = StreamAt {
                     epoch: stream.epoch.clone(),
                     offset: e.offset,
