@@ -228,12 +228,16 @@ export class RingwayClient {
     return c.user_id ? `ringway:stream:${c.biz_id}:${c.user_id}:${c.device_id || "default"}` : "ringway:stream";
   }
 
-  /// With getToken, a new token goes out as REFRESH before the link's runs out.
+  /// With getToken, a new token goes out as REFRESH before the link's runs out: refreshBeforeMs
+  /// early, or halfway through a token with less time than that left (a fixed floor would fire
+  /// after such a token ran out, and the link would close with 4005). Never sooner than 100 ms,
+  /// so a token already out (a skewed clock) cannot spin.
   scheduleRefresh() {
     clearTimeout(this.refreshTimer);
     const exp = this.claims().exp;
     if (!this.opts.getToken || !exp) return;
-    const wait = Math.max(1000, exp * 1000 - Date.now() - this.opts.refreshBeforeMs);
+    const left = exp * 1000 - Date.now();
+    const wait = Math.max(100, left - this.opts.refreshBeforeMs, Math.min(1000, left / 2));
     this.refreshTimer = this.later(wait, () => this.refreshToken());
   }
 
