@@ -13,14 +13,14 @@ pub struct IdemArgs {
     /// How long an upstream reply is kept to re-ack duplicates.
     #[arg(long, env = "RINGWAY_IDEM_TTL_MS", default_value_t = 600_000)]
     pub idem_ttl_ms: u64,
-    /// Keys each core's in-memory idempotency store holds at most: ~230 bytes each once full
-    /// (~460 MB per core at the default), ~280 while keys younger than the pending TTL still have
-    /// their pending row too. Past it the oldest replies are forgotten early
-    /// (ringway_idem_evictions_total).
+    /// Keys each core's in-memory idempotency store holds at most: ~80 bytes each once full
+    /// (~160 MB per core at the default), ~100 while keys younger than the pending TTL still have
+    /// their pending row too (a key is held as a 16-byte fingerprint, whatever its length).
+    /// Past it the oldest replies are forgotten early (ringway_idem_evictions_total).
     #[arg(long, env = "RINGWAY_IDEM_MAX_ENTRIES", default_value_t = 2_000_000)]
     pub idem_max_entries: usize,
-    /// Bytes each core's in-memory idempotency store holds at most: keys, stored backend
-    /// replies and ~200 bytes of bookkeeping per key. Past it the oldest replies are forgotten
+    /// Bytes each core's in-memory idempotency store holds at most: stored backend replies,
+    /// and 128 bytes of bookkeeping counted per key. Past it the oldest replies are forgotten
     /// early, as past --idem-max-entries, so large replies cannot exhaust memory.
     #[arg(long, env = "RINGWAY_IDEM_MAX_BYTES", default_value_t = 512 << 20)]
     pub idem_max_bytes: usize,

@@ -571,7 +571,7 @@ impl Shard {
         self.claims.push_back(UpstreamRequest {
             conn,
             who: link.who.clone(),
-            key: MessageKey::scoped(&link.who.user_id, &f.key),
+            key: MessageKey::from(f.key.as_str()),
             body,
             received_at: now,
         });

@@ -1,58 +1,47 @@
-//! A message key held once however many places need it.
+//! A message key, cheap to hold in the several places that need it.
 //!
-//! An upstream message's key is needed by its request, the idempotency store's entry and expiry
-//! row, the store's update, the ack, and with the echo backend the push that carries it back;
-//! each used to own a copy. The store scopes a key to its sender as `user \0 key`, so that one
-//! string is built at once and the plain key is its tail: one allocation per message.
+//! An upstream message's key is needed by its request, the idempotency store's update, the ack,
+//! and with the echo backend the push that carries it back; a push's key by every link that
+//! holds the push and by its user's stream. Client keys are mostly UUIDs (36 bytes), so a key
+//! up to [`INLINE`] bytes is kept inline and copying it costs no allocation: an echoed message
+//! allocates nothing. A longer key is shared behind one `Arc`.
 
 use std::borrow::Borrow;
-use std::cell::RefCell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// A shared key: `key` or, scoped to a sender, `user \0 key`. Derefs to, compares as and
-/// hashes as the key alone (so maps keyed by it are searched with a `&str`); the idempotency
-/// store keys by [`MessageKey::scoped_text`] instead.
+/// The longest key kept inline: a UUID with room to spare, in a key of 40 bytes (the same as
+/// an `Arc<str>` plus a word, which the shared form needs anyway).
+const INLINE: usize = 38;
+
+/// A key: derefs to, compares as and hashes as its text, so maps keyed by it are searched
+/// with a `&str`.
 #[derive(Clone)]
-pub struct MessageKey {
-    text: Arc<str>,
-    /// Where the key starts in `text` (0 when unscoped).
-    start: u32,
+pub struct MessageKey(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// The first `len` bytes of `bytes` are the key's text, copied from a `str`.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
+    Shared(Arc<str>),
 }
 
-impl MessageKey {
-    /// `key` scoped to `user`. User ids hold no control characters, so the pair is
-    /// unambiguous.
-    pub fn scoped(user: &str, key: &str) -> Self {
-        thread_local! {
-            /// Where the pair is put together: an `Arc<str>` is made from a `str` in one
-            /// allocation, and from a `String` in two.
-            static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+impl From<&str> for MessageKey {
+    fn from(key: &str) -> Self {
+        if key.len() > INLINE {
+            return MessageKey(Repr::Shared(key.into()));
         }
-        let text = SCRATCH.with_borrow_mut(|text| {
-            text.clear();
-            text.push_str(user);
-            text.push('\0');
-            text.push_str(key);
-            Arc::from(text.as_str())
-        });
-        MessageKey {
-            text,
-            start: (user.len() + 1) as u32,
-        }
-    }
-
-    /// The user a scoped key belongs to.
-    pub fn user(&self) -> Option<&str> {
-        let start = self.start as usize;
-        (start > 0).then(|| &self.text[..start - 1])
-    }
-
-    /// The scoped form, `user \0 key` (the key alone when unscoped).
-    pub fn scoped_text(&self) -> &Arc<str> {
-        &self.text
+        let mut bytes = [0; INLINE];
+        bytes[..key.len()].copy_from_slice(key.as_bytes());
+        MessageKey(Repr::Inline {
+            len: key.len() as u8,
+            bytes,
+        })
     }
 }
 
@@ -62,19 +51,17 @@ impl From<String> for MessageKey {
     }
 }
 
-impl From<&str> for MessageKey {
-    fn from(key: &str) -> Self {
-        MessageKey {
-            text: key.into(),
-            start: 0,
-        }
-    }
-}
-
 impl Deref for MessageKey {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.text[self.start as usize..]
+        match &self.0 {
+            // SAFETY: the bytes were copied whole from a `str` (`From<&str>`), so they are
+            // valid UTF-8.
+            Repr::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..*len as usize])
+            },
+            Repr::Shared(text) => text,
+        }
     }
 }
 
@@ -121,15 +108,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_scoped_key_reads_as_its_key_and_shares_one_string() {
-        let k = MessageKey::scoped("alice", "m1");
-        assert_eq!(&*k, "m1");
-        assert_eq!(&**k.scoped_text(), "alice\0m1");
-        assert_eq!(k.user(), Some("alice"));
-        assert_eq!(MessageKey::from("p1").user(), None);
-        let copy = k.clone();
-        assert!(Arc::ptr_eq(copy.scoped_text(), k.scoped_text()));
-        assert_eq!(&*MessageKey::from("p1"), "p1");
-        assert_eq!(&**MessageKey::from("p1").scoped_text(), "p1");
+    fn a_key_reads_as_its_text_inline_or_shared() {
+        let uuid = "0b7c5a52-3c3e-4a8f-9d8e-2f0a6c1b9e11";
+        let long = "k".repeat(INLINE + 1);
+        for text in ["", "m1", uuid, &"é".repeat(INLINE / 2), &long] {
+            let k = MessageKey::from(text);
+            assert_eq!(&*k, text);
+            assert_eq!(k.clone(), k);
+            assert_eq!(k, MessageKey::from(text.to_owned()));
+        }
+        assert!(matches!(MessageKey::from(uuid).0, Repr::Inline { .. }));
+        assert!(matches!(MessageKey::from(long.as_str()).0, Repr::Shared(_)));
+        assert_eq!(std::mem::size_of::<MessageKey>(), 40);
     }
 }

@@ -1,6 +1,6 @@
 //! Heap allocations on the hot paths, counted with a counting global allocator: a push's
-//! deliveries and acks reuse what the shard holds, and an echoed message allocates only its
-//! stored key; and the heap bytes an idle link holds in the shard.
+//! deliveries and acks reuse what the shard holds, and an echoed message allocates nothing; and
+//! the heap bytes an idle link holds in the shard.
 
 use super::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -87,7 +87,7 @@ fn flush(h: &mut Harness, conn: ConnId, now: Instant) {
 }
 
 #[test]
-fn an_echoed_message_allocates_only_the_key_the_store_keeps() {
+fn an_echoed_message_allocates_nothing() {
     let mut h = echo_harness();
     h.open(1, "alice", "phone", Codec::Proto);
     // A client's turn: the message, then its echo's ack.
@@ -111,10 +111,10 @@ fn an_echoed_message_allocates_only_the_key_the_store_keeps() {
     };
     echo(&mut h, 2000);
     let n = allocations(|| echo(&mut h, 2000));
-    // One a message: its key, which the idempotency store keeps for the dedup window (the
-    // request, the ack and the echo share it). The body is a slice of a shared chunk, the ack
-    // and the push reuse spent ones; now and then a chunk or the store's tables grow.
-    assert!(n <= 2000 + 100, "{n} allocations for 2,000 echoed messages");
+    // The key is copied inline and the store keeps only its fingerprint, the body is a slice
+    // of a shared chunk, the ack and the push reuse spent ones. Now and then a chunk, or the
+    // store's table or expiry queues, grow.
+    assert!(n <= 40, "{n} allocations for 2,000 echoed messages");
 }
 
 #[test]
@@ -198,4 +198,43 @@ fn an_idle_link_costs_the_shard_under_700_bytes() {
     eprintln!("{per_link} bytes per idle link in the shard");
     // 678 today: the link 376, its identity 56 and strings, and the tables' and wheel's share.
     assert!(per_link < 700, "{per_link} bytes per idle link");
+}
+
+/// What the idempotency store holds per key in the dedup window (the window of a busy core
+/// holds millions): the byte cap counts each key at `ENTRY_OVERHEAD`, 128, plus its reply.
+#[test]
+fn a_stored_key_costs_the_store_under_128_bytes() {
+    use crate::link::idem::{IdemStore, IdemTtl, IdemUpdate, MemoryIdemStore};
+    const KEYS: usize = 100_000;
+    let t0 = Instant::now();
+    let ttl = IdemTtl {
+        pending: Duration::from_secs(30),
+        done: Duration::from_secs(600),
+        max_entries: KEYS * 2,
+        max_bytes: usize::MAX,
+    };
+    let who = Arc::new(who("alice", "phone"));
+    let keys: Vec<String> = (0..KEYS)
+        .map(|i| format!("0b7c5a52-3c3e-4a8f-9d8e-{i:012}"))
+        .collect();
+    let mut store = None;
+    let (_, bytes) = counted(|| {
+        let s = store.insert(MemoryIdemStore::new(ttl));
+        for key in &keys {
+            s.claim(&who, key, t0);
+            let key = key.as_str().into();
+            let who = who.clone();
+            s.update(
+                IdemUpdate::Complete {
+                    who,
+                    key,
+                    reply: Bytes::new(),
+                },
+                t0,
+            );
+        }
+    });
+    let per_key = bytes / KEYS as isize;
+    eprintln!("{per_key} bytes per stored key");
+    assert!(per_key < 128, "{per_key} bytes per stored key");
 }
