@@ -153,10 +153,10 @@ const ENTRY_OVERHEAD: usize = 128;
 ///
 /// It keeps no key text: a key is held as a SipHash-1-3 fingerprint of `(biz, user, key)` under
 /// a random secret of the store's. At the store's cap of millions of keys, two equal
-/// fingerprints of different keys come about once in ~2^80 stores, and without the secret a
-/// client cannot aim a key of its own at another's. Fixed 16-byte keys keep every row small
-/// and every lookup inside the table: at tens of thousands of messages a second, the copied
-/// strings' allocation, hashing and comparison were a third of the core's own work.
+/// fingerprints of different keys come about less than once in 2^80 stores, and without the
+/// secret a client cannot aim a key of its own at another's. Fixed 16-byte keys keep a key's
+/// whole cost near 100 bytes (~230 with its text), need no allocation, and a lookup reads no
+/// string behind a pointer.
 #[derive(Debug)]
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
