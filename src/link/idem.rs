@@ -7,6 +7,7 @@
 //! (Redis, pipelined per core) fits the same rules as one that answers at once.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,7 +100,7 @@ impl State {
     }
 }
 
-type Entry = (State, Ms);
+type Row = (State, Ms);
 
 /// Rows per chunk of an expiry queue.
 const CHUNK: usize = 1024;
@@ -161,7 +162,7 @@ const ENTRY_OVERHEAD: usize = 128;
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
     secret: (u64, u64),
-    entries: FastMap<Fingerprint, Entry>,
+    entries: FastMap<Fingerprint, Row>,
     bytes: usize,
     evicted: u64,
     /// What deadlines count from: the first instant the store was given.
@@ -262,11 +263,13 @@ impl MemoryIdemStore {
     /// Removes the entry an expiry row names, unless the key was set again since (the row is
     /// stale). Returns whether it did.
     fn remove_if_due(&mut self, fp: Fingerprint, at: Ms) -> bool {
-        let due = self.entries.get(&fp).is_some_and(|(_, exp)| *exp == at);
-        if due {
-            self.remove(fp);
+        match self.entries.entry(fp) {
+            Entry::Occupied(e) if e.get().1 == at => {
+                self.bytes -= cost(&e.remove().0);
+                true
+            }
+            _ => false,
         }
-        due
     }
 
     fn expire(&mut self, now: Instant) {
