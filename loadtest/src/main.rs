@@ -194,6 +194,10 @@ struct IdleArgs {
     /// How long to hold the links after the last one opened (lets the server settle).
     #[arg(long, default_value = "3", value_parser = parse_secs)]
     hold: Duration,
+    /// Links opened and closed before the first reading, so what any first link costs (code
+    /// paged in, per-core buffers, tables' first allocation) is not counted per link.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
 }
 
 #[derive(Args)]
@@ -290,9 +294,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.scenario {
-        Scenario::Idle(a) if a.common.is_parent() => {
-            procs::idle(&a.common, a.server_pid, a.hold).await
-        }
+        Scenario::Idle(a) if a.common.is_parent() => procs::idle(&a).await,
         Scenario::Idle(a) => idle(a).await,
         Scenario::Echo(a) if a.common.is_parent() => procs::merged(&a.common, a.server_pid).await,
         Scenario::Echo(a) => echo(a).await,
@@ -336,9 +338,9 @@ async fn main() {
 }
 
 async fn idle(a: IdleArgs) -> Result<(), String> {
-    let progress = Progress::start("idle", a.common.my_links().len());
     if a.common.proc_index.is_some() {
         // A worker process: open, say so, hold until the parent closes our stdin.
+        let progress = Progress::start("idle", a.common.my_links().len());
         let (links, _) = conn::open_all(&a.common, &progress).await?;
         progress.finish();
         println!("ready {}", links.len());
@@ -349,17 +351,37 @@ async fn idle(a: IdleArgs) -> Result<(), String> {
         drop(links);
         return Ok(());
     }
-    let before = report::MemorySample::read(a.server_pid)?;
+    let before = warm_up(&a).await?;
+    let progress = Progress::start("idle", a.common.my_links().len());
     let started = Instant::now();
     let (links, _) = conn::open_all(&a.common, &progress).await?;
     let opened_in = started.elapsed();
     progress.finish();
     tokio::time::sleep(a.hold).await;
-    let after = report::MemorySample::read(a.server_pid)?;
+    let after = report::MemorySample::settled(a.server_pid).await?;
     let summary = report::idle_summary(links.len(), opened_in, &before, &after);
     report::finish(summary, None, &a.common)?;
     drop(links);
     Ok(())
+}
+
+/// Opens and closes `--warmup` links, then reads the server's memory once it holds still:
+/// the reading the idle links' cost is measured from.
+async fn warm_up(a: &IdleArgs) -> Result<report::MemorySample, String> {
+    if a.warmup > 0 {
+        let warm = Common {
+            links: a.warmup,
+            procs: 1,
+            proc_index: None,
+            user_prefix: format!("{}warmup", a.common.user_prefix),
+            ..a.common.clone()
+        };
+        let progress = Progress::start("warm-up", a.warmup);
+        let (links, _) = conn::open_all(&warm, &progress).await?;
+        progress.finish();
+        drop(links);
+    }
+    report::MemorySample::settled(a.server_pid).await
 }
 
 async fn connect(a: ConnectArgs) -> Result<(), String> {

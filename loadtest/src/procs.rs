@@ -5,13 +5,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::Common;
 use crate::progress::QUIET_ENV;
-use crate::report::{self, MemorySample};
+use crate::report;
+use crate::{Common, IdleArgs};
 
 fn spawn_workers(common: &Common) -> Result<Vec<Child>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -33,8 +33,9 @@ fn spawn_workers(common: &Common) -> Result<Vec<Child>, String> {
 
 /// Idle over several processes: the parent reads the server's memory before the workers open
 /// their links and after all of them say they hold them.
-pub async fn idle(common: &Common, server_pid: u32, hold: Duration) -> Result<(), String> {
-    let before = MemorySample::read(server_pid)?;
+pub async fn idle(a: &IdleArgs) -> Result<(), String> {
+    let common = &a.common;
+    let before = crate::warm_up(a).await?;
     let started = Instant::now();
     let mut workers = spawn_workers(common)?;
     let mut links = 0usize;
@@ -50,8 +51,8 @@ pub async fn idle(common: &Common, server_pid: u32, hold: Duration) -> Result<()
             .ok_or(format!("worker {k} failed (see above)"))?;
     }
     let opened_in = started.elapsed();
-    tokio::time::sleep(hold).await;
-    let after = MemorySample::read(server_pid)?;
+    tokio::time::sleep(a.hold).await;
+    let after = report::MemorySample::settled(a.server_pid).await?;
     for w in &mut workers {
         drop(w.stdin.take());
         let _ = w.wait();

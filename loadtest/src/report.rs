@@ -9,7 +9,26 @@ pub struct MemorySample {
     pub tcp_mem_pages: u64,
 }
 
+/// How far apart two readings [`MemorySample::settled`] takes may be and still count as one.
+const SETTLED_KIB: u64 = 64;
+
 impl MemorySample {
+    /// A reading once the server's memory holds still: two readings 250 ms apart within
+    /// 64 KiB, or the last of 20. A server that has just started, or has just closed links,
+    /// is still allocating and freeing for a moment; a reading then lands anywhere in that.
+    pub async fn settled(pid: u32) -> Result<MemorySample, String> {
+        let mut last = MemorySample::read(pid)?;
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let now = MemorySample::read(pid)?;
+            if now.rss_kib.abs_diff(last.rss_kib) <= SETTLED_KIB {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
     pub fn read(pid: u32) -> Result<MemorySample, String> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|e| format!("reading /proc/{pid}/status: {e}"))?;
