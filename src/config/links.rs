@@ -9,6 +9,7 @@ use crate::link::bucket::Rate;
 use crate::link::retry::RetryPolicy;
 use crate::protocol::body_crypt::{BodyKeys, KeySpecError};
 use crate::protocol::deflate::DeflatePolicy;
+use crate::protocol::ws;
 
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Links")]
@@ -41,8 +42,10 @@ pub struct LinkArgs {
     /// interval; the server pings links idle for that long.
     #[arg(long, env = "RINGWAY_HEARTBEAT_TIMEOUT_MS", default_value_t = 90_000)]
     pub heartbeat_timeout_ms: u64,
-    /// Largest client message; bigger ones get ERROR(CODE_TOO_LARGE) and close 1009.
-    #[arg(long, env = "RINGWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    /// Largest client message; bigger ones get ERROR(CODE_TOO_LARGE) and close 1009. At most
+    /// 1 GiB.
+    #[arg(long, env = "RINGWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024,
+          value_parser = message_bytes)]
     pub max_message_bytes: usize,
     /// Longest UPSTREAM key (bytes). A longer one gets ERROR(CODE_TOO_LARGE) without the key
     /// and is not processed; the link stays open. Keys are kept for the dedup window
@@ -100,6 +103,15 @@ pub struct LinkArgs {
     /// every connect regardless.
     #[arg(long, env = "RINGWAY_ROOM_MEMBERSHIP_TTL_MS", default_value_t = 30 * 24 * 3_600_000)]
     pub room_membership_ttl_ms: u64,
+}
+
+/// A message size up to what the frame reader takes ([`ws::MAX_MESSAGE`]).
+fn message_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n > ws::MAX_MESSAGE {
+        return Err(format!("at most {} (1 GiB)", ws::MAX_MESSAGE));
+    }
+    Ok(n)
 }
 
 impl LinkArgs {

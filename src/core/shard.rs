@@ -419,11 +419,13 @@ impl Shard {
         link.written(n);
         if link.out.is_empty() {
             if let Some(queued) = link.push_queued_at.take() {
-                let us = now.saturating_duration_since(queued).as_micros() as u64;
+                let us = now.saturating_duration_since(queued.instant()).as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_write_wait, us);
             }
             if let Some(accepted) = link.push_accepted_at.take() {
-                let us = now.saturating_duration_since(accepted).as_micros() as u64;
+                let us = now
+                    .saturating_duration_since(accepted.instant())
+                    .as_micros() as u64;
                 Latencies::record(&mut self.latencies.push_written, us);
             }
             // A burst's buffer is not kept for an idle link, nor the one that carried the 101
@@ -829,8 +831,8 @@ impl Shard {
         // push names its epoch, so the client can resume from it.
         let announce = at.as_ref().is_some_and(|at| !link.knows_epoch(at));
         let seq = link.take_seq();
-        link.push_queued_at.get_or_insert(now);
-        link.push_accepted_at.get_or_insert(accepted_at);
+        link.push_queued_at.get_or_insert(now.into());
+        link.push_accepted_at.get_or_insert(accepted_at.into());
         link.send_push(&push, seq, at.as_ref(), announce);
         if let Some(at) = &at {
             link.record(at);
@@ -995,10 +997,10 @@ impl Shard {
         }
         if link.wire.attachment().is_some_and(|a| a.attached) {
             // An open stream or a waiting poll is the client's presence; keep it talking.
-            link.last_activity = now;
+            link.last_activity = now.into();
             link.keepalive();
         }
-        let idle = now.saturating_duration_since(link.last_activity);
+        let idle = now.saturating_duration_since(link.last_activity.instant());
         if idle >= timeout {
             self.close_link(
                 conn,
@@ -1013,7 +1015,7 @@ impl Shard {
             link.keepalive();
         }
         // Never sleep past the deadline, so an idle link closes on time.
-        let deadline = link.last_activity + timeout;
+        let deadline = link.last_activity.instant() + timeout;
         link.liveness = Some(
             self.wheel
                 .insert(next.min(deadline), TimerEvent::Liveness(conn)),
@@ -1190,7 +1192,7 @@ impl Shard {
             .iter()
             .map(|c| {
                 let l = &self.links[c];
-                let age = now.saturating_duration_since(l.connected_at);
+                let age = now.saturating_duration_since(l.connected_at.instant());
                 LinkInfo {
                     device_id: l.who.device_id.to_string(),
                     transport: l.wire.transport().label(),

@@ -905,7 +905,10 @@ fn a_delivered_push_marks_when_it_was_queued_until_the_shell_writes_it() {
     h.push("alice", None, "p2", 7);
     // The oldest unwritten push counts: the shell measures from it to the socket write.
     let queued = h.at(3);
-    assert_eq!(h.shard.link_mut(1).unwrap().push_queued_at, Some(queued));
+    assert_eq!(
+        h.shard.link_mut(1).unwrap().push_queued_at,
+        Some(queued.into())
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::stamp::Stamp;
+
 /// How fast a link may send. The same for every link of a core, so a link keeps only its
 /// tokens (and an idle link 16 bytes less).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +24,7 @@ impl Rate {
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     tokens: f64,
-    last: Instant,
+    last: Stamp,
 }
 
 impl TokenBucket {
@@ -30,7 +32,7 @@ impl TokenBucket {
     pub fn new(rate: Rate, now: Instant) -> Self {
         TokenBucket {
             tokens: rate.burst(),
-            last: now,
+            last: now.into(),
         }
     }
 
@@ -40,8 +42,9 @@ impl TokenBucket {
             return Ok(());
         }
         let per_s = f64::from(rate.per_s);
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now.max(self.last);
+        let last = self.last.instant();
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        self.last = now.max(last).into();
         self.tokens = (self.tokens + elapsed * per_s).min(rate.burst());
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

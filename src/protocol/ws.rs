@@ -67,13 +67,19 @@ struct Fragments {
 
 /// A text frame still arriving: its payload so far is unmasked and checked as it comes, so bad
 /// UTF-8 fails the link before the frame's last byte (which may never come).
+/// 32-bit counts keep every idle link 8 bytes smaller: a frame's payload is at most
+/// [`MAX_MESSAGE`].
 #[derive(Debug, Default)]
 struct Arriving {
-    unmasked: usize,
+    unmasked: u32,
     /// Bytes of this frame's payload known to be valid UTF-8 so far; counted only when the
     /// frame starts on a character boundary of its message.
-    checked: usize,
+    checked: u32,
 }
+
+/// The largest message a reader takes, whatever it is asked for (`--max-message-bytes` is
+/// refused above it).
+pub const MAX_MESSAGE: usize = 1 << 30;
 
 /// Incremental reader of client frames.
 #[derive(Debug, Default)]
@@ -155,7 +161,7 @@ impl WsReader {
                 }
             } else {
                 let already = self.fragments.as_ref().map_or(0, |f| f.payload.len());
-                if len > max_message.saturating_sub(already) as u64 {
+                if len > max_message.min(MAX_MESSAGE).saturating_sub(already) as u64 {
                     return Err(WsError::TooLarge);
                 }
             }
@@ -186,9 +192,9 @@ impl WsReader {
             return Ok(());
         };
         let a = &mut self.arriving;
-        unmask_from(so_far, mask, a.unmasked);
-        a.unmasked = so_far.len();
-        a.checked = utf8_prefix(so_far, a.checked)?;
+        unmask_from(so_far, mask, a.unmasked as usize);
+        a.unmasked = so_far.len() as u32;
+        a.checked = utf8_prefix(so_far, a.checked as usize)? as u32;
         Ok(())
     }
 
@@ -210,7 +216,7 @@ impl WsReader {
         let Some(mask) = header.mask else {
             return Err(WsError::Protocol("client frames must be masked"));
         };
-        unmask_from(payload, mask, arriving.unmasked);
+        unmask_from(payload, mask, arriving.unmasked as usize);
         match header.opcode {
             OpCode::Control(ctl) => {
                 if !header.is_final || payload.len() > 125 {
@@ -229,7 +235,7 @@ impl WsReader {
                 };
                 if arriving.checked > 0 {
                     // This frame started on a boundary: its checked bytes extend the message's.
-                    msg.checked = msg.payload.len() + arriving.checked;
+                    msg.checked = msg.payload.len() + arriving.checked as usize;
                 }
                 msg.payload.extend_from_slice(payload);
                 if header.is_final {
@@ -252,13 +258,19 @@ impl WsReader {
                 let text = data == Data::Text;
                 let compressed = header.rsv1;
                 if header.is_final {
-                    deliver(text, compressed, payload, arriving.checked, on_event)?;
+                    deliver(
+                        text,
+                        compressed,
+                        payload,
+                        arriving.checked as usize,
+                        on_event,
+                    )?;
                 } else {
                     let mut msg = Box::new(Fragments {
                         text,
                         compressed,
                         payload: payload.to_vec(),
-                        checked: arriving.checked,
+                        checked: arriving.checked as usize,
                     });
                     msg.check_utf8()?;
                     self.fragments = Some(msg);

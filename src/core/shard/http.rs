@@ -68,7 +68,7 @@ impl Shard {
         a.attached = true;
         a.poll_due = false;
         let generation = a.generation;
-        link.last_activity = now;
+        link.last_activity = now.into();
         // The previous request's task, if any, sees the new generation and steps aside.
         link.wake();
         if !poll {
@@ -117,7 +117,7 @@ impl Shard {
         }
         a.attached = false;
         a.seq_at_detach = last_seq;
-        link.last_activity = now;
+        link.last_activity = now.into();
     }
 
     /// `POST /send`: frames for the device's open HTTP-transport link, handled as if they came
@@ -141,7 +141,7 @@ impl Shard {
         self.metrics.http_sends.inc();
         self.extend_token(conn, expires);
         if let Some(link) = self.links.get_mut(&conn) {
-            link.last_activity = now;
+            link.last_activity = now.into();
         }
         for f in decoded {
             self.handle(conn, Inbound::Frame(f), now);

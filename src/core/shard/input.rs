@@ -57,7 +57,7 @@ impl Shard {
             }
             return;
         }
-        link.last_activity = now;
+        link.last_activity = now.into();
         let codec = link.codec;
         let echo = self.cfg.ws_echo;
         let mut deflate = match &mut link.wire {

@@ -21,13 +21,13 @@ impl Shard {
             return;
         };
         if let Some((at, timer)) = link.token_deadline {
-            if at >= expires {
+            if at.instant() >= expires {
                 return;
             }
             self.wheel.cancel(timer);
         }
         let timer = self.wheel.insert(expires, TimerEvent::TokenExpiry(conn));
-        link.token_deadline = Some((expires, timer));
+        link.token_deadline = Some((expires.into(), timer));
     }
 
     /// A client's REFRESH: its token goes to the shell to be checked.
