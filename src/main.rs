@@ -17,6 +17,7 @@ use ringway::metrics::CoreMetrics;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    control::allocator::tune();
     let cli = Cli::parse();
     // A panic on any thread means a core (and its links) or the control side is gone: a half
     // alive node would keep its listeners and silently fail a share of users. Stop the whole

@@ -3,6 +3,7 @@
 //! Worker cores never wait on it.
 
 pub mod admin;
+pub mod allocator;
 pub mod breaker;
 pub mod demo;
 pub mod fleet;
