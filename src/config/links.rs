@@ -151,3 +151,14 @@ impl LinkArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_limit_over_1_gib_is_refused() {
+        assert_eq!(super::message_bytes("65536"), Ok(65536));
+        assert_eq!(super::message_bytes("1073741824"), Ok(1 << 30));
+        assert!(super::message_bytes("1073741825").is_err());
+        assert!(super::message_bytes("-1").is_err());
+    }
+}

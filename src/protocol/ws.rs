@@ -622,6 +622,12 @@ mod tests {
             feed_all(&mut WsReader::default(), &huge, 65536),
             Err(WsError::TooLarge)
         );
+        // Past MAX_MESSAGE whatever the limit asked for: a frame's progress counts in 32 bits.
+        let over = [0x82, 0xff, 0, 0, 0, 0, 0x40, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(
+            feed_all(&mut WsReader::default(), &over, usize::MAX),
+            Err(WsError::TooLarge)
+        );
     }
 
     #[test]
