@@ -289,9 +289,6 @@ impl Hub {
     }
 }
 
-/// SIGHUP's default action ends the process: until [`reload_on_hangup`] takes over, a hangup
-/// is ignored rather than fatal. (A handler, unlike SIG_IGN, is not inherited by the commands
-/// the node runs.)
 /// The control side's runtime: one thread, the process's main one.
 pub fn runtime() -> Result<tokio::runtime::Runtime, startup::StartError> {
     tokio::runtime::Builder::new_current_thread()
@@ -304,6 +301,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, startup::StartError> {
         })
 }
 
+/// SIGHUP's default action ends the process: until [`reload_on_hangup`] takes over, a hangup
+/// is ignored rather than fatal. (A handler, unlike SIG_IGN, is not inherited by the commands
+/// the node runs.)
 pub fn ignore_hangup() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
