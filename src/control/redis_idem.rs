@@ -35,6 +35,11 @@ pub struct RedisIdem {
     /// Random per process, so tokens of different nodes never collide.
     nonce: u64,
     next_token: AtomicU64,
+    /// How long a claim may take whatever state the client is in: twice `--redis-timeout-ms`.
+    /// The client's own command timeout did not cover one: a claim sent as Redis came back
+    /// went unanswered for over 5 s in a CI run (a queued command waits while the client's
+    /// router task reconnects), and its link with it.
+    bound: Duration,
 }
 
 /// `idem:{BIZ:USER}:KEY`: scoped to the sender, and hash-tagged by user so Redis Cluster keeps
@@ -79,6 +84,7 @@ impl RedisIdem {
             ttl,
             nonce,
             next_token: AtomicU64::new(0),
+            bound: timeout * 2,
         })
     }
 
@@ -96,7 +102,13 @@ impl RedisIdem {
                 (key(&r.who, &r.key), token.into_bytes())
             })
             .collect();
-        let result = self.try_claim(&claims).await;
+        let result = match tokio::time::timeout(self.bound, self.try_claim(&claims)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("no answer within {} ms", self.bound.as_millis()),
+            )),
+        };
         if result.is_err() {
             tokio::spawn(release_if_ours(
                 self.client.clone(),
