@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const BIAS: u64 = 1 << 62;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Stamp(NonZeroU64);
 
 fn anchor() -> Instant {
@@ -19,8 +19,8 @@ fn anchor() -> Instant {
     *ANCHOR.get_or_init(Instant::now)
 }
 
-impl Stamp {
-    pub fn of(t: Instant) -> Stamp {
+impl From<Instant> for Stamp {
+    fn from(t: Instant) -> Stamp {
         let a = anchor();
         let n = match t.checked_duration_since(a) {
             Some(after) => BIAS.saturating_add(nanos(after)),
@@ -28,7 +28,9 @@ impl Stamp {
         };
         Stamp(NonZeroU64::new(n.max(1)).expect("at least 1"))
     }
+}
 
+impl Stamp {
     pub fn instant(self) -> Instant {
         let n = self.0.get();
         if n >= BIAS {
@@ -41,12 +43,6 @@ impl Stamp {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl From<Instant> for Stamp {
-    fn from(t: Instant) -> Stamp {
-        Stamp::of(t)
-    }
 }
 
 #[cfg(test)]
@@ -62,9 +58,9 @@ mod tests {
             now + Duration::from_secs(86_400 * 365),
             now - Duration::from_millis(1),
         ] {
-            assert_eq!(Stamp::of(t).instant(), t);
+            assert_eq!(Stamp::from(t).instant(), t);
         }
-        assert!(Stamp::of(now) < Stamp::of(now + Duration::from_nanos(1)));
+        assert!(Stamp::from(now) < Stamp::from(now + Duration::from_nanos(1)));
         assert_eq!(std::mem::size_of::<Option<Stamp>>(), 8);
     }
 }
