@@ -32,6 +32,11 @@ impl Alarm {
         }
     }
 
+    /// What the sleeper sleeps until; `None` while it is awake (or woken and not yet run).
+    pub fn due(&self) -> Option<Instant> {
+        self.armed.get()
+    }
+
     /// Sleeps until `due`, or until [`Alarm::pull_in`] is given something sooner.
     pub async fn sleep_until(&self, due: Instant) {
         self.pulled.set(false);

@@ -9,6 +9,7 @@ pub mod deadlines;
 pub mod embedded;
 pub mod inbox;
 pub mod links;
+pub mod naps;
 pub mod readiness;
 pub mod services;
 pub mod shard;

@@ -7,8 +7,9 @@
 //! 15,000 reschedule interrupts a second on the server core, against none for an epoll-based
 //! server, and on a virtual machine each one costs both CPUs an exit. An epoll set keeps every
 //! socket registered for its whole life instead. A busy core collects what became ready with
-//! one non-blocking `epoll_wait` per pass; only a core that found nothing arms a single
-//! io_uring poll, on the epoll fd, to sleep on.
+//! one non-blocking `epoll_wait` per pass. Between two close passes it waits in `epoll_wait`
+//! itself (see `worker::link_loop`); only a core that found nothing there arms a single
+//! io_uring poll, on the epoll fd, to sleep on in glommio.
 //!
 //! Each registration carries a [`Token`]. A socket still owned by a task (an upgrade being
 //! read, an HTTP-transport request) is named by its fd, and its event wakes the task. Links
@@ -119,17 +120,23 @@ impl Readiness {
         Ok(())
     }
 
-    /// Takes what became ready since the last look: wakes the tasks waiting on their sockets
+    /// Takes what became ready since the last look, waiting up to `wait` (rounded up to a
+    /// millisecond) for something if nothing has: wakes the tasks waiting on their sockets
     /// and appends the core's own registrations to `own`. Returns how many events there were.
-    pub fn collect(&self, own: &mut Vec<Ready>) -> usize {
+    ///
+    /// A wait blocks the core's thread, so glommio runs nothing meanwhile. A completion on one
+    /// of its rings (the preemption timer, a task's I/O) ends the wait early with EINTR: the
+    /// kernel runs it as task work, which counts as a pending signal.
+    pub fn collect(&self, own: &mut Vec<Ready>, wait: Duration) -> usize {
         let mut events = self.events.borrow_mut();
-        // SAFETY: the buffer holds EVENTS entries; a zero timeout never blocks the core.
+        let timeout = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: the buffer holds EVENTS entries.
         let n = unsafe {
             libc::epoll_wait(
                 self.epoll.as_raw_fd(),
                 events.as_mut_ptr(),
                 EVENTS as i32,
-                0,
+                timeout,
             )
         };
         // An error (EINTR is the only one a valid set gives) reads as nothing this time.
@@ -298,6 +305,7 @@ mod tests {
     use glommio::LocalExecutorBuilder;
     use std::future::Future;
     use std::io::Write;
+    use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixStream as StdUnixStream;
     use std::task::Poll;
 
@@ -305,7 +313,7 @@ mod tests {
     async fn dispatch(readiness: Rc<Readiness>) {
         let mut own = Vec::new();
         loop {
-            match readiness.collect(&mut own) {
+            match readiness.collect(&mut own, Duration::ZERO) {
                 0 => readiness.sleep().await,
                 _ => futures_lite::future::yield_now().await,
             }
@@ -436,10 +444,54 @@ mod tests {
         assert!(again);
     }
 
+    /// The link loop's wait in `epoll_wait` relies on this: an io_uring completion for a task
+    /// (here a read on a socket the set does not hold) ends the wait, as task work, instead
+    /// of leaving the task stalled until the wait's own end.
+    #[test]
+    fn a_wait_in_the_set_ends_when_a_ring_completion_arrives() {
+        let (waited, read) = LocalExecutorBuilder::default()
+            // No preemption timer to end the wait: only the read's completion can.
+            .preempt_timer(Duration::from_secs(60))
+            .spawn(|| async {
+                let readiness = Readiness::new().unwrap();
+                let (ours, mut theirs) = StdUnixStream::pair().unwrap();
+                // SAFETY: the fd is moved into the stream, which owns it from here on.
+                let mut stream = unsafe { UnixStream::from_raw_fd(ours.into_raw_fd()) };
+                let reader = glommio::spawn_local(async move {
+                    let mut buf = [0u8; 8];
+                    futures_lite::AsyncReadExt::read(&mut stream, &mut buf)
+                        .await
+                        .ok()
+                });
+                // The reader arms its poll, which glommio submits before it parks.
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                let writer = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    theirs.write_all(b"x").unwrap();
+                    theirs
+                });
+                let began = std::time::Instant::now();
+                let seen = readiness.collect(&mut Vec::new(), Duration::from_secs(30));
+                let waited = began.elapsed();
+                assert_eq!(seen, 0);
+                let read = reader.await;
+                drop(writer.join());
+                (waited, read)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken by the completion: {waited:?}"
+        );
+        assert_eq!(read, Some(1));
+    }
+
     /// What the set reports for the core's own registrations right now.
     fn own_events(readiness: &Readiness) -> Vec<Ready> {
         let mut own = Vec::new();
-        readiness.collect(&mut own);
+        readiness.collect(&mut own, Duration::ZERO);
         own
     }
 
