@@ -217,6 +217,11 @@ pub fn channel(capacity: usize) -> std::io::Result<(CoreHandle, Inbox)> {
 }
 
 impl CoreHandle {
+    /// Whether messages wait in the core's inbox.
+    pub fn has_mail(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
     /// Queues without blocking; a full inbox hands the message back so the caller can answer
     /// "overloaded" instead of waiting.
     pub fn send(&self, msg: CoreMsg) -> Result<(), CoreMsg> {

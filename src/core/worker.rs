@@ -920,10 +920,13 @@ impl Worker {
     /// Wakes the task of an HTTP-transport link with something for its socket; it registers
     /// again when it next waits.
     /// How long the link loop may block the thread waiting for its sockets: until the timer
-    /// loop's alarm, at most [`LONGEST_WAIT`], and not at all while the timer loop is awake or
-    /// another glommio timer is armed (glommio fires those only on its own turns).
+    /// loop's alarm, at most [`LONGEST_WAIT`], and not at all while the timer loop is awake,
+    /// another glommio timer is armed (glommio fires those only on its own turns) or the inbox
+    /// holds messages. The inbox task is the executor's main future, which glommio polls only
+    /// between its turns, never during a yield: a wait then would hold every push for up to
+    /// a whole wait (p50 of pushes at 1,000/s went from 0.7 to 1.3 ms).
     fn quiet_for(&self, now: Instant) -> Option<Duration> {
-        if self.naps.any() {
+        if self.naps.any() || self.peers[self.index].has_mail() {
             return None;
         }
         Some(
