@@ -1164,9 +1164,10 @@ async fn inbox_loop(w: Rc<Worker>, mut inbox: Inbox) {
     // SAFETY: the doorbell's read end, owned by this core alone from here on.
     let reader = inbox.take_reader().into_raw_fd();
     let mut bell = unsafe { UnixStream::from_raw_fd(reader) };
-    // In the epoll set too, so a ring ends the link loop's wait there with an event rather
-    // than a bare EINTR, and the loop goes on waiting there after this task has run. Declared
-    // after `bell`, so it leaves the set before the fd closes.
+    // In the epoll set too, so a ring ends the link loop's wait there even when this task's
+    // read of the bell is not yet submitted to the kernel; the loop then finds mail waiting
+    // and leaves the thread to glommio ([`Worker::quiet_for`]). Declared after `bell`, so it
+    // leaves the set before the fd closes.
     let _rung = w.readiness.watch(reader);
     let mut sink = [0u8; 64];
     loop {
