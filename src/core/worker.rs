@@ -378,9 +378,9 @@ enum Idle {
     /// It served or woke something since it last yielded: tasks may be ready to run, and
     /// blocking the thread would stall them.
     Fresh,
-    /// It has yielded since: every task that was ready has run, and it may wait in
-    /// `epoll_wait` until the core's next timer ([`Worker::quiet_for`]). glommio's preemption
-    /// timer (`--preempt-ms`) ends such a wait at the latest.
+    /// It has yielded since: every task queued before it has run (not the inbox, glommio's
+    /// main future, hence the mail check in [`Worker::quiet_for`]), and it may wait in
+    /// `epoll_wait` until the core's next timer, for at most [`LONGEST_WAIT`].
     Yielded,
     /// That wait found nothing: the core is quiet, and the next empty look sleeps in glommio.
     Quiet,
