@@ -13,8 +13,8 @@ pub struct IdemArgs {
     /// How long an upstream reply is kept to re-ack duplicates.
     #[arg(long, env = "RINGWAY_IDEM_TTL_MS", default_value_t = 600_000)]
     pub idem_ttl_ms: u64,
-    /// Keys each core's in-memory idempotency store holds at most: ~80 bytes each once full
-    /// (~160 MB per core at the default), ~100 while keys younger than the pending TTL still have
+    /// Keys each core's in-memory idempotency store holds at most: ~95 bytes each once full
+    /// (~190 MB per core at the default), ~120 while keys younger than the pending TTL still have
     /// their pending row too (a key is held as a 16-byte fingerprint, whatever its length).
     /// Past it the oldest replies are forgotten early (ringway_idem_evictions_total).
     #[arg(long, env = "RINGWAY_IDEM_MAX_ENTRIES", default_value_t = 2_000_000)]

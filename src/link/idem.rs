@@ -6,9 +6,9 @@
 //! claims and [`IdemUpdate`]s as events and takes [`Claim`]s back, so a store that answers later
 //! (Redis, pipelined per core) fits the same rules as one that answers at once.
 
-use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::hash::Hasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,6 @@ use bytes::Bytes;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::key::MessageKey;
-use crate::FastMap;
 use crate::auth::Identity;
 
 /// What claiming a key found.
@@ -76,31 +75,77 @@ type Ms = u64;
 
 /// A key as the store holds it: a 128-bit keyed hash of `(biz, user, key)` (see
 /// [`MemoryIdemStore`]). Two words rather than a `u128`, whose 16-byte alignment would pad
-/// every row.
-type Fingerprint = [u64; 2];
+/// every slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fingerprint([u64; 2]);
 
-/// A key's state. Most backends answer with an empty reply, which costs nothing here; a
-/// non-empty one is boxed, so that every row stays small.
-#[derive(Debug)]
-enum State {
-    Pending,
-    Done(Option<Box<Bytes>>),
+/// A fingerprint is already a keyed hash: its first word serves as the map's hash as it is.
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0])
+    }
 }
 
-impl State {
-    fn done(reply: Bytes) -> State {
-        State::Done((!reply.is_empty()).then(|| Box::new(reply)))
-    }
+/// Passes a [`Fingerprint`]'s first word through, so a lookup spends nothing on hashing again.
+#[derive(Default)]
+struct FirstWord(u64);
 
-    fn reply_len(&self) -> usize {
-        match self {
-            State::Done(Some(reply)) => reply.len(),
-            _ => 0,
+impl Hasher for FirstWord {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
-type Row = (State, Ms);
+/// A key's state and deadline in 16 bytes, so that with its fingerprint a map slot is 32 and
+/// never straddles two cache lines: a 40-byte slot straddled every second one, and a claim of a
+/// fresh key at a million keys misses the cache on its slot anyway. Most backends answer with an
+/// empty reply, which costs nothing here; a non-empty one is boxed.
+#[derive(Debug)]
+struct Row {
+    /// The deadline in the store's milliseconds, shifted left once; the low bit is set while
+    /// the key is pending.
+    stamp: u64,
+    reply: Option<Box<Bytes>>,
+}
+
+impl Row {
+    fn pending(expires: Ms) -> Row {
+        Row {
+            stamp: expires << 1 | 1,
+            reply: None,
+        }
+    }
+
+    fn done(reply: Bytes, expires: Ms) -> Row {
+        Row {
+            stamp: expires << 1,
+            reply: (!reply.is_empty()).then(|| Box::new(reply)),
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.stamp & 1 == 1
+    }
+
+    fn expires(&self) -> Ms {
+        self.stamp >> 1
+    }
+
+    /// What the row counts against `max_bytes`.
+    fn cost(&self) -> usize {
+        ENTRY_OVERHEAD + self.reply.as_ref().map_or(0, |reply| reply.len())
+    }
+}
 
 /// Rows per chunk of an expiry queue.
 const CHUNK: usize = 1024;
@@ -144,8 +189,8 @@ impl<T> Fifo<T> {
     }
 }
 
-/// What one stored key costs beyond its reply: its map slot (40 bytes and a control byte, in a
-/// table kept between half and seven eighths full) and its two expiry rows of 24. Held at
+/// What one stored key costs beyond its reply: its map slot (32 bytes and a control byte, in a
+/// table kept between under half and seven eighths full) and its two expiry rows of 24. Held at
 /// this by the test `a_stored_key_costs_the_store_under_128_bytes`.
 const ENTRY_OVERHEAD: usize = 128;
 
@@ -162,7 +207,7 @@ const ENTRY_OVERHEAD: usize = 128;
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
     secret: (u64, u64),
-    entries: FastMap<Fingerprint, Row>,
+    entries: HashMap<Fingerprint, Row, BuildHasherDefault<FirstWord>>,
     bytes: usize,
     evicted: u64,
     /// What deadlines count from: the first instant the store was given.
@@ -173,16 +218,12 @@ pub struct MemoryIdemStore {
     done_expiry: Fifo<(Ms, Fingerprint)>,
 }
 
-fn cost(state: &State) -> usize {
-    ENTRY_OVERHEAD + state.reply_len()
-}
-
 impl MemoryIdemStore {
     pub fn new(ttl: IdemTtl) -> Self {
         MemoryIdemStore {
             ttl,
             secret: rand::random(),
-            entries: FastMap::default(),
+            entries: HashMap::default(),
             bytes: 0,
             evicted: 0,
             origin: None,
@@ -200,7 +241,7 @@ impl MemoryIdemStore {
         h.write_usize(key.len());
         h.write(key.as_bytes());
         let h = h.finish128();
-        [h.h1, h.h2]
+        Fingerprint([h.h1, h.h2])
     }
 
     /// `now` plus `ttl`, in the store's milliseconds.
@@ -240,23 +281,24 @@ impl MemoryIdemStore {
         }
     }
 
-    /// Stores `state` under `fp` until `expires`.
-    fn set(&mut self, fp: Fingerprint, state: State, expires: Ms) {
-        let queue = match state {
-            State::Pending => &mut self.pending_expiry,
-            State::Done(_) => &mut self.done_expiry,
+    /// Stores `row` under `fp`.
+    fn set(&mut self, fp: Fingerprint, row: Row) {
+        let queue = if row.is_pending() {
+            &mut self.pending_expiry
+        } else {
+            &mut self.done_expiry
         };
-        queue.push_back((expires, fp));
-        self.bytes += cost(&state);
-        if let Some((old, _)) = self.entries.insert(fp, (state, expires)) {
-            self.bytes -= cost(&old);
+        queue.push_back((row.expires(), fp));
+        self.bytes += row.cost();
+        if let Some(old) = self.entries.insert(fp, row) {
+            self.bytes -= old.cost();
         }
         self.evict_over_cap();
     }
 
     fn remove(&mut self, fp: Fingerprint) {
-        if let Some((state, _)) = self.entries.remove(&fp) {
-            self.bytes -= cost(&state);
+        if let Some(row) = self.entries.remove(&fp) {
+            self.bytes -= row.cost();
         }
     }
 
@@ -264,8 +306,8 @@ impl MemoryIdemStore {
     /// stale). Returns whether it did.
     fn remove_if_due(&mut self, fp: Fingerprint, at: Ms) -> bool {
         match self.entries.entry(fp) {
-            Entry::Occupied(e) if e.get().1 == at => {
-                self.bytes -= cost(&e.remove().0);
+            Entry::Occupied(e) if e.get().expires() == at => {
+                self.bytes -= e.remove().cost();
                 true
             }
             _ => false,
@@ -296,13 +338,11 @@ impl IdemStore for MemoryIdemStore {
         self.expire(now);
         let fp = self.fingerprint(who, key);
         match self.entries.get(&fp) {
-            Some((State::Done(reply), _)) => {
-                Claim::Done(reply.as_deref().cloned().unwrap_or_default())
-            }
-            Some((State::Pending, _)) => Claim::Pending,
+            Some(row) if row.is_pending() => Claim::Pending,
+            Some(row) => Claim::Done(row.reply.as_deref().cloned().unwrap_or_default()),
             None => {
                 let expires = self.deadline(now, self.ttl.pending);
-                self.set(fp, State::Pending, expires);
+                self.set(fp, Row::pending(expires));
                 Claim::Fresh
             }
         }
@@ -316,7 +356,7 @@ impl IdemStore for MemoryIdemStore {
         match update {
             IdemUpdate::Complete { who, key, reply } => {
                 let expires = self.deadline(now, self.ttl.done);
-                self.set(self.fingerprint(&who, &key), State::done(reply), expires)
+                self.set(self.fingerprint(&who, &key), Row::done(reply, expires))
             }
             IdemUpdate::Release { who, key } => self.remove(self.fingerprint(&who, &key)),
         }
@@ -378,6 +418,11 @@ mod tests {
         let rest: Vec<_> = std::iter::from_fn(|| q.pop_front()).collect();
         assert_eq!(rest, (CHUNK + 1..CHUNK * 3 + 5).collect::<Vec<_>>());
         assert!(q.is_empty() && q.front().is_none());
+    }
+
+    #[test]
+    fn a_map_slot_is_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<(Fingerprint, Row)>(), 32);
     }
 
     #[test]
