@@ -32,7 +32,7 @@ fn connect(rt: &tokio::runtime::Runtime, url: &str, limits: StreamLimits) -> Red
     let idem = rt
         .block_on(RedisIdem::connect(url, ttl, Duration::from_secs(2)))
         .unwrap();
-    RedisStreams::new(idem.client(), limits, std::time::Duration::from_secs(60))
+    RedisStreams::new(idem.redis(), limits, std::time::Duration::from_secs(60))
 }
 
 fn push(user: &str, key: &str, id: u64) -> StreamAppend {

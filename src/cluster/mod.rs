@@ -97,7 +97,7 @@ pub async fn run(
 /// consumers.
 async fn start(node: &Arc<Hub>, s: Services, scale_topic: Option<String>) -> Result<(), String> {
     let locations = match (&s.remotes.redis, s.location_ttl) {
-        (Some(r), Some(ttl)) => Some(Locations::start(r.client(), node.clone(), ttl)),
+        (Some(r), Some(ttl)) => Some(Locations::start(r.redis(), node.clone(), ttl)),
         _ => None,
     };
     if let Some(loc) = &locations {

@@ -31,7 +31,8 @@ pub struct IdemArgs {
     /// an in-memory store, which dedups retries within this node only.
     #[arg(long, env = "RINGWAY_REDIS")]
     pub redis: Option<String>,
-    /// Deadline of one Redis round trip; past it the store counts as unreachable.
+    /// Deadline of one Redis round trip; past it the store counts as unreachable. Every call
+    /// the gateway waits on is also cut at twice this, whatever state the client is in.
     #[arg(long, env = "RINGWAY_REDIS_TIMEOUT_MS", default_value_t = 500)]
     pub redis_timeout_ms: u64,
     /// While Redis is unreachable: `local` claims in the core's own store (messages flow, dedup is

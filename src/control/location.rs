@@ -22,6 +22,7 @@ use tracing::warn;
 
 use crate::FastMap;
 use crate::control::Hub;
+use crate::control::redis_bound::Redis;
 use crate::control::redis_script::{Call, Script};
 use crate::core::shard::DeviceEvent;
 
@@ -66,7 +67,7 @@ pub struct Present {
 }
 
 pub struct Locations {
-    client: Client,
+    redis: Redis,
     forget: Script,
     node_id: String,
     ttl: Duration,
@@ -75,10 +76,10 @@ pub struct Locations {
 
 impl Locations {
     /// Starts the writer task; must run inside the control runtime.
-    pub fn start(client: Client, node: Arc<Hub>, ttl: Duration) -> Arc<Locations> {
+    pub fn start(redis: Redis, node: Arc<Hub>, ttl: Duration) -> Arc<Locations> {
         let (tx, rx) = mpsc::unbounded_channel();
         let me = Arc::new(Locations {
-            client,
+            redis,
             forget: Script::new(FORGET_IF_MINE),
             node_id: node.node_id.clone(),
             ttl,
@@ -95,8 +96,10 @@ impl Locations {
 
     /// The user's devices, on every node.
     pub async fn presence(&self, biz_id: u64, user_id: &str) -> Result<Vec<Present>, Error> {
-        let all: FastMap<String, String> =
-            self.client.hgetall(presence_key(biz_id, user_id)).await?;
+        let all: FastMap<String, String> = self
+            .redis
+            .call(self.redis.client().hgetall(presence_key(biz_id, user_id)))
+            .await?;
         let mut devices: Vec<Present> = all
             .into_iter()
             .filter_map(|(device_id, detail)| {
@@ -119,14 +122,12 @@ impl Locations {
         &self,
         users: &[(u64, &str)],
     ) -> Result<Vec<FastMap<String, String>>, Error> {
-        let pipe = self.client.pipeline();
+        let pipe = self.redis.client().pipeline();
         for &(biz_id, u) in users {
             let _: () = pipe.hgetall(key(biz_id, u)).await?;
         }
-        pipe.try_all::<FastMap<String, String>>()
-            .await
-            .into_iter()
-            .collect()
+        let answers = self.redis.call(async { Ok(pipe.try_all().await) });
+        answers.await?.into_iter().collect()
     }
 
     async fn write_loop(
@@ -174,7 +175,7 @@ impl Locations {
         }
         let ttl_ms = self.ttl.as_millis().max(1) as i64;
         if !online.is_empty() {
-            let pipe = self.client.pipeline();
+            let pipe = self.redis.client().pipeline();
             for ((biz, user, device), detail) in online {
                 let (k, p) = (key(*biz, user), presence_key(*biz, user));
                 let _: () = pipe
@@ -184,14 +185,12 @@ impl Locations {
                 let _: () = pipe.hset(&p, (device.as_str(), detail.as_str())).await?;
                 let _: () = pipe.pexpire(&p, ttl_ms, None).await?;
             }
-            pipe.try_all::<Value>()
-                .await
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()?;
+            let answers = self.redis.call(async { Ok(pipe.try_all::<Value>().await) });
+            answers.await?.into_iter().collect::<Result<Vec<_>, _>>()?;
         }
         for chunk in offline.chunks(REFRESH_CHUNK) {
             let calls = by_slot(chunk, &self.node_id);
-            for answer in self.forget.run(&self.client, &calls).await? {
+            for answer in self.forget.run(&self.redis, &calls).await? {
                 answer?;
             }
         }

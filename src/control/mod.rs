@@ -14,6 +14,7 @@ pub mod listeners;
 pub mod location;
 pub mod presence_api;
 pub mod push_api;
+pub mod redis_bound;
 pub mod redis_idem;
 pub mod redis_rooms;
 pub mod redis_script;

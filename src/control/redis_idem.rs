@@ -20,6 +20,7 @@ use fred::prelude::*;
 use fred::types::{Expiration, SetOptions};
 use tracing::{info, warn};
 
+use super::redis_bound::Redis;
 use crate::auth::Identity;
 use crate::core::shard::UpstreamRequest;
 use crate::link::idem::{Claim, IdemTtl, IdemUpdate};
@@ -30,16 +31,11 @@ const DONE: u8 = b'D';
 const RELEASE_IF_OURS: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 pub struct RedisIdem {
-    client: Client,
+    redis: Redis,
     ttl: IdemTtl,
     /// Random per process, so tokens of different nodes never collide.
     nonce: u64,
     next_token: AtomicU64,
-    /// How long a claim may take whatever state the client is in: twice `--redis-timeout-ms`.
-    /// The client's own command timeout did not cover one: a claim sent as Redis came back
-    /// went unanswered for over 5 s in a CI run (a queued command waits while the client's
-    /// router task reconnects), and its link with it.
-    bound: Duration,
 }
 
 /// `idem:{BIZ:USER}:KEY`: scoped to the sender, and hash-tagged by user so Redis Cluster keeps
@@ -80,17 +76,16 @@ impl RedisIdem {
         let nonce =
             rand::Rng::random(&mut <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng());
         Ok(RedisIdem {
-            client,
+            redis: Redis::new(client, timeout),
             ttl,
             nonce,
             next_token: AtomicU64::new(0),
-            bound: timeout * 2,
         })
     }
 
-    /// The connection, shared with the location registry.
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    /// The connection, shared with streams, rooms and the location registry.
+    pub fn redis(&self) -> Redis {
+        self.redis.clone()
     }
 
     pub async fn claim(&self, reqs: &[UpstreamRequest]) -> Result<Vec<Claim>, Error> {
@@ -102,16 +97,10 @@ impl RedisIdem {
                 (key(&r.who, &r.key), token.into_bytes())
             })
             .collect();
-        let result = match tokio::time::timeout(self.bound, self.try_claim(&claims)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no answer within {} ms", self.bound.as_millis()),
-            )),
-        };
+        let result = self.redis.call(self.try_claim(&claims)).await;
         if result.is_err() {
             tokio::spawn(release_if_ours(
-                self.client.clone(),
+                self.redis.clone(),
                 claims,
                 self.ttl.pending,
             ));
@@ -120,7 +109,7 @@ impl RedisIdem {
     }
 
     async fn try_claim(&self, claims: &[(String, Vec<u8>)]) -> Result<Vec<Claim>, Error> {
-        let pipe = self.client.pipeline();
+        let pipe = self.redis.client().pipeline();
         let px = Some(Expiration::PX(millis(self.ttl.pending)));
         for (k, token) in claims {
             let _: () = pipe
@@ -138,7 +127,11 @@ impl RedisIdem {
     }
 
     pub async fn update(&self, updates: Vec<IdemUpdate>) -> Result<(), Error> {
-        let pipe = self.client.pipeline();
+        self.redis.call(self.try_update(updates)).await
+    }
+
+    async fn try_update(&self, updates: Vec<IdemUpdate>) -> Result<(), Error> {
+        let pipe = self.redis.client().pipeline();
         for u in updates {
             match u {
                 IdemUpdate::Complete { who, key: k, reply } => {
@@ -163,16 +156,17 @@ impl RedisIdem {
 
 /// Undoes claims whose outcome is unknown, retrying until Redis answers; after the pending TTL
 /// there is nothing left to undo.
-async fn release_if_ours(client: Client, claims: Vec<(String, Vec<u8>)>, ttl: Duration) {
+async fn release_if_ours(redis: Redis, claims: Vec<(String, Vec<u8>)>, ttl: Duration) {
     let give_up = Instant::now() + ttl;
     let mut wait = Duration::from_millis(50);
     let mut left = claims;
     while Instant::now() < give_up {
         let mut failed = Vec::new();
         for (k, token) in left {
-            let r: Result<Value, Error> = client
-                .eval(RELEASE_IF_OURS, k.as_str(), token.as_slice())
-                .await;
+            let release = redis
+                .client()
+                .eval(RELEASE_IF_OURS, k.as_str(), token.as_slice());
+            let r: Result<Value, Error> = redis.call(release).await;
             if r.is_err() {
                 failed.push((k, token));
             }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 
+use crate::control::redis_bound::Redis;
 use crate::control::redis_script::Script;
 
 /// KEYS: the set. ARGV: max rooms, ttl ms, '1' to join, rooms... Joins all or none: returns
@@ -45,16 +46,16 @@ pub struct Refused {
 }
 
 pub struct RedisRooms {
-    client: Client,
+    redis: Redis,
     change: Script,
     max: usize,
     ttl: Duration,
 }
 
 impl RedisRooms {
-    pub fn new(client: Client, max: usize, ttl: Duration) -> RedisRooms {
+    pub fn new(redis: Redis, max: usize, ttl: Duration) -> RedisRooms {
         RedisRooms {
-            client,
+            redis,
             change: Script::new(CHANGE),
             max,
             ttl,
@@ -78,7 +79,7 @@ impl RedisRooms {
         let call = (vec![key(biz_id, user_id)], args);
         let answer = self
             .change
-            .run(&self.client, &[call])
+            .run(&self.redis, &[call])
             .await?
             .pop()
             .expect("one call, one answer")?;

@@ -12,6 +12,8 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use fred::util::redis_keyslot;
 
+use super::redis_bound::Redis;
+
 pub struct Script {
     lua: &'static str,
     sha: String,
@@ -29,7 +31,16 @@ impl Script {
     }
 
     /// Runs every call in one pipeline; each answer in order, or the error that call got.
+    /// The whole run, a reload after NOSCRIPT included, is bounded as one call.
     pub async fn run(
+        &self,
+        redis: &Redis,
+        calls: &[Call],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        redis.call(self.try_run(redis.client(), calls)).await
+    }
+
+    async fn try_run(
         &self,
         client: &Client,
         calls: &[Call],

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 
 use super::breaker::Breaker;
+use super::redis_bound::Redis;
 use super::redis_script::{Call, Script};
 use crate::core::stream::{
     ResumeMiss, Stored, StoredEntry, StreamAppend, StreamLimits, StreamRead, StreamState,
@@ -90,7 +91,7 @@ pub fn keys(biz_id: u64, user_id: &str) -> (String, String) {
 }
 
 pub struct RedisStreams {
-    client: Client,
+    redis: Redis,
     limits: StreamLimits,
     append: Script,
     read: Script,
@@ -118,9 +119,9 @@ fn millis(d: Duration) -> u64 {
 
 impl RedisStreams {
     /// Shares the idempotency store's connection.
-    pub fn new(client: Client, limits: StreamLimits, rooms_ttl: Duration) -> RedisStreams {
+    pub fn new(redis: Redis, limits: StreamLimits, rooms_ttl: Duration) -> RedisStreams {
         RedisStreams {
-            client,
+            redis,
             limits,
             rooms_ttl,
             append: Script::new(APPEND),
@@ -184,7 +185,7 @@ impl RedisStreams {
                 (vec![h, log], args)
             })
             .collect();
-        let values = self.guarded(self.append.run(&self.client, &calls)).await?;
+        let values = self.guarded(self.append.run(&self.redis, &calls)).await?;
         Ok(values
             .into_iter()
             .map(|v| v.and_then(decode_stored))
@@ -219,7 +220,7 @@ impl RedisStreams {
                 (vec![h, log, rooms], args)
             })
             .collect();
-        let values = self.guarded(self.read.run(&self.client, &calls)).await?;
+        let values = self.guarded(self.read.run(&self.redis, &calls)).await?;
         Ok(batch
             .iter()
             .zip(values)

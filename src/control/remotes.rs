@@ -60,10 +60,10 @@ impl Remotes {
         let (max_rooms, rooms_ttl) = setup.rooms;
         let streams = redis
             .as_ref()
-            .map(|r| Arc::new(RedisStreams::new(r.client(), setup.streams, rooms_ttl)));
+            .map(|r| Arc::new(RedisStreams::new(r.redis(), setup.streams, rooms_ttl)));
         let rooms = redis
             .as_ref()
-            .map(|r| Arc::new(RedisRooms::new(r.client(), max_rooms, rooms_ttl)));
+            .map(|r| Arc::new(RedisRooms::new(r.redis(), max_rooms, rooms_ttl)));
         let kafka_out = match &setup.kafka {
             Some(cfg) => Some(Arc::new(KafkaOut::new(cfg)?)),
             None => None,
