@@ -122,6 +122,9 @@ impl Links {
         if !ready.readable {
             return false;
         }
+        if ready.closed {
+            wire.io.watch().peer_closed();
+        }
         for _ in 0..READ_BUDGET {
             match wire.io.try_read(scratch) {
                 Ok(0) => {

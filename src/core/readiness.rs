@@ -45,6 +45,9 @@ pub struct Ready {
     pub id: u64,
     pub readable: bool,
     pub writable: bool,
+    /// The peer half-closed, hung up or errored. No further edge will come for what is
+    /// already queued, so the reader goes on until it sees the end or the error.
+    pub closed: bool,
 }
 
 #[derive(Default)]
@@ -75,6 +78,11 @@ pub struct Watch {
     drained_at: Cell<u64>,
     readiness: Rc<Readiness>,
 }
+
+/// `drained_at` once the peer has closed. Its FIN may have come in with its last bytes, under
+/// one edge: after a short read nothing would report it again, so reads ask the kernel until
+/// they see the end.
+const ENDED: u64 = u64::MAX;
 
 impl Readiness {
     pub fn new() -> io::Result<Rc<Readiness>> {
@@ -156,6 +164,7 @@ impl Readiness {
                     id: token & !OWN,
                     readable,
                     writable,
+                    closed: bits & (libc::EPOLLRDHUP as u32 | errors) != 0,
                 });
                 continue;
             }
@@ -228,10 +237,16 @@ impl Watch {
         let n = retrying(|| unsafe {
             libc::recv(self.fd, buf.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT)
         })?;
-        if n > 0 && n < len {
+        if n > 0 && n < len && self.drained_at.get() != ENDED {
             self.drained_at.set(looks);
         }
         Ok(n)
+    }
+
+    /// The set reported the peer's half-close or an error ([`Ready::closed`]): no read says
+    /// "would block" without asking the kernel from now on.
+    pub fn peer_closed(&self) {
+        self.drained_at.set(ENDED);
     }
 
     /// Writes what the socket takes, or says it would block.
@@ -493,6 +508,65 @@ mod tests {
         let mut own = Vec::new();
         readiness.collect(&mut own, Duration::ZERO);
         own
+    }
+
+    /// The next report for the core's own registrations, waiting for it (loopback TCP may
+    /// deliver in a softirq after the sender's call returned).
+    fn next_events(readiness: &Readiness) -> Vec<Ready> {
+        let mut own = Vec::new();
+        for _ in 0..50 {
+            readiness.collect(&mut own, Duration::from_millis(100));
+            if !own.is_empty() {
+                break;
+            }
+        }
+        own
+    }
+
+    /// What the short-read shortcut stands on: on TCP a short read empties the socket, and
+    /// whatever arrives after it is reported again. A FIN queued behind the bytes is not, so
+    /// the report says `closed`, and the reads after it go to the kernel.
+    #[test]
+    fn after_a_short_tcp_read_new_bytes_are_reported_and_a_queued_fin_says_closed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let readiness = Readiness::new().unwrap();
+        let watch = readiness.watch_own(ours.as_raw_fd(), 5).unwrap();
+        own_events(&readiness);
+        let mut buf = [0u8; 16];
+
+        theirs.write_all(b"ab").unwrap();
+        let first = next_events(&readiness);
+        assert!(
+            first.len() == 1 && first[0].readable && !first[0].closed,
+            "{first:?}"
+        );
+        assert_eq!(
+            watch.recv(&mut buf).unwrap(),
+            2,
+            "short: the socket is empty"
+        );
+        theirs.write_all(b"c").unwrap();
+        let again = next_events(&readiness);
+        assert!(again.len() == 1 && again[0].readable, "{again:?}");
+        assert_eq!(watch.recv(&mut buf).unwrap(), 1);
+
+        theirs.write_all(b"d").unwrap();
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut last = Vec::new();
+        while !last.iter().any(|r: &Ready| r.closed) {
+            last.extend(next_events(&readiness));
+            assert!(!last.is_empty(), "no report of the FIN");
+        }
+        watch.peer_closed();
+        assert_eq!(watch.recv(&mut buf).unwrap(), 1, "a short read, then");
+        assert_eq!(
+            watch.recv(&mut buf).unwrap(),
+            0,
+            "the end, which no new edge would tell"
+        );
     }
 
     #[test]

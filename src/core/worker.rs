@@ -752,6 +752,7 @@ impl Worker {
                 id: LISTENER,
                 readable: true,
                 writable: false,
+                closed: false,
             });
         }
     }
