@@ -20,7 +20,7 @@ pub struct IdemArgs {
     #[arg(long, env = "RINGWAY_IDEM_MAX_ENTRIES", default_value_t = 2_000_000)]
     pub idem_max_entries: usize,
     /// Bytes each core's in-memory idempotency store holds at most: stored backend replies,
-    /// and 128 bytes of bookkeeping counted per key. Past it the oldest replies are forgotten
+    /// and 192 bytes of bookkeeping counted per key. Past it the oldest replies are forgotten
     /// early, as past --idem-max-entries, so large replies cannot exhaust memory.
     #[arg(long, env = "RINGWAY_IDEM_MAX_BYTES", default_value_t = 512 << 20)]
     pub idem_max_bytes: usize,

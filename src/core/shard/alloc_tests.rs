@@ -201,11 +201,13 @@ fn an_idle_link_costs_the_shard_under_650_bytes() {
 }
 
 /// What the idempotency store holds per key in the dedup window (the window of a busy core
-/// holds millions): the byte cap counts each key at `ENTRY_OVERHEAD`, 128, plus its reply.
+/// holds millions): the byte cap counts each key at `ENTRY_OVERHEAD`, 192, plus its reply.
+/// The keys are one more than fill a table of 2^17 slots half-way, so the table has just
+/// doubled: the most a key costs.
 #[test]
-fn a_stored_key_costs_the_store_under_128_bytes() {
+fn a_stored_key_costs_the_store_under_192_bytes() {
     use crate::link::idem::{IdemStore, IdemTtl, IdemUpdate, MemoryIdemStore};
-    const KEYS: usize = 100_000;
+    const KEYS: usize = (1 << 16) + 1;
     let t0 = Instant::now();
     let ttl = IdemTtl {
         pending: Duration::from_secs(30),
@@ -237,5 +239,5 @@ fn a_stored_key_costs_the_store_under_128_bytes() {
     });
     let per_key = bytes / KEYS as isize;
     eprintln!("{per_key} bytes per stored key");
-    assert!(per_key < 128, "{per_key} bytes per stored key");
+    assert!(per_key < 192, "{per_key} bytes per stored key");
 }
