@@ -273,22 +273,19 @@ impl MemoryIdemStore {
         self.evict_over_cap();
     }
 
-    fn remove(&mut self, fp: Fingerprint) {
-        if let Some(row) = self.entries.remove_if(fp, |_| true) {
-            self.bytes -= row.cost();
-        }
+    /// Removes `fp`'s entry if `due` says so of its row. Returns whether it did.
+    fn remove_if(&mut self, fp: Fingerprint, due: impl Fn(&Row) -> bool) -> bool {
+        let Some(row) = self.entries.remove_if(fp, due) else {
+            return false;
+        };
+        self.bytes -= row.cost();
+        true
     }
 
     /// Removes the entry an expiry row names, unless the key was set again since (the row is
     /// stale). Returns whether it did.
     fn remove_if_due(&mut self, fp: Fingerprint, at: Ms) -> bool {
-        match self.entries.remove_if(fp, |row| row.expires() == at) {
-            Some(row) => {
-                self.bytes -= row.cost();
-                true
-            }
-            None => false,
-        }
+        self.remove_if(fp, |row| row.expires() == at)
     }
 
     fn expire(&mut self, now: Instant) {
@@ -335,7 +332,9 @@ impl IdemStore for MemoryIdemStore {
                 let expires = self.deadline(now, self.ttl.done);
                 self.set(self.fingerprint(&who, &key), Row::done(reply, expires))
             }
-            IdemUpdate::Release { who, key } => self.remove(self.fingerprint(&who, &key)),
+            IdemUpdate::Release { who, key } => {
+                self.remove_if(self.fingerprint(&who, &key), |_| true);
+            }
         }
     }
 }
