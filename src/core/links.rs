@@ -102,8 +102,9 @@ impl Links {
         true
     }
 
-    /// Feeds what the link's socket holds to the shard. Returns true when the link has more
-    /// than its budget waiting, to read again next pass.
+    /// Feeds what the link's socket holds to the shard, which the caller settles once every
+    /// ready link is read. Returns true when the link has more than its budget waiting, to
+    /// read again next pass.
     pub fn read(
         &mut self,
         ready: Ready,
@@ -129,12 +130,13 @@ impl Links {
             match wire.io.try_read(scratch) {
                 Ok(0) => {
                     // The client half-closed; what it sent last may still want an answer
-                    // (its close frame), which goes out before the socket closes.
+                    // (its close frame, an ack), which goes out before the socket closes.
+                    shard.settle(now);
                     let _ = write_out(shard, conn, &mut wire.io, now);
                     self.close(conn, shard);
                     return false;
                 }
-                Ok(n) => shard.handle_bytes(conn, &mut scratch[..n], now),
+                Ok(n) => shard.read_bytes(conn, &mut scratch[..n], now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if wire.io.wants_flush() {
                         list(&mut self.dirty, wire, conn);

@@ -25,7 +25,7 @@ use super::stream::{Resume, StreamAppend, StreamRead};
 use crate::FastMap;
 use crate::auth::Identity;
 use crate::link::bucket::{Rate, TokenBucket};
-use crate::link::idem::{Claim, IdemStore, IdemUpdate};
+use crate::link::idem::{Claim, IdemStore, IdemUpdate, Probe};
 use crate::link::key::MessageKey;
 use crate::link::push::{EncodedPush, Spent, StreamAt, Unsettled};
 use crate::link::retry::RetryPolicy;
@@ -255,8 +255,9 @@ pub struct Shard {
     rng: SmallRng,
     pub metrics: Arc<CoreMetrics>,
     latencies: Latencies,
-    /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`].
-    claims: VecDeque<UpstreamRequest>,
+    /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`];
+    /// probed in the core's store unless a shared store claims them.
+    claims: VecDeque<(UpstreamRequest, Option<Probe>)>,
     /// Changes to the idempotency stores, applied by [`Shard::settle`].
     idem_updates: VecDeque<IdemUpdate>,
     /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
@@ -570,13 +571,18 @@ impl Shard {
             self.reply_error(conn, &f.key, Code::BadFrame, reason);
             return;
         };
-        self.claims.push_back(UpstreamRequest {
+        let probe = self.embedded.shared_store.is_none().then(|| {
+            let who = &link.who;
+            self.embedded.store.probe(who, &f.key)
+        });
+        let req = UpstreamRequest {
             conn,
             who: link.who.clone(),
             key: MessageKey::from(f.key.as_str()),
             body,
             received_at: now,
-        });
+        };
+        self.claims.push_back((req, probe));
         // Its key's buffer decodes the next frame.
         if self.spare_frames.len() < SPARE_FRAMES {
             self.spare_frames.push(f);
@@ -1366,18 +1372,22 @@ impl Shard {
     /// is left: claims in the core's store (without a shared store), messages of loopback bizs
     /// (acked at once, echoed with `echo`), idempotency updates (applied to the core's store,
     /// and sent on for a shared store).
-    fn settle(&mut self, now: Instant) {
+    pub fn settle(&mut self, now: Instant) {
         let shared = self.embedded.shared_store.is_some();
         // Queues, not taken vectors: they keep their buffers, so a message costs no
         // allocation here.
         while !(self.claims.is_empty() && self.upstream.is_empty() && self.idem_updates.is_empty())
         {
-            while let Some(req) = self.claims.pop_front() {
-                if shared {
-                    self.events.push_back(Event::Claim(req));
-                } else {
-                    let claim = self.embedded.store.claim(&req.who, &req.key, now);
-                    self.claimed(req, claim, now);
+            for probe in self.claims.iter().filter_map(|(_, p)| *p) {
+                self.embedded.store.prefetch(probe);
+            }
+            while let Some((req, probe)) = self.claims.pop_front() {
+                match probe {
+                    Some(probe) => {
+                        let claim = self.embedded.store.claim_probed(probe, now);
+                        self.claimed(req, claim, now);
+                    }
+                    None => self.events.push_back(Event::Claim(req)),
                 }
             }
             while let Some(req) = self.upstream.pop_front() {

@@ -355,6 +355,26 @@ fn upstream_is_forwarded_once_and_duplicates_are_reacked() {
     assert_eq!(m.dropped.get(DropReason::DuplicatePending), 1);
 }
 
+/// A shell that reads many links in one pass settles once after the last: claims wait until
+/// then, and are made in the order the messages were read.
+#[test]
+fn a_pass_claims_its_messages_at_the_settle_in_the_order_read() {
+    let mut h = Harness::new();
+    h.open(1, "alice", "phone", Codec::Json);
+    h.open(2, "alice", "laptop", Codec::Json);
+    for (conn, body) in [(1, &b"first"[..]), (2, &b"again"[..])] {
+        let mut bytes = client(Codec::Json, &up("m1", body));
+        h.shard.read_bytes(conn, &mut bytes, h.at(0));
+    }
+    assert!(h.shard.take_upstream().is_empty(), "nothing claimed yet");
+    h.shard.settle(h.at(0));
+    let sent = h.shard.take_upstream();
+    assert_eq!(sent.len(), 1, "one copy of alice's m1 goes upstream");
+    assert_eq!((sent[0].conn, &sent[0].body[..]), (1, &b"first"[..]));
+    let m = &h.shard.metrics;
+    assert_eq!(m.dropped.get(DropReason::DuplicatePending), 1);
+}
+
 #[test]
 fn equal_keys_of_two_users_are_two_messages() {
     let mut h = Harness::new();

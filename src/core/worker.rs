@@ -744,6 +744,7 @@ impl Worker {
                     again.push(r);
                 }
             }
+            shard.settle(now);
         }
         self.after_events(now);
         // Last, with nothing borrowed: a new handshake task may run as soon as it is spawned.

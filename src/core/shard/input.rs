@@ -38,6 +38,14 @@ impl Shard {
     /// Bytes arrived on a link's socket. `input` is the shell's scratch buffer; it is unmasked
     /// in place.
     pub fn handle_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
+        self.read_bytes(conn, input, now);
+        self.settle(now);
+    }
+
+    /// [`handle_bytes`](Shard::handle_bytes) for a shell that reads many links in one pass:
+    /// it [`settle`](Shard::settle)s once after the last. Until then the messages' claims
+    /// wait, their store slots loading while the other links are read.
+    pub fn read_bytes(&mut self, conn: ConnId, input: &mut [u8], now: Instant) {
         let max = self.cfg.max_message_bytes;
         if self.hold_input(conn, input, now) {
             return;
@@ -113,7 +121,6 @@ impl Shard {
             self.fail_stream(conn, e, now);
         }
         self.check_backlog(conn, now);
-        self.settle(now);
     }
 
     fn fail_stream(&mut self, conn: ConnId, e: WsError, now: Instant) {

@@ -41,6 +41,23 @@ impl Table {
         fp.0[0] as usize & self.mask()
     }
 
+    /// Asks the CPU to load `fp`'s home slot without waiting for it: a hint, so it is
+    /// harmless if the table grows before the slot is read.
+    pub(super) fn prefetch(&self, fp: Fingerprint) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let slot: *const Slot = &self.slots[self.home(fp)];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads nothing a program sees, and `slot` points into the table.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(slot.cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
     /// Where `fp` is (`Ok`), or the empty slot that ends its run (`Err`).
     fn find(&self, fp: Fingerprint) -> Result<usize, usize> {
         if self.slots.is_empty() {
