@@ -16,7 +16,9 @@ pub struct IdemArgs {
     /// Keys each core's in-memory idempotency store holds at most: ~95 bytes each once full
     /// (~190 MB per core at the default), ~120 while keys younger than the pending TTL still have
     /// their pending row too (a key is held as a 16-byte fingerprint, whatever its length).
-    /// Past it the oldest replies are forgotten early (ringway_idem_evictions_total).
+    /// Past it the oldest replies are forgotten early (ringway_idem_evictions_total). The
+    /// store's table is sized for this many keys at start (up to 2,097,152): address space
+    /// the kernel backs with memory only as keys land on its pages.
     #[arg(long, env = "RINGWAY_IDEM_MAX_ENTRIES", default_value_t = 2_000_000)]
     pub idem_max_entries: usize,
     /// Bytes each core's in-memory idempotency store holds at most: stored backend replies,

@@ -167,11 +167,15 @@ impl<T> Fifo<T> {
     }
 }
 
-/// What one stored key costs at most beyond its reply: its table slot (32 bytes, in a table
-/// kept between a quarter and half full, so 64 to 128) and its two expiry rows of 24. Held at
-/// this by the test `a_stored_key_costs_the_store_under_192_bytes`, which stores keys just past
-/// a doubling, where the table is emptiest.
+/// What one stored key costs at most beyond its reply once the store is full: its table slot
+/// (32 bytes, in a table sized between a quarter and half full, so 64 to 128) and its two
+/// expiry rows of 24. Held at this by the test `a_stored_key_costs_the_store_under_192_bytes`,
+/// which fills a store sized just past a power of two, where the table is emptiest.
 const ENTRY_OVERHEAD: usize = 192;
+
+/// The most keys a store's table is sized for at start; a larger window grows it by doubling
+/// from there. 2^21 slots of headroom cover the default `--idem-max-entries`.
+const PRESIZED_KEYS: usize = 1 << 21;
 
 /// The embedded mode's store. It lives on the owner core, which every retry of a user's message
 /// reaches, so it needs no locks.
@@ -198,11 +202,19 @@ pub struct MemoryIdemStore {
 }
 
 impl MemoryIdemStore {
+    /// The table starts at the size the caps allow (up to [`PRESIZED_KEYS`]): doubling a
+    /// table of millions of keys held the core for a long pass and rewrote every slot, a
+    /// random write each. The table is zeroed memory the kernel maps in as keys land on its
+    /// pages, so an unused store costs address space, not memory.
     pub fn new(ttl: IdemTtl) -> Self {
         MemoryIdemStore {
             ttl,
             secret: rand::random(),
-            entries: Table::default(),
+            entries: Table::with_capacity(
+                ttl.max_entries
+                    .min(ttl.max_bytes / ENTRY_OVERHEAD)
+                    .min(PRESIZED_KEYS),
+            ),
             bytes: 0,
             evicted: 0,
             origin: None,

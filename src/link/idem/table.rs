@@ -126,8 +126,17 @@ impl Table {
         }
     }
 
+    pub(super) fn with_capacity(keys: usize) -> Table {
+        let mut t = Table::default();
+        t.resize((keys * 2).next_power_of_two().max(16));
+        t
+    }
+
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).max(16);
+        self.resize((self.slots.len() * 2).max(16));
+    }
+
+    fn resize(&mut self, size: usize) {
         // SAFETY: all zeroes is a valid slot: a `[u64; 2]`, a `u64` and a `None` box.
         let fresh = unsafe { Box::<[Slot]>::new_zeroed_slice(size).assume_init() };
         let old = std::mem::replace(&mut self.slots, fresh);
@@ -205,6 +214,19 @@ mod tests {
             }
             assert_eq!(t.len(), 5);
         }
+    }
+
+    #[test]
+    fn a_table_sized_for_its_keys_never_grows() {
+        let mut t = Table::with_capacity(1000);
+        let size = t.slots.len();
+        for k in 1..=1000u64 {
+            t.insert(
+                fp(k.wrapping_mul(0x9e37_79b9_7f4a_7c15), k),
+                Row::pending(k),
+            );
+        }
+        assert_eq!((t.slots.len(), size), (size, 2048));
     }
 
     #[test]
