@@ -81,7 +81,7 @@ type Ms = u64;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Fingerprint([u64; 2]);
 
-/// A key hashed by [`MemoryIdemStore::probe`], its slot on the way into the cache.
+/// A key hashed by [`MemoryIdemStore::probe`], to prefetch its slot and then claim it.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe(Fingerprint);
 
@@ -321,9 +321,7 @@ impl MemoryIdemStore {
             }
         }
     }
-}
 
-impl MemoryIdemStore {
     /// Hashes `who`'s key, for a [`prefetch`] and a [`claim_probed`] later.
     ///
     /// [`prefetch`]: MemoryIdemStore::prefetch
