@@ -184,8 +184,9 @@ const PRESIZED_KEYS: usize = 1 << 21;
 /// a random secret of the store's. At the store's cap of millions of keys, two equal
 /// fingerprints of different keys come about less than once in 2^80 stores, and without the
 /// secret a client cannot aim a key of its own at another's. Fixed 16-byte keys keep a key's
-/// whole cost at 112–176 bytes (add its text's length and a slot's worth more if it were
-/// kept), need no allocation, and a lookup reads no string behind a pointer.
+/// whole cost at 112–176 bytes once the store is full (add its text's length and a slot's
+/// worth more if it were kept), need no allocation, and a lookup reads no string behind a
+/// pointer.
 #[derive(Debug)]
 pub struct MemoryIdemStore {
     ttl: IdemTtl,
