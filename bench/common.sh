@@ -21,9 +21,10 @@ echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null && return; sleep 0.05; done; }
 
 SERVER_PID=
-# start_server FLAGS...: one pinned worker, no rate limit, waits for /healthz.
+RINGWAY=target/release/ringway
+# start_server FLAGS...: $RINGWAY with one pinned worker, no rate limit; waits for /healthz.
 start_server() {
-  taskset -c "$SERVER_CPU" target/release/ringway serve --workers 1 --listen "$WS" \
+  taskset -c "$SERVER_CPU" "$RINGWAY" serve --workers 1 --listen "$WS" \
     --admin-listen "$ADMIN" --jwt-secret "$SECRET" --link-rate 0 "$@" >"$OUT/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 200); do
