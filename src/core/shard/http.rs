@@ -144,7 +144,7 @@ impl Shard {
             link.last_activity = now.into();
         }
         for f in decoded {
-            self.handle(conn, Inbound::Frame(f), now);
+            self.handle(conn, Inbound::Frame(Box::new(f)), now);
         }
         self.check_backlog(conn, now);
         self.settle(now);

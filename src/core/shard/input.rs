@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) enum Inbound {
-    Frame(Frame),
+    Frame(Box<Frame>),
     Undecodable(String),
     /// `--ws-echo`: a data message to send back unread.
     Echo(bool, Vec<u8>),
