@@ -3,8 +3,8 @@
 //! The reader is fed whatever bytes the socket produced and calls back once per complete
 //! message or control frame. It keeps no buffer while a link is idle: only a partial frame
 //! (or a fragmented message) is copied into the link, so ten thousand quiet links cost nothing
-//! here. Frame headers are parsed and written with tungstenite's `FrameHeader`; message assembly,
-//! the server's validation rules and buffer ownership live here.
+//! here. Frame headers are parsed with tungstenite's `FrameHeader` and written by hand; message
+//! assembly, the server's validation rules and buffer ownership live here.
 
 use std::io::Cursor;
 
@@ -371,48 +371,57 @@ pub fn header_len(len: usize) -> usize {
     }
 }
 
+/// An unmasked, final server frame header, and how many of its bytes are used.
+///
+/// Written by hand rather than by `FrameHeader::format`, which goes through `io::Write`: on
+/// the echo path that was a copy call per header and another per payload moved to meet it.
+/// The test `server_headers_match_tungstenite` holds the two equal.
+fn server_header(opcode: OpCode, compressed: bool, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | if compressed { 0x40 } else { 0 } | u8::from(opcode);
+    let used = header_len(len);
+    match used {
+        2 => h[1] = len as u8,
+        4 => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    (h, used)
+}
+
 /// Appends an unmasked, final server frame header.
 pub fn write_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
-    let header = FrameHeader {
-        opcode,
-        ..FrameHeader::default()
-    };
-    header
-        .format(len as u64, out)
-        .expect("writing to a Vec cannot fail");
+    let (h, used) = server_header(opcode, false, len);
+    out.extend_from_slice(&h[..used]);
 }
 
 /// Appends a whole server frame whose payload `encode` writes straight into `out`, so a frame
-/// costs no buffer of its own: the payload goes after a gap as long as the longest header,
-/// then moves back to meet its actual header. `compressed` sets RSV1 (permessage-deflate).
-/// Returns the payload's length.
+/// costs no buffer of its own. The payload goes after room for a two-byte header, which is
+/// every message under 126 bytes; a longer one moves up to make room for its longer header.
+/// `compressed` sets RSV1 (permessage-deflate). Returns the payload's length.
 pub fn write_message_with(
     out: &mut Vec<u8>,
     opcode: OpCode,
     compressed: bool,
     encode: impl FnOnce(&mut Vec<u8>),
 ) -> usize {
-    const GAP: usize = 10;
+    const SHORT: usize = 2;
     let start = out.len();
-    out.resize(start + GAP, 0);
+    out.extend_from_slice(&[0; SHORT]);
     encode(out);
-    let len = out.len() - start - GAP;
-    let mut header = [0u8; GAP];
-    let unused = {
-        let mut w = &mut header[..];
-        FrameHeader {
-            opcode,
-            rsv1: compressed,
-            ..FrameHeader::default()
-        }
-        .format(len as u64, &mut w)
-        .expect("a server header fits in 10 bytes");
-        w.len()
-    };
-    let h = GAP - unused;
-    out.copy_within(start + GAP.., start + h);
-    out[start..start + h].copy_from_slice(&header[..h]);
-    out.truncate(out.len() - unused);
+    let end = out.len();
+    let len = end - start - SHORT;
+    let (h, used) = server_header(opcode, compressed, len);
+    if used > SHORT {
+        out.resize(end + used - SHORT, 0);
+        out.copy_within(start + SHORT..end, start + used);
+    }
+    out[start..start + used].copy_from_slice(&h[..used]);
     len
 }
 
@@ -725,6 +734,31 @@ mod tests {
             });
             assert_eq!(len, payload.len());
             assert_eq!(copied, in_place, "len {len}");
+        }
+    }
+
+    #[test]
+    fn server_headers_match_tungstenite() {
+        let opcodes = [
+            OpCode::Data(Data::Text),
+            OpCode::Data(Data::Binary),
+            OpCode::Control(Control::Ping),
+            OpCode::Control(Control::Close),
+        ];
+        for opcode in opcodes {
+            for compressed in [false, true] {
+                for len in [0usize, 1, 125, 126, 127, 65535, 65536, 1 << 40] {
+                    let mut theirs = Vec::new();
+                    let header = FrameHeader {
+                        opcode,
+                        rsv1: compressed,
+                        ..FrameHeader::default()
+                    };
+                    header.format(len as u64, &mut theirs).unwrap();
+                    let (ours, used) = server_header(opcode, compressed, len);
+                    assert_eq!(&ours[..used], &theirs[..], "{opcode:?} {compressed} {len}");
+                }
+            }
         }
     }
 
