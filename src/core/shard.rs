@@ -119,6 +119,9 @@ pub struct UpstreamRequest {
     pub key: MessageKey,
     pub body: Bytes,
     pub received_at: Instant,
+    /// The key hashed in the core's own store (none when a shared store claims it), so the
+    /// claim and the reply's completion each find its slot without hashing it again.
+    pub probe: Option<Probe>,
 }
 
 /// How the backend answered.
@@ -257,7 +260,7 @@ pub struct Shard {
     latencies: Latencies,
     /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`];
     /// probed in the core's store unless a shared store claims them.
-    claims: VecDeque<(UpstreamRequest, Option<Probe>)>,
+    claims: VecDeque<UpstreamRequest>,
     /// Changes to the idempotency stores, applied by [`Shard::settle`].
     idem_updates: VecDeque<IdemUpdate>,
     /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
@@ -584,8 +587,9 @@ impl Shard {
             key: MessageKey::from(f.key.as_str()),
             body,
             received_at: now,
+            probe,
         };
-        self.claims.push_back((req, probe));
+        self.claims.push_back(req);
         // Its key's buffer decodes the next frame.
         if self.spare_frames.len() < SPARE_FRAMES {
             self.spare_frames.push(f);
@@ -650,23 +654,27 @@ impl Shard {
         result: Result<Bytes, BackendError>,
         now: Instant,
     ) {
-        let who = req.who.clone();
-        let key = req.key.clone();
         match result {
             Ok(reply) => {
-                self.idem_updates.push_back(IdemUpdate::Complete {
-                    who,
-                    key,
-                    reply: reply.clone(),
-                });
+                let reply_kept = reply.clone();
+                match req.probe {
+                    Some(probe) => self.embedded.store.complete_probed(probe, reply_kept, now),
+                    None => self.idem_updates.push_back(IdemUpdate::Complete {
+                        who: req.who.clone(),
+                        key: req.key.clone(),
+                        reply: reply_kept,
+                    }),
+                }
                 self.metrics.upstream_acked.inc();
                 let us = now.saturating_duration_since(req.received_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.upstream, us);
                 self.send_ack(req.conn, &req.key, reply);
             }
             Err(e) => {
-                self.idem_updates
-                    .push_back(IdemUpdate::Release { who, key });
+                self.idem_updates.push_back(IdemUpdate::Release {
+                    who: req.who.clone(),
+                    key: req.key.clone(),
+                });
                 self.metrics.upstream_failed.inc();
                 let (code, reason) = match e {
                     BackendError::Unavailable(r) => (Code::BackendUnavailable, r),
@@ -1381,11 +1389,11 @@ impl Shard {
         // allocation here.
         while !(self.claims.is_empty() && self.upstream.is_empty() && self.idem_updates.is_empty())
         {
-            for probe in self.claims.iter().filter_map(|(_, p)| *p) {
+            for probe in self.claims.iter().filter_map(|r| r.probe) {
                 self.embedded.store.prefetch(probe);
             }
-            while let Some((req, probe)) = self.claims.pop_front() {
-                match probe {
+            while let Some(req) = self.claims.pop_front() {
+                match req.probe {
                     Some(probe) => {
                         let claim = self.embedded.store.claim_probed(probe, now);
                         self.claimed(req, claim, now);

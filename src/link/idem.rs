@@ -338,6 +338,12 @@ impl MemoryIdemStore {
         self.entries.prefetch(probe.0);
     }
 
+    /// Keeps the backend's reply for a key probed before (an [`IdemUpdate::Complete`]).
+    pub fn complete_probed(&mut self, probe: Probe, reply: Bytes, now: Instant) {
+        let expires = self.deadline(now, self.ttl.done);
+        self.set(probe.0, Row::done(reply, expires))
+    }
+
     /// [`IdemStore::claim`] of a key probed before.
     pub fn claim_probed(&mut self, probe: Probe, now: Instant) -> Claim {
         self.expire(now);
@@ -367,8 +373,7 @@ impl IdemStore for MemoryIdemStore {
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
             IdemUpdate::Complete { who, key, reply } => {
-                let expires = self.deadline(now, self.ttl.done);
-                self.set(self.fingerprint(&who, &key), Row::done(reply, expires))
+                self.complete_probed(self.probe(&who, &key), reply, now)
             }
             IdemUpdate::Release { who, key } => {
                 self.remove_if(self.fingerprint(&who, &key), |_| true);
