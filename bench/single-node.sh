@@ -9,7 +9,7 @@ trap stop_server EXIT
 
 start_server --heartbeat-timeout-ms 600000
 taskset -c "$LOAD_CPU" target/release/ringway-load idle --server "$WS" --jwt-secret "$SECRET" \
-  --links "$LINKS_IDLE" --sources 127.0.0.1,127.0.0.2 --server-pid "$SERVER_PID" \
+  --links "$LINKS_IDLE" --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --server-pid "$SERVER_PID" \
   --json-out "$OUT/idle.json"
 stop_server
 
