@@ -261,7 +261,9 @@ pub struct Shard {
     /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`];
     /// probed in the core's store unless a shared store claims them.
     claims: VecDeque<UpstreamRequest>,
-    /// Changes to the idempotency stores, applied by [`Shard::settle`].
+    /// Changes to the idempotency stores, applied by [`Shard::settle`]: releases, and replies
+    /// to keys the core's store did not probe (a shared store's). A probed key's reply
+    /// completes its slot at once (see [`UpstreamRequest::probe`]).
     idem_updates: VecDeque<IdemUpdate>,
     /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
     upstream: VecDeque<UpstreamRequest>,
