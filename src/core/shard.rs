@@ -261,9 +261,9 @@ pub struct Shard {
     /// Upstream messages waiting for their idempotency claim, answered by [`Shard::settle`];
     /// probed in the core's store unless a shared store claims them.
     claims: VecDeque<UpstreamRequest>,
-    /// Changes to the idempotency stores, applied by [`Shard::settle`]: releases, and replies
-    /// to keys the core's store did not probe (a shared store's). A probed key's reply
-    /// completes its slot at once (see [`UpstreamRequest::probe`]).
+    /// Ends of claims the core's store did not probe (a shared store's), applied by
+    /// [`Shard::settle`]. A probed key's claim ends in its slot at once (see
+    /// [`UpstreamRequest::probe`]).
     idem_updates: VecDeque<IdemUpdate>,
     /// Claimed upstream messages on their way to a backend, routed by [`Shard::settle`].
     upstream: VecDeque<UpstreamRequest>,
@@ -656,27 +656,27 @@ impl Shard {
         result: Result<Bytes, BackendError>,
         now: Instant,
     ) {
+        let kept = result.as_ref().ok().cloned();
+        match (req.probe, kept) {
+            (Some(probe), kept) => self.embedded.store.finish_probed(probe, kept, now),
+            (None, Some(reply)) => self.idem_updates.push_back(IdemUpdate::Complete {
+                who: req.who.clone(),
+                key: req.key.clone(),
+                reply,
+            }),
+            (None, None) => self.idem_updates.push_back(IdemUpdate::Release {
+                who: req.who.clone(),
+                key: req.key.clone(),
+            }),
+        }
         match result {
             Ok(reply) => {
-                let reply_kept = reply.clone();
-                match req.probe {
-                    Some(probe) => self.embedded.store.complete_probed(probe, reply_kept, now),
-                    None => self.idem_updates.push_back(IdemUpdate::Complete {
-                        who: req.who.clone(),
-                        key: req.key.clone(),
-                        reply: reply_kept,
-                    }),
-                }
                 self.metrics.upstream_acked.inc();
                 let us = now.saturating_duration_since(req.received_at).as_micros() as u64;
                 Latencies::record(&mut self.latencies.upstream, us);
                 self.send_ack(req.conn, &req.key, reply);
             }
             Err(e) => {
-                self.idem_updates.push_back(IdemUpdate::Release {
-                    who: req.who.clone(),
-                    key: req.key.clone(),
-                });
                 self.metrics.upstream_failed.inc();
                 let (code, reason) = match e {
                     BackendError::Unavailable(r) => (Code::BackendUnavailable, r),

@@ -338,10 +338,18 @@ impl MemoryIdemStore {
         self.entries.prefetch(probe.0);
     }
 
-    /// Keeps the backend's reply for a key probed before (an [`IdemUpdate::Complete`]).
-    pub fn complete_probed(&mut self, probe: Probe, reply: Bytes, now: Instant) {
-        let expires = self.deadline(now, self.ttl.done);
-        self.set(probe.0, Row::done(reply, expires))
+    /// Ends the claim of a key probed before: keeps the backend's reply for re-acks, or
+    /// (`None`, the call failed for good) forgets the key so a retry is forwarded.
+    pub fn finish_probed(&mut self, probe: Probe, reply: Option<Bytes>, now: Instant) {
+        match reply {
+            Some(reply) => {
+                let expires = self.deadline(now, self.ttl.done);
+                self.set(probe.0, Row::done(reply, expires))
+            }
+            None => {
+                self.remove_if(probe.0, |_| true);
+            }
+        }
     }
 
     /// [`IdemStore::claim`] of a key probed before.
@@ -373,10 +381,10 @@ impl IdemStore for MemoryIdemStore {
     fn update(&mut self, update: IdemUpdate, now: Instant) {
         match update {
             IdemUpdate::Complete { who, key, reply } => {
-                self.complete_probed(self.probe(&who, &key), reply, now)
+                self.finish_probed(self.probe(&who, &key), Some(reply), now)
             }
             IdemUpdate::Release { who, key } => {
-                self.remove_if(self.fingerprint(&who, &key), |_| true);
+                self.finish_probed(self.probe(&who, &key), None, now)
             }
         }
     }
