@@ -290,10 +290,27 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-#[tokio::main]
-async fn main() {
+/// Pinned to one core (`bench/` runs it under `taskset`, and `--procs` adds processes), the
+/// generator runs on one thread: a multi-thread runtime's single worker there only added
+/// atomics and cross-thread wake-ups to every message, ~10 % of the echo's rate. A slower
+/// generator also leaves the server it measures idle more often, and each sleep and wake-up
+/// costs the server's core several µs on a virtual machine. Given more cores, it uses them.
+fn main() {
     let cli = Cli::parse();
-    let result = match cli.scenario {
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut runtime = match one_core {
+        true => tokio::runtime::Builder::new_current_thread(),
+        false => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = runtime.enable_all().build().expect("a tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("ringway-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.scenario {
         Scenario::Idle(a) if a.common.is_parent() => procs::idle(&a).await,
         Scenario::Idle(a) => idle(a).await,
         Scenario::Echo(a) if a.common.is_parent() => procs::merged(&a.common, a.server_pid).await,
@@ -330,10 +347,6 @@ async fn main() {
             };
             run.run().await
         }
-    };
-    if let Err(e) = result {
-        eprintln!("ringway-load: {e}");
-        std::process::exit(1);
     }
 }
 
