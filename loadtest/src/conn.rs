@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::progress::Progress;
+use crate::wire::Wire;
 use crate::{Common, Target};
 
 pub struct Link {
@@ -349,6 +350,16 @@ impl Link {
         }
     }
 
+    /// Hands the link's socket to a [`Wire`] for the echo's loop. Right after the handshake
+    /// the server has sent nothing past CONNECTED, so the handshake's reader holds no bytes
+    /// the wire would miss.
+    pub fn into_wire(self, seed: u64) -> (Wire<MaybeTlsStream<TcpStream>>, Target) {
+        (
+            Wire::new(self.ws.into_inner(), self.codec, seed),
+            self.target,
+        )
+    }
+
     pub fn message(&self, f: &Frame) -> Message {
         let mut out = Vec::with_capacity(64);
         self.codec.encode(f, &mut out);
@@ -398,7 +409,7 @@ pub struct EchoRun {
 }
 
 impl EchoRun {
-    pub async fn drive(self, mut link: Link) {
+    pub async fn drive(self, mut wire: Wire<MaybeTlsStream<TcpStream>>, target: Target) {
         let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let mut sent_at: HashMap<String, Instant> = HashMap::new();
         let mut n = 0u64;
@@ -424,14 +435,11 @@ impl EchoRun {
                     body: body.clone(),
                     ..Default::default()
                 };
-                if link.ws.feed(link.message(&f)).await.is_err() {
-                    self.progress.errors.fetch_add(1, Relaxed);
-                    return;
-                }
+                wire.queue(&f);
                 unflushed = true;
                 sent_at.insert(key, Instant::now());
             }
-            if std::mem::take(&mut unflushed) && link.ws.flush().await.is_err() {
+            if std::mem::take(&mut unflushed) && wire.flush().await.is_err() {
                 self.progress.errors.fetch_add(1, Relaxed);
                 return;
             }
@@ -442,18 +450,18 @@ impl EchoRun {
                 }
                 break;
             }
-            let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), link.next_frame()).await
+            let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(5), wire.next_frame()).await
             else {
                 self.progress.errors.fetch_add(1, Relaxed);
                 break;
             };
             // And whatever else has already arrived, so the refill above sends several.
             arrived.push(f);
-            while let Some(Some(f)) = link.next_frame().now_or_never() {
+            while let Some(Some(f)) = wire.next_frame().now_or_never() {
                 arrived.push(f);
             }
             for f in arrived.drain(..) {
-                let cmd = if link.target == Target::Plain && f.cmd == Cmd::Upstream as i32 {
+                let cmd = if target == Target::Plain && f.cmd == Cmd::Upstream as i32 {
                     Ok(Cmd::UpstreamAck)
                 } else {
                     Cmd::try_from(f.cmd)
@@ -478,7 +486,8 @@ impl EchoRun {
                             key: f.key,
                             ..Default::default()
                         };
-                        unflushed |= link.ws.feed(link.message(&ack)).await.is_ok();
+                        wire.queue(&ack);
+                        unflushed = true;
                     }
                     _ => {
                         self.progress.errors.fetch_add(1, Relaxed);
@@ -487,6 +496,6 @@ impl EchoRun {
             }
         }
         let _ = self.hist.lock().await.add(&local);
-        let _ = link.ws.close(None).await;
+        wire.close().await;
     }
 }

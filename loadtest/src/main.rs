@@ -14,6 +14,7 @@ mod push;
 mod report;
 mod resume;
 mod tcp;
+mod wire;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -592,7 +593,8 @@ async fn echo(a: EchoArgs) -> Result<(), String> {
                 pushes: pushes.clone(),
                 progress: progress.clone(),
             };
-            tasks.push(tokio::spawn(run.drive(link)));
+            let (wire, target) = link.into_wire(i as u64 + 1);
+            tasks.push(tokio::spawn(run.drive(wire, target)));
         }
         if a.push_rate > 0 {
             let users: Vec<String> = a
