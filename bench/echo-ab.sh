@@ -4,6 +4,8 @@
 # server core-second per round, and B/A per round with its median. For a change too small
 # for bench/echo-vs-baseline.sh's ratios to show (a few percent).
 # Usage: bench/echo-ab.sh BIN_A BIN_B [rounds] [seconds] [links]
+# LOAD_A and LOAD_B (default: target/release/ringway-load) swap the load generator as well, to
+# measure a change to the generator against one gateway build (BIN_A = BIN_B).
 source "$(dirname "$0")/common.sh"
 BIN_A=$1
 BIN_B=$2
@@ -12,17 +14,17 @@ SECS=${4:-10}
 LINKS=${5:-100}
 trap stop_server EXIT
 
-one() { # binary out
+one() { # binary generator out
   RINGWAY=$1 start_server
-  taskset -c "$LOAD_CPU" target/release/ringway-load echo --server "$WS" --jwt-secret "$SECRET" \
+  taskset -c "$LOAD_CPU" "$2" echo --server "$WS" --jwt-secret "$SECRET" \
     --links "$LINKS" --duration "$SECS" --codec proto --server-pid "$SERVER_PID" \
-    --json-out "$2" >/dev/null 2>&1
+    --json-out "$3" >/dev/null 2>&1
   stop_server
 }
 
 for r in $(seq "$ROUNDS"); do
-  one "$BIN_A" "$OUT/ab-a-$r.json"
-  one "$BIN_B" "$OUT/ab-b-$r.json"
+  one "$BIN_A" "${LOAD_A:-target/release/ringway-load}" "$OUT/ab-a-$r.json"
+  one "$BIN_B" "${LOAD_B:-target/release/ringway-load}" "$OUT/ab-b-$r.json"
 done
 python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, statistics, sys
