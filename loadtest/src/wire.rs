@@ -72,30 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             Codec::Proto => BINARY,
             Codec::Json => TEXT,
         };
-        let body = std::mem::take(&mut self.body);
-        self.queue_raw(opcode, &body);
-        self.body = body;
-    }
-
-    fn queue_raw(&mut self, opcode: u8, payload: &[u8]) {
-        let len = payload.len();
-        self.out.push(FIN | opcode);
-        if len < 126 {
-            self.out.push(MASKED | len as u8);
-        } else if let Ok(len) = u16::try_from(len) {
-            self.out.push(MASKED | 126);
-            self.out.extend_from_slice(&len.to_be_bytes());
-        } else {
-            self.out.push(MASKED | 127);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let key = (self.seed as u32).to_be_bytes();
-        self.out.extend_from_slice(&key);
-        self.out
-            .extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        frame(&mut self.out, &mut self.seed, opcode, &self.body);
     }
 
     /// Writes every queued frame, in one write when the socket takes it.
@@ -169,8 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Err(_) => Parsed::End,
             },
             (true, PING) => {
-                let payload = payload.to_vec();
-                self.queue_raw(PONG, &payload);
+                frame(&mut self.out, &mut self.seed, PONG, payload);
                 Parsed::Again
             }
             (true, PONG) => Parsed::Again,
@@ -180,10 +156,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Says goodbye with a close frame; the server's answer is not waited for.
     pub async fn close(mut self) {
-        self.queue_raw(CLOSE, &[]);
+        frame(&mut self.out, &mut self.seed, CLOSE, &[]);
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// Appends `payload` to `out` as one masked client frame, its key drawn from `seed`.
+fn frame(out: &mut Vec<u8>, seed: &mut u64, opcode: u8, payload: &[u8]) {
+    let len = payload.len();
+    out.push(FIN | opcode);
+    if len < 126 {
+        out.push(MASKED | len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(MASKED | 126);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(MASKED | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let key = (*seed as u32).to_be_bytes();
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
 }
 
 #[cfg(test)]
